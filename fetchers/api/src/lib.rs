@@ -1,0 +1,28 @@
+//! The extension point of feature-gateway: what a source of features implements.
+//!
+//! # Layout
+//! - [`value`]: the typed value model ([`Value`], [`FeatureType`], [`KeyPart`]) shared by every
+//!   fetcher, the planner and the wire conversions.
+//! - [`fetcher`]: the batch-first [`Fetcher`] trait, its request ([`FetchRequest`]) and its
+//!   rows ([`Row`], [`Record`], [`Cell`]).
+//! - [`error`]: [`FetchError`], which classifies a failure (timeout, unavailable, rate limited,
+//!   ...) and says whether retrying it may help. Fetchers only classify; the gateway's tower stack
+//!   decides what to do about it.
+//! - [`registry`]: [`FetcherFactory`] (validate a source's configuration without I/O, then build
+//!   the fetcher with I/O) and the [`Registry`] that maps a configuration's `kind` to a factory.
+//!
+//! A fetcher makes its call and nothing else: timeouts, retries, caching, concurrency limits and
+//! metrics are layers the gateway wraps around every fetcher in one place.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod fetcher;
+pub mod registry;
+pub mod value;
+
+pub use error::{ErrorClass, FetchError};
+pub use fetcher::{Cell, CellError, EntityKey, FetchRequest, Fetcher, Record, Row};
+pub use registry::{
+    BuildError, FetcherFactory, KeySpec, Options, Registry, SourceSpec, UnknownKind, ViewSpec,
+};
+pub use value::{FeatureType, KeyPart, Value};

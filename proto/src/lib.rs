@@ -1,0 +1,162 @@
+//! The wire contracts of feature-gateway, generated from `proto/featuregateway/v1/*.proto` at
+//! build time (with protox: no protoc needed), and the conversions between the wire `Value` and
+//! the value model of [`fetcher_api`].
+#![forbid(unsafe_code)]
+
+/// Package `featuregateway.v1`: the public `FeatureService` and the sidecar `Fetcher` contract.
+pub mod v1 {
+    #![allow(missing_docs, missing_debug_implementations, clippy::all)]
+    tonic::include_proto!("featuregateway.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every .proto in this crate, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("featuregateway_descriptor");
+
+use std::time::{Duration, SystemTime};
+
+use fetcher_api::{FeatureType, KeyPart, Value};
+use v1::value::Kind;
+
+impl From<Value> for v1::Value {
+    fn from(value: Value) -> Self {
+        let kind = match value {
+            Value::Null => Kind::NullValue(v1::NullValue::Null as i32),
+            Value::Int64(i) => Kind::Int64Value(i),
+            Value::Double(d) => Kind::DoubleValue(d),
+            Value::String(s) => Kind::StringValue(s),
+            Value::Bool(b) => Kind::BoolValue(b),
+            Value::Bytes(b) => Kind::BytesValue(b),
+            Value::Timestamp(t) => Kind::TimestampValue(timestamp_to_wire(t)),
+            Value::Int64List(values) => Kind::Int64ListValue(v1::Int64List { values }),
+            Value::DoubleList(values) => Kind::DoubleListValue(v1::DoubleList { values }),
+            Value::StringList(values) => Kind::StringListValue(v1::StringList { values }),
+        };
+        v1::Value { kind: Some(kind) }
+    }
+}
+
+impl From<v1::Value> for Value {
+    fn from(value: v1::Value) -> Self {
+        match value.kind {
+            None | Some(Kind::NullValue(_)) => Value::Null,
+            Some(Kind::Int64Value(i)) => Value::Int64(i),
+            Some(Kind::DoubleValue(d)) => Value::Double(d),
+            Some(Kind::StringValue(s)) => Value::String(s),
+            Some(Kind::BoolValue(b)) => Value::Bool(b),
+            Some(Kind::BytesValue(b)) => Value::Bytes(b),
+            Some(Kind::TimestampValue(t)) => Value::Timestamp(timestamp_from_wire(&t)),
+            Some(Kind::Int64ListValue(l)) => Value::Int64List(l.values),
+            Some(Kind::DoubleListValue(l)) => Value::DoubleList(l.values),
+            Some(Kind::StringListValue(l)) => Value::StringList(l.values),
+        }
+    }
+}
+
+impl From<KeyPart> for v1::Value {
+    fn from(key: KeyPart) -> Self {
+        Value::from(key).into()
+    }
+}
+
+impl From<FeatureType> for v1::ValueType {
+    fn from(ty: FeatureType) -> Self {
+        match ty {
+            FeatureType::Int64 => v1::ValueType::Int64,
+            FeatureType::Double => v1::ValueType::Double,
+            FeatureType::String => v1::ValueType::String,
+            FeatureType::Bool => v1::ValueType::Bool,
+            FeatureType::Bytes => v1::ValueType::Bytes,
+            FeatureType::Timestamp => v1::ValueType::Timestamp,
+            FeatureType::Int64List => v1::ValueType::Int64List,
+            FeatureType::DoubleList => v1::ValueType::DoubleList,
+            FeatureType::StringList => v1::ValueType::StringList,
+        }
+    }
+}
+
+/// The name of a wire value's type, for error messages ("null" when unset).
+pub fn wire_type_name(value: &v1::Value) -> &'static str {
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => "null",
+        Some(Kind::Int64Value(_)) => "int64",
+        Some(Kind::DoubleValue(_)) => "double",
+        Some(Kind::StringValue(_)) => "string",
+        Some(Kind::BoolValue(_)) => "bool",
+        Some(Kind::BytesValue(_)) => "bytes",
+        Some(Kind::TimestampValue(_)) => "timestamp",
+        Some(Kind::Int64ListValue(_)) => "list<int64>",
+        Some(Kind::DoubleListValue(_)) => "list<double>",
+        Some(Kind::StringListValue(_)) => "list<string>",
+    }
+}
+
+/// A `SystemTime` as a protobuf `Timestamp`.
+pub fn timestamp_to_wire(t: SystemTime) -> prost_types::Timestamp {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => prost_types::Timestamp {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        },
+        Err(e) => {
+            let d = e.duration();
+            let mut seconds = -(d.as_secs() as i64);
+            let mut nanos = -(d.subsec_nanos() as i32);
+            if nanos < 0 {
+                seconds -= 1;
+                nanos += 1_000_000_000;
+            }
+            prost_types::Timestamp { seconds, nanos }
+        }
+    }
+}
+
+/// A protobuf `Timestamp` as a `SystemTime` (out-of-range nanos are clamped).
+pub fn timestamp_from_wire(t: &prost_types::Timestamp) -> SystemTime {
+    let nanos = t.nanos.clamp(0, 999_999_999) as u64;
+    let base = if t.seconds >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.seconds as u64)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(t.seconds.unsigned_abs())
+    };
+    base + Duration::from_nanos(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_through_the_wire() {
+        let values = [
+            Value::Null,
+            Value::Int64(-5),
+            Value::Double(0.5),
+            Value::String("s".into()),
+            Value::Bool(true),
+            Value::Bytes(vec![0, 1]),
+            Value::Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_500)),
+            Value::Timestamp(SystemTime::UNIX_EPOCH - Duration::from_millis(1_500)),
+            Value::Int64List(vec![1, 2]),
+            Value::DoubleList(vec![1.5]),
+            Value::StringList(vec!["a".into()]),
+        ];
+        for value in values {
+            let wire = v1::Value::from(value.clone());
+            assert_eq!(Value::from(wire), value);
+        }
+        assert_eq!(Value::from(v1::Value { kind: None }), Value::Null);
+    }
+
+    #[test]
+    fn negative_timestamps_are_normalised() {
+        let t = SystemTime::UNIX_EPOCH - Duration::from_millis(1_500);
+        assert_eq!(
+            timestamp_to_wire(t),
+            prost_types::Timestamp {
+                seconds: -2,
+                nanos: 500_000_000
+            }
+        );
+    }
+}
