@@ -1,0 +1,1 @@
+//! Fake upstreams (in progress).
