@@ -18,6 +18,8 @@ pub enum ErrorClass {
     InvalidResponse,
     /// The source rejected the call as such (bad credentials, bad request): retrying cannot help.
     Rejected,
+    /// The gateway's own bound on calls in flight to this source refused the call.
+    Overloaded,
     /// Anything else, including a bug in the fetcher.
     Internal,
 }
@@ -31,6 +33,7 @@ impl ErrorClass {
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::InvalidResponse => "invalid_response",
             ErrorClass::Rejected => "rejected",
+            ErrorClass::Overloaded => "overloaded",
             ErrorClass::Internal => "internal",
         }
     }

@@ -1,1 +1,213 @@
-fn main() {}
+//! The `feature-gateway` command: `serve`, `validate` and `demo`.
+#![forbid(unsafe_code)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gateway::{Gateway, builtin_registry, config, demo, server, telemetry};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// A real-time feature-serving gateway.
+#[derive(Debug, Parser)]
+#[command(name = "feature-gateway", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FEATURE_GATEWAY_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct Listen {
+    /// Address of the gRPC server.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Address of the admin HTTP server (GET /metrics in Prometheus text format, GET /healthz).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the feature services of a configuration file.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        listen: Listen,
+    },
+    /// Check a configuration file without connecting to anything; exit code 2 on errors.
+    Validate {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Serve the embedded demo (a fraud model's features from local tables): no database needed.
+    Demo {
+        /// Write the demo's configuration and tables here and keep them (default: a temporary
+        /// directory removed on exit).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        listen: Listen,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Validate { file } => validate(&file),
+        Command::Serve { config, listen } => run(&config, &listen),
+        Command::Demo { dir, listen } => {
+            let (dir, _temp) = match dir {
+                Some(dir) => (dir, None),
+                None => match tempfile::Builder::new()
+                    .prefix("feature-gateway-demo-")
+                    .tempdir()
+                {
+                    Ok(temp) => (temp.path().to_owned(), Some(temp)),
+                    Err(e) => {
+                        eprintln!("error: cannot create a temporary directory: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            if let Err(e) = demo::write(&dir, std::time::SystemTime::now()) {
+                eprintln!("error: cannot write the demo into {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+            tracing::info!(dir = %dir.display(), "demo configuration and tables written");
+            run(&dir.join("demo.toml"), &listen)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    // Without a filter, dependencies log at TRACE, which costs more than serving.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,tonic=warn"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn validate(file: &Path) -> ExitCode {
+    match config::load(file, &builtin_registry()) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} entities, {} sources, {} views, {} feature services)",
+                file.display(),
+                c.entities.len(),
+                c.sources.len(),
+                c.views.len(),
+                c.feature_services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s)", errors.errors.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(config_path: &Path, listen: &Listen) -> ExitCode {
+    let registry = builtin_registry();
+    let config = match config::load(config_path, &registry) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s); nothing started", errors.errors.len());
+            return ExitCode::from(2);
+        }
+    };
+    let metrics = match install_metrics() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: cannot install the metrics recorder: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let hash = config.hash.clone();
+        let gateway = match Gateway::build(config, &registry).await {
+            Ok(g) => Arc::new(g),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        telemetry::started(&hash);
+        let (grpc, admin) = match (
+            TcpListener::bind(listen.listen).await,
+            TcpListener::bind(listen.admin_listen).await,
+        ) {
+            (Ok(g), Ok(a)) => (g, a),
+            (Err(e), _) => {
+                eprintln!("error: cannot listen on {}: {e}", listen.listen);
+                return ExitCode::FAILURE;
+            }
+            (_, Err(e)) => {
+                eprintln!("error: cannot listen on {}: {e}", listen.admin_listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let (grpc_addr, admin_addr) = (server::local_addr(&grpc), server::local_addr(&admin));
+        tracing::info!(grpc = %grpc_addr, admin = %admin_addr, config_hash = %hash, "serving");
+        // One machine-readable line, for scripts and tests that start the gateway on port 0.
+        println!("feature-gateway ready grpc={grpc_addr} admin={admin_addr}");
+        match server::serve(
+            gateway,
+            grpc,
+            Some(admin),
+            metrics,
+            server::shutdown_signal(),
+        )
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            telemetry::LATENCY_BUCKETS,
+        )?
+        .install_recorder()?;
+    Ok(handle)
+}

@@ -1,0 +1,899 @@
+//! The configuration file: entities, sources, feature views and feature services.
+//!
+//! Loading has three steps, kept apart so each can be tested and run on its own:
+//! 1. **parse** the TOML into [`RawConfig`] (a syntax error stops here, with its position);
+//! 2. **validate** with no I/O into a [`Config`]: every unknown field, unknown name, bad type,
+//!    bad duration, bad option of a source kind and dependency cycle is collected, each with its
+//!    file position, and all are reported together;
+//! 3. **build** (in [`crate::gateway`]): connect the sources. `feature-gateway validate` runs
+//!    only the first two.
+//!
+//! See `README.md` ("Configuration") for the reference with an example.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use fetcher_api::{FeatureType, KeySpec, Options, Registry, SourceSpec, Value, ViewSpec};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::de::{DeTable, DeValue};
+
+use crate::plan;
+
+/// The source kind served by the gateway itself from the request's context.
+pub const REQUEST_KIND: &str = "request";
+
+// ---------------------------------------------------------------------------------------------
+// Step 1: the file as written.
+
+/// The configuration as written. Fields the gateway does not know are collected separately
+/// (see [`parse`]) so that every one of them is reported, not just the first.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Entities: the keys features are looked up by.
+    #[serde(default)]
+    pub entities: BTreeMap<String, RawEntity>,
+    /// Sources: where feature values live.
+    #[serde(default)]
+    pub sources: BTreeMap<String, RawSource>,
+    /// Feature views: groups of features read from one source with one key.
+    #[serde(default)]
+    pub views: BTreeMap<String, RawView>,
+    /// Feature services: a model's ordered feature set.
+    #[serde(default)]
+    pub feature_services: BTreeMap<String, RawFeatureService>,
+}
+
+/// `[entities.NAME]`.
+#[derive(Debug, Deserialize)]
+pub struct RawEntity {
+    /// `int64` or `string`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Where the key's value comes from: omitted, the request's `entities`; `context:NAME`, the
+    /// request's context; `VIEW:FEATURE`, a feature of another view (a dependent key, fetched
+    /// in an earlier stage).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Free text, shown by DescribeFeatureService.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `[sources.NAME]`: the fields every kind has; everything else is the kind's own options.
+#[derive(Debug, Deserialize)]
+pub struct RawSource {
+    /// The source kind: `request`, or a registered fetcher kind (`static`, `http`, ...).
+    pub kind: String,
+    /// Longest a fetch may take, e.g. `"20ms"`; the request's remaining deadline applies if
+    /// shorter. Default: the request's deadline alone.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Most fetches in flight at once to this source; more are refused at once (the features
+    /// read as SOURCE_ERROR) rather than queued. Default 1024.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// Whether the gateway reports NOT_SERVING on its health service while this source's health
+    /// check fails. Default false.
+    #[serde(default)]
+    pub required: bool,
+    /// Options of the source's kind.
+    #[serde(flatten)]
+    pub options: toml::Table,
+}
+
+/// `[views.NAME]`: the fields every view has; everything else is its source kind's options.
+#[derive(Debug, Deserialize)]
+pub struct RawView {
+    /// The source the view reads from.
+    pub source: String,
+    /// The entities the view is keyed by, in key order. Empty for `request` views.
+    #[serde(default)]
+    pub entities: Vec<String>,
+    /// Values older than this (by the source's event time) are not served: OUTSIDE_MAX_AGE.
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// The view's features.
+    #[serde(default)]
+    pub features: BTreeMap<String, RawFeature>,
+    /// Options of the source's kind.
+    #[serde(flatten)]
+    pub options: toml::Table,
+}
+
+/// `[views.VIEW.features.NAME]`.
+#[derive(Debug, Deserialize)]
+pub struct RawFeature {
+    /// The feature's type: int64, double, string, bool, bytes, timestamp, list<int64>,
+    /// list<double>, list<string>.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `[feature_services.NAME]`.
+#[derive(Debug, Deserialize)]
+pub struct RawFeatureService {
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// The most time a request may take; the caller's deadline applies if earlier.
+    /// Default `"50ms"`.
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// The features, in output order: `"VIEW:FEATURE"`, or `"VIEW:*"` for all of a view's
+    /// features in name order.
+    pub features: Vec<String>,
+    /// Values served when a feature cannot be (with the status that says why), by feature ref.
+    #[serde(default)]
+    pub defaults: BTreeMap<String, toml::Value>,
+}
+
+/// `[limits]`: bounds on what one request may ask, each refused with INVALID_ARGUMENT.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Most rows in one GetFeaturesBatch call.
+    pub max_batch_rows: usize,
+    /// Longest entity key or string context value, in bytes.
+    pub max_key_bytes: usize,
+    /// Most entity keys or context values in one row.
+    pub max_entities_per_row: usize,
+    /// Most explicit feature refs in one request.
+    pub max_features_per_request: usize,
+    /// Largest request message, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_batch_rows: 1000,
+            max_key_bytes: 256,
+            max_entities_per_row: 64,
+            max_features_per_request: 1000,
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 2: the validated configuration.
+
+/// A validated configuration: every name resolves, every type is known.
+#[derive(Debug)]
+pub struct Config {
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// Entities by name.
+    pub entities: BTreeMap<String, Entity>,
+    /// Sources by name.
+    pub sources: BTreeMap<String, Source>,
+    /// Views by name.
+    pub views: BTreeMap<String, View>,
+    /// Feature services by name.
+    pub feature_services: BTreeMap<String, FeatureService>,
+    /// Hash of the whole file, exported as a metric label so a fleet's configs can be compared.
+    pub hash: String,
+}
+
+/// An entity key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entity {
+    /// Its name.
+    pub name: String,
+    /// int64 or string.
+    pub ty: FeatureType,
+    /// Where its value comes from.
+    pub from: EntityFrom,
+    /// Free text.
+    pub description: String,
+}
+
+/// Where an entity key's value comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EntityFrom {
+    /// The request's `entities` map.
+    Request,
+    /// The request's `context` map, under this name.
+    Context(String),
+    /// A feature of another view.
+    Feature {
+        /// The view.
+        view: String,
+        /// The feature.
+        feature: String,
+    },
+}
+
+/// A source.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its own timeout, if any.
+    pub timeout: Option<Duration>,
+    /// Most fetches in flight at once.
+    pub max_concurrency: usize,
+    /// Whether health depends on it.
+    pub required: bool,
+    /// What its fetcher factory is given.
+    pub spec: SourceSpec,
+}
+
+/// A feature view.
+#[derive(Clone, Debug)]
+pub struct View {
+    /// Its name.
+    pub name: String,
+    /// Its source's name.
+    pub source: String,
+    /// Its entity keys, in key order.
+    pub entities: Vec<String>,
+    /// Its max age.
+    pub max_age: Option<Duration>,
+    /// Free text.
+    pub description: String,
+    /// Its features by name.
+    pub features: BTreeMap<String, Feature>,
+    /// Its source-kind options, rendered canonically (part of definition hashes).
+    pub options: Options,
+}
+
+/// A feature of a view.
+#[derive(Clone, Debug)]
+pub struct Feature {
+    /// Its type.
+    pub ty: FeatureType,
+    /// Free text.
+    pub description: String,
+}
+
+/// A reference `VIEW:FEATURE`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FeatureRef {
+    /// The view.
+    pub view: String,
+    /// The feature.
+    pub feature: String,
+}
+
+impl FeatureRef {
+    /// Splits `VIEW:FEATURE`.
+    pub fn parse(text: &str) -> Result<FeatureRef, String> {
+        match text.split_once(':') {
+            Some((view, feature)) if !view.is_empty() && !feature.is_empty() => Ok(FeatureRef {
+                view: view.to_owned(),
+                feature: feature.to_owned(),
+            }),
+            _ => Err(format!(
+                "`{text}` is not a feature reference `VIEW:FEATURE`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for FeatureRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.view, self.feature)
+    }
+}
+
+/// A feature service.
+#[derive(Clone, Debug)]
+pub struct FeatureService {
+    /// Its name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Its own deadline.
+    pub deadline: Duration,
+    /// Its features, in output order.
+    pub features: Vec<FeatureRef>,
+    /// Default values by feature.
+    pub defaults: HashMap<FeatureRef, Value>,
+}
+
+/// The default feature service deadline.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(50);
+/// The default per-source concurrency bound.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `line:column` (1-based) of the problem, when it can be placed.
+    pub position: Option<(usize, usize)>,
+    /// Dotted path of the offending field, e.g. `views.user.source`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    /// The file, as named to the user.
+    pub file: String,
+    /// The problems, in file order.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file)?;
+            if let Some((line, col)) = e.position {
+                write!(f, ":{line}:{col}")?;
+            }
+            if e.path.is_empty() {
+                write!(f, ": {}", e.message)?;
+            } else {
+                write!(f, ": {}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems with their paths while validating; resolves positions at the end.
+#[derive(Default)]
+struct Problems(Vec<(Vec<String>, String)>);
+
+impl Problems {
+    fn add(&mut self, path: &[&str], message: impl Into<String>) {
+        self.0.push((
+            path.iter().map(|s| (*s).to_owned()).collect(),
+            message.into(),
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+/// Reads, parses and validates the file at `path`. Relative paths in source options are
+/// resolved against the file's directory.
+pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: path.display().to_string(),
+        errors: vec![ConfigError {
+            position: None,
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    load_str(&text, &path.display().to_string(), &base_dir, registry)
+}
+
+/// Parses and validates `text`; `file` names it in errors.
+pub fn load_str(
+    text: &str,
+    file: &str,
+    base_dir: &Path,
+    registry: &Registry,
+) -> Result<Config, ConfigErrors> {
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        file: file.to_owned(),
+        errors,
+    };
+    let document = DeTable::parse(text).map_err(|e| fail(vec![from_toml_error(text, &e)]))?;
+    let (raw, unknown) = parse(text).map_err(|e| fail(vec![from_toml_error(text, &e)]))?;
+    let mut problems = Problems::default();
+    for path in unknown {
+        let field = path.last().cloned().unwrap_or_default();
+        problems.0.push((path, format!("unknown field `{field}`")));
+    }
+    let config = validate(raw, text, base_dir, registry, &mut problems);
+    if problems.0.is_empty() {
+        return Ok(config);
+    }
+    let mut errors: Vec<ConfigError> = problems
+        .0
+        .into_iter()
+        .map(|(path, message)| ConfigError {
+            position: locate(document.get_ref(), &path).map(|span| line_col(text, span.start)),
+            path: path.join("."),
+            message,
+        })
+        .collect();
+    errors.sort_by(|a, b| a.position.cmp(&b.position).then(a.path.cmp(&b.path)));
+    errors.dedup();
+    Err(fail(errors))
+}
+
+/// Parses `text` into a [`RawConfig`], returning the paths of every field it does not know.
+pub fn parse(text: &str) -> Result<(RawConfig, Vec<Vec<String>>), toml::de::Error> {
+    let mut unknown = Vec::new();
+    let deserializer = toml::Deserializer::parse(text)?;
+    let raw = serde_ignored::deserialize(deserializer, |path| unknown.push(path_segments(&path)))?;
+    Ok((raw, unknown))
+}
+
+fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
+    use serde_ignored::Path as P;
+    let mut segments = match path {
+        P::Root => return Vec::new(),
+        P::Seq { parent, index } => {
+            let mut s = path_segments(parent);
+            s.push(index.to_string());
+            return s;
+        }
+        P::Map { parent, key } => {
+            let mut s = path_segments(parent);
+            s.push(key.clone());
+            return s;
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            path_segments(parent)
+        }
+    };
+    segments.shrink_to_fit();
+    segments
+}
+
+fn from_toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    ConfigError {
+        position: e.span().map(|s| line_col(text, s.start)),
+        path: String::new(),
+        message: e.message().trim().to_owned(),
+    }
+}
+
+/// The span of the key at `path` in the document (the key itself, so the caret points at the
+/// field's name), or of the closest ancestor that exists.
+fn locate(root: &DeTable<'_>, path: &[String]) -> Option<Range<usize>> {
+    let mut table = Some(root);
+    let mut array: Option<&[toml::Spanned<DeValue<'_>>]> = None;
+    let mut found = None;
+    for segment in path {
+        let value = if let Some(t) = table {
+            let (key, value) = t.iter().find(|(k, _)| k.get_ref().as_ref() == segment)?;
+            found = Some(key.span());
+            value
+        } else if let Some(items) = array {
+            let item = items.get(segment.parse::<usize>().ok()?)?;
+            found = Some(item.span());
+            item
+        } else {
+            break;
+        };
+        (table, array) = match value.get_ref() {
+            DeValue::Table(t) => (Some(t), None),
+            DeValue::Array(a) => (None, Some(&a[..])),
+            _ => (None, None),
+        };
+    }
+    found
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like \"20ms\" or \"5s\": {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+fn validate(
+    raw: RawConfig,
+    text: &str,
+    base_dir: &Path,
+    registry: &Registry,
+    problems: &mut Problems,
+) -> Config {
+    let limits = raw.limits.clone();
+    if limits.max_batch_rows == 0 {
+        problems.add(&["limits", "max_batch_rows"], "must be at least 1");
+    }
+
+    // Entities: their own fields; `from` is resolved once views are known.
+    let mut entities = BTreeMap::new();
+    for (name, e) in &raw.entities {
+        let ty = match e.ty.parse::<FeatureType>() {
+            Ok(ty) if ty.is_key_type() => ty,
+            Ok(ty) => {
+                problems.add(
+                    &["entities", name, "type"],
+                    format!("an entity key must be int64 or string, not {ty}"),
+                );
+                FeatureType::String
+            }
+            Err(msg) => {
+                problems.add(&["entities", name, "type"], msg);
+                FeatureType::String
+            }
+        };
+        let from = match e.from.as_deref() {
+            None => EntityFrom::Request,
+            Some(from) => match from.split_once(':') {
+                Some(("context", key)) if !key.is_empty() => EntityFrom::Context(key.to_owned()),
+                _ => match FeatureRef::parse(from) {
+                    Ok(r) => EntityFrom::Feature {
+                        view: r.view,
+                        feature: r.feature,
+                    },
+                    Err(_) => {
+                        problems.add(
+                            &["entities", name, "from"],
+                            format!("`{from}` is neither `context:NAME` nor `VIEW:FEATURE`"),
+                        );
+                        EntityFrom::Request
+                    }
+                },
+            },
+        };
+        entities.insert(
+            name.clone(),
+            Entity {
+                name: name.clone(),
+                ty,
+                from,
+                description: e.description.clone(),
+            },
+        );
+    }
+
+    // Views, minus what depends on sources.
+    let mut views = BTreeMap::new();
+    for (name, v) in &raw.views {
+        let mut features = BTreeMap::new();
+        for (fname, f) in &v.features {
+            match f.ty.parse::<FeatureType>() {
+                Ok(ty) => {
+                    features.insert(
+                        fname.clone(),
+                        Feature {
+                            ty,
+                            description: f.description.clone(),
+                        },
+                    );
+                }
+                Err(msg) => problems.add(&["views", name, "features", fname, "type"], msg),
+            }
+        }
+        if v.features.is_empty() {
+            problems.add(&["views", name], "a view needs at least one feature");
+        }
+        for (i, entity) in v.entities.iter().enumerate() {
+            if !raw.entities.contains_key(entity) {
+                problems.add(
+                    &["views", name, "entities", &i.to_string()],
+                    format!(
+                        "the view is keyed by `{entity}`, which no entity declares{}",
+                        known(raw.entities.keys())
+                    ),
+                );
+            }
+        }
+        if has_duplicates(&v.entities) {
+            problems.add(&["views", name, "entities"], "an entity is listed twice");
+        }
+        let max_age = v.max_age.as_deref().and_then(|t| {
+            parse_duration(t)
+                .map_err(|msg| problems.add(&["views", name, "max_age"], msg))
+                .ok()
+        });
+        views.insert(
+            name.clone(),
+            View {
+                name: name.clone(),
+                source: v.source.clone(),
+                entities: v.entities.clone(),
+                max_age,
+                description: v.description.clone(),
+                features,
+                options: Options(v.options.clone()),
+            },
+        );
+    }
+
+    // Sources, with the views that read from them, validated by their kind's factory.
+    let mut sources = BTreeMap::new();
+    for (name, s) in &raw.sources {
+        let timeout = s.timeout.as_deref().and_then(|t| {
+            parse_duration(t)
+                .map_err(|msg| problems.add(&["sources", name, "timeout"], msg))
+                .ok()
+        });
+        if s.max_concurrency == Some(0) {
+            problems.add(&["sources", name, "max_concurrency"], "must be at least 1");
+        }
+        let source_views: Vec<ViewSpec> = views
+            .values()
+            .filter(|v| &v.source == name)
+            .map(|v| ViewSpec {
+                name: v.name.clone(),
+                keys: v
+                    .entities
+                    .iter()
+                    .map(|e| KeySpec {
+                        name: e.clone(),
+                        ty: entities.get(e).map_or(FeatureType::String, |e| e.ty),
+                    })
+                    .collect(),
+                features: v.features.iter().map(|(n, f)| (n.clone(), f.ty)).collect(),
+                options: v.options.clone(),
+            })
+            .collect();
+        let spec = SourceSpec {
+            name: name.clone(),
+            kind: s.kind.clone(),
+            options: Options(s.options.clone()),
+            views: source_views,
+            base_dir: base_dir.to_owned(),
+        };
+        if s.kind == REQUEST_KIND {
+            if !s.options.is_empty() {
+                for key in s.options.keys() {
+                    problems.add(&["sources", name, key], format!("unknown field `{key}`"));
+                }
+            }
+            for v in &spec.views {
+                if !v.keys.is_empty() {
+                    problems.add(
+                        &["views", &v.name, "entities"],
+                        "a view of a `request` source reads the request's context and has no entities",
+                    );
+                }
+                for key in v.options.0.keys() {
+                    problems.add(&["views", &v.name, key], format!("unknown field `{key}`"));
+                }
+            }
+        } else {
+            match registry.get(&s.kind) {
+                Err(mut unknown) => {
+                    unknown.known.push(REQUEST_KIND);
+                    unknown.known.sort_unstable();
+                    problems.add(&["sources", name, "kind"], unknown.to_string());
+                }
+                Ok(factory) => {
+                    for msg in factory.validate(&spec) {
+                        // Messages that name a view are placed on that view.
+                        let view = spec
+                            .views
+                            .iter()
+                            .find(|v| msg.starts_with(&format!("view `{}`", v.name)));
+                        match view {
+                            Some(v) => problems.add(&["views", &v.name], msg),
+                            None => problems.add(&["sources", name], msg),
+                        }
+                    }
+                }
+            }
+        }
+        sources.insert(
+            name.clone(),
+            Source {
+                name: name.clone(),
+                kind: s.kind.clone(),
+                timeout,
+                max_concurrency: s.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+                required: s.required,
+                spec,
+            },
+        );
+    }
+    for (name, v) in &views {
+        if !sources.contains_key(&v.source) {
+            problems.add(
+                &["views", name, "source"],
+                format!("unknown source `{}`{}", v.source, known(sources.keys())),
+            );
+        }
+    }
+
+    // Entities derived from features must name a real feature of the entity's type.
+    for (name, e) in &entities {
+        if let EntityFrom::Feature { view, feature } = &e.from {
+            match views.get(view).map(|v| v.features.get(feature)) {
+                None => problems.add(
+                    &["entities", name, "from"],
+                    format!("unknown view `{view}`{}", known(views.keys())),
+                ),
+                Some(None) => problems.add(
+                    &["entities", name, "from"],
+                    format!("view `{view}` has no feature `{feature}`"),
+                ),
+                Some(Some(f)) if f.ty != e.ty => problems.add(
+                    &["entities", name, "from"],
+                    format!(
+                        "`{view}:{feature}` is {}, but entity `{name}` is {}",
+                        f.ty, e.ty
+                    ),
+                ),
+                Some(Some(_)) => {}
+            }
+        }
+    }
+
+    // Feature services.
+    let mut feature_services = BTreeMap::new();
+    for (name, fs) in &raw.feature_services {
+        let deadline = match fs.deadline.as_deref() {
+            None => DEFAULT_DEADLINE,
+            Some(t) => match parse_duration(t) {
+                Ok(d) if d.is_zero() => {
+                    problems.add(&["feature_services", name, "deadline"], "must be positive");
+                    DEFAULT_DEADLINE
+                }
+                Ok(d) => d,
+                Err(msg) => {
+                    problems.add(&["feature_services", name, "deadline"], msg);
+                    DEFAULT_DEADLINE
+                }
+            },
+        };
+        if fs.features.is_empty() {
+            problems.add(
+                &["feature_services", name, "features"],
+                "a feature service needs at least one feature",
+            );
+        }
+        let mut features = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, text) in fs.features.iter().enumerate() {
+            let at = ["feature_services", name, "features", &i.to_string()];
+            match resolve_refs(text, &views) {
+                Ok(refs) => {
+                    for r in refs {
+                        if !seen.insert(r.clone()) {
+                            problems.add(&at, format!("`{r}` is listed twice"));
+                        } else {
+                            features.push(r);
+                        }
+                    }
+                }
+                Err(msg) => problems.add(&at, msg),
+            }
+        }
+        let mut defaults = HashMap::new();
+        for (text, value) in &fs.defaults {
+            let at = ["feature_services", name, "defaults", text.as_str()];
+            let r = match FeatureRef::parse(text) {
+                Ok(r) if seen.contains(&r) => r,
+                Ok(r) => {
+                    problems.add(
+                        &at,
+                        format!("`{r}` is not a feature of this feature service"),
+                    );
+                    continue;
+                }
+                Err(msg) => {
+                    problems.add(&at, msg);
+                    continue;
+                }
+            };
+            let ty = views[&r.view].features[&r.feature].ty;
+            match toml_to_value(value, ty) {
+                Ok(v) => {
+                    defaults.insert(r, v);
+                }
+                Err(msg) => problems.add(&at, msg),
+            }
+        }
+        feature_services.insert(
+            name.clone(),
+            FeatureService {
+                name: name.clone(),
+                description: fs.description.clone(),
+                deadline,
+                features,
+                defaults,
+            },
+        );
+    }
+
+    let config = Config {
+        limits,
+        entities,
+        sources,
+        views,
+        feature_services,
+        hash: short_hash(text.as_bytes()),
+    };
+
+    // Planning finds dependency cycles; only worth it once names resolve.
+    if problems.0.is_empty() {
+        for fs in config.feature_services.values() {
+            if let Err(msg) = plan::check(&config, &fs.features) {
+                problems.add(&["feature_services", &fs.name], msg);
+            }
+        }
+    }
+    config
+}
+
+/// Expands one entry of a feature service's `features` list.
+fn resolve_refs(text: &str, views: &BTreeMap<String, View>) -> Result<Vec<FeatureRef>, String> {
+    let r = FeatureRef::parse(text)?;
+    let view = views
+        .get(&r.view)
+        .ok_or_else(|| format!("unknown view `{}`{}", r.view, known(views.keys())))?;
+    if r.feature == "*" {
+        return Ok(view
+            .features
+            .keys()
+            .map(|f| FeatureRef {
+                view: r.view.clone(),
+                feature: f.clone(),
+            })
+            .collect());
+    }
+    if !view.features.contains_key(&r.feature) {
+        return Err(format!(
+            "view `{}` has no feature `{}`{}",
+            r.view,
+            r.feature,
+            known(view.features.keys())
+        ));
+    }
+    Ok(vec![r])
+}
+
+/// Converts a default value written in TOML to the feature's type.
+fn toml_to_value(value: &toml::Value, ty: FeatureType) -> Result<Value, String> {
+    let json = match value {
+        toml::Value::Datetime(dt) => serde_json::Value::String(dt.to_string()),
+        other => serde_json::to_value(other).map_err(|e| e.to_string())?,
+    };
+    ty.from_json(&json)
+        .map_err(|e| format!("default does not fit the feature's type: {e}"))
+}
+
+fn has_duplicates(items: &[String]) -> bool {
+    let mut seen = BTreeSet::new();
+    !items.iter().all(|i| seen.insert(i))
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let names: Vec<&str> = names.map(String::as_str).take(20).collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(" (known: {})", names.join(", "))
+    }
+}
+
+/// First 16 hex digits of the SHA-256 of `bytes`.
+pub fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
+#[cfg(test)]
+mod tests;

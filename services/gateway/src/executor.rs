@@ -1,0 +1,341 @@
+//! Running a plan for a batch of rows: fan out per stage, then assemble the vectors.
+//!
+//! Each stage's fetches run concurrently, one call per (view, distinct key set) for the whole
+//! batch, every call through its source's stack (which bounds it by the request's deadline).
+//! A failing or slow source never fails the request: its features get a status
+//! (`TIMED_OUT`, `SOURCE_ERROR`, ...) and, where configured, a default value.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use fetcher_api::{EntityKey, ErrorClass, FetchError, FetchRequest, KeyPart, Record, Row, Value};
+use futures::future::join_all;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::{
+    plan::{KeyInput, Origin, Plan},
+    stack::SourceService,
+};
+
+/// One row's inputs, validated against the plan (see [`crate::request`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowInput {
+    /// One key per `plan.entities`, in order.
+    pub entities: Vec<KeyPart>,
+    /// One optional value per `plan.context`, in order, already of the declared type.
+    pub context: Vec<Option<Value>>,
+}
+
+/// Why a feature has the value it has (the wire's `FeatureStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    Present,
+    NotFound,
+    NullValue,
+    OutsideMaxAge,
+    TimedOut,
+    SourceError,
+    Stale,
+}
+
+impl Status {
+    /// Every status, in wire order.
+    pub const ALL: [Status; 7] = [
+        Status::Present,
+        Status::NotFound,
+        Status::NullValue,
+        Status::OutsideMaxAge,
+        Status::TimedOut,
+        Status::SourceError,
+        Status::Stale,
+    ];
+
+    /// A lowercase name, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Present => "present",
+            Status::NotFound => "not_found",
+            Status::NullValue => "null_value",
+            Status::OutsideMaxAge => "outside_max_age",
+            Status::TimedOut => "timed_out",
+            Status::SourceError => "source_error",
+            Status::Stale => "stale",
+        }
+    }
+}
+
+/// One served feature.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Served {
+    /// The value (the default, if one was applied).
+    pub value: Value,
+    /// Why it is this value.
+    pub status: Status,
+    /// The source's event time of the value, if known.
+    pub event_time: Option<SystemTime>,
+    /// Time spent on the fetch that produced it.
+    pub latency: Duration,
+    /// Whether `value` is the configured default.
+    pub default_applied: bool,
+    /// A short reason for a status other than PRESENT.
+    pub detail: Option<Arc<str>>,
+}
+
+/// The result of a plan run.
+#[derive(Debug)]
+pub struct Execution {
+    /// One vector per input row, one entry per plan output.
+    pub rows: Vec<Vec<Served>>,
+    /// Wall time of each stage.
+    pub stage_times: Vec<Duration>,
+}
+
+/// What one fetch produced.
+#[derive(Debug, Default)]
+enum Outcome {
+    /// Not run: no row had a complete key.
+    #[default]
+    Skipped,
+    /// Ran. `row_of[r]` is the index in `result`'s rows of request row `r`'s key, if it had one.
+    Ran {
+        row_of: Vec<Option<usize>>,
+        result: Result<Vec<Row>, FetchError>,
+        latency: Duration,
+    },
+}
+
+/// What a fetch produced for one request row.
+#[derive(Debug)]
+enum RowState<'a> {
+    KeyUnavailable,
+    Failed(&'a FetchError),
+    NotFound,
+    Found(&'a Record),
+}
+
+impl Outcome {
+    fn for_row(&self, row: usize) -> (RowState<'_>, Duration) {
+        match self {
+            Outcome::Skipped => (RowState::KeyUnavailable, Duration::ZERO),
+            Outcome::Ran {
+                row_of,
+                result,
+                latency,
+            } => {
+                let state = match (row_of[row], result) {
+                    (None, _) => RowState::KeyUnavailable,
+                    (Some(_), Err(e)) => RowState::Failed(e),
+                    (Some(i), Ok(rows)) => match &rows[i] {
+                        Row::NotFound => RowState::NotFound,
+                        Row::Found(record) => RowState::Found(record),
+                    },
+                };
+                (state, *latency)
+            }
+        }
+    }
+}
+
+/// Runs `plan` for `rows` against `sources` (indexed like the configuration's sources), each
+/// fetch bounded by `deadline`.
+pub async fn execute(
+    plan: &Plan,
+    sources: &[Option<SourceService>],
+    rows: &[RowInput],
+    deadline: Instant,
+) -> Execution {
+    let mut outcomes: Vec<Outcome> = plan.fetches.iter().map(|_| Outcome::default()).collect();
+    let mut stage_times = Vec::with_capacity(plan.stages.len());
+    for stage in &plan.stages {
+        let started = Instant::now();
+        let calls = stage.iter().map(|&f| {
+            let fetch = &plan.fetches[f];
+            let (keys, row_of) = distinct_keys(rows.len(), |r| {
+                fetch
+                    .keys
+                    .iter()
+                    .map(|k| key_part(*k, r, &rows[r], &outcomes))
+                    .collect()
+            });
+            let service = sources[fetch.source].clone();
+            let request = FetchRequest {
+                view: fetch.view.clone(),
+                features: fetch.features.clone(),
+                keys,
+                deadline: Some(deadline),
+            };
+            async move {
+                if request.keys.is_empty() {
+                    return Outcome::Skipped;
+                }
+                let Some(service) = service else {
+                    return Outcome::Ran {
+                        row_of,
+                        result: Err(FetchError::internal("the source has no fetcher")),
+                        latency: Duration::ZERO,
+                    };
+                };
+                let started = Instant::now();
+                let result = service.oneshot(request).await;
+                Outcome::Ran {
+                    row_of,
+                    result,
+                    latency: started.elapsed(),
+                }
+            }
+        });
+        let done = join_all(calls).await;
+        for (&f, outcome) in stage.iter().zip(done) {
+            outcomes[f] = outcome;
+        }
+        stage_times.push(started.elapsed());
+    }
+    Execution {
+        rows: assemble(plan, rows, &outcomes, SystemTime::now()),
+        stage_times,
+    }
+}
+
+/// The distinct complete keys of `n` rows, and for each row the index of its key.
+fn distinct_keys(
+    n: usize,
+    key_of: impl Fn(usize) -> Option<EntityKey>,
+) -> (Vec<EntityKey>, Vec<Option<usize>>) {
+    let mut keys = Vec::new();
+    let mut row_of = Vec::with_capacity(n);
+    if n == 1 {
+        // The common single-row request needs no de-duplication map.
+        let key = key_of(0);
+        row_of.push(key.as_ref().map(|_| 0));
+        keys.extend(key);
+        return (keys, row_of);
+    }
+    let mut index: HashMap<EntityKey, usize> = HashMap::new();
+    for r in 0..n {
+        row_of.push(key_of(r).map(|key| {
+            *index.entry(key).or_insert_with_key(|key| {
+                keys.push(key.clone());
+                keys.len() - 1
+            })
+        }));
+    }
+    (keys, row_of)
+}
+
+/// One part of a row's key for a fetch, if available.
+fn key_part(input: KeyInput, r: usize, row: &RowInput, outcomes: &[Outcome]) -> Option<KeyPart> {
+    match input {
+        KeyInput::Entity(i) => Some(row.entities[i].clone()),
+        KeyInput::Context(i) => row.context[i].as_ref()?.to_key_part(),
+        KeyInput::Feature { fetch, cell } => {
+            let (state, _) = outcomes[fetch].for_row(r);
+            match state {
+                RowState::Found(record) => record.cells.get(cell)?.as_ref().ok()?.to_key_part(),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Builds each row's vector from the fetch outcomes. Pure, so every status rule is unit-tested.
+fn assemble(
+    plan: &Plan,
+    rows: &[RowInput],
+    outcomes: &[Outcome],
+    now: SystemTime,
+) -> Vec<Vec<Served>> {
+    rows.iter()
+        .enumerate()
+        .map(|(r, row)| {
+            plan.outputs
+                .iter()
+                .map(|output| {
+                    let mut served = match output.origin {
+                        Origin::Context(i) => match &row.context[i] {
+                            None => {
+                                served(Value::Null, Status::NotFound, Some("context value missing"))
+                            }
+                            Some(Value::Null) => served(Value::Null, Status::NullValue, None),
+                            Some(v) => served(v.clone(), Status::Present, None),
+                        },
+                        Origin::Fetched { fetch, cell } => {
+                            let (state, latency) = outcomes[fetch].for_row(r);
+                            let mut s = from_state(
+                                state,
+                                cell,
+                                output.ty,
+                                plan.fetches[fetch].max_age,
+                                now,
+                            );
+                            s.latency = latency;
+                            s
+                        }
+                    };
+                    if served.status != Status::Present {
+                        if let Some(default) = &output.default {
+                            served.value = default.clone();
+                            served.default_applied = true;
+                        }
+                    }
+                    served
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn served(value: Value, status: Status, detail: Option<&str>) -> Served {
+    Served {
+        value,
+        status,
+        event_time: None,
+        latency: Duration::ZERO,
+        default_applied: false,
+        detail: detail.map(Arc::from),
+    }
+}
+
+fn from_state(
+    state: RowState<'_>,
+    cell: usize,
+    ty: fetcher_api::FeatureType,
+    max_age: Option<Duration>,
+    now: SystemTime,
+) -> Served {
+    match state {
+        RowState::KeyUnavailable => served(Value::Null, Status::NotFound, Some("key unavailable")),
+        RowState::Failed(e) if e.class() == ErrorClass::Timeout => {
+            served(Value::Null, Status::TimedOut, Some(e.class().as_str()))
+        }
+        RowState::Failed(e) => served(Value::Null, Status::SourceError, Some(e.class().as_str())),
+        RowState::NotFound => served(Value::Null, Status::NotFound, None),
+        RowState::Found(record) => {
+            let too_old = match (max_age, record.event_time) {
+                (Some(max_age), Some(t)) => now.duration_since(t).is_ok_and(|age| age > max_age),
+                _ => false,
+            };
+            let mut s = if too_old {
+                served(Value::Null, Status::OutsideMaxAge, None)
+            } else {
+                match record.cells.get(cell) {
+                    None => served(Value::Null, Status::SourceError, Some("missing cell")),
+                    Some(Err(e)) => served(Value::Null, Status::SourceError, Some(&e.0)),
+                    Some(Ok(Value::Null)) => served(Value::Null, Status::NullValue, None),
+                    Some(Ok(v)) => match ty.conform(v.clone()) {
+                        Ok(v) => served(v, Status::Present, None),
+                        Err(e) => served(Value::Null, Status::SourceError, Some(&e)),
+                    },
+                }
+            };
+            s.event_time = record.event_time;
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! The running gateway: the validated configuration, each source behind its stack, and the
+//! compiled plans. Built once at start-up (this is where the I/O of step 3 happens: connecting
+//! and loading every source), then shared read-only by every request.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use fetcher_api::{BuildError, Fetcher, Registry};
+use tokio::time::Instant;
+
+use crate::{
+    config::{Config, DEFAULT_DEADLINE, FeatureRef, REQUEST_KIND},
+    executor::{self, Execution, RowInput},
+    plan::{self, Plan},
+    request::RequestError,
+    stack::{SourcePolicy, SourceService, source_stack},
+};
+
+/// The built-in source kinds, one line each.
+pub fn builtin_registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register(fetcher_static::StaticFactory);
+    registry
+}
+
+/// A source as the running gateway holds it.
+#[derive(Debug)]
+pub struct SourceRuntime {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Its kind.
+    pub kind: Arc<str>,
+    /// Whether health depends on it.
+    pub required: bool,
+    /// The fetcher itself, for health checks (`None` for `request` sources).
+    pub fetcher: Option<Arc<dyn Fetcher>>,
+}
+
+/// Most ad-hoc plans kept; beyond it the cache starts over (ad-hoc lists are usually few).
+const ADHOC_PLAN_CACHE: usize = 256;
+
+/// The gateway: configuration, sources and plans.
+#[derive(Debug)]
+pub struct Gateway {
+    config: Config,
+    sources: Vec<SourceRuntime>,
+    services: Vec<Option<SourceService>>,
+    plans: BTreeMap<String, Arc<Plan>>,
+    adhoc: RwLock<HashMap<Vec<String>, Arc<Plan>>>,
+}
+
+impl Gateway {
+    /// Connects every source and compiles every feature service.
+    pub async fn build(config: Config, registry: &Registry) -> Result<Gateway, BuildError> {
+        let mut sources = Vec::with_capacity(config.sources.len());
+        let mut services = Vec::with_capacity(config.sources.len());
+        for source in config.sources.values() {
+            let (fetcher, service) = if source.kind == REQUEST_KIND {
+                (None, None)
+            } else {
+                let factory = registry.get(&source.kind).map_err(|e| BuildError {
+                    source_name: source.name.clone(),
+                    message: e.to_string(),
+                })?;
+                let fetcher = factory.build(&source.spec).await?;
+                let policy = SourcePolicy {
+                    name: source.name.as_str().into(),
+                    kind: source.kind.as_str().into(),
+                    timeout: source.timeout,
+                    max_concurrency: source.max_concurrency,
+                };
+                let service = source_stack(fetcher.clone(), &policy);
+                (Some(fetcher), Some(service))
+            };
+            sources.push(SourceRuntime {
+                name: source.name.as_str().into(),
+                kind: source.kind.as_str().into(),
+                required: source.required,
+                fetcher,
+            });
+            services.push(service);
+        }
+        let mut plans = BTreeMap::new();
+        for fs in config.feature_services.values() {
+            let plan = plan::compile(
+                &config,
+                &fs.name,
+                &fs.description,
+                fs.deadline,
+                &fs.features,
+                &fs.defaults,
+            )
+            .map_err(|message| BuildError {
+                source_name: fs.name.clone(),
+                message,
+            })?;
+            plans.insert(fs.name.clone(), Arc::new(plan));
+        }
+        Ok(Gateway {
+            config,
+            sources,
+            services,
+            plans,
+            adhoc: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The sources, in configuration order.
+    pub fn sources(&self) -> &[SourceRuntime] {
+        &self.sources
+    }
+
+    /// The feature services' plans, by name.
+    pub fn plans(&self) -> &BTreeMap<String, Arc<Plan>> {
+        &self.plans
+    }
+
+    /// The plan for a request naming either a feature service or explicit feature refs.
+    pub fn resolve(
+        &self,
+        feature_service: &str,
+        features: &[String],
+    ) -> Result<Arc<Plan>, RequestError> {
+        match (feature_service.is_empty(), features.is_empty()) {
+            (false, true) => self
+                .plans
+                .get(feature_service)
+                .cloned()
+                .ok_or_else(|| RequestError::UnknownFeatureService(feature_service.to_owned())),
+            (true, false) => self.adhoc_plan(features),
+            (false, false) => Err(RequestError::invalid(
+                "feature_service",
+                "set either feature_service or features, not both",
+            )),
+            (true, true) => Err(RequestError::invalid(
+                "feature_service",
+                "set either feature_service or features",
+            )),
+        }
+    }
+
+    fn adhoc_plan(&self, features: &[String]) -> Result<Arc<Plan>, RequestError> {
+        let limit = self.config.limits.max_features_per_request;
+        if features.len() > limit {
+            return Err(RequestError::invalid(
+                "features",
+                format!(
+                    "{} feature refs, more than the limit of {limit}",
+                    features.len()
+                ),
+            ));
+        }
+        if let Some(plan) = self
+            .adhoc
+            .read()
+            .ok()
+            .and_then(|c| c.get(features).cloned())
+        {
+            return Ok(plan);
+        }
+        let mut refs = Vec::with_capacity(features.len());
+        for (i, text) in features.iter().enumerate() {
+            let field = || format!("features[{i}]");
+            let r = FeatureRef::parse(text).map_err(|m| RequestError::invalid(field(), m))?;
+            let view = self.config.views.get(&r.view).ok_or_else(|| {
+                RequestError::invalid(field(), format!("unknown view `{}`", r.view))
+            })?;
+            if r.feature == "*" {
+                refs.extend(view.features.keys().map(|f| FeatureRef {
+                    view: r.view.clone(),
+                    feature: f.clone(),
+                }));
+            } else if view.features.contains_key(&r.feature) {
+                refs.push(r);
+            } else {
+                return Err(RequestError::invalid(
+                    field(),
+                    format!("view `{}` has no feature `{}`", r.view, r.feature),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = refs.iter().find(|r| !seen.insert(*r)) {
+            return Err(RequestError::invalid(
+                "features",
+                format!("`{dup}` is listed twice"),
+            ));
+        }
+        let plan = plan::compile(
+            &self.config,
+            "",
+            "",
+            DEFAULT_DEADLINE,
+            &refs,
+            &HashMap::new(),
+        )
+        .map_err(|m| RequestError::invalid("features", m))?;
+        let plan = Arc::new(plan);
+        if let Ok(mut cache) = self.adhoc.write() {
+            if cache.len() >= ADHOC_PLAN_CACHE {
+                cache.clear();
+            }
+            cache.insert(features.to_vec(), plan.clone());
+        }
+        Ok(plan)
+    }
+
+    /// Runs `plan` for `rows`, each fetch bounded by `deadline`.
+    pub async fn execute(&self, plan: &Plan, rows: &[RowInput], deadline: Instant) -> Execution {
+        executor::execute(plan, &self.services, rows, deadline).await
+    }
+}
+
+/// The deadline of a request that arrived at `arrival`: the earlier of the plan's own and the
+/// caller's `grpc-timeout` less a margin for sending the answer back. `None` when the caller's
+/// deadline leaves no time at all.
+pub fn request_deadline(
+    arrival: Instant,
+    plan_deadline: Duration,
+    client_timeout: Option<Duration>,
+) -> Option<Instant> {
+    let own = arrival + plan_deadline;
+    match client_timeout {
+        None => Some(own),
+        Some(timeout) => {
+            // Leave time to encode and send the response before the caller gives up.
+            let margin = (timeout / 10).min(Duration::from_millis(1));
+            let budget = timeout.checked_sub(margin).filter(|b| !b.is_zero())?;
+            Some(own.min(arrival + budget))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_is_the_earlier_of_plan_and_caller() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(request_deadline(now, ms(50), None), Some(now + ms(50)));
+        // The caller's 20 ms, less a 1 ms margin.
+        assert_eq!(
+            request_deadline(now, ms(50), Some(ms(20))),
+            Some(now + ms(19))
+        );
+        // The plan's 50 ms is earlier than the caller's 2 s.
+        assert_eq!(
+            request_deadline(now, ms(50), Some(ms(2000))),
+            Some(now + ms(50))
+        );
+        // A tiny budget keeps 90% of itself.
+        assert_eq!(
+            request_deadline(now, ms(50), Some(Duration::from_micros(500))),
+            Some(now + Duration::from_micros(450))
+        );
+        assert_eq!(request_deadline(now, ms(50), Some(Duration::ZERO)), None);
+    }
+}

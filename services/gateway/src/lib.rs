@@ -1,0 +1,27 @@
+//! feature-gateway: given entity keys and the name of a model's feature set, fetch every
+//! feature from the sources that hold them, inside the caller's deadline, and answer with one
+//! ordered, typed vector and a status per feature.
+//!
+//! # Layout
+//! - [`config`]: the configuration file; parse, then validate with no I/O.
+//! - [`plan`]: a feature service compiled into a staged DAG of view fetches.
+//! - [`stack`]: the tower layers every source sits behind (deadline, bulkhead, telemetry).
+//! - [`executor`]: runs a plan for a batch of rows and assembles the vectors and statuses.
+//! - [`request`]: checks a request's inputs; the table from request errors to gRPC codes.
+//! - [`gateway`]: the built gateway (sources connected, plans compiled).
+//! - [`server`]: the gRPC service, health, reflection, admin port and graceful shutdown.
+//! - [`telemetry`]: every metric and log line, as typed events.
+//! - [`demo`]: the embedded demo deployment.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod executor;
+pub mod gateway;
+pub mod plan;
+pub mod request;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
+
+pub use gateway::{Gateway, builtin_registry};

@@ -1,0 +1,374 @@
+//! Compiling a feature service into a plan, once, when the configuration is loaded.
+//!
+//! A plan says which views to fetch, from which source, with which keys, and where each output
+//! feature's value comes from. A view's key may come from the request's entities, from its
+//! context, or from a feature of another view (`user_id -> linked item's access_token ->
+//! balances`), so the fetches form a small DAG. The plan runs it in stages: stage 0 holds the
+//! fetches keyed by the request alone, stage N the fetches keyed by features of stage N-1 or
+//! earlier. A cycle is a configuration error.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
+
+use fetcher_api::{FeatureType, Value};
+
+use crate::config::{Config, EntityFrom, FeatureRef, REQUEST_KIND, short_hash};
+
+/// The compiled form of a feature service (or of an ad-hoc list of feature refs).
+#[derive(Debug)]
+pub struct Plan {
+    /// The feature service's name (`""` for an ad-hoc plan).
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// The feature service's own deadline.
+    pub deadline: Duration,
+    /// Hash of everything that determines the served values: features, types, sources, keys,
+    /// max ages, source-kind options and defaults.
+    pub definition_hash: String,
+    /// The output features, in order.
+    pub outputs: Vec<Output>,
+    /// The view fetches.
+    pub fetches: Vec<Fetch>,
+    /// Fetch indices per stage, stage 0 first.
+    pub stages: Vec<Vec<usize>>,
+    /// Entity keys the request must supply.
+    pub entities: Vec<Input>,
+    /// Context values the plan reads.
+    pub context: Vec<Input>,
+}
+
+/// A named, typed input of a request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    /// The name in the request's `entities` or `context` map.
+    pub name: String,
+    /// Its type.
+    pub ty: FeatureType,
+    /// Free text.
+    pub description: String,
+}
+
+/// One output feature.
+#[derive(Debug)]
+pub struct Output {
+    /// `VIEW:FEATURE`.
+    pub name: String,
+    /// Its type.
+    pub ty: FeatureType,
+    /// The view's source.
+    pub source: Arc<str>,
+    /// That source's kind.
+    pub source_kind: Arc<str>,
+    /// Where the value comes from.
+    pub origin: Origin,
+    /// Served when the feature cannot be.
+    pub default: Option<Value>,
+    /// The view's max age.
+    pub max_age: Option<Duration>,
+    /// Free text.
+    pub description: String,
+}
+
+/// Where an output's value comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `plan.context[i]`.
+    Context(usize),
+    /// Cell `cell` of the rows of `plan.fetches[fetch]`.
+    Fetched {
+        /// Index into [`Plan::fetches`].
+        fetch: usize,
+        /// Index into that fetch's features.
+        cell: usize,
+    },
+}
+
+/// One view fetch.
+#[derive(Debug)]
+pub struct Fetch {
+    /// The view.
+    pub view: Arc<str>,
+    /// Index of its source in the configuration's (sorted) sources.
+    pub source: usize,
+    /// The features requested, outputs and keys of later stages alike.
+    pub features: Arc<[String]>,
+    /// Their declared types.
+    pub types: Vec<FeatureType>,
+    /// Where each part of the view's key comes from.
+    pub keys: Vec<KeyInput>,
+    /// The view's max age.
+    pub max_age: Option<Duration>,
+    /// The stage it runs in.
+    pub stage: usize,
+}
+
+/// Where one part of a view's key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyInput {
+    /// `plan.entities[i]`.
+    Entity(usize),
+    /// `plan.context[i]`.
+    Context(usize),
+    /// A feature fetched in an earlier stage.
+    Feature {
+        /// Index into [`Plan::fetches`].
+        fetch: usize,
+        /// Index into that fetch's features.
+        cell: usize,
+    },
+}
+
+/// Checks that `features` can be planned (no dependency cycles, consistent context types).
+pub fn check(config: &Config, features: &[FeatureRef]) -> Result<(), String> {
+    compile(config, "", "", Duration::ZERO, features, &HashMap::new()).map(drop)
+}
+
+/// Compiles a plan. Names must already resolve (the configuration validated).
+pub fn compile(
+    config: &Config,
+    name: &str,
+    description: &str,
+    deadline: Duration,
+    features: &[FeatureRef],
+    defaults: &HashMap<FeatureRef, Value>,
+) -> Result<Plan, String> {
+    let mut b = Builder {
+        config,
+        source_index: config
+            .sources
+            .keys()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect(),
+        fetch_of_view: HashMap::new(),
+        fetches: Vec::new(),
+        entities: Vec::new(),
+        context: Vec::new(),
+        visiting: Vec::new(),
+    };
+    let mut outputs = Vec::with_capacity(features.len());
+    for r in features {
+        let view = config
+            .views
+            .get(&r.view)
+            .ok_or_else(|| format!("unknown view `{}`", r.view))?;
+        let feature = view
+            .features
+            .get(&r.feature)
+            .ok_or_else(|| format!("view `{}` has no feature `{}`", r.view, r.feature))?;
+        let source = &config.sources[&view.source];
+        let origin = if source.kind == REQUEST_KIND {
+            Origin::Context(b.context_input(&r.feature, feature.ty, &feature.description)?)
+        } else {
+            let fetch = b.fetch(&r.view)?;
+            Origin::Fetched {
+                fetch,
+                cell: b.cell(fetch, &r.feature),
+            }
+        };
+        outputs.push(Output {
+            name: r.to_string(),
+            ty: feature.ty,
+            source: source.name.as_str().into(),
+            source_kind: source.kind.as_str().into(),
+            origin,
+            default: defaults.get(r).cloned(),
+            max_age: view.max_age,
+            description: feature.description.clone(),
+        });
+    }
+    let depth = b.fetches.iter().map(|f| f.stage + 1).max().unwrap_or(0);
+    let mut stages = vec![Vec::new(); depth];
+    let fetches: Vec<Fetch> = b
+        .fetches
+        .into_iter()
+        .map(|f| Fetch {
+            view: f.view.into(),
+            source: f.source,
+            types: f.features.iter().map(|(_, t)| *t).collect(),
+            features: f.features.into_iter().map(|(n, _)| n).collect(),
+            keys: f.keys,
+            max_age: f.max_age,
+            stage: f.stage,
+        })
+        .collect();
+    for (i, f) in fetches.iter().enumerate() {
+        stages[f.stage].push(i);
+    }
+    let definition_hash = definition_hash(config, features, defaults);
+    Ok(Plan {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        deadline,
+        definition_hash,
+        outputs,
+        fetches,
+        stages,
+        entities: b.entities,
+        context: b.context,
+    })
+}
+
+struct PendingFetch {
+    view: String,
+    source: usize,
+    features: Vec<(String, FeatureType)>,
+    keys: Vec<KeyInput>,
+    max_age: Option<Duration>,
+    stage: usize,
+}
+
+struct Builder<'a> {
+    config: &'a Config,
+    source_index: HashMap<&'a str, usize>,
+    fetch_of_view: HashMap<String, usize>,
+    fetches: Vec<PendingFetch>,
+    entities: Vec<Input>,
+    context: Vec<Input>,
+    /// The chain of views being planned, to report a cycle as the path that closes it.
+    visiting: Vec<String>,
+}
+
+impl Builder<'_> {
+    /// The fetch of `view`, planned (with the fetches its keys depend on) if not yet.
+    fn fetch(&mut self, view_name: &str) -> Result<usize, String> {
+        if let Some(&i) = self.fetch_of_view.get(view_name) {
+            return Ok(i);
+        }
+        if let Some(start) = self.visiting.iter().position(|v| v == view_name) {
+            let mut cycle = self.visiting[start..].to_vec();
+            cycle.push(view_name.to_owned());
+            return Err(format!(
+                "views depend on each other in a cycle: {}",
+                cycle.join(" -> ")
+            ));
+        }
+        self.visiting.push(view_name.to_owned());
+        let view = &self.config.views[view_name];
+        let mut keys = Vec::with_capacity(view.entities.len());
+        let mut stage = 0;
+        for entity_name in &view.entities {
+            let entity = &self.config.entities[entity_name];
+            let key = match &entity.from {
+                EntityFrom::Request => KeyInput::Entity(input(
+                    &mut self.entities,
+                    entity_name,
+                    entity.ty,
+                    &entity.description,
+                )?),
+                EntityFrom::Context(name) => {
+                    KeyInput::Context(self.context_input(name, entity.ty, &entity.description)?)
+                }
+                EntityFrom::Feature { view, feature } => {
+                    let source = &self.config.sources[&self.config.views[view].source];
+                    if source.kind == REQUEST_KIND {
+                        KeyInput::Context(self.context_input(
+                            feature,
+                            entity.ty,
+                            &entity.description,
+                        )?)
+                    } else {
+                        let fetch = self.fetch(view)?;
+                        stage = stage.max(self.fetches[fetch].stage + 1);
+                        KeyInput::Feature {
+                            fetch,
+                            cell: self.cell(fetch, feature),
+                        }
+                    }
+                }
+            };
+            keys.push(key);
+        }
+        self.visiting.pop();
+        let i = self.fetches.len();
+        self.fetches.push(PendingFetch {
+            view: view_name.to_owned(),
+            source: self.source_index[view.source.as_str()],
+            features: Vec::new(),
+            keys,
+            max_age: view.max_age,
+            stage,
+        });
+        self.fetch_of_view.insert(view_name.to_owned(), i);
+        Ok(i)
+    }
+
+    /// The index of `feature` among `fetch`'s requested features, adding it if needed.
+    fn cell(&mut self, fetch: usize, feature: &str) -> usize {
+        let f = &mut self.fetches[fetch];
+        if let Some(i) = f.features.iter().position(|(n, _)| n == feature) {
+            return i;
+        }
+        let ty = self.config.views[&f.view].features[feature].ty;
+        f.features.push((feature.to_owned(), ty));
+        f.features.len() - 1
+    }
+
+    fn context_input(
+        &mut self,
+        name: &str,
+        ty: FeatureType,
+        description: &str,
+    ) -> Result<usize, String> {
+        input(&mut self.context, name, ty, description).map_err(|e| format!("context {e}"))
+    }
+}
+
+fn input(
+    inputs: &mut Vec<Input>,
+    name: &str,
+    ty: FeatureType,
+    description: &str,
+) -> Result<usize, String> {
+    if let Some(i) = inputs.iter().position(|c| c.name == name) {
+        if inputs[i].ty != ty {
+            return Err(format!(
+                "`{name}` is read both as {} and as {ty}",
+                inputs[i].ty
+            ));
+        }
+        return Ok(i);
+    }
+    inputs.push(Input {
+        name: name.to_owned(),
+        ty,
+        description: description.to_owned(),
+    });
+    Ok(inputs.len() - 1)
+}
+
+/// A hash of everything that determines the values served for `features`.
+fn definition_hash(
+    config: &Config,
+    features: &[FeatureRef],
+    defaults: &HashMap<FeatureRef, Value>,
+) -> String {
+    let mut canonical = String::new();
+    let mut views = BTreeMap::new();
+    for r in features {
+        let view = &config.views[&r.view];
+        let ty = view.features[&r.feature].ty;
+        canonical.push_str(&format!("{r}:{ty};default={:?}\n", defaults.get(r)));
+        views.insert(&r.view, view);
+    }
+    for (name, view) in views {
+        let source = &config.sources[&view.source];
+        let keys: Vec<String> = view
+            .entities
+            .iter()
+            .map(|e| format!("{e}<-{:?}", config.entities[e].from))
+            .collect();
+        canonical.push_str(&format!(
+            "view {name}: source={}({}) keys={keys:?} max_age={:?} options={}\n",
+            source.name,
+            source.kind,
+            view.max_age,
+            serde_json::to_string(&view.options.0).unwrap_or_default()
+        ));
+    }
+    short_hash(canonical.as_bytes())
+}

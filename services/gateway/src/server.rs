@@ -1,0 +1,500 @@
+//! The gRPC face of the gateway: `featuregateway.v1.FeatureService`, `grpc.health.v1.Health`
+//! and server reflection on one port, an admin HTTP port with Prometheus metrics, and a graceful
+//! shutdown that stops accepting, finishes the calls in flight, then exits.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, routing::get};
+use metrics_exporter_prometheus::PrometheusHandle;
+use proto::v1::{
+    self,
+    feature_service_server::{FeatureService, FeatureServiceServer},
+};
+use tokio::{net::TcpListener, time::Instant};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    executor::{Served, Status as FeatureStatus},
+    gateway::{Gateway, request_deadline},
+    plan::Plan,
+    request::{RequestError, parse_grpc_timeout, row_input},
+    telemetry,
+};
+
+/// Implements `FeatureService` over a [`Gateway`].
+#[derive(Clone, Debug)]
+pub struct FeatureServiceImpl {
+    gateway: Arc<Gateway>,
+}
+
+impl FeatureServiceImpl {
+    /// The service over `gateway`.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        FeatureServiceImpl { gateway }
+    }
+
+    /// The bounded metric label of a request's feature service.
+    fn label(&self, feature_service: &str) -> String {
+        if feature_service.is_empty() {
+            "adhoc".to_owned()
+        } else if self.gateway.plans().contains_key(feature_service) {
+            feature_service.to_owned()
+        } else {
+            "unknown".to_owned()
+        }
+    }
+
+    async fn get_features_inner(
+        &self,
+        req: v1::GetFeaturesRequest,
+        arrival: Instant,
+        client_timeout: Option<Duration>,
+    ) -> Result<v1::GetFeaturesResponse, RequestError> {
+        let plan = self.gateway.resolve(&req.feature_service, &req.features)?;
+        let deadline = request_deadline(arrival, plan.deadline, client_timeout)
+            .ok_or(RequestError::DeadlineExceeded)?;
+        let limits = &self.gateway.config().limits;
+        let row = row_input(&plan, &req.entities, &req.context, limits, "")?;
+        let execution = self
+            .gateway
+            .execute(&plan, std::slice::from_ref(&row), deadline)
+            .await;
+        let served = execution.rows.into_iter().next().unwrap_or_default();
+        count_statuses(&plan, &served);
+        let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
+        let request_metadata = req.include_metadata.then(|| v1::RequestMetadata {
+            deadline_ms: deadline.duration_since(arrival).as_millis() as i64,
+            total_us: arrival.elapsed().as_micros() as i64,
+            stage_us: execution
+                .stage_times
+                .iter()
+                .map(|d| d.as_micros() as i64)
+                .collect(),
+        });
+        Ok(v1::GetFeaturesResponse {
+            request_id: request_id(req.request_id),
+            feature_names: plan.outputs.iter().map(|o| o.name.clone()).collect(),
+            values,
+            statuses,
+            metadata,
+            request_metadata,
+        })
+    }
+
+    async fn get_features_batch_inner(
+        &self,
+        req: v1::GetFeaturesBatchRequest,
+        arrival: Instant,
+        client_timeout: Option<Duration>,
+    ) -> Result<v1::GetFeaturesBatchResponse, RequestError> {
+        let plan = self.gateway.resolve(&req.feature_service, &req.features)?;
+        let limits = &self.gateway.config().limits;
+        if req.rows.len() > limits.max_batch_rows {
+            return Err(RequestError::invalid(
+                "rows",
+                format!(
+                    "{} rows, more than the limit of {}",
+                    req.rows.len(),
+                    limits.max_batch_rows
+                ),
+            ));
+        }
+        let deadline = request_deadline(arrival, plan.deadline, client_timeout)
+            .ok_or(RequestError::DeadlineExceeded)?;
+        let rows = req
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                row_input(
+                    &plan,
+                    &row.entities,
+                    &row.context,
+                    limits,
+                    &format!("rows[{i}]."),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let execution = self.gateway.execute(&plan, &rows, deadline).await;
+        let vectors = execution
+            .rows
+            .into_iter()
+            .map(|served| {
+                count_statuses(&plan, &served);
+                let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
+                v1::FeatureVector {
+                    values,
+                    statuses,
+                    metadata,
+                }
+            })
+            .collect();
+        Ok(v1::GetFeaturesBatchResponse {
+            request_id: request_id(req.request_id),
+            feature_names: plan.outputs.iter().map(|o| o.name.clone()).collect(),
+            rows: vectors,
+        })
+    }
+}
+
+fn request_id(given: String) -> String {
+    if given.is_empty() {
+        uuid::Uuid::new_v4().to_string()
+    } else {
+        given
+    }
+}
+
+fn client_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+}
+
+fn count_statuses(plan: &Plan, served: &[Served]) {
+    let mut counts = [0u64; FeatureStatus::ALL.len()];
+    for s in served {
+        counts[s.status as usize] += 1;
+    }
+    let label = if plan.name.is_empty() {
+        "adhoc"
+    } else {
+        &plan.name
+    };
+    telemetry::features_served(label, &counts);
+}
+
+/// Converts one row's served features to the wire.
+fn vector(
+    plan: &Plan,
+    served: Vec<Served>,
+    include_metadata: bool,
+) -> (Vec<v1::Value>, Vec<i32>, Vec<v1::FeatureMetadata>) {
+    let mut values = Vec::with_capacity(served.len());
+    let mut statuses = Vec::with_capacity(served.len());
+    let mut metadata = Vec::with_capacity(if include_metadata { served.len() } else { 0 });
+    let now = std::time::SystemTime::now();
+    for (output, s) in plan.outputs.iter().zip(served) {
+        statuses.push(wire_status(s.status) as i32);
+        if include_metadata {
+            metadata.push(v1::FeatureMetadata {
+                source: output.source.to_string(),
+                source_kind: output.source_kind.to_string(),
+                event_time: s.event_time.map(proto::timestamp_to_wire),
+                age_ms: s
+                    .event_time
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map_or(0, |age| age.as_millis() as i64),
+                // The cache arrives with the caching layer; until then every fetch is a miss.
+                cache: if output.source_kind.as_ref() == crate::config::REQUEST_KIND {
+                    v1::CacheOutcome::Unspecified as i32
+                } else {
+                    v1::CacheOutcome::Miss as i32
+                },
+                fetch_latency_us: s.latency.as_micros() as i64,
+                default_applied: s.default_applied,
+                detail: s.detail.as_deref().unwrap_or_default().to_owned(),
+            });
+        }
+        values.push(s.value.into());
+    }
+    (values, statuses, metadata)
+}
+
+/// The wire form of a status.
+pub fn wire_status(status: FeatureStatus) -> v1::FeatureStatus {
+    match status {
+        FeatureStatus::Present => v1::FeatureStatus::Present,
+        FeatureStatus::NotFound => v1::FeatureStatus::NotFound,
+        FeatureStatus::NullValue => v1::FeatureStatus::NullValue,
+        FeatureStatus::OutsideMaxAge => v1::FeatureStatus::OutsideMaxAge,
+        FeatureStatus::TimedOut => v1::FeatureStatus::TimedOut,
+        FeatureStatus::SourceError => v1::FeatureStatus::SourceError,
+        FeatureStatus::Stale => v1::FeatureStatus::Stale,
+    }
+}
+
+#[tonic::async_trait]
+impl FeatureService for FeatureServiceImpl {
+    async fn get_features(
+        &self,
+        request: Request<v1::GetFeaturesRequest>,
+    ) -> Result<Response<v1::GetFeaturesResponse>, Status> {
+        let arrival = Instant::now();
+        let timeout = client_timeout(request.metadata());
+        let req = request.into_inner();
+        let label = self.label(&req.feature_service);
+        let result = self.get_features_inner(req, arrival, timeout).await;
+        finish("GetFeatures", &label, arrival, result)
+    }
+
+    async fn get_features_batch(
+        &self,
+        request: Request<v1::GetFeaturesBatchRequest>,
+    ) -> Result<Response<v1::GetFeaturesBatchResponse>, Status> {
+        let arrival = Instant::now();
+        let timeout = client_timeout(request.metadata());
+        let req = request.into_inner();
+        let label = self.label(&req.feature_service);
+        let result = self.get_features_batch_inner(req, arrival, timeout).await;
+        finish("GetFeaturesBatch", &label, arrival, result)
+    }
+
+    async fn list_feature_services(
+        &self,
+        _request: Request<v1::ListFeatureServicesRequest>,
+    ) -> Result<Response<v1::ListFeatureServicesResponse>, Status> {
+        let feature_services = self
+            .gateway
+            .plans()
+            .values()
+            .map(|p| v1::FeatureServiceSummary {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                feature_count: p.outputs.len() as i32,
+            })
+            .collect();
+        Ok(Response::new(v1::ListFeatureServicesResponse {
+            feature_services,
+        }))
+    }
+
+    async fn describe_feature_service(
+        &self,
+        request: Request<v1::DescribeFeatureServiceRequest>,
+    ) -> Result<Response<v1::DescribeFeatureServiceResponse>, Status> {
+        let name = request.into_inner().name;
+        let plan = self
+            .gateway
+            .plans()
+            .get(&name)
+            .ok_or_else(|| Status::from(RequestError::UnknownFeatureService(name.clone())))?;
+        Ok(Response::new(describe(plan)))
+    }
+}
+
+fn finish<T>(
+    method: &'static str,
+    label: &str,
+    arrival: Instant,
+    result: Result<T, RequestError>,
+) -> Result<Response<T>, Status> {
+    let code = result
+        .as_ref()
+        .map_or_else(RequestError::code, |_| tonic::Code::Ok);
+    telemetry::request_finished(method, label, code, arrival.elapsed());
+    match result {
+        Ok(response) => Ok(Response::new(response)),
+        Err(e) => {
+            tracing::debug!(method, feature_service = label, "request refused: {e}");
+            Err(e.into())
+        }
+    }
+}
+
+fn describe(plan: &Plan) -> v1::DescribeFeatureServiceResponse {
+    v1::DescribeFeatureServiceResponse {
+        name: plan.name.clone(),
+        description: plan.description.clone(),
+        features: plan
+            .outputs
+            .iter()
+            .map(|o| v1::FeatureDescription {
+                name: o.name.clone(),
+                r#type: v1::ValueType::from(o.ty) as i32,
+                source: o.source.to_string(),
+                max_age_ms: o.max_age.map_or(0, |d| d.as_millis() as i64),
+                default_value: o.default.clone().map(Into::into),
+                description: o.description.clone(),
+            })
+            .collect(),
+        entities: plan
+            .entities
+            .iter()
+            .map(|e| v1::EntityDescription {
+                name: e.name.clone(),
+                r#type: v1::ValueType::from(e.ty) as i32,
+                description: e.description.clone(),
+            })
+            .collect(),
+        context: plan
+            .context
+            .iter()
+            .map(|c| v1::ContextDescription {
+                name: c.name.clone(),
+                r#type: v1::ValueType::from(c.ty) as i32,
+                required: false,
+            })
+            .collect(),
+        deadline_ms: plan.deadline.as_millis() as i64,
+        definition_hash: plan.definition_hash.clone(),
+    }
+}
+
+/// How often required sources' health checks run.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How long one health check may take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps the health service's status in line with the required sources' health checks.
+async fn watch_health(gateway: Arc<Gateway>, reporter: HealthReporter) {
+    let mut up: Vec<Option<bool>> = vec![None; gateway.sources().len()];
+    let mut serving = None;
+    loop {
+        let mut all_required_up = true;
+        for (i, source) in gateway.sources().iter().enumerate() {
+            let Some(fetcher) = &source.fetcher else {
+                continue;
+            };
+            let result = tokio::time::timeout(HEALTH_TIMEOUT, fetcher.health())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(fetcher_api::FetchError::timeout("health check timed out"))
+                });
+            let ok = result.is_ok();
+            if up[i] != Some(ok) {
+                telemetry::source_health(&source.name, ok, result.as_ref().err());
+                up[i] = Some(ok);
+            }
+            all_required_up &= ok || !source.required;
+        }
+        if serving != Some(all_required_up) {
+            let status = if all_required_up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter
+                .set_service_status("featuregateway.v1.FeatureService", status)
+                .await;
+            reporter.set_service_status("", status).await;
+            serving = Some(all_required_up);
+        }
+        tokio::time::sleep(HEALTH_INTERVAL).await;
+    }
+}
+
+/// Serves the gateway on `grpc` (and metrics on `admin`) until `shutdown` resolves, then drains
+/// the calls in flight and returns.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    grpc: TcpListener,
+    admin: Option<TcpListener>,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let max_message = gateway.config().limits.max_message_bytes;
+    let features = FeatureServiceServer::new(FeatureServiceImpl::new(gateway.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let health_task = tokio::spawn(watch_health(gateway.clone(), reporter.clone()));
+
+    let metrics_upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                metrics.run_upkeep();
+            }
+        })
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = admin.map(|listener| {
+        let mut stop = stop_rx.clone();
+        let router = Router::new()
+            .route(
+                "/metrics",
+                get(move || std::future::ready(metrics.render())),
+            )
+            .route("/healthz", get(|| std::future::ready("ok\n")));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        })
+    });
+
+    let grpc_stop = {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }
+    };
+    let signal_task = tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: refusing new calls, finishing those in flight");
+        reporter
+            .set_service_status(
+                "featuregateway.v1.FeatureService",
+                ServingStatus::NotServing,
+            )
+            .await;
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        let _ = stop_tx.send(true);
+    });
+
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(features)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stop)
+        .await;
+    health_task.abort();
+    metrics_upkeep.abort();
+    signal_task.abort();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    result.map_err(Into::into)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The address a listener is bound to, for the ready line.
+pub fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a: SocketAddr| a.to_string())
+}

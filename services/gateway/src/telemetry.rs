@@ -1,0 +1,126 @@
+//! Every metric and log line the gateway emits about its work, in one place.
+//!
+//! Each function is one typed event: it writes the log line (lowercase, no trailing period,
+//! fields as key=value) and updates the metrics. Label values are bounded: names from the
+//! configuration, gRPC codes, statuses and error classes; never entity keys.
+
+use std::time::Duration;
+
+use fetcher_api::FetchError;
+use metrics::{counter, gauge, histogram};
+
+use crate::executor::Status;
+
+/// Metric names, documented in the README.
+pub mod names {
+    /// Counter: gRPC requests by method, feature_service and code.
+    pub const REQUESTS: &str = "feature_gateway_requests_total";
+    /// Histogram: gRPC request latency in seconds, by method, feature_service and code.
+    pub const REQUEST_SECONDS: &str = "feature_gateway_request_duration_seconds";
+    /// Counter: served features by feature_service and status.
+    pub const FEATURES: &str = "feature_gateway_features_served_total";
+    /// Counter: source fetches by source and outcome (ok or an error class).
+    pub const FETCHES: &str = "feature_gateway_source_fetches_total";
+    /// Histogram: source fetch latency in seconds, by source and outcome.
+    pub const FETCH_SECONDS: &str = "feature_gateway_source_fetch_duration_seconds";
+    /// Gauge: 1, labelled with the version and the configuration's hash.
+    pub const BUILD_INFO: &str = "feature_gateway_build_info";
+    /// Gauge: 1 while a source's health check passes, 0 while it fails.
+    pub const SOURCE_UP: &str = "feature_gateway_source_up";
+}
+
+/// The latency histograms' buckets, in seconds: fine below 10 ms, where the gateway lives.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// The gateway started with a configuration.
+pub fn started(config_hash: &str) {
+    gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "config_hash" => config_hash.to_owned())
+        .set(1.0);
+}
+
+/// A gRPC request finished.
+pub fn request_finished(
+    method: &'static str,
+    feature_service: &str,
+    code: tonic::Code,
+    elapsed: Duration,
+) {
+    let code = code_name(code);
+    let fs = feature_service.to_owned();
+    counter!(names::REQUESTS, "method" => method, "feature_service" => fs.clone(), "code" => code)
+        .increment(1);
+    histogram!(names::REQUEST_SECONDS, "method" => method, "feature_service" => fs, "code" => code)
+        .record(elapsed.as_secs_f64());
+}
+
+/// A request's features were served, counted by status.
+pub fn features_served(feature_service: &str, counts: &[u64; Status::ALL.len()]) {
+    for (status, &n) in Status::ALL.iter().zip(counts) {
+        if n > 0 {
+            counter!(names::FEATURES, "feature_service" => feature_service.to_owned(), "status" => status.as_str())
+                .increment(n);
+        }
+    }
+}
+
+/// A source fetch finished.
+pub fn fetch_finished(
+    source: &str,
+    view: &str,
+    keys: usize,
+    elapsed: Duration,
+    error: Option<&FetchError>,
+) {
+    let outcome = error.map_or("ok", |e| e.class().as_str());
+    counter!(names::FETCHES, "source" => source.to_owned(), "outcome" => outcome).increment(1);
+    histogram!(names::FETCH_SECONDS, "source" => source.to_owned(), "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+    if let Some(e) = error {
+        tracing::warn!(
+            source,
+            view,
+            keys,
+            class = outcome,
+            retryable = e.retryable(),
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            "fetch failed: {}",
+            e.message()
+        );
+    }
+}
+
+/// A source's health check changed state.
+pub fn source_health(source: &str, up: bool, error: Option<&FetchError>) {
+    gauge!(names::SOURCE_UP, "source" => source.to_owned()).set(if up { 1.0 } else { 0.0 });
+    match error {
+        Some(e) => tracing::warn!(source, "source health check failed: {e}"),
+        None => tracing::info!(source, "source health check passes"),
+    }
+}
+
+/// The name of a gRPC code as a metric label.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
