@@ -72,15 +72,15 @@ impl FetcherFactory for StaticFactory {
             match view.options.parse::<StaticViewConfig>() {
                 Err(e) => errors.push(format!("view `{}`: {e}", view.name)),
                 Ok(config) => {
-                    if let Some(columns) = &config.key_columns {
-                        if columns.len() != view.keys.len() {
-                            errors.push(format!(
-                                "view `{}`: key_columns has {} columns for {} entity keys",
-                                view.name,
-                                columns.len(),
-                                view.keys.len()
-                            ));
-                        }
+                    if let Some(columns) = &config.key_columns
+                        && columns.len() != view.keys.len()
+                    {
+                        errors.push(format!(
+                            "view `{}`: key_columns has {} columns for {} entity keys",
+                            view.name,
+                            columns.len(),
+                            view.keys.len()
+                        ));
                     }
                     if Format::of(Path::new(&config.path)).is_none() {
                         errors.push(format!(

@@ -574,18 +574,19 @@ fn validate(
     for (name, v) in &raw.views {
         let mut features = BTreeMap::new();
         for (fname, f) in &v.features {
-            match f.ty.parse::<FeatureType>() {
-                Ok(ty) => {
-                    features.insert(
-                        fname.clone(),
-                        Feature {
-                            ty,
-                            description: f.description.clone(),
-                        },
-                    );
-                }
-                Err(msg) => problems.add(&["views", name, "features", fname, "type"], msg),
-            }
+            // A feature with a bad type is kept (as a string) so references to it do not
+            // report a second, misleading error.
+            let ty = f.ty.parse::<FeatureType>().unwrap_or_else(|msg| {
+                problems.add(&["views", name, "features", fname, "type"], msg);
+                FeatureType::String
+            });
+            features.insert(
+                fname.clone(),
+                Feature {
+                    ty,
+                    description: f.description.clone(),
+                },
+            );
         }
         if v.features.is_empty() {
             problems.add(&["views", name], "a view needs at least one feature");

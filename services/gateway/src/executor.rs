@@ -275,11 +275,11 @@ fn assemble(
                             s
                         }
                     };
-                    if served.status != Status::Present {
-                        if let Some(default) = &output.default {
-                            served.value = default.clone();
-                            served.default_applied = true;
-                        }
+                    if served.status != Status::Present
+                        && let Some(default) = &output.default
+                    {
+                        served.value = default.clone();
+                        served.default_applied = true;
                     }
                     served
                 })

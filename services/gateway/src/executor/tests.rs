@@ -1,1 +1,387 @@
+//! Planning and execution against an in-memory source kind registered for these tests (the
+//! registry is the extension point any embedder uses), with tokio's paused clock for deadlines.
+
 use super::*;
+use crate::{config, plan};
+use async_trait::async_trait;
+use fetcher_api::{
+    BuildError, CellError, FeatureType, FetchError, Fetcher, FetcherFactory, Registry, SourceSpec,
+};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+/// A source kind whose views hold their rows inline:
+/// `rows = { "k1" = { f = 1 } }`, plus an optional `delay_ms` and a `fail` error class.
+#[derive(Clone, Debug, Default)]
+struct MemoryFactory {
+    calls: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+#[derive(Debug)]
+struct Memory {
+    views: std::collections::HashMap<String, (toml::Table, Duration, Option<String>)>,
+    calls: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+#[async_trait]
+impl FetcherFactory for MemoryFactory {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    fn validate(&self, _: &SourceSpec) -> Vec<String> {
+        Vec::new()
+    }
+    async fn build(&self, source: &SourceSpec) -> Result<Arc<dyn Fetcher>, BuildError> {
+        let views = source
+            .views
+            .iter()
+            .map(|v| {
+                let rows = v
+                    .options
+                    .0
+                    .get("rows")
+                    .and_then(|r| r.as_table())
+                    .cloned()
+                    .unwrap_or_default();
+                let delay = v
+                    .options
+                    .0
+                    .get("delay_ms")
+                    .and_then(|d| d.as_integer())
+                    .unwrap_or(0);
+                let fail = v
+                    .options
+                    .0
+                    .get("fail")
+                    .and_then(|f| f.as_str())
+                    .map(str::to_owned);
+                (
+                    v.name.clone(),
+                    (rows, Duration::from_millis(delay as u64), fail),
+                )
+            })
+            .collect();
+        Ok(Arc::new(Memory {
+            views,
+            calls: self.calls.clone(),
+        }))
+    }
+}
+
+#[async_trait]
+impl Fetcher for Memory {
+    async fn fetch(&self, request: FetchRequest) -> Result<Vec<Row>, FetchError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((request.view.to_string(), request.keys.len()));
+        let (rows, delay, fail) = &self.views[&*request.view];
+        tokio::time::sleep(*delay).await;
+        if let Some(class) = fail {
+            return Err(match class.as_str() {
+                "unavailable" => FetchError::unavailable("injected"),
+                _ => FetchError::internal("injected"),
+            });
+        }
+        Ok(request
+            .keys
+            .iter()
+            .map(|key| {
+                let key = key
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("|");
+                match rows.get(&key).and_then(|r| r.as_table()) {
+                    None => Row::NotFound,
+                    Some(row) => Row::Found(Record {
+                        cells: request
+                            .features
+                            .iter()
+                            .map(|f| match row.get(f) {
+                                None => Ok(Value::Null),
+                                Some(toml::Value::Integer(i)) => Ok(Value::Int64(*i)),
+                                Some(toml::Value::Float(d)) => Ok(Value::Double(*d)),
+                                Some(toml::Value::String(s)) if s == "!bad" => {
+                                    Err(CellError("undecodable".into()))
+                                }
+                                Some(toml::Value::String(s)) => Ok(Value::String(s.clone())),
+                                Some(other) => Ok(Value::String(format!("{other:?}"))),
+                            })
+                            .collect(),
+                        event_time: row
+                            .get("_age_s")
+                            .and_then(|a| a.as_integer())
+                            .map(|a| SystemTime::now() - Duration::from_secs(a as u64)),
+                    }),
+                }
+            })
+            .collect())
+    }
+}
+
+const CONFIG: &str = r#"
+[entities.user_id]
+type = "string"
+[entities.merchant_id]
+type = "string"
+[entities.mcc]
+type = "int64"
+from = "merchants:mcc"
+
+[sources.mem]
+kind = "memory"
+timeout = "1s"
+[sources.slow]
+kind = "memory"
+[sources.broken]
+kind = "memory"
+[sources.request]
+kind = "request"
+
+[views.users]
+source = "mem"
+entities = ["user_id"]
+max_age = "1h"
+rows = { u1 = { age = 30, score = 0.9 }, u2 = { age = 40, score = "!bad" }, old = { age = 50, _age_s = 7200 }, u3 = { age = "forty" } }
+[views.users.features]
+age = { type = "int64" }
+score = { type = "double" }
+
+[views.merchants]
+source = "mem"
+entities = ["merchant_id"]
+rows = { m1 = { mcc = 5411 }, m2 = { mcc = 9999 } }
+features = { mcc = { type = "int64" } }
+
+[views.mcc_risk]
+source = "mem"
+entities = ["mcc"]
+rows = { 5411 = { rate = 0.01 } }
+features = { rate = { type = "double" } }
+
+[views.slow]
+source = "slow"
+entities = ["user_id"]
+delay_ms = 500
+rows = { u1 = { v = 1 } }
+features = { v = { type = "int64" } }
+
+[views.broken]
+source = "broken"
+entities = ["user_id"]
+fail = "unavailable"
+features = { v = { type = "int64" } }
+
+[views.txn]
+source = "request"
+features = { amount = { type = "double" } }
+
+[feature_services.all]
+deadline = "50ms"
+features = ["txn:amount", "users:age", "users:score", "mcc_risk:rate", "merchants:mcc", "slow:v", "broken:v"]
+[feature_services.all.defaults]
+"broken:v" = -1
+"#;
+
+struct Setup {
+    plan: Plan,
+    services: Vec<Option<crate::stack::SourceService>>,
+    calls: Arc<Mutex<Vec<(String, usize)>>>,
+}
+
+async fn setup() -> Setup {
+    let factory = MemoryFactory::default();
+    let calls = factory.calls.clone();
+    let mut registry = Registry::new();
+    registry.register(factory);
+    let config = config::load_str(CONFIG, "t.toml", Path::new("."), &registry).unwrap();
+    let fs = &config.feature_services["all"];
+    let plan = plan::compile(&config, "all", "", fs.deadline, &fs.features, &fs.defaults).unwrap();
+    let gateway = crate::Gateway::build(config, &registry).await.unwrap();
+    // The gateway's stacks, reused as the executor sees them.
+    let services = gateway_services(&gateway);
+    Setup {
+        plan,
+        services,
+        calls,
+    }
+}
+
+fn gateway_services(gateway: &crate::Gateway) -> Vec<Option<crate::stack::SourceService>> {
+    gateway
+        .sources()
+        .iter()
+        .map(|s| {
+            s.fetcher.clone().map(|f| {
+                crate::stack::source_stack(
+                    f,
+                    &crate::stack::SourcePolicy {
+                        name: s.name.clone(),
+                        kind: s.kind.clone(),
+                        timeout: None,
+                        max_concurrency: 16,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+fn row(user: &str, merchant: &str, amount: Option<f64>) -> RowInput {
+    RowInput {
+        entities: vec![
+            KeyPart::String(user.into()),
+            KeyPart::String(merchant.into()),
+        ],
+        context: vec![amount.map(Value::Double)],
+    }
+}
+
+fn statuses(served: &[Served]) -> Vec<Status> {
+    served.iter().map(|s| s.status).collect()
+}
+
+#[tokio::test]
+async fn plan_stages_follow_dependent_keys() {
+    let s = setup().await;
+    let view_stage: Vec<(&str, usize)> =
+        s.plan.fetches.iter().map(|f| (&*f.view, f.stage)).collect();
+    assert!(view_stage.contains(&("users", 0)));
+    assert!(view_stage.contains(&("merchants", 0)));
+    assert!(view_stage.contains(&("mcc_risk", 1)), "{view_stage:?}");
+    assert_eq!(s.plan.stages.len(), 2);
+    assert_eq!(
+        s.plan
+            .entities
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["user_id", "merchant_id"]
+    );
+    assert_eq!(s.plan.outputs[0].origin, plan::Origin::Context(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_source_times_out_at_the_deadline_while_the_others_are_served() {
+    let s = setup().await;
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(50);
+    let execution = execute(
+        &s.plan,
+        &s.services,
+        &[row("u1", "m1", Some(12.5))],
+        deadline,
+    )
+    .await;
+    // Paused time: the run ends exactly at the deadline, not at the slow source's 500 ms.
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    let served = &execution.rows[0];
+    assert_eq!(
+        statuses(served),
+        [
+            Status::Present,     // txn:amount
+            Status::Present,     // users:age
+            Status::Present,     // users:score
+            Status::Present,     // mcc_risk:rate, via the merchant's mcc
+            Status::Present,     // merchants:mcc
+            Status::TimedOut,    // slow:v
+            Status::SourceError, // broken:v
+        ]
+    );
+    assert_eq!(served[0].value, Value::Double(12.5));
+    assert_eq!(served[1].value, Value::Int64(30));
+    assert_eq!(served[3].value, Value::Double(0.01));
+    assert_eq!(served[5].value, Value::Null);
+    // The default is served with the status that explains it.
+    assert_eq!(served[6].value, Value::Int64(-1));
+    assert!(served[6].default_applied);
+    assert_eq!(served[6].detail.as_deref(), Some("unavailable"));
+    assert_eq!(execution.stage_times.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn statuses_say_why_a_value_is_missing() {
+    let s = setup().await;
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let rows = [
+        row("u2", "m2", None), // undecodable cell; mcc 9999 has no risk row; no context
+        row("old", "m1", None), // older than the view's max age
+        row("u3", "nope", None), // a string where an int64 is declared; unknown merchant
+        row("ghost", "m1", None), // unknown user
+    ];
+    let execution = execute(&s.plan, &s.services, &rows, deadline).await;
+    let r = &execution.rows;
+    // txn:amount missing from the context
+    assert_eq!(r[0][0].status, Status::NotFound);
+    assert_eq!(r[0][1].status, Status::Present);
+    assert_eq!(r[0][2].status, Status::SourceError);
+    assert_eq!(r[0][2].detail.as_deref(), Some("undecodable"));
+    assert_eq!(r[0][3].status, Status::NotFound);
+    assert_eq!(r[1][1].status, Status::OutsideMaxAge);
+    assert_eq!(r[1][1].value, Value::Null);
+    assert!(r[1][1].event_time.is_some());
+    assert_eq!(r[2][1].status, Status::SourceError);
+    assert_eq!(r[2][2].status, Status::NullValue);
+    // No merchant, so no mcc: the dependent view reads as NOT_FOUND (its key is unavailable).
+    assert_eq!(r[2][4].status, Status::NotFound);
+    assert_eq!(r[2][3].status, Status::NotFound);
+    assert_eq!(r[2][3].detail.as_deref(), Some("key unavailable"));
+    assert_eq!(r[3][1].status, Status::NotFound);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_fetches_each_distinct_key_once_per_view() {
+    let s = setup().await;
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let rows = [
+        row("u1", "m1", Some(1.0)),
+        row("u2", "m1", Some(2.0)),
+        row("u1", "m1", Some(3.0)),
+    ];
+    let execution = execute(&s.plan, &s.services, &rows, deadline).await;
+    assert_eq!(execution.rows.len(), 3);
+    // Row order is kept and duplicate keys share one fetched row.
+    assert_eq!(execution.rows[2][0].value, Value::Double(3.0));
+    assert_eq!(execution.rows[0][1].value, execution.rows[2][1].value);
+    let calls = s.calls.lock().unwrap().clone();
+    let keys_of = |view: &str| -> Vec<usize> {
+        calls
+            .iter()
+            .filter(|(v, _)| v == view)
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    assert_eq!(keys_of("users"), [2]);
+    assert_eq!(keys_of("merchants"), [1]);
+    assert_eq!(keys_of("mcc_risk"), [1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_deadline_never_waits() {
+    let s = setup().await;
+    let started = Instant::now();
+    let execution = execute(&s.plan, &s.services, &[row("u1", "m1", Some(1.0))], started).await;
+    // Nothing waits: a source that answers without waiting (an in-memory table, later a cache
+    // hit) is still served, one that would wait is TIMED_OUT at once.
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let st = statuses(&execution.rows[0]);
+    assert_eq!(st[1], Status::Present);
+    assert_eq!(st[5], Status::TimedOut);
+}
+
+#[test]
+fn distinct_keys_map_rows_to_unique_keys() {
+    let keys = [Some("a"), None, Some("b"), Some("a")];
+    let (unique, row_of) = distinct_keys(keys.len(), |r| {
+        keys[r].map(|k| vec![KeyPart::String(k.into())])
+    });
+    assert_eq!(unique.len(), 2);
+    assert_eq!(row_of, [Some(0), None, Some(1), Some(0)]);
+    let (unique, row_of) = distinct_keys(1, |_| None);
+    assert!(unique.is_empty());
+    assert_eq!(row_of, [None]);
+    let _ = FeatureType::Int64;
+}
