@@ -1,1 +1,240 @@
-//! Test harness (in progress).
+//! The end-to-end test harness: runs the real `feature-gateway` binary as a child process on
+//! loopback ports it picks itself, and hands out gRPC clients to it.
+//!
+//! The binary is built (or found up to date) with `cargo build` once per test process, so the
+//! tests always drive the code of this checkout.
+#![forbid(unsafe_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use proto::v1::{self, feature_service_client::FeatureServiceClient};
+use tonic::transport::Channel;
+
+/// Path of the `feature-gateway` binary of this checkout, built on first use.
+pub fn gateway_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "gateway",
+                "--bin",
+                "feature-gateway",
+            ])
+            .status()
+            .expect("cannot run cargo build");
+        assert!(status.success(), "cargo build of feature-gateway failed");
+        // target/<profile>/deps/<test binary> -> target/<profile>/feature-gateway
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps");
+        let binary = profile_dir.join("feature-gateway");
+        assert!(binary.exists(), "{} was not built", binary.display());
+        binary
+    })
+}
+
+/// A running gateway process, stopped (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Child,
+    /// `127.0.0.1:PORT` of the gRPC server.
+    pub grpc: String,
+    /// `127.0.0.1:PORT` of the admin HTTP server.
+    pub admin: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Runs `feature-gateway demo`, writing the demo into a temporary directory.
+    pub fn demo() -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let demo_dir = dir.path().join("demo");
+        Self::start(
+            &["demo", "--dir", demo_dir.to_str().expect("utf-8 path")],
+            dir,
+        )
+    }
+
+    /// Runs `feature-gateway serve --config FILE`.
+    pub fn serve(config: &Path) -> GatewayProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start(
+            &["serve", "--config", config.to_str().expect("utf-8 path")],
+            dir,
+        )
+    }
+
+    fn start(args: &[&str], dir: tempfile::TempDir) -> GatewayProcess {
+        let log = dir.path().join("gateway.log");
+        let mut child = Command::new(gateway_binary())
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("cannot start feature-gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("feature-gateway ready ") {
+                    let _ = tx.send(rest.to_owned());
+                }
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(ready) => ready,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "feature-gateway did not become ready; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        let field = |name: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .expect("ready line fields")
+                .to_owned()
+        };
+        GatewayProcess {
+            grpc: field("grpc="),
+            admin: field("admin="),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The process's working directory (the demo's files are in `demo/` below it).
+    pub fn workdir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// The process's log (stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A client of `FeatureService`.
+    pub async fn client(&self) -> FeatureServiceClient<Channel> {
+        FeatureServiceClient::new(self.channel().await)
+    }
+
+    /// A channel to the gRPC port.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the gateway")
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// GET `path` on the admin port, returning the body.
+    pub async fn admin_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.admin)
+            .await
+            .expect("connect to the admin port");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        body.to_owned()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A string value.
+pub fn s(v: &str) -> v1::Value {
+    v1::Value {
+        kind: Some(v1::value::Kind::StringValue(v.to_owned())),
+    }
+}
+
+/// An int64 value.
+pub fn i(v: i64) -> v1::Value {
+    v1::Value {
+        kind: Some(v1::value::Kind::Int64Value(v)),
+    }
+}
+
+/// A double value.
+pub fn d(v: f64) -> v1::Value {
+    v1::Value {
+        kind: Some(v1::value::Kind::DoubleValue(v)),
+    }
+}
+
+/// A map from pairs.
+pub fn map(pairs: &[(&str, v1::Value)]) -> std::collections::HashMap<String, v1::Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+/// A request with a client deadline (`grpc-timeout`).
+pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// The statuses of a response, as enum values.
+pub fn statuses(statuses: &[i32]) -> Vec<v1::FeatureStatus> {
+    statuses
+        .iter()
+        .map(|s| v1::FeatureStatus::try_from(*s).expect("a known status"))
+        .collect()
+}

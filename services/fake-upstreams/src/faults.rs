@@ -181,12 +181,10 @@ impl FaultBoard {
 
     /// Checks `plan` whole, then applies it.
     pub fn apply(&mut self, plan: &FaultPlan) -> Result<(), FaultError> {
-        if let Some(scale) = plan.time_scale {
-            if !(scale.is_finite() && scale >= 0.0) {
-                return Err(FaultError(format!(
-                    "time_scale must be a finite number >= 0, got {scale}"
-                )));
-            }
+        if let Some(scale) = plan.time_scale.filter(|s| !(s.is_finite() && *s >= 0.0)) {
+            return Err(FaultError(format!(
+                "time_scale must be a finite number >= 0, got {scale}"
+            )));
         }
         for (route, faults) in &plan.routes {
             if route != ALL_ROUTES && !self.routes.contains_key(route.as_str()) {
@@ -300,13 +298,11 @@ fn validate(faults: &RouteFaults) -> Result<(), String> {
             faults.error_status
         ));
     }
-    if let Some(f) = faults.fail_next {
-        if !status_ok(f.status) {
-            return Err(format!(
-                "fail_next.status must be a 4xx or 5xx status, got {}",
-                f.status
-            ));
-        }
+    if let Some(f) = faults.fail_next.filter(|f| !status_ok(f.status)) {
+        return Err(format!(
+            "fail_next.status must be a 4xx or 5xx status, got {}",
+            f.status
+        ));
     }
     match faults.latency {
         Latency::None => Ok(()),

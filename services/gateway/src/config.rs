@@ -685,15 +685,20 @@ fn validate(
                 }
                 Ok(factory) => {
                     for msg in factory.validate(&spec) {
-                        // Messages that name a view are placed on that view.
+                        // Place each message on the view it names, and on the unknown field it
+                        // names when there is one.
                         let view = spec
                             .views
                             .iter()
                             .find(|v| msg.starts_with(&format!("view `{}`", v.name)));
-                        match view {
-                            Some(v) => problems.add(&["views", &v.name], msg),
-                            None => problems.add(&["sources", name], msg),
-                        }
+                        let mut path = match view {
+                            Some(v) => vec!["views", v.name.as_str()],
+                            None => vec!["sources", name.as_str()],
+                        };
+                        let field = unknown_field(&msg);
+                        path.extend(field);
+                        let msg = msg.replace(", there are no fields", "");
+                        problems.add(&path, msg);
                     }
                 }
             }
@@ -875,6 +880,12 @@ fn toml_to_value(value: &toml::Value, ty: FeatureType) -> Result<Value, String> 
     };
     ty.from_json(&json)
         .map_err(|e| format!("default does not fit the feature's type: {e}"))
+}
+
+/// The field named by serde's "unknown field `X`" message, if it is one.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = &message[message.find("unknown field `")? + "unknown field `".len()..];
+    Some(&rest[..rest.find('`')?])
 }
 
 fn has_duplicates(items: &[String]) -> bool {

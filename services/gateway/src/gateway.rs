@@ -23,6 +23,7 @@ use crate::{
 pub fn builtin_registry() -> Registry {
     let mut registry = Registry::new();
     registry.register(fetcher_static::StaticFactory);
+    registry.register(fetcher_http::HttpFactory::new());
     registry
 }
 
@@ -219,6 +220,9 @@ impl Gateway {
     }
 }
 
+/// The most of a caller's deadline kept back for sending the answer.
+pub const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
 /// The deadline of a request that arrived at `arrival`: the earlier of the plan's own and the
 /// caller's `grpc-timeout` less a margin for sending the answer back. `None` when the caller's
 /// deadline leaves no time at all.
@@ -231,8 +235,10 @@ pub fn request_deadline(
     match client_timeout {
         None => Some(own),
         Some(timeout) => {
-            // Leave time to encode and send the response before the caller gives up.
-            let margin = (timeout / 10).min(Duration::from_millis(1));
+            // Leave time to encode and send the response before the caller gives up: a tenth
+            // of its budget, at most 5 ms (timers fire on a 1 ms tick, and the answer still has
+            // to be encoded and cross the network).
+            let margin = (timeout / 10).min(MAX_DEADLINE_MARGIN);
             let budget = timeout.checked_sub(margin).filter(|b| !b.is_zero())?;
             Some(own.min(arrival + budget))
         }
@@ -248,10 +254,15 @@ mod tests {
         let now = Instant::now();
         let ms = Duration::from_millis;
         assert_eq!(request_deadline(now, ms(50), None), Some(now + ms(50)));
-        // The caller's 20 ms, less a 1 ms margin.
+        // The caller's 20 ms, less a 2 ms margin.
         assert_eq!(
             request_deadline(now, ms(50), Some(ms(20))),
-            Some(now + ms(19))
+            Some(now + ms(18))
+        );
+        // The margin is at most 5 ms.
+        assert_eq!(
+            request_deadline(now, ms(500), Some(ms(200))),
+            Some(now + ms(195))
         );
         // The plan's 50 ms is earlier than the caller's 2 s.
         assert_eq!(

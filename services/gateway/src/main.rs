@@ -69,6 +69,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // HTTP and TLS clients use rustls with the ring provider (aws-lc-rs would double the build).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Validate { file } => validate(&file),
         Command::Serve { config, listen } => run(&config, &listen),

@@ -199,5 +199,7 @@ mod tests {
         let status: tonic::Status = RequestError::UnknownFeatureService("nope".into()).into();
         assert_eq!(status.code(), tonic::Code::NotFound);
         assert!(status.message().contains("`nope`"));
+        let status: tonic::Status = RequestError::DeadlineExceeded.into();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
     }
 }

@@ -1,0 +1,578 @@
+//! The options of an `http` source and of its views, and their compilation into what a fetch
+//! uses.
+//!
+//! Compilation is pure: [`compile_source`] and [`compile_view`] check everything that can be
+//! checked without I/O (URLs, header names, `${VAR}` syntax, templates against the view's keys,
+//! JSON pointers, batch settings) and return every problem as a message naming the option (and
+//! the view). `validate` and `build` share them, so a source that validated builds the same way.
+//! Environment variables are read only at build time, and header values never appear in a
+//! message: they may hold secrets.
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use fetcher_api::{FeatureType, KeySpec, ViewSpec};
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+use crate::{
+    decode::{self, Pointer},
+    template::{BodyTemplate, Template},
+};
+
+/// A duration written the human way (`250ms`, `2s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(ConfigDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+    }
+}
+
+/// The source-level options of an `http` source.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// The API's base URL (`http://` or `https://`); each view's path is appended to it.
+    pub base_url: String,
+    /// Headers sent with every request. A value may reference environment variables as
+    /// `${NAME}`, resolved when the source is built; values are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Idle keep-alive connections kept per host (default 32).
+    #[serde(default = "default_pool_max_idle_per_host")]
+    pub pool_max_idle_per_host: usize,
+    /// How long to wait for a TCP (and TLS) connection (default `1s`). The whole call is further
+    /// bounded by the request's deadline.
+    #[serde(default)]
+    pub connect_timeout: Option<ConfigDuration>,
+    /// At most this many requests in flight from this source at once, across all views and
+    /// fetches (default 64), so one wide batch cannot flood the API.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// A path answered with a 2xx when the API is up, for the health service. Without it the
+    /// source always reports healthy.
+    #[serde(default)]
+    pub health_path: Option<String>,
+}
+
+fn default_pool_max_idle_per_host() -> usize {
+    32
+}
+
+fn default_max_concurrent_requests() -> usize {
+    64
+}
+
+/// The default of [`HttpSourceConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// An HTTP method a view may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Method {
+    #[default]
+    #[serde(rename = "GET", alias = "get")]
+    Get,
+    #[serde(rename = "POST", alias = "post")]
+    Post,
+}
+
+/// The view-level options of a view on an `http` source.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpViewConfig {
+    /// `GET` (default) or `POST`.
+    #[serde(default)]
+    pub method: Method,
+    /// The path of one key's request, with `{entity_name}` placeholders, e.g.
+    /// `/v1/devices/{device_id}/reputation`. Required unless `batch` is set.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Query parameters: name to a template, e.g. `{ user = "{user_id}", fields = "all" }`.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// A JSON body for `POST`; a string that is exactly a placeholder becomes the key's JSON
+    /// value.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// Feature name to the JSON pointer (RFC 6901) of its value in the response, e.g.
+    /// `{ risk = "/scores/risk" }`. A feature not listed is read from `/<feature name>`.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// A JSON pointer to when the values were computed (RFC 3339 or Unix seconds), which enables
+    /// the view's max age.
+    #[serde(default)]
+    pub event_time_pointer: Option<String>,
+    /// Fetch many keys in one `POST` instead of one request per key.
+    #[serde(default)]
+    pub batch: Option<BatchConfig>,
+}
+
+/// A batch endpoint: `POST {path}` with `{"<keys_field>": [key, ...]}`, answered with an array of
+/// results, each carrying its key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The endpoint's path (no placeholders).
+    pub path: String,
+    /// The request body's field holding the keys (default `ids`).
+    #[serde(default = "default_keys_field")]
+    pub keys_field: String,
+    /// Where the array of results is in the response (default `/results`).
+    #[serde(default = "default_results_pointer")]
+    pub results_pointer: String,
+    /// Where each result's key is, within the result (default `/id`).
+    #[serde(default = "default_key_pointer")]
+    pub key_pointer: String,
+    /// At most this many keys per call (default 100); larger fetches are split into concurrent
+    /// calls.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_keys_field() -> String {
+    "ids".into()
+}
+fn default_results_pointer() -> String {
+    "/results".into()
+}
+fn default_key_pointer() -> String {
+    "/id".into()
+}
+fn default_max_keys() -> usize {
+    100
+}
+
+/// A header value: literal text and `${NAME}` environment references.
+#[derive(Clone, PartialEq)]
+pub enum HeaderPart {
+    Literal(String),
+    Env(String),
+}
+
+// Hand-written so that a literal header value (possibly a secret someone put in the file) never
+// reaches a log through `{:?}`.
+impl fmt::Debug for HeaderPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderPart::Literal(_) => f.write_str("Literal(<redacted>)"),
+            HeaderPart::Env(name) => write!(f, "Env({name})"),
+        }
+    }
+}
+
+/// A source's options, checked.
+#[derive(Clone, Debug)]
+pub struct CompiledSource {
+    /// The base URL without a trailing slash.
+    pub base_url: String,
+    /// Each header as written in the file (for messages), parsed, and its value's parts.
+    pub headers: Vec<(String, HeaderName, Vec<HeaderPart>)>,
+    pub pool_max_idle_per_host: usize,
+    pub connect_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub health_path: Option<String>,
+}
+
+/// How a view's rows are requested.
+#[derive(Clone, Debug)]
+pub enum Shape {
+    /// One request per key.
+    PerKey {
+        method: Method,
+        path: Template,
+        query: Vec<(String, Template)>,
+        body: Option<BodyTemplate>,
+    },
+    /// One request per chunk of keys.
+    Batch {
+        path: String,
+        query: Vec<(String, String)>,
+        keys_field: String,
+        results_pointer: Pointer,
+        key_pointer: Pointer,
+        max_keys: usize,
+    },
+}
+
+/// A view's options, checked and compiled.
+#[derive(Clone, Debug)]
+pub struct CompiledView {
+    pub name: String,
+    pub shape: Shape,
+    /// Every declared feature with its pointer and type.
+    pub features: BTreeMap<String, (Pointer, FeatureType)>,
+    pub event_time: Option<Pointer>,
+}
+
+/// Checks a source's options.
+pub fn compile_source(config: &HttpSourceConfig) -> Result<CompiledSource, Vec<String>> {
+    let mut errors = Vec::new();
+    match Url::parse(&config.base_url) {
+        Ok(url)
+            if matches!(url.scheme(), "http" | "https")
+                && url.query().is_none()
+                && url.fragment().is_none()
+                && url.username().is_empty()
+                && url.password().is_none() => {}
+        Ok(_) => errors.push(format!(
+            "base_url `{}` must be an http:// or https:// URL without credentials, query or fragment",
+            config.base_url
+        )),
+        Err(e) => errors.push(format!("base_url `{}`: {e}", config.base_url)),
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &config.headers {
+        let header = match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) => header,
+            Err(_) => {
+                errors.push(format!("headers: `{name}` is not a valid header name"));
+                continue;
+            }
+        };
+        match parse_header_value(value) {
+            Ok(parts) => {
+                let literal_ok = parts.iter().all(|p| match p {
+                    HeaderPart::Literal(text) => HeaderValue::from_str(text).is_ok(),
+                    HeaderPart::Env(_) => true,
+                });
+                if literal_ok {
+                    headers.push((name.clone(), header, parts));
+                } else {
+                    errors.push(format!(
+                        "headers.{name}: the value holds characters a header cannot carry"
+                    ));
+                }
+            }
+            Err(e) => errors.push(format!("headers.{name}: {e}")),
+        }
+    }
+    if config.pool_max_idle_per_host == 0 {
+        // Zero would disable keep-alive, which every request on the critical path pays for.
+        errors.push("pool_max_idle_per_host must be at least 1".into());
+    }
+    if config.max_concurrent_requests == 0 {
+        errors.push("max_concurrent_requests must be at least 1".into());
+    }
+    if let Some(path) = config.health_path.as_ref().filter(|p| !p.starts_with('/')) {
+        errors.push(format!("health_path `{path}` must start with `/`"));
+    }
+    let connect_timeout = config
+        .connect_timeout
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+    if connect_timeout.is_zero() {
+        errors.push("connect_timeout must be more than zero".into());
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(CompiledSource {
+        base_url: config.base_url.trim_end_matches('/').to_owned(),
+        headers,
+        pool_max_idle_per_host: config.pool_max_idle_per_host,
+        connect_timeout,
+        max_concurrent_requests: config.max_concurrent_requests,
+        health_path: config.health_path.clone(),
+    })
+}
+
+/// Splits a header value into literal text and `${NAME}` references, without reading the
+/// environment. Error messages name the variable at most, never the value.
+fn parse_header_value(value: &str) -> Result<Vec<HeaderPart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(HeaderPart::Literal(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or("a `${` has no closing `}`".to_owned())?;
+        let name = &after[..end];
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "`${{{name}}}` is not an environment variable reference (letters, digits, `_`)"
+            ));
+        }
+        parts.push(HeaderPart::Env(name.to_owned()));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(HeaderPart::Literal(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+/// Resolves a header's `${NAME}` references from the environment. The error names the header
+/// and the variable, never a value.
+pub fn resolve_header(
+    name: &str,
+    parts: &[HeaderPart],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<HeaderValue, String> {
+    let mut text = String::new();
+    for part in parts {
+        match part {
+            HeaderPart::Literal(literal) => text.push_str(literal),
+            HeaderPart::Env(var) => match env(var) {
+                Some(value) => text.push_str(&value),
+                None => {
+                    return Err(format!(
+                        "headers.{name}: environment variable `{var}` is not set"
+                    ));
+                }
+            },
+        }
+    }
+    let mut value = HeaderValue::from_str(&text).map_err(|_| {
+        format!("headers.{name}: the resolved value holds characters a header cannot carry")
+    })?;
+    // Keeps the value out of reqwest's and hyper's debug output and out of HPACK tables.
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Checks a view's options against its keys and features.
+pub fn compile_view(view: &ViewSpec, config: &HttpViewConfig) -> Result<CompiledView, Vec<String>> {
+    let mut errors = Vec::new();
+    let keys: &[KeySpec] = &view.keys;
+    let mut fail = |e: String| errors.push(format!("view `{}`: {e}", view.name));
+
+    let shape = match (&config.batch, &config.path) {
+        (Some(_), Some(_)) => {
+            fail("set either `path` (one request per key) or `batch`, not both".into());
+            None
+        }
+        (None, None) => {
+            fail("`path` is required (or `batch`, for a batch endpoint)".into());
+            None
+        }
+        (None, Some(path)) => per_key_shape(config, path, keys, &mut fail),
+        (Some(batch), None) => batch_shape(config, batch, keys, &mut fail),
+    };
+
+    let mut features = BTreeMap::new();
+    for (feature, ty) in &view.features {
+        let text = config
+            .fields
+            .get(feature)
+            .cloned()
+            .unwrap_or_else(|| decode::default_pointer(feature));
+        match Pointer::parse(&text) {
+            Ok(pointer) => {
+                features.insert(feature.clone(), (pointer, *ty));
+            }
+            Err(e) => fail(format!("fields.{feature}: {e}")),
+        }
+    }
+    for feature in config.fields.keys() {
+        if !view.features.iter().any(|(f, _)| f == feature) {
+            fail(format!(
+                "fields.{feature}: the view has no feature `{feature}`"
+            ));
+        }
+    }
+    let event_time = match config.event_time_pointer.as_deref().map(Pointer::parse) {
+        None => None,
+        Some(Ok(pointer)) => Some(pointer),
+        Some(Err(e)) => {
+            fail(format!("event_time_pointer: {e}"));
+            None
+        }
+    };
+    match shape {
+        Some(shape) if errors.is_empty() => Ok(CompiledView {
+            name: view.name.clone(),
+            shape,
+            features,
+            event_time,
+        }),
+        _ => Err(errors),
+    }
+}
+
+fn per_key_shape(
+    config: &HttpViewConfig,
+    path: &str,
+    keys: &[KeySpec],
+    fail: &mut impl FnMut(String),
+) -> Option<Shape> {
+    let path = check_path("path", path, fail).and_then(|p| {
+        Template::parse(p, keys)
+            .map_err(|e| fail(format!("path: {e}")))
+            .ok()
+    });
+    let query = compile_query(config, keys, fail);
+    let body = match (&config.body, config.method) {
+        (None, _) => None,
+        (Some(_), Method::Get) => {
+            fail("`body` needs method = \"POST\"".into());
+            None
+        }
+        (Some(body), Method::Post) => BodyTemplate::parse(body, keys)
+            .map_err(|e| fail(format!("body: {e}")))
+            .ok(),
+    };
+    Some(Shape::PerKey {
+        method: config.method,
+        path: path?,
+        query: query?,
+        body,
+    })
+}
+
+fn batch_shape(
+    config: &HttpViewConfig,
+    batch: &BatchConfig,
+    keys: &[KeySpec],
+    fail: &mut impl FnMut(String),
+) -> Option<Shape> {
+    let mut ok = true;
+    if keys.len() != 1 {
+        fail(format!(
+            "batch needs a view with exactly one entity key, this one has {}",
+            keys.len()
+        ));
+        ok = false;
+    }
+    if config.body.is_some() || config.method != Method::Get {
+        // The batch body and method are fixed by the batch contract.
+        fail("`method` and `body` do not apply to a batch view".into());
+        ok = false;
+    }
+    let path =
+        check_path("batch.path", &batch.path, fail).and_then(|p| match Template::parse(p, keys) {
+            Ok(t) if !t.has_placeholders() => Some(p.to_owned()),
+            Ok(_) => {
+                fail("batch.path cannot hold placeholders: the keys go in the body".into());
+                None
+            }
+            Err(e) => {
+                fail(format!("batch.path: {e}"));
+                None
+            }
+        });
+    let query = compile_query(config, keys, fail).and_then(|query| {
+        if query.iter().any(|(_, t)| t.has_placeholders()) {
+            fail("query values of a batch view cannot hold placeholders".into());
+            return None;
+        }
+        Some(
+            query
+                .into_iter()
+                .map(|(name, t)| (name, t.render_text(&[])))
+                .collect::<Vec<_>>(),
+        )
+    });
+    if batch.keys_field.is_empty() {
+        fail("batch.keys_field cannot be empty".into());
+        ok = false;
+    }
+    if batch.max_keys == 0 {
+        fail("batch.max_keys must be at least 1".into());
+        ok = false;
+    }
+    let results_pointer = Pointer::parse(&batch.results_pointer)
+        .map_err(|e| fail(format!("batch.results_pointer: {e}")))
+        .ok();
+    let key_pointer = Pointer::parse(&batch.key_pointer)
+        .map_err(|e| fail(format!("batch.key_pointer: {e}")))
+        .ok();
+    if !ok {
+        return None;
+    }
+    Some(Shape::Batch {
+        path: path?,
+        query: query?,
+        keys_field: batch.keys_field.clone(),
+        results_pointer: results_pointer?,
+        key_pointer: key_pointer?,
+        max_keys: batch.max_keys,
+    })
+}
+
+/// A path must be an absolute path with no query, fragment or dot segment of its own.
+fn check_path<'a>(option: &str, path: &'a str, fail: &mut impl FnMut(String)) -> Option<&'a str> {
+    if !path.starts_with('/') {
+        fail(format!("{option} `{path}` must start with `/`"));
+        None
+    } else if path.contains(['?', '#']) {
+        fail(format!(
+            "{option} `{path}` cannot hold `?` or `#`: put parameters in `query`"
+        ));
+        None
+    } else if path.split('/').any(|s| s == "." || s == "..") {
+        fail(format!(
+            "{option} `{path}` cannot hold `.` or `..` segments"
+        ));
+        None
+    } else {
+        Some(path)
+    }
+}
+
+fn compile_query(
+    config: &HttpViewConfig,
+    keys: &[KeySpec],
+    fail: &mut impl FnMut(String),
+) -> Option<Vec<(String, Template)>> {
+    let mut query = Vec::new();
+    let mut ok = true;
+    for (name, value) in &config.query {
+        match Template::parse(value, keys) {
+            Ok(t) => query.push((name.clone(), t)),
+            Err(e) => {
+                fail(format!("query.{name}: {e}"));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_split_into_literals_and_env_references() {
+        assert_eq!(
+            parse_header_value("Bearer ${TOKEN}").expect("valid"),
+            [
+                HeaderPart::Literal("Bearer ".into()),
+                HeaderPart::Env("TOKEN".into())
+            ]
+        );
+        assert!(parse_header_value("${A-B}").is_err());
+        assert!(parse_header_value("${OPEN").is_err());
+        assert!(parse_header_value("${}").is_err());
+        let name = "Authorization";
+        let parts = parse_header_value("Bearer ${TOKEN}").expect("valid");
+        let value = resolve_header(name, &parts, |v| (v == "TOKEN").then(|| "s3cr3t".into()))
+            .expect("resolves");
+        assert_eq!(value.to_str().ok(), Some("Bearer s3cr3t"));
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("s3cr3t"));
+        let err = resolve_header(name, &parts, |_| None).unwrap_err();
+        assert_eq!(
+            err,
+            "headers.Authorization: environment variable `TOKEN` is not set"
+        );
+        let err = resolve_header(name, &parts, |_| Some("bad\nvalue-s3cr3t".into())).unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(
+            !format!("{parts:?}").contains("Bearer"),
+            "literal parts redacted"
+        );
+    }
+}
