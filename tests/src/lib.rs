@@ -5,6 +5,9 @@
 //! tests always drive the code of this checkout.
 #![forbid(unsafe_code)]
 
+pub mod postgres;
+pub mod redis;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},

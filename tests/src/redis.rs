@@ -1,0 +1,1 @@
+//! A real Redis server for tests (in progress).
