@@ -13,7 +13,7 @@
 //! key_columns = ["merchant_id"]        # optional: defaults to the entity names
 //! event_time_column = "updated_at"     # optional: enables the view's max_age
 //! ```
-//! Each feature is read from the column of the same name. Every value is parsed with the
+//! Each feature is read from the column of the same name; an empty CSV field is null. Every value is parsed with the
 //! feature's declared type when the file is loaded, so a bad file fails start-up with the file,
 //! line and column named, never a request.
 
@@ -239,9 +239,10 @@ impl Table {
                         .features
                         .iter()
                         .zip(&feature_idx)
-                        .map(|((f, ty), &i)| {
-                            ty.parse_text(field(i))
-                                .map_err(|e| format!("{}: {e}", at(f)))
+                        .map(|((f, ty), &i)| match field(i) {
+                            // As in pandas and Spark, an empty CSV field is null, strings too.
+                            "" => Ok(Value::Null),
+                            text => ty.parse_text(text).map_err(|e| format!("{}: {e}", at(f))),
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     let event_time = match (time_idx, layout.event_time_column) {
