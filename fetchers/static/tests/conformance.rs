@@ -1,4 +1,5 @@
 //! The fetcher conformance suite, over a CSV file written from its dataset.
+#![allow(clippy::unwrap_used)] // test harness: a panic is the failure report
 
 use std::{path::PathBuf, sync::Arc};
 
