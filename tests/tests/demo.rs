@@ -428,7 +428,7 @@ async fn health_reflection_and_metrics_answer() {
     let line = metrics
         .lines()
         .find(|l| {
-            l.starts_with("feature_gateway_requests_total{")
+            l.starts_with("feature_gateway_requests_total{method=\"GetFeatures\",")
                 && l.contains("feature_service=\"fraud_v1\"")
                 && l.contains("code=\"OK\"")
         })

@@ -25,6 +25,17 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class, in declaration order (`class as usize` indexes it).
+    pub const ALL: [ErrorClass; 7] = [
+        ErrorClass::Timeout,
+        ErrorClass::Unavailable,
+        ErrorClass::RateLimited,
+        ErrorClass::InvalidResponse,
+        ErrorClass::Rejected,
+        ErrorClass::Overloaded,
+        ErrorClass::Internal,
+    ];
+
     /// A short lowercase name, used as a metric label and in per-feature metadata.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -123,6 +134,13 @@ impl FetchError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_is_indexed_by_discriminant() {
+        for (i, class) in ErrorClass::ALL.iter().enumerate() {
+            assert_eq!(*class as usize, i);
+        }
+    }
 
     #[test]
     fn retryable_follows_class_unless_overridden() {

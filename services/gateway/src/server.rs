@@ -2,7 +2,7 @@
 //! and server reflection on one port, an admin HTTP port with Prometheus metrics, and a graceful
 //! shutdown that stops accepting, finishes the calls in flight, then exits.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -19,30 +19,43 @@ use crate::{
     gateway::{Gateway, request_deadline},
     plan::Plan,
     request::{RequestError, parse_grpc_timeout, row_input},
-    telemetry,
+    telemetry::{self, ServiceMetrics},
 };
 
 /// Implements `FeatureService` over a [`Gateway`].
 #[derive(Clone, Debug)]
 pub struct FeatureServiceImpl {
     gateway: Arc<Gateway>,
+    /// Metric handles per feature service, plus `adhoc` and `unknown`.
+    metrics: Arc<HashMap<String, ServiceMetrics>>,
 }
 
 impl FeatureServiceImpl {
     /// The service over `gateway`.
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        FeatureServiceImpl { gateway }
+        let metrics = gateway
+            .plans()
+            .keys()
+            .map(String::as_str)
+            .chain([ADHOC, UNKNOWN])
+            .map(|name| (name.to_owned(), ServiceMetrics::new(name)))
+            .collect();
+        FeatureServiceImpl {
+            gateway,
+            metrics: Arc::new(metrics),
+        }
     }
 
-    /// The bounded metric label of a request's feature service.
-    fn label(&self, feature_service: &str) -> String {
-        if feature_service.is_empty() {
-            "adhoc".to_owned()
-        } else if self.gateway.plans().contains_key(feature_service) {
-            feature_service.to_owned()
+    /// The metrics of a request's feature service, under a bounded label.
+    fn metrics(&self, feature_service: &str) -> &ServiceMetrics {
+        let label = if feature_service.is_empty() {
+            ADHOC
+        } else if self.metrics.contains_key(feature_service) {
+            feature_service
         } else {
-            "unknown".to_owned()
-        }
+            UNKNOWN
+        };
+        &self.metrics[label]
     }
 
     async fn get_features_inner(
@@ -61,7 +74,8 @@ impl FeatureServiceImpl {
             .execute(&plan, std::slice::from_ref(&row), deadline)
             .await;
         let served = execution.rows.into_iter().next().unwrap_or_default();
-        count_statuses(&plan, &served);
+        self.metrics(&plan.name)
+            .features_served(&count_statuses(&served));
         let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
         let request_metadata = req.include_metadata.then(|| v1::RequestMetadata {
             deadline_ms: deadline.duration_since(arrival).as_millis() as i64,
@@ -121,7 +135,8 @@ impl FeatureServiceImpl {
             .rows
             .into_iter()
             .map(|served| {
-                count_statuses(&plan, &served);
+                self.metrics(&plan.name)
+                    .features_served(&count_statuses(&served));
                 let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
                 v1::FeatureVector {
                     values,
@@ -140,7 +155,11 @@ impl FeatureServiceImpl {
 
 fn request_id(given: String) -> String {
     if given.is_empty() {
-        uuid::Uuid::new_v4().to_string()
+        // A random (v4) UUID from the thread's CSPRNG: unique across replicas, so labels can be
+        // joined to the logged vector, without a getrandom syscall per request.
+        uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .to_string()
     } else {
         given
     }
@@ -153,17 +172,17 @@ fn client_timeout(metadata: &MetadataMap) -> Option<Duration> {
         .and_then(parse_grpc_timeout)
 }
 
-fn count_statuses(plan: &Plan, served: &[Served]) {
+/// The metric label of ad-hoc requests (explicit feature refs).
+const ADHOC: &str = "adhoc";
+/// The metric label of requests naming an unknown feature service.
+const UNKNOWN: &str = "unknown";
+
+fn count_statuses(served: &[Served]) -> [u64; FeatureStatus::ALL.len()] {
     let mut counts = [0u64; FeatureStatus::ALL.len()];
     for s in served {
         counts[s.status as usize] += 1;
     }
-    let label = if plan.name.is_empty() {
-        "adhoc"
-    } else {
-        &plan.name
-    };
-    telemetry::features_served(label, &counts);
+    counts
 }
 
 /// Converts one row's served features to the wire.
@@ -225,9 +244,9 @@ impl FeatureService for FeatureServiceImpl {
         let arrival = Instant::now();
         let timeout = client_timeout(request.metadata());
         let req = request.into_inner();
-        let label = self.label(&req.feature_service);
+        let metrics = self.metrics(&req.feature_service).clone();
         let result = self.get_features_inner(req, arrival, timeout).await;
-        finish("GetFeatures", &label, arrival, result)
+        finish("GetFeatures", &metrics, arrival, result)
     }
 
     async fn get_features_batch(
@@ -237,9 +256,9 @@ impl FeatureService for FeatureServiceImpl {
         let arrival = Instant::now();
         let timeout = client_timeout(request.metadata());
         let req = request.into_inner();
-        let label = self.label(&req.feature_service);
+        let metrics = self.metrics(&req.feature_service).clone();
         let result = self.get_features_batch_inner(req, arrival, timeout).await;
-        finish("GetFeaturesBatch", &label, arrival, result)
+        finish("GetFeaturesBatch", &metrics, arrival, result)
     }
 
     async fn list_feature_services(
@@ -277,18 +296,18 @@ impl FeatureService for FeatureServiceImpl {
 
 fn finish<T>(
     method: &'static str,
-    label: &str,
+    metrics: &ServiceMetrics,
     arrival: Instant,
     result: Result<T, RequestError>,
 ) -> Result<Response<T>, Status> {
     let code = result
         .as_ref()
         .map_or_else(RequestError::code, |_| tonic::Code::Ok);
-    telemetry::request_finished(method, label, code, arrival.elapsed());
+    metrics.request_finished(method, code, arrival.elapsed());
     match result {
         Ok(response) => Ok(Response::new(response)),
         Err(e) => {
-            tracing::debug!(method, feature_service = label, "request refused: {e}");
+            tracing::debug!(method, "request refused: {e}");
             Err(e.into())
         }
     }

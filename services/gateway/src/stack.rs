@@ -21,7 +21,7 @@ use fetcher_api::{ErrorClass, FetchError, FetchRequest, Fetcher, Row};
 use tokio::{sync::Semaphore, time::Instant};
 use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
 
-use crate::telemetry;
+use crate::telemetry::SourceMetrics;
 
 /// A source behind its stack.
 pub type SourceService = BoxCloneSyncService<FetchRequest, Vec<Row>, FetchError>;
@@ -227,13 +227,15 @@ where
 /// Records every fetch's latency and outcome.
 #[derive(Clone, Debug)]
 pub struct TelemetryLayer {
-    source: Arc<str>,
+    metrics: SourceMetrics,
 }
 
 impl TelemetryLayer {
     /// A layer recording under the source's name.
     pub fn new(source: Arc<str>) -> Self {
-        TelemetryLayer { source }
+        TelemetryLayer {
+            metrics: SourceMetrics::new(source),
+        }
     }
 }
 
@@ -243,7 +245,7 @@ impl<S> Layer<S> for TelemetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Telemetry {
             inner,
-            source: self.source.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -252,7 +254,7 @@ impl<S> Layer<S> for TelemetryLayer {
 #[derive(Clone, Debug)]
 pub struct Telemetry<S> {
     inner: S,
-    source: Arc<str>,
+    metrics: SourceMetrics,
 }
 
 impl<S> Service<FetchRequest> for Telemetry<S>
@@ -269,20 +271,14 @@ where
     }
 
     fn call(&mut self, request: FetchRequest) -> Self::Future {
-        let source = self.source.clone();
+        let metrics = self.metrics.clone();
         let view = request.view.clone();
         let keys = request.keys.len();
         let started = Instant::now();
         let call = self.inner.call(request);
         Box::pin(async move {
             let result = call.await;
-            telemetry::fetch_finished(
-                &source,
-                &view,
-                keys,
-                started.elapsed(),
-                result.as_ref().err(),
-            );
+            metrics.fetch_finished(&view, keys, started.elapsed(), result.as_ref().err());
             result
         })
     }

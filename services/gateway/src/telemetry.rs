@@ -4,10 +4,10 @@
 //! fields as key=value) and updates the metrics. Label values are bounded: names from the
 //! configuration, gRPC codes, statuses and error classes; never entity keys.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use fetcher_api::FetchError;
-use metrics::{counter, gauge, histogram};
+use fetcher_api::{ErrorClass, FetchError};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 
 use crate::executor::Status;
 
@@ -41,7 +41,60 @@ pub fn started(config_hash: &str) {
         .set(1.0);
 }
 
-/// A gRPC request finished.
+/// The metric handles of one feature service (or of ad-hoc requests), registered once. Refused
+/// requests, which are rare, record through the dynamic path instead.
+#[derive(Clone, Debug)]
+pub struct ServiceMetrics {
+    label: Arc<str>,
+    ok: [(Counter, Histogram); 2],
+    statuses: Arc<[Counter]>,
+}
+
+/// The methods with pre-registered handles, in [`ServiceMetrics`] order.
+pub const METHODS: [&str; 2] = ["GetFeatures", "GetFeaturesBatch"];
+
+impl ServiceMetrics {
+    /// Registers the handles of feature service `label`.
+    pub fn new(label: &str) -> Self {
+        let ok = METHODS.map(|method| {
+            (
+                counter!(names::REQUESTS, "method" => method, "feature_service" => label.to_owned(), "code" => "OK"),
+                histogram!(names::REQUEST_SECONDS, "method" => method, "feature_service" => label.to_owned(), "code" => "OK"),
+            )
+        });
+        let statuses = Status::ALL
+            .iter()
+            .map(|s| counter!(names::FEATURES, "feature_service" => label.to_owned(), "status" => s.as_str()))
+            .collect();
+        ServiceMetrics {
+            label: label.into(),
+            ok,
+            statuses,
+        }
+    }
+
+    /// A request finished with `code`.
+    pub fn request_finished(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
+        match METHODS.iter().position(|m| *m == method) {
+            Some(i) if code == tonic::Code::Ok => {
+                self.ok[i].0.increment(1);
+                self.ok[i].1.record(elapsed.as_secs_f64());
+            }
+            _ => request_finished(method, &self.label, code, elapsed),
+        }
+    }
+
+    /// One vector's features were served, counted by status.
+    pub fn features_served(&self, counts: &[u64; Status::ALL.len()]) {
+        for (counter, &n) in self.statuses.iter().zip(counts) {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+    }
+}
+
+/// A gRPC request finished (the dynamic path, for labels without registered handles).
 pub fn request_finished(
     method: &'static str,
     feature_service: &str,
@@ -56,39 +109,53 @@ pub fn request_finished(
         .record(elapsed.as_secs_f64());
 }
 
-/// A request's features were served, counted by status.
-pub fn features_served(feature_service: &str, counts: &[u64; Status::ALL.len()]) {
-    for (status, &n) in Status::ALL.iter().zip(counts) {
-        if n > 0 {
-            counter!(names::FEATURES, "feature_service" => feature_service.to_owned(), "status" => status.as_str())
-                .increment(n);
-        }
-    }
+/// The metric handles of one source, registered once so a fetch records without allocating
+/// or hashing label sets.
+#[derive(Clone, Debug)]
+pub struct SourceMetrics {
+    source: Arc<str>,
+    /// Index 0: `ok`; index 1 + class: that error class.
+    outcomes: Arc<[(Counter, Histogram)]>,
 }
 
-/// A source fetch finished.
-pub fn fetch_finished(
-    source: &str,
-    view: &str,
-    keys: usize,
-    elapsed: Duration,
-    error: Option<&FetchError>,
-) {
-    let outcome = error.map_or("ok", |e| e.class().as_str());
-    counter!(names::FETCHES, "source" => source.to_owned(), "outcome" => outcome).increment(1);
-    histogram!(names::FETCH_SECONDS, "source" => source.to_owned(), "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
-    if let Some(e) = error {
-        tracing::warn!(
-            source,
-            view,
-            keys,
-            class = outcome,
-            retryable = e.retryable(),
-            elapsed_ms = elapsed.as_secs_f64() * 1e3,
-            "fetch failed: {}",
-            e.message()
-        );
+impl SourceMetrics {
+    /// Registers the handles of `source`.
+    pub fn new(source: Arc<str>) -> Self {
+        let outcome = |name: &'static str| {
+            (
+                counter!(names::FETCHES, "source" => source.to_string(), "outcome" => name),
+                histogram!(names::FETCH_SECONDS, "source" => source.to_string(), "outcome" => name),
+            )
+        };
+        let outcomes = std::iter::once(outcome("ok"))
+            .chain(ErrorClass::ALL.iter().map(|c| outcome(c.as_str())))
+            .collect();
+        SourceMetrics { source, outcomes }
+    }
+
+    /// A fetch of `keys` keys from `view` finished.
+    pub fn fetch_finished(
+        &self,
+        view: &str,
+        keys: usize,
+        elapsed: Duration,
+        error: Option<&FetchError>,
+    ) {
+        let (count, seconds) = &self.outcomes[error.map_or(0, |e| 1 + e.class() as usize)];
+        count.increment(1);
+        seconds.record(elapsed.as_secs_f64());
+        if let Some(e) = error {
+            tracing::warn!(
+                source = &*self.source,
+                view,
+                keys,
+                class = e.class().as_str(),
+                retryable = e.retryable(),
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                "fetch failed: {}",
+                e.message()
+            );
+        }
     }
 }
 
