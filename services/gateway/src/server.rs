@@ -206,12 +206,8 @@ fn vector(
                     .event_time
                     .and_then(|t| now.duration_since(t).ok())
                     .map_or(0, |age| age.as_millis() as i64),
-                // The cache arrives with the caching layer; until then every fetch is a miss.
-                cache: if output.source_kind.as_ref() == crate::config::REQUEST_KIND {
-                    v1::CacheOutcome::Unspecified as i32
-                } else {
-                    v1::CacheOutcome::Miss as i32
-                },
+                // No source is cached yet, which the wire says with UNSPECIFIED.
+                cache: v1::CacheOutcome::Unspecified as i32,
                 fetch_latency_us: s.latency.as_micros() as i64,
                 default_applied: s.default_applied,
                 detail: s.detail.as_deref().unwrap_or_default().to_owned(),
