@@ -1,1 +1,320 @@
-//! A real PostgreSQL server for tests (in progress).
+//! A real PostgreSQL server for tests: Debian's PostgreSQL 15, started on loopback in a
+//! temporary directory.
+//!
+//! # Contract
+//! - [`PostgresServer::start`] runs `initdb` and `postgres` as the `postgres` user (both refuse to
+//!   run as root) on a temporary directory, listening on 127.0.0.1 on a free port with its Unix
+//!   socket in that directory, `fsync=off`, `max_connections=200` and `pg_stat_statements`
+//!   loaded. It creates a superuser role `test` and a database `test`, both with trust
+//!   authentication on loopback, and returns once a query succeeds (about 1-2 s).
+//! - [`PostgresServer::shared`] is one server per test process, started on first use; each test
+//!   then takes a fresh database of its own with [`PostgresServer::create_database`], so tests
+//!   running in parallel never see each other's tables.
+//! - SQL is run with the `psql` client ([`PostgresServer::psql`]), so this module needs nothing
+//!   beyond std.
+//! - The server is stopped (immediate shutdown) and its directory removed when the value is
+//!   dropped or [`PostgresServer::stop`] is called. A watcher process also stops it when the test
+//!   process exits without dropping it (the shared server is a static, and a panic may abort), so
+//!   no server outlives its tests.
+//!
+//! # Failure
+//! Panics with the server's log when it does not start, and with an install hint when
+//! PostgreSQL 15 is not installed.
+
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// Where Debian installs PostgreSQL 15's server binaries.
+pub const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+/// The superuser role the server is created with.
+pub const USER: &str = "test";
+/// The database created at start-up.
+pub const DATABASE: &str = "test";
+
+/// A PostgreSQL server of its own, stopped and removed on drop.
+#[derive(Debug)]
+pub struct PostgresServer {
+    dir: Option<tempfile::TempDir>,
+    port: u16,
+    /// `runuser` running the postmaster.
+    child: Option<Child>,
+    /// Held open while the server should run: closing it (the process exiting) makes the watcher
+    /// stop the server.
+    watcher: Option<(Child, Option<ChildStdin>)>,
+    /// The postmaster's process id, from `postmaster.pid`.
+    pid: u32,
+    databases: AtomicUsize,
+}
+
+impl PostgresServer {
+    /// Starts a new server. Panics if PostgreSQL 15 is not installed or the server fails to start.
+    pub fn start() -> PostgresServer {
+        let bin = Path::new(BIN_DIR);
+        if !bin.join("postgres").exists() || !bin.join("initdb").exists() {
+            panic!(
+                "PostgreSQL 15 is not installed ({BIN_DIR}/postgres is missing): run `bash .ci/run`, \
+                 or `apt-get install postgresql`"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("pg-test-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let data = dir.path().join("data");
+        run(Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path()));
+        run(as_postgres(&bin.join("initdb")).arg("-D").arg(&data).args([
+            "-U",
+            USER,
+            "--auth=trust",
+            "--no-sync",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        ]));
+        // A port that was free a moment ago; another process may take it first, so retry.
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let log = dir.path().join(format!("postgres-{port}.log"));
+            let log_file = std::fs::File::create(&log).expect("cannot create the server log");
+            let child = as_postgres(&bin.join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string()])
+                .args(["-c", "listen_addresses=127.0.0.1"])
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", dir.path().display()))
+                .args(["-c", "fsync=off"])
+                .args(["-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"])
+                .args(["-c", "max_connections=200"])
+                .args(["-c", "shared_preload_libraries=pg_stat_statements"])
+                .args(["-c", "pg_stat_statements.track=all"])
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("log file"))
+                .stderr(log_file)
+                .spawn()
+                .expect("cannot run postgres");
+            let mut server = PostgresServer {
+                dir: None,
+                port,
+                child: Some(child),
+                watcher: None,
+                pid: 0,
+                databases: AtomicUsize::new(0),
+            };
+            if server.wait_ready(&data) {
+                server.watch(dir.path());
+                server.dir = Some(dir);
+                // Every database created from now on has the extension.
+                server.psql("template1", "CREATE EXTENSION pg_stat_statements");
+                server.psql("postgres", &format!("CREATE DATABASE {DATABASE}"));
+                return server;
+            }
+            last_log = std::fs::read_to_string(&log).unwrap_or_default();
+            server.kill();
+            if !last_log.contains("could not bind") && !last_log.contains("Address already in use")
+            {
+                break;
+            }
+        }
+        panic!("PostgreSQL did not start; its log:\n{last_log}");
+    }
+
+    /// One server for the whole test process, started on first use and stopped when the process
+    /// exits. Give each test its own database with [`PostgresServer::create_database`].
+    pub fn shared() -> &'static PostgresServer {
+        static SHARED: OnceLock<PostgresServer> = OnceLock::new();
+        SHARED.get_or_init(PostgresServer::start)
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The host the server listens on.
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    /// The directory holding the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .expect("the server was stopped")
+    }
+
+    /// `postgres://test@127.0.0.1:PORT/test`.
+    pub fn url(&self) -> String {
+        self.url_for(DATABASE)
+    }
+
+    /// The URL of `database` on this server, as the `test` role (no password: trust auth).
+    pub fn url_for(&self, database: &str) -> String {
+        format!("postgres://{USER}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Creates a new, empty database (with `pg_stat_statements` installed) and returns its name.
+    pub fn create_database(&self) -> String {
+        let n = self.databases.fetch_add(1, Ordering::Relaxed);
+        let name = format!("t{}_{n}", std::process::id());
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    /// Runs `sql` in `database` with psql (stopping at the first error) and returns its output:
+    /// unaligned, tuples only, fields separated by `|`. Panics on an error, with psql's message.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let output = Command::new(Path::new(BIN_DIR).join("psql"))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
+            .args(["-d", database])
+            .args(["-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run psql");
+        assert!(
+            output.status.success(),
+            "psql failed on `{sql}`: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// Stops the server now (immediate shutdown) and removes its directory. Connections fail
+    /// from then on; the port is not reused by this value.
+    pub fn stop(&mut self) {
+        self.kill();
+        if let Some(dir) = self.dir.take() {
+            // Files are owned by `postgres`; root removes them all the same.
+            let _ = dir.close();
+        }
+    }
+
+    fn wait_ready(&mut self, data: &Path) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Some(child) = &mut self.child
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            if self.pid == 0
+                && let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid"))
+            {
+                self.pid = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.trim().parse().ok())
+                    .unwrap_or(0);
+            }
+            let ready = Command::new(Path::new(BIN_DIR).join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", USER, "-d", "postgres"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready && self.pid != 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Starts a process that stops the server and removes its directory once our end of its
+    /// stdin closes, which happens when this process exits however it exits.
+    fn watch(&mut self, dir: &Path) {
+        let script = format!(
+            "cat >/dev/null; kill -QUIT {pid} 2>/dev/null; \
+             for i in $(seq 50); do kill -0 {pid} 2>/dev/null || break; sleep 0.1; done; \
+             rm -rf '{dir}'",
+            pid = self.pid,
+            dir = dir.display()
+        );
+        let mut watcher = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start the server's watcher");
+        let stdin = watcher.stdin.take();
+        self.watcher = Some((watcher, stdin));
+    }
+
+    /// Immediate shutdown (SIGQUIT to the postmaster), waiting for it to exit.
+    fn kill(&mut self) {
+        if self.pid != 0 {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &self.pid.to_string()])
+                .status();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10)
+                && Command::new("kill")
+                    .args(["-0", &self.pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            self.pid = 0;
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The watcher has nothing left to do: end it before closing its stdin, so it cannot
+        // signal a process that has since taken the postmaster's pid.
+        if let Some((mut child, stdin)) = self.watcher.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            drop(stdin);
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A command run as the `postgres` user.
+fn as_postgres(program: &Path) -> Command {
+    let mut command = Command::new("runuser");
+    command.args(["-u", "postgres", "--"]).arg(program);
+    command
+}
+
+fn run(command: &mut Command) {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}

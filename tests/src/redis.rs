@@ -1,1 +1,343 @@
-//! A real Redis server for tests (in progress).
+//! Real Redis servers for tests: Debian's `redis-server`, started on free loopback ports.
+//!
+//! [`RedisServer`] is one standalone server with no persistence (`--save '' --appendonly no`),
+//! which a test can [`stop`](RedisServer::stop) and [`restart`](RedisServer::restart) on the same
+//! port to exercise reconnection. [`RedisCluster`] is a Redis Cluster of masters only, each in its
+//! own temporary directory, created with `redis-cli --cluster create` and returned once every node
+//! reports `cluster_state:ok`.
+//!
+//! Servers are killed when dropped. If `redis-server` is not installed every constructor panics
+//! with a message saying how to install it; nothing here is mocked.
+//!
+//! Only std is used (blocking sockets and child processes), so the helpers work with or without
+//! a tokio runtime and add nothing to the compile time of the `tests` crate.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// How long a server may take to answer PING after being started.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new cluster may take to reach `cluster_state:ok` on every node.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Finds an executable: Debian puts the Redis tools in `/usr/bin`, but a `PATH` entry wins so a
+/// locally built Redis can be used too.
+fn executable(name: &str) -> PathBuf {
+    let from_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    let found = from_path.or_else(|| {
+        let debian = Path::new("/usr/bin").join(name);
+        debian.is_file().then_some(debian)
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{name}` is not installed: run `bash .ci/run`, or `apt-get install redis-server` \
+             (it provides redis-server and redis-cli)"
+        )
+    })
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("cannot bind an ephemeral loopback port")
+}
+
+/// Sends one inline command and reads the first line of the answer, or `None` if the server does
+/// not answer (not listening yet, or still loading).
+fn inline_command(port: u16, command: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    Some(line.trim_end().to_owned())
+}
+
+/// One `redis-server` process.
+#[derive(Debug)]
+struct Process {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl Process {
+    fn spawn(port: u16, extra_args: Vec<String>) -> Process {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory for Redis");
+        let mut process = Process {
+            child: None,
+            port,
+            dir,
+            extra_args,
+        };
+        process.start();
+        process
+    }
+
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "redis-server is already running");
+        let log = self.dir.path().join("redis.log");
+        let child = Command::new(executable("redis-server"))
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            // No persistence: tests start from an empty server and leave nothing behind.
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start redis-server");
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if inline_command(self.port, "PING").as_deref() == Some("+PONG") {
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.as_mut().and_then(|c| c.stderr.take()) {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                self.child = None;
+                panic!(
+                    "redis-server on port {} exited with {status}:\n{stderr}\n{}",
+                    self.port,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if started.elapsed() > START_TIMEOUT {
+                self.kill();
+                panic!(
+                    "redis-server on port {} did not answer PING within {START_TIMEOUT:?}:\n{}",
+                    self.port,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A standalone Redis server on a free loopback port, killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    process: Process,
+}
+
+impl RedisServer {
+    /// Starts a server with no persistence and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        RedisServer {
+            process: Process::spawn(free_port(), Vec::new()),
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.process.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    /// Kills the server (SIGKILL: clients see the connection drop, as in a crash).
+    pub fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port (empty: nothing is persisted) and waits until it
+    /// answers PING.
+    pub fn restart(&mut self) {
+        self.process.kill();
+        self.process.start();
+    }
+
+    /// Runs `redis-cli` against the server with `args` and returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.process.port, false, args)
+    }
+}
+
+/// A Redis Cluster of masters on loopback, each node killed when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<Process>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` nodes in cluster mode (no replicas), creates the cluster and waits until
+    /// every node reports `cluster_state:ok`. Redis Cluster needs at least 3 masters.
+    pub fn start(masters: usize) -> RedisCluster {
+        assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
+        let nodes: Vec<Process> = (0..masters)
+            .map(|_| {
+                // The cluster bus gets its own free port: the default (port + 10000) may be taken
+                // or out of range for an ephemeral port.
+                let bus = free_port();
+                Process::spawn(
+                    free_port(),
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                        "--cluster-port",
+                        &bus.to_string(),
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addresses.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let output = Command::new(executable("redis-cli"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        let started = Instant::now();
+        while !cluster
+            .nodes
+            .iter()
+            .all(|n| redis_cli(n.port, false, &["cluster", "info"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                started.elapsed() < CLUSTER_TIMEOUT,
+                "the cluster did not reach cluster_state:ok within {CLUSTER_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports()
+            .into_iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// `127.0.0.1:PORT` of every node.
+    pub fn addresses(&self) -> Vec<String> {
+        self.ports()
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The nodes' ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Runs `redis-cli -c` (following redirections) against the first node with `args` and
+    /// returns its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.nodes[0].port, true, args)
+    }
+}
+
+fn redis_cli(port: u16, cluster: bool, args: &[&str]) -> String {
+    let mut command = Command::new(executable("redis-cli"));
+    command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if cluster {
+        command.arg("-c");
+    }
+    let output = command
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run redis-cli");
+    assert!(
+        output.status.success(),
+        "redis-cli {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_stops_and_restarts_on_its_port() {
+        let mut server = RedisServer::start();
+        assert_eq!(server.cli(&["set", "k", "v"]).trim(), "OK");
+        assert_eq!(server.cli(&["get", "k"]).trim(), "v");
+        server.stop();
+        assert_eq!(inline_command(server.port(), "PING"), None);
+        server.restart();
+        // Nothing persisted.
+        assert_eq!(server.cli(&["exists", "k"]).trim(), "0");
+        assert!(server.url().ends_with(&server.port().to_string()));
+    }
+
+    #[test]
+    fn a_cluster_serves_every_slot() {
+        let cluster = RedisCluster::start(3);
+        assert_eq!(cluster.urls().len(), 3);
+        for key in ["a", "b", "c", "d", "e"] {
+            assert_eq!(cluster.cli(&["set", key, "1"]).trim(), "OK");
+        }
+        assert!(
+            cluster
+                .cli(&["cluster", "info"])
+                .contains("cluster_known_nodes:3")
+        );
+    }
+}

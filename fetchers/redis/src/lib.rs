@@ -1,1 +1,148 @@
-//! The `redis` source (in progress).
+//! The `redis` source: precomputed features in Redis (standalone, Redis Cluster or behind
+//! Sentinel), one pipelined round trip per batch; and [`materialize`], which loads a CSV file
+//! into Redis exactly as a view reads it.
+//!
+//! # Configuration
+//! ```toml
+//! [sources.online_store]
+//! kind = "redis"
+//! url = "rediss://:${REDIS_PASSWORD}@cache.internal:6380/0"  # resolved at build, never logged
+//! mode = "standalone"              # or "cluster" / "sentinel"
+//! nodes = ["cache-2.internal:6380"] # cluster: more seed nodes; sentinel: the other sentinels
+//! # sentinel_service_name = "features"  # sentinel mode only
+//! pool_size = 4                    # connections, each pipelining many requests
+//! connect_timeout = "1s"
+//! command_timeout = "50ms"         # per batch; the request's deadline applies if shorter
+//!
+//! [views.user_stats]
+//! source = "online_store"
+//! entities = ["user_id"]
+//! key = "user_stats:{user_id}"     # one placeholder per entity; keys are used verbatim
+//! encoding = "hash"                # default; or "json" (one JSON object per key)
+//! fields = { txn_count_7d = "tc7" } # optional: the field of a feature, when not its name
+//! event_time_field = "updated_at"  # optional: RFC 3339 or Unix seconds, enables max_age
+//! ```
+//! Hash fields hold each value's text form (`42`, `0.25`, `true`, RFC 3339, JSON arrays for
+//! lists), parsed with the feature's declared type; see [`codec`] for the exact forms, which
+//! [`materialize`] writes.
+//!
+//! # Layout
+//! - [`config`]: the option structs and their pure compilation (what `validate` checks).
+//! - [`client`]: the connection pool, its reconnection and fail-fast policy, error classes.
+//! - [`fetcher`]: [`RedisFetcher`], the pipelined reads and how each answer becomes a row.
+//! - [`codec`]: the stored text and JSON forms of values.
+//! - [`materialize`]: the CSV loader behind `feature-gateway materialize`.
+//!
+//! # Failure
+//! Validation names every bad option, never quoting the URL (it may hold a password; a password
+//! written literally in the file is refused). Building fails on an unset `${VAR}` (naming the
+//! variable), a refused password or an unusable URL; a server that is not up yet only logs a
+//! warning, and the source reads as down (fast, retryable errors) until it reconnects by itself.
+//! At fetch time see [`fetcher`] for the table of what Redis holds and what the row is.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod codec;
+pub mod config;
+pub mod fetcher;
+pub mod materialize;
+
+use std::{fmt, sync::Arc};
+
+use async_trait::async_trait;
+use fetcher_api::{BuildError, Fetcher, FetcherFactory, SourceSpec};
+
+pub use config::{ConfigDuration, Encoding, Mode, RedisSourceConfig, RedisViewConfig};
+pub use fetcher::RedisFetcher;
+pub use materialize::{
+    MaterializeError, MaterializeOptions, MaterializeReport, Progress, materialize,
+};
+
+/// Looks up an environment variable by name.
+type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// Builds `redis` fetchers.
+#[derive(Clone)]
+pub struct RedisFactory {
+    env: Arc<EnvLookup>,
+}
+
+impl RedisFactory {
+    /// A factory that resolves `${NAME}` in the URL from the process environment.
+    pub fn new() -> Self {
+        RedisFactory {
+            env: Arc::new(|name| std::env::var(name).ok()),
+        }
+    }
+
+    /// A factory that resolves `${NAME}` with `env` instead (tests, or a secrets store).
+    pub fn with_env(env: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        RedisFactory { env: Arc::new(env) }
+    }
+}
+
+impl Default for RedisFactory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for RedisFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisFactory").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl FetcherFactory for RedisFactory {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn validate(&self, source: &SourceSpec) -> Vec<String> {
+        let mut errors = Vec::new();
+        match source.options.parse::<RedisSourceConfig>() {
+            Err(e) => errors.push(e),
+            Ok(config) => {
+                if let Err(e) = config::compile_source(&config) {
+                    errors.extend(e);
+                }
+            }
+        }
+        for view in &source.views {
+            match view.options.parse::<RedisViewConfig>() {
+                Err(e) => errors.push(format!("view `{}`: {e}", view.name)),
+                Ok(config) => {
+                    if let Err(e) = config::compile_view(view, &config) {
+                        errors.extend(e);
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    async fn build(&self, source: &SourceSpec) -> Result<Arc<dyn Fetcher>, BuildError> {
+        let fail = |message: String| BuildError::new(source, message);
+        let config: RedisSourceConfig = source.options.parse().map_err(fail)?;
+        let compiled = config::compile_source(&config).map_err(|e| fail(e.join("; ")))?;
+        let mut views = Vec::with_capacity(source.views.len());
+        for view in &source.views {
+            let options: RedisViewConfig = view
+                .options
+                .parse()
+                .map_err(|e| fail(format!("view `{}`: {e}", view.name)))?;
+            views.push(config::compile_view(view, &options).map_err(|e| fail(e.join("; ")))?);
+        }
+        let pool = client::connect(&source.name, &compiled, &*self.env, false)
+            .await
+            .map_err(fail)?;
+        Ok(Arc::new(RedisFetcher::new(
+            source.name.clone(),
+            pool,
+            views,
+            compiled.command_timeout,
+        )))
+    }
+}

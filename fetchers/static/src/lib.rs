@@ -20,7 +20,6 @@
 #![forbid(unsafe_code)]
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::SystemTime,
@@ -31,6 +30,7 @@ use fetcher_api::{
     BuildError, EntityKey, FeatureType, FetchError, FetchRequest, Fetcher, FetcherFactory, KeyPart,
     Record, Row, SourceSpec, Value, ViewSpec,
 };
+use foldhash::HashMap;
 use serde::Deserialize;
 
 /// The source-level options of a `static` source (none yet).
@@ -95,7 +95,7 @@ impl FetcherFactory for StaticFactory {
     }
 
     async fn build(&self, source: &SourceSpec) -> Result<Arc<dyn Fetcher>, BuildError> {
-        let mut tables = HashMap::new();
+        let mut tables = HashMap::default();
         for view in &source.views {
             let config: StaticViewConfig = view
                 .options
@@ -190,7 +190,7 @@ impl Table {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-        let mut rows = HashMap::new();
+        let mut rows = HashMap::default();
         let mut insert = |line: usize, key: EntityKey, row: StoredRow| {
             if rows.insert(key, row).is_some() {
                 Err(format!("{}:{line}: duplicate key", path.display()))

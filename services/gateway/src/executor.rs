@@ -6,12 +6,15 @@
 //! (`TIMED_OUT`, `SOURCE_ERROR`, ...) and, where configured, a default value.
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use fetcher_api::{EntityKey, ErrorClass, FetchError, FetchRequest, KeyPart, Record, Row, Value};
+use foldhash::{HashMap, HashMapExt};
+
+use fetcher_api::{
+    Cell, EntityKey, ErrorClass, FetchError, FetchRequest, KeyPart, Record, Row, Value,
+};
 use futures::future::join_all;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -118,6 +121,47 @@ enum RowState<'a> {
 }
 
 impl Outcome {
+    /// How many request rows read each fetched row.
+    fn readers(&self) -> Vec<u32> {
+        match self {
+            Outcome::Ran {
+                row_of,
+                result: Ok(rows),
+                ..
+            } => {
+                let mut readers = vec![0; rows.len()];
+                for &i in row_of.iter().flatten() {
+                    readers[i] += 1;
+                }
+                readers
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Cell `cell` of request row `row`'s fetched row, if found: moved out when no other request
+    /// row reads that fetched row (each output reads its cell once), cloned otherwise.
+    fn take_cell(&mut self, row: usize, cell: usize, readers: &[u32]) -> Option<Cell> {
+        let Outcome::Ran {
+            row_of,
+            result: Ok(rows),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let i = row_of[row]?;
+        let Row::Found(record) = &mut rows[i] else {
+            return None;
+        };
+        let slot = record.cells.get_mut(cell)?;
+        Some(if readers[i] == 1 {
+            std::mem::replace(slot, Ok(Value::Null))
+        } else {
+            slot.clone()
+        })
+    }
+
     fn for_row(&self, row: usize) -> (RowState<'_>, Duration) {
         match self {
             Outcome::Skipped => (RowState::KeyUnavailable, Duration::ZERO),
@@ -195,7 +239,7 @@ pub async fn execute(
         stage_times.push(started.elapsed());
     }
     Execution {
-        rows: assemble(plan, rows, &outcomes, SystemTime::now()),
+        rows: assemble(plan, rows, outcomes, SystemTime::now()),
         stage_times,
     }
 }
@@ -214,7 +258,7 @@ fn distinct_keys(
         keys.extend(key);
         return (keys, row_of);
     }
-    let mut index: HashMap<EntityKey, usize> = HashMap::new();
+    let mut index: HashMap<EntityKey, usize> = HashMap::with_capacity(n);
     for r in 0..n {
         row_of.push(key_of(r).map(|key| {
             *index.entry(key).or_insert_with_key(|key| {
@@ -245,47 +289,40 @@ fn key_part(input: KeyInput, r: usize, row: &RowInput, outcomes: &[Outcome]) -> 
 fn assemble(
     plan: &Plan,
     rows: &[RowInput],
-    outcomes: &[Outcome],
+    mut outcomes: Vec<Outcome>,
     now: SystemTime,
 ) -> Vec<Vec<Served>> {
-    rows.iter()
-        .enumerate()
-        .map(|(r, row)| {
-            plan.outputs
-                .iter()
-                .map(|output| {
-                    let mut served = match output.origin {
-                        Origin::Context(i) => match &row.context[i] {
-                            None => {
-                                served(Value::Null, Status::NotFound, Some("context value missing"))
-                            }
-                            Some(Value::Null) => served(Value::Null, Status::NullValue, None),
-                            Some(v) => served(v.clone(), Status::Present, None),
-                        },
-                        Origin::Fetched { fetch, cell } => {
-                            let (state, latency) = outcomes[fetch].for_row(r);
-                            let mut s = from_state(
-                                state,
-                                cell,
-                                output.ty,
-                                plan.fetches[fetch].max_age,
-                                now,
-                            );
-                            s.latency = latency;
-                            s
-                        }
-                    };
-                    if served.status != Status::Present
-                        && let Some(default) = &output.default
-                    {
-                        served.value = default.clone();
-                        served.default_applied = true;
-                    }
-                    served
-                })
-                .collect()
-        })
-        .collect()
+    let readers: Vec<Vec<u32>> = outcomes.iter().map(Outcome::readers).collect();
+    let mut vectors = Vec::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        let mut vector = Vec::with_capacity(plan.outputs.len());
+        for output in &plan.outputs {
+            let mut served = match output.origin {
+                Origin::Context(i) => match &row.context[i] {
+                    None => served(Value::Null, Status::NotFound, Some("context value missing")),
+                    Some(Value::Null) => served(Value::Null, Status::NullValue, None),
+                    Some(v) => served(v.clone(), Status::Present, None),
+                },
+                Origin::Fetched { fetch, cell } => {
+                    let value = outcomes[fetch].take_cell(r, cell, &readers[fetch]);
+                    let (state, latency) = outcomes[fetch].for_row(r);
+                    let max_age = plan.fetches[fetch].max_age;
+                    let mut s = from_state(state, value, output.ty, max_age, now);
+                    s.latency = latency;
+                    s
+                }
+            };
+            if served.status != Status::Present
+                && let Some(default) = &output.default
+            {
+                served.value = default.clone();
+                served.default_applied = true;
+            }
+            vector.push(served);
+        }
+        vectors.push(vector);
+    }
+    vectors
 }
 
 fn served(value: Value, status: Status, detail: Option<&str>) -> Served {
@@ -299,9 +336,10 @@ fn served(value: Value, status: Status, detail: Option<&str>) -> Served {
     }
 }
 
+/// The served feature for a row's fetch state; `value` is the feature's cell when found.
 fn from_state(
     state: RowState<'_>,
-    cell: usize,
+    value: Option<Cell>,
     ty: fetcher_api::FeatureType,
     max_age: Option<Duration>,
     now: SystemTime,
@@ -321,11 +359,11 @@ fn from_state(
             let mut s = if too_old {
                 served(Value::Null, Status::OutsideMaxAge, None)
             } else {
-                match record.cells.get(cell) {
+                match value {
                     None => served(Value::Null, Status::SourceError, Some("missing cell")),
                     Some(Err(e)) => served(Value::Null, Status::SourceError, Some(&e.0)),
                     Some(Ok(Value::Null)) => served(Value::Null, Status::NullValue, None),
-                    Some(Ok(v)) => match ty.conform(v.clone()) {
+                    Some(Ok(v)) => match ty.conform(v) {
                         Ok(v) => served(v, Status::Present, None),
                         Err(e) => served(Value::Null, Status::SourceError, Some(&e)),
                     },

@@ -24,6 +24,8 @@ pub fn builtin_registry() -> Registry {
     let mut registry = Registry::new();
     registry.register(fetcher_static::StaticFactory);
     registry.register(fetcher_http::HttpFactory::new());
+    registry.register(fetcher_redis::RedisFactory::new());
+    registry.register(fetcher_postgres::PostgresFactory::new());
     registry
 }
 

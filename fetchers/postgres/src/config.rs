@@ -1,0 +1,506 @@
+//! The options of a `postgres` source and of its views, and their pure compilation.
+//!
+//! [`compile_source`] and [`compile_view`] check everything that can be checked without a
+//! connection (the URL's shape and its `${VAR}` references, pool settings, the query's
+//! placeholders against the view's entity keys, the column and JSON path mappings against the
+//! view's features) and return every problem as a message naming the option and the view.
+//! `validate` and `build` share them. Environment variables are read only at build time, by
+//! [`resolve_url`], and neither the URL nor a value read from the environment ever appears in a
+//! message: either may hold a password.
+
+use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
+
+use fetcher_api::{FeatureType, ViewSpec};
+use serde::{Deserialize, Deserializer};
+
+use crate::sql::{self, Placeholder};
+
+/// A duration written the human way (`250ms`, `2s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(ConfigDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+    }
+}
+
+/// The source-level options of a `postgres` source.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// The connection URL, `postgres://USER:PASSWORD@HOST:PORT/DATABASE?OPTIONS` (anything
+    /// libpq-style that tokio-postgres accepts, e.g. `?sslmode=disable`, a Unix socket as a
+    /// percent-encoded `host=` path). Any part may reference environment variables as `${NAME}`,
+    /// resolved (and percent-encoded) when the source is built; put the password there, never in
+    /// the file. The URL is never logged nor shown in an error.
+    pub url: String,
+    /// Connections kept in the pool (default 16). A fetch holds one connection for one
+    /// statement, so this bounds the statements in flight from this source.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long to wait for a new connection (default `2s`); a fetch further bounds it by what is
+    /// left of its deadline.
+    #[serde(default)]
+    pub connect_timeout: Option<ConfigDuration>,
+    /// A server-side `statement_timeout` set on every connection of the pool, a backstop for
+    /// fetches without a deadline (default: the server's). Fetches with a deadline are cancelled
+    /// on the server at their deadline anyway.
+    #[serde(default)]
+    pub statement_timeout: Option<ConfigDuration>,
+}
+
+// Hand-written: the URL may hold a literal password.
+impl fmt::Debug for PostgresSourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresSourceConfig")
+            .field("url", &"<redacted>")
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+
+/// The default of [`PostgresSourceConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to do when the query returns more than one row for a key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MultipleRows {
+    /// Serve the first row, in the query's own order (write an `ORDER BY` to make it defined).
+    First,
+    /// Serve the key's row with every feature failed (`SOURCE_ERROR`), naming the row count.
+    /// The rest of the batch is served. The default: a query that was meant to return one row
+    /// per key and does not is a data problem to see, not to hide.
+    #[default]
+    Error,
+}
+
+/// The view-level options of a view on a `postgres` source.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresViewConfig {
+    /// The SQL query of one key, e.g.
+    /// `SELECT txn_count_7d, avg_amount FROM user_txn_stats WHERE user_id = $1`.
+    /// `$1..$n` are bound (as parameters, never interpolated) from the view's entity keys in the
+    /// view's `entities` order, and each must appear. The query is written for one key; a batch
+    /// of keys runs it for every key in one statement (see the crate docs). Write `$1::text`
+    /// where PostgreSQL cannot tell a placeholder's type, and an `ORDER BY` where more than one
+    /// row can match and `multiple_rows = "first"`.
+    pub query: String,
+    /// `"error"` (default) or `"first"`: what more than one row for a key means.
+    #[serde(default)]
+    pub multiple_rows: MultipleRows,
+    /// A `timestamptz` (or `timestamp`, read as UTC) column holding when the row's values were
+    /// computed; enables the view's `max_age`.
+    #[serde(default)]
+    pub event_time_column: Option<String>,
+    /// Feature name to the result column it is read from, when they differ, e.g.
+    /// `{ avg_amount = "avg_amount_usd" }`. A feature not listed is read from the column of its
+    /// own name.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// Feature name to a field inside a `jsonb` (or `json`) column, e.g.
+    /// `{ risk = { column = "attributes", path = "/scores/risk" } }`. The path is a JSON pointer
+    /// (RFC 6901); a missing field is null. A feature mapped straight to a json column (without
+    /// a path) reads the whole document.
+    #[serde(default)]
+    pub json_paths: BTreeMap<String, JsonPath>,
+}
+
+/// A field inside a json column.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JsonPath {
+    /// The `jsonb` or `json` result column.
+    pub column: String,
+    /// A JSON pointer into the column's document, e.g. `/scores/risk`; `""` is the whole
+    /// document.
+    pub path: String,
+}
+
+/// A URL with its `${NAME}` references found.
+#[derive(Clone, PartialEq)]
+pub enum UrlPart {
+    Literal(String),
+    Env(String),
+}
+
+// Hand-written: a literal part may hold a password.
+impl fmt::Debug for UrlPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlPart::Literal(_) => f.write_str("Literal(<redacted>)"),
+            UrlPart::Env(name) => write!(f, "Env({name})"),
+        }
+    }
+}
+
+/// A source's options, checked.
+#[derive(Clone, Debug)]
+pub struct CompiledSource {
+    /// The URL's parts; resolved at build.
+    pub url: Vec<UrlPart>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+}
+
+/// Where a feature is read from in the query's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeatureSource {
+    /// The feature's name.
+    pub feature: String,
+    /// Its declared type.
+    pub ty: FeatureType,
+    /// The result column.
+    pub column: String,
+    /// A JSON pointer into the column, for json columns mapped through `json_paths`.
+    pub json_path: Option<String>,
+}
+
+/// A view's options, checked: what `build` prepares and checks against the database.
+#[derive(Clone, Debug)]
+pub struct CompiledView {
+    pub name: String,
+    pub query: String,
+    pub placeholders: Vec<Placeholder>,
+    pub multiple_rows: MultipleRows,
+    pub event_time_column: Option<String>,
+    /// One per declared feature, in declaration order.
+    pub features: Vec<FeatureSource>,
+}
+
+/// Checks a source's options.
+pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, Vec<String>> {
+    let mut errors = Vec::new();
+    let url = match parse_url(&config.url) {
+        Ok(parts) => {
+            // Check the URL's shape with every reference replaced by a harmless value.
+            let probe: String = parts
+                .iter()
+                .map(|p| match p {
+                    UrlPart::Literal(text) => text.as_str(),
+                    UrlPart::Env(_) => "x",
+                })
+                .collect();
+            if !(probe.starts_with("postgres://") || probe.starts_with("postgresql://")) {
+                errors.push("url must be a postgres:// or postgresql:// URL".to_owned());
+            } else if let Err(e) = tokio_postgres::Config::from_str(&probe) {
+                errors.push(format!("url: {}", url_error(&e)));
+            }
+            parts
+        }
+        Err(e) => {
+            errors.push(e);
+            Vec::new()
+        }
+    };
+    if config.pool_size == 0 {
+        errors.push("pool_size must be at least 1".to_owned());
+    }
+    let connect_timeout = config
+        .connect_timeout
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+    if connect_timeout.is_zero() {
+        errors.push("connect_timeout must be more than 0".to_owned());
+    }
+    let statement_timeout = config.statement_timeout.map(|d| d.0);
+    if statement_timeout.is_some_and(|d| d < Duration::from_millis(1)) {
+        // PostgreSQL reads 0 as "no timeout", the opposite of what was written.
+        errors.push("statement_timeout must be at least 1ms".to_owned());
+    }
+    if errors.is_empty() {
+        Ok(CompiledSource {
+            url,
+            pool_size: config.pool_size,
+            connect_timeout,
+            statement_timeout,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks a view's options against the view's keys and features.
+pub fn compile_view(
+    view: &ViewSpec,
+    config: &PostgresViewConfig,
+) -> Result<CompiledView, Vec<String>> {
+    let at = |msg: String| format!("view `{}`: {msg}", view.name);
+    let mut errors = Vec::new();
+    let placeholders = if config.query.trim().is_empty() {
+        errors.push(at("query is empty".to_owned()));
+        Vec::new()
+    } else {
+        sql::check_placeholders(&config.query, view.keys.len())
+            .map_err(|e| errors.push(at(format!("query: {e}"))))
+            .unwrap_or_default()
+    };
+    for key in &view.keys {
+        if !key.ty.is_key_type() {
+            errors.push(at(format!(
+                "entity `{}` is {}, which cannot be bound as a key",
+                key.name, key.ty
+            )));
+        }
+    }
+    let is_feature = |name: &str| view.features.iter().any(|(f, _)| f == name);
+    for name in config.columns.keys() {
+        if !is_feature(name) {
+            errors.push(at(format!(
+                "columns.{name}: the view has no feature `{name}`"
+            )));
+        }
+        if config.json_paths.contains_key(name) {
+            errors.push(at(format!(
+                "feature `{name}` is in both `columns` and `json_paths`"
+            )));
+        }
+    }
+    for (name, path) in &config.json_paths {
+        if !is_feature(name) {
+            errors.push(at(format!(
+                "json_paths.{name}: the view has no feature `{name}`"
+            )));
+        }
+        if !(path.path.is_empty() || path.path.starts_with('/')) {
+            errors.push(at(format!(
+                "json_paths.{name}: `{}` is not a JSON pointer (it starts with `/`)",
+                path.path
+            )));
+        }
+    }
+    if config
+        .event_time_column
+        .as_deref()
+        .is_some_and(|c| c.trim().is_empty())
+    {
+        errors.push(at("event_time_column is empty".to_owned()));
+    }
+    let features = view
+        .features
+        .iter()
+        .map(|(name, ty)| match config.json_paths.get(name) {
+            Some(path) => FeatureSource {
+                feature: name.clone(),
+                ty: *ty,
+                column: path.column.clone(),
+                json_path: Some(path.path.clone()),
+            },
+            None => FeatureSource {
+                feature: name.clone(),
+                ty: *ty,
+                column: config.columns.get(name).unwrap_or(name).clone(),
+                json_path: None,
+            },
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(CompiledView {
+            name: view.name.clone(),
+            query: config.query.clone(),
+            placeholders,
+            multiple_rows: config.multiple_rows,
+            event_time_column: config.event_time_column.clone(),
+            features,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// A URL parse error with its cause (tokio-postgres puts the option's name in the cause). The
+/// causes name an option, never its value, so the error cannot leak a password.
+pub fn url_error(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// Splits a URL into literal text and `${NAME}` references.
+fn parse_url(url: &str) -> Result<Vec<UrlPart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = url;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(UrlPart::Literal(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or("url: a `${` is not closed by `}`")?;
+        let name = &after[..end];
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "url: `${{{name}}}` is not an environment variable reference"
+            ));
+        }
+        parts.push(UrlPart::Env(name.to_owned()));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(UrlPart::Literal(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+/// The URL with its references replaced by the environment's values, percent-encoded so a
+/// password may hold `@`, `/` or `:`. The error names the variable, never a value.
+pub fn resolve_url(
+    parts: &[UrlPart],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut url = String::new();
+    for part in parts {
+        match part {
+            UrlPart::Literal(text) => url.push_str(text),
+            UrlPart::Env(name) => {
+                let value = env(name)
+                    .ok_or_else(|| format!("url: environment variable `{name}` is not set"))?;
+                url.extend(value.bytes().map(|b| {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                        char::from(b).to_string()
+                    } else {
+                        format!("%{b:02X}")
+                    }
+                }));
+            }
+        }
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fetcher_api::{KeySpec, Options};
+
+    fn source(text: &str) -> Result<CompiledSource, Vec<String>> {
+        let config: PostgresSourceConfig = Options(text.parse().unwrap()).parse().unwrap();
+        compile_source(&config)
+    }
+
+    #[test]
+    fn urls_with_references_compile_and_resolve_encoded() {
+        let compiled =
+            source(r#"url = "postgres://app:${PG_PASSWORD}@127.0.0.1:5432/features""#).unwrap();
+        let url = resolve_url(&compiled.url, &|name| {
+            (name == "PG_PASSWORD").then(|| "p@ss/w:rd".to_owned())
+        })
+        .unwrap();
+        assert_eq!(
+            url,
+            "postgres://app:p%40ss%2Fw%3Ard@127.0.0.1:5432/features"
+        );
+        let config = tokio_postgres::Config::from_str(&url).unwrap();
+        assert_eq!(config.get_password(), Some(&b"p@ss/w:rd"[..]));
+
+        let err = resolve_url(&compiled.url, &|_| None).unwrap_err();
+        assert_eq!(err, "url: environment variable `PG_PASSWORD` is not set");
+    }
+
+    #[test]
+    fn bad_source_options_are_all_named_and_the_url_never_shown() {
+        let errors = source(
+            r#"url = "mysql://root:hunter2@x/y"
+               pool_size = 0
+               statement_timeout = "0s""#,
+        )
+        .unwrap_err();
+        let text = errors.join("\n");
+        assert!(text.contains("url must be a postgres://"), "{text}");
+        assert!(text.contains("pool_size must be at least 1"), "{text}");
+        assert!(
+            text.contains("statement_timeout must be at least 1ms"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+
+        let errors = source(r#"url = "postgres://u:${A-B}@x/y""#).unwrap_err();
+        assert_eq!(
+            errors,
+            ["url: `${A-B}` is not an environment variable reference"]
+        );
+        let errors = source(r#"url = "postgres://u:hunter2@x/y?bogus_option=1""#).unwrap_err();
+        assert!(errors[0].contains("bogus_option"), "{errors:?}");
+        assert!(!errors[0].contains("hunter2"), "{errors:?}");
+    }
+
+    fn view(keys: usize, options: &str) -> Result<CompiledView, Vec<String>> {
+        let spec = ViewSpec {
+            name: "stats".into(),
+            keys: (0..keys)
+                .map(|i| KeySpec {
+                    name: format!("k{i}"),
+                    ty: FeatureType::String,
+                })
+                .collect(),
+            features: vec![
+                ("count".into(), FeatureType::Int64),
+                ("risk".into(), FeatureType::Double),
+            ],
+            options: Options(options.parse().unwrap()),
+        };
+        let config: PostgresViewConfig = spec.options.parse().unwrap();
+        compile_view(&spec, &config)
+    }
+
+    #[test]
+    fn views_map_features_to_columns_and_json_paths() {
+        let compiled = view(
+            1,
+            r#"query = "SELECT n, attrs FROM t WHERE id = $1"
+               columns = { count = "n" }
+               json_paths = { risk = { column = "attrs", path = "/scores/risk" } }
+               multiple_rows = "first""#,
+        )
+        .unwrap();
+        assert_eq!(compiled.multiple_rows, MultipleRows::First);
+        assert_eq!(compiled.features[0].column, "n");
+        assert_eq!(compiled.features[1].column, "attrs");
+        assert_eq!(
+            compiled.features[1].json_path.as_deref(),
+            Some("/scores/risk")
+        );
+    }
+
+    #[test]
+    fn bad_view_options_are_all_named() {
+        let errors = view(
+            2,
+            r#"query = "SELECT * FROM t WHERE id = $1 AND note = '$2'"
+               columns = { nope = "x", risk = "r" }
+               json_paths = { risk = { column = "a", path = "scores" } }"#,
+        )
+        .unwrap_err();
+        let text = errors.join("\n");
+        for expected in [
+            "view `stats`: query: the query has no placeholder `$2`",
+            "view `stats`: columns.nope: the view has no feature `nope`",
+            "view `stats`: feature `risk` is in both `columns` and `json_paths`",
+            "view `stats`: json_paths.risk: `scores` is not a JSON pointer",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+        let errors = view(1, r#"query = "SELECT 1 WHERE $1 = $2""#).unwrap_err();
+        assert!(errors[0].contains("`$2` has no entity key"), "{errors:?}");
+    }
+}

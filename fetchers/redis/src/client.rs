@@ -1,0 +1,190 @@
+//! The connection pool of a `redis` source, and how its failures are classified.
+//!
+//! # Contract
+//! The pool reconnects by itself, forever, with an exponential backoff (50 ms doubling to 2 s).
+//! Commands never wait for a reconnection: every call is sent with fred's `fail_fast`, so while a
+//! connection is down it fails at once (as [`ErrorClass::Unavailable`], retryable), and with a
+//! timeout that is the lesser of `command_timeout` and what is left of the caller's deadline, so
+//! a server that accepts but does not answer fails as [`ErrorClass::Timeout`]. Commands are
+//! written once (`max_attempts = 1`): the gateway's retry layer, not the client, decides whether
+//! a failed call is repeated.
+//!
+//! # Failure
+//! [`connect`] fails only on what waiting cannot fix: a URL that does not resolve (an unset
+//! variable, a bad TLS setup) or a refused password. A server that is not there yet is logged and
+//! left to the background reconnection, so the gateway can start before Redis does.
+
+use std::time::Duration;
+
+use fetcher_api::{ErrorClass, FetchError};
+use fred::{
+    prelude::{
+        ClientLike, Config, EventInterface, Options, Pool, ReconnectPolicy, ServerConfig, TcpConfig,
+    },
+    types::Builder,
+};
+
+use crate::config::{CompiledSource, Mode, resolve_url};
+
+/// Backoff of the background reconnection, in milliseconds.
+const RECONNECT_MIN_MS: u32 = 50;
+const RECONNECT_MAX_MS: u32 = 2_000;
+
+/// Builds the pool of `source` and waits up to its `connect_timeout` for it to connect.
+///
+/// `require_connection` makes an unreachable server an error (for `materialize`, which has nothing
+/// to do without it) instead of a warning.
+pub(crate) async fn connect(
+    source_name: &str,
+    source: &CompiledSource,
+    env: impl Fn(&str) -> Option<String>,
+    require_connection: bool,
+) -> Result<Pool, String> {
+    let url = resolve_url(&source.url, env)?;
+    // The URL holds the password: its parse errors are reported by kind only.
+    let mut config = Config::from_url_centralized(&url)
+        .map_err(|e| format!("url: cannot be used ({:?})", e.kind()))?;
+    let parsed = url::Url::parse(&url).map_err(|_| "url: not a valid URL".to_owned())?;
+    let host = parsed.host_str().unwrap_or_default().to_owned();
+    match source.mode {
+        Mode::Standalone => {}
+        Mode::Cluster => {
+            let port = parsed.port().unwrap_or(6379);
+            let mut hosts = vec![(host, port)];
+            hosts.extend(source.nodes.iter().cloned());
+            config.server = ServerConfig::new_clustered(hosts);
+            config.database = None;
+        }
+        Mode::Sentinel => {
+            let port = parsed.port().unwrap_or(26379);
+            let mut hosts = vec![(host, port)];
+            hosts.extend(source.nodes.iter().cloned());
+            config.server = ServerConfig::new_sentinel(
+                hosts,
+                source.sentinel_service_name.clone().unwrap_or_default(),
+            );
+        }
+    }
+    // Keep retrying a first connection that fails, instead of giving up: Redis may start after
+    // the gateway.
+    config.fail_fast = false;
+    let pool = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = source.connect_timeout;
+            c.internal_command_timeout = source.command_timeout.max(source.connect_timeout);
+            // Retries belong to the gateway's retry layer, within its budget.
+            c.max_command_attempts = 1;
+            c.tcp = TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            };
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = source.command_timeout;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(
+            0, // no limit: a fetcher lives as long as the gateway
+            RECONNECT_MIN_MS,
+            RECONNECT_MAX_MS,
+            2,
+        ))
+        .build_pool(source.pool_size)
+        .map_err(|e| format!("cannot create the Redis client ({:?})", e.kind()))?;
+
+    let mut errors = pool.clients().first().map(|c| c.error_rx());
+    let _ = pool.connect_pool();
+    let connected = tokio::time::timeout(source.connect_timeout, pool.wait_for_connect()).await;
+    if matches!(connected, Ok(Ok(()))) {
+        return Ok(pool);
+    }
+    let mut last_error = None;
+    if let Some(errors) = errors.as_mut() {
+        while let Ok((error, _server)) = errors.try_recv() {
+            last_error = Some(error);
+        }
+    }
+    let refused = last_error
+        .as_ref()
+        .is_some_and(|e| *e.kind() == fred::error::ErrorKind::Auth);
+    if refused || require_connection {
+        let _ = tokio::time::timeout(Duration::from_secs(1), pool.quit()).await;
+        let why = match &last_error {
+            Some(e) if refused => format!("Redis refused the credentials ({})", e.details()),
+            Some(e) => format!("cannot connect to Redis: {}", e.details()),
+            None => format!(
+                "cannot connect to Redis within connect_timeout ({:?})",
+                source.connect_timeout
+            ),
+        };
+        return Err(why);
+    }
+    tracing::warn!(
+        source = source_name,
+        error = last_error.as_ref().map(|e| e.details().to_owned()),
+        "redis is unreachable at start-up, reconnecting in the background"
+    );
+    Ok(pool)
+}
+
+/// Per-call options: never wait for a reconnection, never outlive `timeout`, write once.
+pub(crate) fn call_options(timeout: Duration) -> Options {
+    Options {
+        fail_fast: true,
+        timeout: Some(timeout),
+        max_attempts: Some(1),
+        ..Options::default()
+    }
+}
+
+/// Whether a command's error is about the connection (so the whole call failed) rather than the
+/// one key it was about (a wrong type).
+pub(crate) fn is_connection_error(error: &fred::error::Error) -> bool {
+    !matches!(error.kind(), fred::error::ErrorKind::InvalidArgument)
+        && !error.details().starts_with("WRONGTYPE")
+}
+
+/// Classifies a client error for the gateway's layers.
+pub(crate) fn classify(error: &fred::error::Error) -> FetchError {
+    use fred::error::ErrorKind as K;
+    let detail = error.details();
+    let class = match error.kind() {
+        K::Timeout => ErrorClass::Timeout,
+        // Connection lost or not yet back, the cluster reshaping, a sentinel failing over, a
+        // full command queue, the server loading its data: all transient.
+        K::IO | K::Canceled | K::Cluster | K::Sentinel | K::Routing | K::Backpressure => {
+            ErrorClass::Unavailable
+        }
+        K::Unknown
+            if ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"]
+                .iter()
+                .any(|p| detail.starts_with(p)) =>
+        {
+            ErrorClass::Unavailable
+        }
+        // Not initialized or closed under us: also a connection problem.
+        K::Unknown if detail.contains("not initialized") || detail.contains("closed") => {
+            ErrorClass::Unavailable
+        }
+        K::Auth | K::Config | K::Tls | K::Url => ErrorClass::Rejected,
+        K::Protocol | K::Parse => ErrorClass::InvalidResponse,
+        _ => ErrorClass::Internal,
+    };
+    FetchError::new(class, format!("redis: {detail}"))
+}
+
+/// A short, stable, non-reversible tag of a key for warnings: keys can be personal data, yet two
+/// warnings about the same key should be recognisable as such.
+pub(crate) fn key_tag(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends PING on a connected client.
+pub(crate) async fn ping(pool: &Pool, timeout: Duration) -> Result<(), FetchError> {
+    pool.next_connected()
+        .with_options(&call_options(timeout))
+        .ping::<()>(None)
+        .await
+        .map_err(|e| classify(&e))
+}

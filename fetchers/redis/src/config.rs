@@ -1,0 +1,590 @@
+//! The options of a `redis` source and of its views, and their compilation into what a fetch (or
+//! a `materialize` run) uses.
+//!
+//! Compilation is pure: [`compile_source`] and [`compile_view`] check everything that can be
+//! checked without I/O (the URL's shape and `${VAR}` syntax, the mode's companions, the key
+//! template against the view's entities, the field map against its features) and return every
+//! problem as a message naming the option (and the view). `validate`, `build` and `materialize`
+//! share them, so what validated is what runs and what is written is what is read.
+//!
+//! The URL may hold a password, so no message ever quotes it: environment variables are resolved
+//! only at build time ([`resolve_url`]), and their values never reach a message or a log.
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use fetcher_api::{EntityKey, FeatureType, KeySpec, ViewSpec};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::{Deserialize, Deserializer};
+
+/// Default for [`RedisSourceConfig::pool_size`].
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default for [`RedisSourceConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default for [`RedisSourceConfig::command_timeout`].
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A duration written the human way (`250ms`, `2s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(ConfigDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
+    }
+}
+
+/// How the Redis deployment is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One server (or a proxy in front of many): `url` names it.
+    #[default]
+    Standalone,
+    /// A Redis Cluster: `url` names one node and `nodes` any others; the client discovers the
+    /// rest and routes every key to the node owning its slot.
+    Cluster,
+    /// A master found through Redis Sentinel: `url` names one sentinel (its host, port, the
+    /// master's password and database), `nodes` the other sentinels, and
+    /// `sentinel_service_name` the master's name.
+    Sentinel,
+}
+
+/// The source-level options of a `redis` source.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSourceConfig {
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS (verified against the
+    /// system's root certificates). Write a password as an environment reference,
+    /// `redis://:${REDIS_PASSWORD}@host:6379`: references are resolved when the source is built
+    /// and the URL is never logged nor put in an error. A password written literally in the file
+    /// is refused. In `sentinel` mode the host and port are a sentinel's (default port 26379)
+    /// while the credentials and database are the master's.
+    pub url: String,
+    /// `standalone` (default), `cluster` or `sentinel`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// More `host:port` addresses: other cluster nodes to discover the cluster from (`cluster`),
+    /// or the other sentinels (`sentinel`). Not allowed in `standalone` mode.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// The master's name as the sentinels know it. Required in `sentinel` mode, refused otherwise.
+    #[serde(default)]
+    pub sentinel_service_name: Option<String>,
+    /// Connections kept open (each pipelines many requests at once). Default 4.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Longest time to open a connection, TLS handshake included, e.g. `"250ms"`. Default 1s.
+    /// Start-up waits this long for the first connection; if Redis is not there yet the gateway
+    /// starts anyway (the source reads as down until it connects).
+    #[serde(default)]
+    pub connect_timeout: Option<ConfigDuration>,
+    /// Longest time one fetch (one pipelined round trip) may take, e.g. `"50ms"`; the request's
+    /// remaining deadline applies if shorter. Default 1s.
+    #[serde(default)]
+    pub command_timeout: Option<ConfigDuration>,
+}
+
+fn default_pool_size() -> usize {
+    DEFAULT_POOL_SIZE
+}
+
+/// How a view's rows are stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// One hash per key, one field per feature holding the value's text form (as in a CSV
+    /// file: `42`, `0.25`, `true`, RFC 3339 timestamps, JSON arrays for lists). Only the
+    /// requested fields are read (HMGET).
+    #[default]
+    Hash,
+    /// One string per key holding a JSON object, one member per feature (lists as JSON arrays,
+    /// timestamps as RFC 3339 strings or Unix seconds).
+    Json,
+}
+
+/// The view-level options of a view on a `redis` source.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisViewConfig {
+    /// The Redis key of a row, with one `{entity}` placeholder per entity of the view, e.g.
+    /// `"user_stats:{user_id}"`. Keys are substituted verbatim (int64 keys in decimal), never
+    /// interpreted. Write `{{` and `}}` for literal braces, e.g. a cluster hash tag.
+    pub key: String,
+    /// `hash` (default) or `json`.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// The hash field (or JSON member) of a feature, when it is not the feature's name:
+    /// `{ txn_count_7d = "tc7" }`.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// The hash field (or JSON member) holding when the row was computed (RFC 3339 or Unix
+    /// seconds). Needed for the view's `max_age`.
+    #[serde(default)]
+    pub event_time_field: Option<String>,
+}
+
+/// A part of the URL as written: literal text, or a `${NAME}` environment reference.
+#[derive(Clone, PartialEq)]
+pub enum UrlPart {
+    Literal(String),
+    Env(String),
+}
+
+// Hand-written so the URL (which may hold a password) never reaches a log through `{:?}`.
+impl fmt::Debug for UrlPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlPart::Literal(_) => f.write_str("Literal(<redacted>)"),
+            UrlPart::Env(name) => write!(f, "Env({name})"),
+        }
+    }
+}
+
+/// A source's options, checked.
+#[derive(Clone, Debug)]
+pub struct CompiledSource {
+    /// The URL's parts, unresolved.
+    pub url: Vec<UrlPart>,
+    /// Whether the URL is `rediss://`.
+    pub tls: bool,
+    pub mode: Mode,
+    /// The other nodes, parsed.
+    pub nodes: Vec<(String, u16)>,
+    pub sentinel_service_name: Option<String>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+/// A piece of a key template.
+#[derive(Clone, Debug, PartialEq)]
+enum Piece {
+    Literal(String),
+    /// The index of an entity key in the view's key order.
+    Key(usize),
+}
+
+/// A key template compiled against a view's entities.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyTemplate {
+    pieces: Vec<Piece>,
+    arity: usize,
+}
+
+impl KeyTemplate {
+    /// Compiles `text` against the view's entity keys; every entity must appear, or rows of
+    /// different entities would share a Redis key.
+    pub fn parse(text: &str, keys: &[KeySpec]) -> Result<KeyTemplate, String> {
+        let mut pieces = Vec::new();
+        let mut literal = String::new();
+        let mut used = vec![false; keys.len()];
+        let mut chars = text.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|&(_, n)| n) == Some('{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek().map(|&(_, n)| n) == Some('}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '}' => return Err(format!("unmatched `}}` in `{text}` (write `}}}}`)")),
+                '{' => {
+                    let rest = &text[at + 1..];
+                    let close = rest
+                        .find('}')
+                        .ok_or_else(|| format!("unclosed `{{` in `{text}` (write `{{{{`)"))?;
+                    let name = &rest[..close];
+                    let index = keys.iter().position(|k| k.name == name).ok_or_else(|| {
+                        let known: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+                        format!(
+                            "unknown placeholder `{{{name}}}` in `{text}` (entity keys: {})",
+                            known.join(", ")
+                        )
+                    })?;
+                    if !literal.is_empty() {
+                        pieces.push(Piece::Literal(std::mem::take(&mut literal)));
+                    }
+                    pieces.push(Piece::Key(index));
+                    used[index] = true;
+                    // Skip the name and the closing brace.
+                    for _ in 0..name.chars().count() + 1 {
+                        chars.next();
+                    }
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            pieces.push(Piece::Literal(literal));
+        }
+        let unused: Vec<&str> = keys
+            .iter()
+            .zip(&used)
+            .filter(|(_, used)| !**used)
+            .map(|(k, _)| k.name.as_str())
+            .collect();
+        if !unused.is_empty() {
+            return Err(format!(
+                "`{text}` does not use entity key(s) {}: rows would share a Redis key",
+                unused
+                    .iter()
+                    .map(|n| format!("`{{{n}}}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(KeyTemplate {
+            pieces,
+            arity: keys.len(),
+        })
+    }
+
+    /// The Redis key of `key`: the template with each entity key's text in place, as is.
+    pub fn render(&self, key: &EntityKey) -> Result<String, String> {
+        if key.len() != self.arity {
+            return Err(format!(
+                "a key has {} parts, the view has {} entities",
+                key.len(),
+                self.arity
+            ));
+        }
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(text) => out.push_str(text),
+                Piece::Key(i) => out.push_str(&key[*i].to_string()),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A view's options, checked and compiled.
+#[derive(Clone, Debug)]
+pub struct CompiledView {
+    pub name: String,
+    pub key: KeyTemplate,
+    pub encoding: Encoding,
+    /// Every declared feature: its hash field (or JSON member) and type.
+    pub features: BTreeMap<String, (String, FeatureType)>,
+    pub event_time_field: Option<String>,
+}
+
+/// Checks a source's options.
+pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<String>> {
+    let mut errors = Vec::new();
+    let url = match parse_url_template(&config.url) {
+        Ok(parts) => Some(parts),
+        Err(e) => {
+            errors.push(format!("url: {e}"));
+            None
+        }
+    };
+    let mut tls = false;
+    if let Some(parts) = &url {
+        match check_url_shape(parts, config.mode) {
+            Ok(is_tls) => tls = is_tls,
+            Err(e) => errors.push(format!("url: {e}")),
+        }
+    }
+    let mut nodes = Vec::new();
+    for node in &config.nodes {
+        match parse_host_port(node) {
+            Some(parsed) => nodes.push(parsed),
+            None => errors.push(format!("nodes: `{node}` is not a `host:port` address")),
+        }
+    }
+    match (config.mode, &config.sentinel_service_name) {
+        (Mode::Standalone, _) if !config.nodes.is_empty() => {
+            errors.push("nodes: only `cluster` and `sentinel` modes use more nodes".into());
+        }
+        (Mode::Sentinel, None) => {
+            errors.push("sentinel_service_name is required in `sentinel` mode".into());
+        }
+        (Mode::Sentinel, Some(name)) if name.is_empty() => {
+            errors.push("sentinel_service_name cannot be empty".into());
+        }
+        (Mode::Standalone | Mode::Cluster, Some(_)) => {
+            errors.push("sentinel_service_name applies only to `sentinel` mode".into());
+        }
+        _ => {}
+    }
+    if config.pool_size == 0 {
+        errors.push("pool_size must be at least 1".into());
+    }
+    let connect_timeout = config
+        .connect_timeout
+        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+    if connect_timeout.is_zero() {
+        errors.push("connect_timeout must be more than zero".into());
+    }
+    let command_timeout = config
+        .command_timeout
+        .map_or(DEFAULT_COMMAND_TIMEOUT, |d| d.0);
+    if command_timeout.is_zero() {
+        errors.push("command_timeout must be more than zero".into());
+    }
+    match url {
+        Some(url) if errors.is_empty() => Ok(CompiledSource {
+            url,
+            tls,
+            mode: config.mode,
+            nodes,
+            sentinel_service_name: config.sentinel_service_name.clone(),
+            pool_size: config.pool_size,
+            connect_timeout,
+            command_timeout,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Checks a view's options against its keys and features.
+pub fn compile_view(
+    view: &ViewSpec,
+    config: &RedisViewConfig,
+) -> Result<CompiledView, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut fail = |e: String| errors.push(format!("view `{}`: {e}", view.name));
+    if view.keys.is_empty() {
+        fail("a redis view needs at least one entity".into());
+    }
+    let key = KeyTemplate::parse(&config.key, &view.keys)
+        .map_err(|e| fail(format!("key: {e}")))
+        .ok();
+    for (feature, field) in &config.fields {
+        if !view.features.iter().any(|(f, _)| f == feature) {
+            fail(format!(
+                "fields.{feature}: the view has no feature `{feature}`"
+            ));
+        }
+        if field.is_empty() {
+            fail(format!("fields.{feature}: the field name cannot be empty"));
+        }
+    }
+    let features: BTreeMap<String, (String, FeatureType)> = view
+        .features
+        .iter()
+        .map(|(f, ty)| {
+            let field = config.fields.get(f).unwrap_or(f).clone();
+            (f.clone(), (field, *ty))
+        })
+        .collect();
+    if let Some(time) = &config.event_time_field {
+        if time.is_empty() {
+            fail("event_time_field cannot be empty".into());
+        } else if let Some((feature, _)) = features.iter().find(|(_, (field, _))| field == time) {
+            fail(format!(
+                "event_time_field `{time}` is also the field of feature `{feature}`"
+            ));
+        }
+    }
+    match key {
+        Some(key) if errors.is_empty() => Ok(CompiledView {
+            name: view.name.clone(),
+            key,
+            encoding: config.encoding,
+            features,
+            event_time_field: config.event_time_field.clone(),
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Splits the URL into literal text and `${NAME}` references, without reading the environment.
+/// Messages name a variable at most, never the URL.
+fn parse_url_template(url: &str) -> Result<Vec<UrlPart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = url;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            parts.push(UrlPart::Literal(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "a `${` has no closing `}`".to_owned())?;
+        let name = &after[..end];
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "`${{{name}}}` is not an environment variable reference (letters, digits, `_`)"
+            ));
+        }
+        parts.push(UrlPart::Env(name.to_owned()));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(UrlPart::Literal(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+/// Characters of an environment value that go into the URL percent-encoded, so a password may
+/// hold `@`, `:`, `/` or `%` (the client decodes credentials).
+const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Joins the URL's parts, each environment reference replaced by `value(name)` percent-encoded.
+fn join_url(
+    parts: &[UrlPart],
+    mut value: impl FnMut(&str) -> Result<String, String>,
+) -> Result<String, String> {
+    let mut url = String::new();
+    for part in parts {
+        match part {
+            UrlPart::Literal(text) => url.push_str(text),
+            UrlPart::Env(name) => {
+                url.extend(utf8_percent_encode(&value(name)?, URL_VALUE));
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// Checks the URL's shape with a placeholder for every reference; returns whether it uses TLS.
+fn check_url_shape(parts: &[UrlPart], mode: Mode) -> Result<bool, String> {
+    // Marks the password's references so that a literal password can be told apart.
+    let text = join_url(parts, |_| Ok("ENVREF".into()))?;
+    let url = url::Url::parse(&text).map_err(|e| format!("not a valid URL ({e})"))?;
+    let tls = match url.scheme() {
+        "redis" => false,
+        "rediss" => true,
+        _ => {
+            return Err(
+                "must start with redis:// or rediss:// (set `mode` for cluster or sentinel)".into(),
+            );
+        }
+    };
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "cannot hold a query or fragment: use `nodes` and `sentinel_service_name`".into(),
+        );
+    }
+    if let Some(password) = url.password()
+        && !password.split("ENVREF").all(str::is_empty)
+    {
+        return Err(
+            "the password must come from the environment, e.g. `redis://:${REDIS_PASSWORD}@host`, \
+             not be written in the file"
+                .into(),
+        );
+    }
+    let path = url.path().trim_start_matches('/');
+    if !path.is_empty() {
+        if mode == Mode::Cluster {
+            return Err("a cluster has only database 0: remove the path".into());
+        }
+        if path.parse::<u8>().is_err() {
+            return Err("the path must be a database number, e.g. `/0`".into());
+        }
+    }
+    Ok(tls)
+}
+
+/// Resolves the URL's `${NAME}` references with `env`. The error names the variable, never a
+/// value nor the URL.
+pub fn resolve_url(
+    parts: &[UrlPart],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    join_url(parts, |name| {
+        env(name).ok_or_else(|| format!("url: environment variable `{name}` is not set"))
+    })
+}
+
+fn parse_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_owned(), port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(names: &[&str]) -> Vec<KeySpec> {
+        names
+            .iter()
+            .map(|n| KeySpec {
+                name: (*n).into(),
+                ty: FeatureType::String,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn key_templates_render_keys_verbatim() {
+        let t = KeyTemplate::parse("user_stats:{user_id}", &keys(&["user_id"])).expect("valid");
+        let key = vec![fetcher_api::KeyPart::String(
+            "{user_id}*\r\nFLUSHALL".into(),
+        )];
+        assert_eq!(
+            t.render(&key).expect("renders"),
+            "user_stats:{user_id}*\r\nFLUSHALL"
+        );
+        let t = KeyTemplate::parse("{{tag}}:{a}:{b}", &keys(&["a", "b"])).expect("valid");
+        let key = vec![
+            fetcher_api::KeyPart::Int64(-7),
+            fetcher_api::KeyPart::String("x".into()),
+        ];
+        assert_eq!(t.render(&key).expect("renders"), "{tag}:-7:x");
+        let e = KeyTemplate::parse("u:{user}", &keys(&["user_id"])).unwrap_err();
+        assert!(e.contains("unknown placeholder `{user}`"), "{e}");
+        let e = KeyTemplate::parse("u:{a}", &keys(&["a", "b"])).unwrap_err();
+        assert!(e.contains("does not use entity key(s) `{b}`"), "{e}");
+        assert!(KeyTemplate::parse("u:{a", &keys(&["a"])).is_err());
+        assert!(KeyTemplate::parse("u:}{a}", &keys(&["a"])).is_err());
+    }
+
+    #[test]
+    fn urls_are_checked_without_quoting_them() {
+        let check = |url: &str, mode| {
+            parse_url_template(url).and_then(|parts| check_url_shape(&parts, mode))
+        };
+        assert_eq!(
+            check("redis://127.0.0.1:6379/2", Mode::Standalone),
+            Ok(false)
+        );
+        assert_eq!(
+            check("rediss://:${REDIS_PASSWORD}@cache:6380", Mode::Standalone),
+            Ok(true)
+        );
+        assert_eq!(
+            check("redis://${USER}:${PASS}@cache", Mode::Cluster),
+            Ok(false)
+        );
+        let e = check("redis://:hunter2@cache", Mode::Standalone).unwrap_err();
+        assert!(e.contains("must come from the environment"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(check("http://cache", Mode::Standalone).is_err());
+        assert!(check("redis://cache/1", Mode::Cluster).is_err());
+        assert!(check("redis://cache?node=x:1", Mode::Cluster).is_err());
+        assert!(check("redis://${A-B}@cache", Mode::Standalone).is_err());
+
+        let parts = parse_url_template("redis://:${P}@cache:6379").expect("parses");
+        let url = resolve_url(&parts, |_| Some("p@ss:w/rd%".into())).expect("resolves");
+        assert_eq!(url, "redis://:p%40ss%3Aw%2Frd%25@cache:6379");
+        let e = resolve_url(&parts, |_| None).unwrap_err();
+        assert_eq!(e, "url: environment variable `P` is not set");
+        assert!(!format!("{parts:?}").contains("cache"));
+    }
+}

@@ -1,0 +1,374 @@
+//! [`RedisFetcher`]: one pipelined round trip per batch, decoded into typed rows.
+//!
+//! # Contract
+//! A batch is one pipeline: per key, `HMGET key <requested fields> [event time field]` plus
+//! `EXISTS key` (hash encoding: a hash that lacks every requested field is a row of nulls, a key
+//! that does not exist is no row, and only EXISTS tells them apart), or `GET key` (json). In
+//! cluster mode the client splits the pipeline by slot owner and reassembles the answers in
+//! order, so a batch may span every node. (MGET is not used for json: it cannot cross slots, and
+//! it answers nil for a key of the wrong type, which would hide the mistake as NOT_FOUND.)
+//!
+//! | what Redis holds | what the row is |
+//! |---|---|
+//! | no key | [`Row::NotFound`] |
+//! | the key, without a requested field (or JSON member, or JSON null) | that cell is [`Value::Null`] |
+//! | a field that does not parse as its declared type | that cell is a [`CellError`], and a warning names the view, the field and a tag of the key |
+//! | a key of another Redis type (a string for a hash view), or json that is not an object | every cell of the row is a [`CellError`], with a warning |
+//! | an event-time field that is not a timestamp | the row has no event time, with a warning |
+//!
+//! # Failure
+//! The whole batch fails on a connection problem: [`ErrorClass::Unavailable`] while disconnected
+//! (immediately, never queued behind a reconnection) and [`ErrorClass::Timeout`] when the answer
+//! does not come within the lesser of `command_timeout` and the request's deadline. Both are
+//! retryable. See [`crate::client`].
+//!
+//! [`ErrorClass::Unavailable`]: fetcher_api::ErrorClass::Unavailable
+//! [`ErrorClass::Timeout`]: fetcher_api::ErrorClass::Timeout
+
+use std::{collections::HashMap, fmt, time::Duration, time::SystemTime};
+
+use async_trait::async_trait;
+use fetcher_api::{
+    Cell, CellError, FeatureType, FetchError, FetchRequest, Fetcher, Record, Row, Value,
+};
+use fred::prelude::{ClientLike, HashesInterface, KeysInterface, Pool, Value as RedisValue};
+use tokio::time::Instant;
+
+use crate::{
+    client::{self, call_options, classify, is_connection_error, key_tag},
+    config::{CompiledView, Encoding},
+};
+
+/// Serves the views of one `redis` source.
+pub struct RedisFetcher {
+    source: String,
+    pool: Pool,
+    views: HashMap<String, CompiledView>,
+    command_timeout: Duration,
+}
+
+// Hand-written: the pool's config holds the password.
+impl fmt::Debug for RedisFetcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisFetcher")
+            .field("source", &self.source)
+            .field("views", &self.views.keys().collect::<Vec<_>>())
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisFetcher {
+    fn drop(&mut self) {
+        // The pool's connection tasks would otherwise keep reconnecting to a server nobody asks
+        // about any more.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = self.pool.clone();
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), pool.quit()).await;
+            });
+        }
+    }
+}
+
+/// A requested feature: its field and type.
+struct Wanted<'a> {
+    field: &'a str,
+    ty: FeatureType,
+}
+
+impl RedisFetcher {
+    pub(crate) fn new(
+        source: String,
+        pool: Pool,
+        views: Vec<CompiledView>,
+        command_timeout: Duration,
+    ) -> Self {
+        RedisFetcher {
+            source,
+            pool,
+            views: views.into_iter().map(|v| (v.name.clone(), v)).collect(),
+            command_timeout,
+        }
+    }
+
+    /// The lesser of `command_timeout` and what is left of `deadline`.
+    fn budget(&self, deadline: Option<Instant>) -> Result<Duration, FetchError> {
+        let Some(deadline) = deadline else {
+            return Ok(self.command_timeout);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(FetchError::timeout("the deadline passed before the call"));
+        }
+        Ok(left.min(self.command_timeout))
+    }
+}
+
+#[async_trait]
+impl Fetcher for RedisFetcher {
+    async fn fetch(&self, request: FetchRequest) -> Result<Vec<Row>, FetchError> {
+        let view = self.views.get(&*request.view).ok_or_else(|| {
+            FetchError::internal(format!("view `{}` is not served here", request.view))
+        })?;
+        let wanted = request
+            .features
+            .iter()
+            .map(|f| {
+                view.features
+                    .get(f)
+                    .map(|(field, ty)| Wanted { field, ty: *ty })
+                    .ok_or_else(|| {
+                        FetchError::internal(format!("view `{}` has no feature `{f}`", view.name))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if request.keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = request
+            .keys
+            .iter()
+            .map(|k| view.key.render(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| FetchError::internal(format!("view `{}`: {e}", view.name)))?;
+        let budget = self.budget(request.deadline)?;
+        let pipeline = self
+            .pool
+            .next_connected()
+            .pipeline()
+            .with_options(&call_options(budget));
+        // Queueing in a pipeline only buffers the command; errors come with `try_all`.
+        let queued = |r: Result<(), fred::error::Error>| r.map_err(|e| classify(&e));
+        match view.encoding {
+            Encoding::Hash => {
+                let mut fields: Vec<&str> = wanted.iter().map(|w| w.field).collect();
+                if let Some(time) = &view.event_time_field {
+                    fields.push(time);
+                }
+                for key in &keys {
+                    queued(pipeline.hmget(key.as_str(), fields.clone()).await)?;
+                    queued(pipeline.exists(key.as_str()).await)?;
+                }
+            }
+            Encoding::Json => {
+                for key in &keys {
+                    queued(pipeline.get(key.as_str()).await)?;
+                }
+            }
+        }
+        let per_key = match view.encoding {
+            Encoding::Hash => 2,
+            Encoding::Json => 1,
+        };
+        let results = pipeline.try_all::<RedisValue>().await;
+        if results.len() != keys.len() * per_key {
+            // The pipeline as a whole failed (not connected, timed out).
+            return Err(match results.into_iter().find_map(Result::err) {
+                Some(e) => classify(&e),
+                None => FetchError::invalid_response("redis: the pipeline lost answers"),
+            });
+        }
+        if let Some(e) = results
+            .iter()
+            .find_map(|r| r.as_ref().err().filter(|e| is_connection_error(e)))
+        {
+            return Err(classify(e));
+        }
+        let mut results = results.into_iter();
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let decoded = match view.encoding {
+                Encoding::Hash => {
+                    let fields = results.next();
+                    let exists = results.next();
+                    decode_hash(view, &wanted, key, fields, exists)
+                }
+                Encoding::Json => decode_json(view, &wanted, key, results.next()),
+            };
+            rows.push(decoded);
+        }
+        Ok(rows)
+    }
+
+    async fn health(&self) -> Result<(), FetchError> {
+        client::ping(&self.pool, self.command_timeout).await
+    }
+}
+
+type Answer = Option<Result<RedisValue, fred::error::Error>>;
+
+/// A row whose key holds something this view cannot read: every cell fails.
+fn unreadable(view: &CompiledView, wanted: &[Wanted<'_>], key: &str, why: &str) -> Row {
+    tracing::warn!(
+        view = %view.name,
+        key_tag = %key_tag(key),
+        error = why,
+        "redis key is unreadable as this view's encoding"
+    );
+    tracing::debug!(view = %view.name, key, "the unreadable key");
+    Row::Found(Record {
+        cells: wanted
+            .iter()
+            .map(|_| Err(CellError(format!("redis: {why}"))))
+            .collect(),
+        event_time: None,
+    })
+}
+
+fn decode_hash(
+    view: &CompiledView,
+    wanted: &[Wanted<'_>],
+    key: &str,
+    fields: Answer,
+    exists: Answer,
+) -> Row {
+    let values = match fields {
+        Some(Ok(RedisValue::Array(values))) => values,
+        Some(Ok(other)) => {
+            return unreadable(
+                view,
+                wanted,
+                key,
+                &format!("HMGET answered {:?}", other.kind()),
+            );
+        }
+        Some(Err(e)) => return unreadable(view, wanted, key, e.details()),
+        None => return unreadable(view, wanted, key, "no answer"),
+    };
+    let exists = matches!(exists, Some(Ok(RedisValue::Integer(n))) if n > 0);
+    if !exists && values.iter().all(|v| matches!(v, RedisValue::Null)) {
+        return Row::NotFound;
+    }
+    let mut values = values.into_iter();
+    let cells = wanted
+        .iter()
+        .map(|w| {
+            let raw = values.next().unwrap_or(RedisValue::Null);
+            decode_text(view, w.field, w.ty, key, &raw)
+        })
+        .collect();
+    let event_time = view.event_time_field.as_deref().and_then(|field| {
+        let raw = values.next().unwrap_or(RedisValue::Null);
+        let parsed = match bytes_of(&raw) {
+            None => return None,
+            Some(bytes) => std::str::from_utf8(bytes)
+                .map_err(|_| "not UTF-8".to_owned())
+                .and_then(|text| FeatureType::Timestamp.parse_text(text)),
+        };
+        event_time(view, field, key, parsed)
+    });
+    Row::Found(Record { cells, event_time })
+}
+
+fn decode_json(view: &CompiledView, wanted: &[Wanted<'_>], key: &str, answer: Answer) -> Row {
+    let raw = match answer {
+        Some(Ok(RedisValue::Null)) => return Row::NotFound,
+        Some(Ok(raw)) => raw,
+        Some(Err(e)) => return unreadable(view, wanted, key, e.details()),
+        None => return unreadable(view, wanted, key, "no answer"),
+    };
+    let Some(bytes) = bytes_of(&raw) else {
+        return unreadable(view, wanted, key, "GET answered a non-string");
+    };
+    let object = match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(serde_json::Value::Object(object)) => object,
+        Ok(_) => return unreadable(view, wanted, key, "the value is not a JSON object"),
+        Err(e) => return unreadable(view, wanted, key, &format!("the value is not JSON: {e}")),
+    };
+    let cells = wanted
+        .iter()
+        .map(|w| match object.get(w.field) {
+            None => Ok(Value::Null),
+            Some(json) => {
+                w.ty.from_json(json)
+                    .map_err(|e| bad_cell(view, w.field, key, e))
+            }
+        })
+        .collect();
+    let event_time = view.event_time_field.as_deref().and_then(|field| {
+        let json = object.get(field)?;
+        event_time(view, field, key, FeatureType::Timestamp.from_json(json))
+    });
+    Row::Found(Record { cells, event_time })
+}
+
+/// The bytes of a bulk string answer, `None` for nil.
+fn bytes_of(value: &RedisValue) -> Option<&[u8]> {
+    match value {
+        RedisValue::String(s) => Some(s.as_bytes()),
+        RedisValue::Bytes(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// Decodes a hash field's text form as `ty`.
+fn decode_text(
+    view: &CompiledView,
+    field: &str,
+    ty: FeatureType,
+    key: &str,
+    raw: &RedisValue,
+) -> Cell {
+    let Some(bytes) = bytes_of(raw) else {
+        return match raw {
+            RedisValue::Null => Ok(Value::Null),
+            other => Err(bad_cell(
+                view,
+                field,
+                key,
+                format!("unexpected {:?} answer", other.kind()),
+            )),
+        };
+    };
+    if ty == FeatureType::Bytes {
+        // Raw bytes need not be UTF-8; empty is null, as in every text form.
+        return Ok(if bytes.is_empty() {
+            Value::Null
+        } else {
+            Value::Bytes(bytes.to_vec())
+        });
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => ty
+            .parse_text(text)
+            .map_err(|e| bad_cell(view, field, key, e)),
+        Err(_) => Err(bad_cell(view, field, key, "not UTF-8 text".into())),
+    }
+}
+
+/// A cell that does not decode: logged (with a tag of the key, never the key itself, which may
+/// be personal data) and returned as the cell's error.
+fn bad_cell(view: &CompiledView, field: &str, key: &str, error: String) -> CellError {
+    tracing::warn!(
+        view = %view.name,
+        field,
+        key_tag = %key_tag(key),
+        error = %error,
+        "redis field does not decode as its declared type"
+    );
+    tracing::debug!(view = %view.name, field, key, "the key of the field that does not decode");
+    CellError(format!("field `{field}`: {error}"))
+}
+
+fn event_time(
+    view: &CompiledView,
+    field: &str,
+    key: &str,
+    parsed: Result<Value, String>,
+) -> Option<SystemTime> {
+    match parsed {
+        Ok(Value::Timestamp(t)) => Some(t),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(
+                view = %view.name,
+                field,
+                key_tag = %key_tag(key),
+                error = %e,
+                "redis event time field is not a timestamp, serving without an age"
+            );
+            None
+        }
+    }
+}

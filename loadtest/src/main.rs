@@ -1,0 +1,196 @@
+//! `fg-load`: drives one gRPC call at a fixed concurrency for a fixed time and prints latency
+//! percentiles, throughput and errors by code as JSON.
+//!
+//! It exists beside ghz because on a 2-core machine the load tool shares the CPU with the
+//! gateway: ghz builds every request from a JSON template through dynamic protobuf messages,
+//! which costs it several times what the gateway spends serving a feature vector. `fg-load` uses
+//! the generated client and requests built before the clock starts, on a single-threaded
+//! runtime, so more of the machine measures the gateway. Every run is bounded by `--seconds`.
+
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use proto::v1::{self, feature_service_client::FeatureServiceClient};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Scenario {
+    /// `grpc.health.v1.Health/Check`: the gRPC floor of the machine.
+    Health,
+    /// The demo's `fraud_v1`, with random keys over the demo's population.
+    FraudV1,
+}
+
+/// Load a feature-gateway with one kind of call.
+#[derive(Debug, Parser)]
+struct Args {
+    /// The gateway's gRPC address, e.g. 127.0.0.1:50051.
+    #[arg(long)]
+    target: String,
+    /// What to call.
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// How long to run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Client deadline of each call, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+}
+
+fn string(s: String) -> v1::Value {
+    v1::Value {
+        kind: Some(v1::value::Kind::StringValue(s)),
+    }
+}
+
+/// Requests with random demo keys, built before the clock starts.
+fn fraud_requests(n: usize) -> Vec<v1::GetFeaturesRequest> {
+    let mut rng = SmallRng::seed_from_u64(7);
+    (0..n)
+        .map(|_| v1::GetFeaturesRequest {
+            feature_service: "fraud_v1".into(),
+            entities: [
+                ("user_id", format!("u_{:05}", rng.random_range(0..10_000))),
+                ("card_id", format!("c_{:05}", rng.random_range(0..10_000))),
+                (
+                    "merchant_id",
+                    format!("m_{:04}", rng.random_range(0..2_000)),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), string(v)))
+            .collect(),
+            context: [
+                (
+                    "amount".to_owned(),
+                    v1::Value {
+                        kind: Some(v1::value::Kind::DoubleValue(rng.random_range(1.0..2000.0))),
+                    },
+                ),
+                ("currency".to_owned(), string("USD".into())),
+                ("channel".to_owned(), string("ecom".into())),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: std::collections::BTreeMap<String, u64>,
+}
+
+async fn worker(
+    channel: Channel,
+    scenario: Scenario,
+    requests: std::sync::Arc<Vec<v1::GetFeaturesRequest>>,
+    offset: usize,
+    until: Instant,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut features = FeatureServiceClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+    let mut i = offset;
+    while Instant::now() < until {
+        let started = Instant::now();
+        let result = match scenario {
+            Scenario::Health => {
+                let mut request = tonic::Request::new(HealthCheckRequest::default());
+                request.set_timeout(timeout);
+                health.check(request).await.map(drop)
+            }
+            Scenario::FraudV1 => {
+                let mut request = tonic::Request::new(requests[i % requests.len()].clone());
+                request.set_timeout(timeout);
+                i += 1;
+                features.get_features(request).await.map(drop)
+            }
+        };
+        let elapsed = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        match result {
+            Ok(()) => tally.latencies_us.push(elapsed),
+            Err(status) => {
+                *tally
+                    .errors
+                    .entry(format!("{:?}", status.code()))
+                    .or_default() += 1
+            }
+        }
+    }
+    tally
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let channel = Channel::from_shared(format!("http://{}", args.target))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let requests = std::sync::Arc::new(match args.scenario {
+            Scenario::Health => Vec::new(),
+            Scenario::FraudV1 => fraud_requests(4096),
+        });
+        let started = Instant::now();
+        let until = started + Duration::from_secs_f64(args.seconds);
+        let timeout = Duration::from_millis(args.timeout_ms);
+        let tasks: Vec<_> = (0..args.concurrency)
+            .map(|w| {
+                tokio::spawn(worker(
+                    channel.clone(),
+                    args.scenario,
+                    requests.clone(),
+                    w * 257,
+                    until,
+                    timeout,
+                ))
+            })
+            .collect();
+        let mut all = Tally::default();
+        for task in tasks {
+            let tally = task.await?;
+            all.latencies_us.extend(tally.latencies_us);
+            for (code, n) in tally.errors {
+                *all.errors.entry(code).or_default() += n;
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        all.latencies_us.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            let l = &all.latencies_us;
+            if l.is_empty() {
+                return f64::NAN;
+            }
+            let idx = ((p / 100.0) * (l.len() - 1) as f64).round() as usize;
+            f64::from(l[idx]) / 1000.0
+        };
+        let ok = all.latencies_us.len() as u64;
+        let errors: u64 = all.errors.values().sum();
+        let report = serde_json::json!({
+            "tool": "fg-load",
+            "count": ok + errors,
+            "errors": errors,
+            "codes": all.errors,
+            "rps": (ok + errors) as f64 / elapsed,
+            "p50": pct(50.0),
+            "p90": pct(90.0),
+            "p99": pct(99.0),
+            "p999": pct(99.9),
+        });
+        println!("{report}");
+        Ok(())
+    })
+}
