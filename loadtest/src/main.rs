@@ -19,8 +19,44 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 enum Scenario {
     /// `grpc.health.v1.Health/Check`: the gRPC floor of the machine.
     Health,
-    /// The demo's `fraud_v1`, with random keys over the demo's population.
-    FraudV1,
+    /// `GetFeatures` of `--feature-service` with random `--entity` keys and fixed `--context`.
+    Features,
+}
+
+/// `NAME=PREFIX{WIDTH}:COUNT`: keys PREFIX + a zero-padded number below COUNT, e.g.
+/// `user_id=u_{5}:10000` draws `u_00000`..`u_09999`.
+#[derive(Clone, Debug)]
+struct EntitySpec {
+    name: String,
+    prefix: String,
+    width: usize,
+    count: u64,
+}
+
+fn parse_entity(text: &str) -> Result<EntitySpec, String> {
+    let bad = || format!("`{text}` is not NAME=PREFIX{{WIDTH}}:COUNT");
+    let (name, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (pattern, count) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let (prefix, width) = pattern.split_once('{').ok_or_else(bad)?;
+    let width = width.strip_suffix('}').ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    Ok(EntitySpec {
+        name: name.to_owned(),
+        prefix: prefix.to_owned(),
+        width,
+        count: count.parse().map_err(|_| bad())?,
+    })
+}
+
+/// `NAME=VALUE`: a context value, a double if it parses as one, else a string.
+fn parse_context(text: &str) -> Result<(String, v1::Value), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
+    let kind = match value.parse::<f64>() {
+        Ok(d) => v1::value::Kind::DoubleValue(d),
+        Err(_) => v1::value::Kind::StringValue(value.to_owned()),
+    };
+    Ok((name.to_owned(), v1::Value { kind: Some(kind) }))
 }
 
 /// Load a feature-gateway with one kind of call.
@@ -41,6 +77,15 @@ struct Args {
     /// Client deadline of each call, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// The feature service of the `features` scenario.
+    #[arg(long, default_value = "fraud_v1")]
+    feature_service: String,
+    /// Random entity keys, `NAME=PREFIX{WIDTH}:COUNT` (repeatable).
+    #[arg(long = "entity", value_parser = parse_entity)]
+    entities: Vec<EntitySpec>,
+    /// Fixed context values, `NAME=VALUE` (repeatable).
+    #[arg(long = "context", value_parser = parse_context)]
+    context: Vec<(String, v1::Value)>,
 }
 
 fn string(s: String) -> v1::Value {
@@ -49,35 +94,22 @@ fn string(s: String) -> v1::Value {
     }
 }
 
-/// Requests with random demo keys, built before the clock starts.
-fn fraud_requests(n: usize) -> Vec<v1::GetFeaturesRequest> {
+/// Requests with random keys, built before the clock starts.
+fn feature_requests(args: &Args, n: usize) -> Vec<v1::GetFeaturesRequest> {
     let mut rng = SmallRng::seed_from_u64(7);
     (0..n)
         .map(|_| v1::GetFeaturesRequest {
-            feature_service: "fraud_v1".into(),
-            entities: [
-                ("user_id", format!("u_{:05}", rng.random_range(0..10_000))),
-                ("card_id", format!("c_{:05}", rng.random_range(0..10_000))),
-                (
-                    "merchant_id",
-                    format!("m_{:04}", rng.random_range(0..2_000)),
-                ),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), string(v)))
-            .collect(),
-            context: [
-                (
-                    "amount".to_owned(),
-                    v1::Value {
-                        kind: Some(v1::value::Kind::DoubleValue(rng.random_range(1.0..2000.0))),
-                    },
-                ),
-                ("currency".to_owned(), string("USD".into())),
-                ("channel".to_owned(), string("ecom".into())),
-            ]
-            .into_iter()
-            .collect(),
+            feature_service: args.feature_service.clone(),
+            entities: args
+                .entities
+                .iter()
+                .map(|e| {
+                    let n = rng.random_range(0..e.count);
+                    let key = format!("{}{n:0width$}", e.prefix, width = e.width);
+                    (e.name.clone(), string(key))
+                })
+                .collect(),
+            context: args.context.iter().cloned().collect(),
             ..Default::default()
         })
         .collect()
@@ -109,7 +141,7 @@ async fn worker(
                 request.set_timeout(timeout);
                 health.check(request).await.map(drop)
             }
-            Scenario::FraudV1 => {
+            Scenario::Features => {
                 let mut request = tonic::Request::new(requests[i % requests.len()].clone());
                 request.set_timeout(timeout);
                 i += 1;
@@ -142,7 +174,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         let requests = std::sync::Arc::new(match args.scenario {
             Scenario::Health => Vec::new(),
-            Scenario::FraudV1 => fraud_requests(4096),
+            Scenario::Features => feature_requests(&args, 4096),
         });
         let started = Instant::now();
         let until = started + Duration::from_secs_f64(args.seconds);
