@@ -38,7 +38,11 @@ fn parse_entity(text: &str) -> Result<EntitySpec, String> {
     let (name, rest) = text.split_once('=').ok_or_else(bad)?;
     let (pattern, count) = rest.rsplit_once(':').ok_or_else(bad)?;
     let (prefix, width) = pattern.split_once('{').ok_or_else(bad)?;
-    let width = width.strip_suffix('}').ok_or_else(bad)?.parse().map_err(|_| bad())?;
+    let width = width
+        .strip_suffix('}')
+        .ok_or_else(bad)?
+        .parse()
+        .map_err(|_| bad())?;
     Ok(EntitySpec {
         name: name.to_owned(),
         prefix: prefix.to_owned(),

@@ -220,7 +220,7 @@ pub fn d(v: f64) -> v1::Value {
 }
 
 /// A map from pairs.
-pub fn map(pairs: &[(&str, v1::Value)]) -> std::collections::HashMap<String, v1::Value> {
+pub fn map(pairs: &[(&str, v1::Value)]) -> std::collections::BTreeMap<String, v1::Value> {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.clone()))

@@ -6,7 +6,7 @@
 //! cargo run -p gateway --example client -- http://127.0.0.1:50051 u_00013
 //! ```
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use proto::v1::{
     FeatureStatus, GetFeaturesRequest, Value, feature_service_client::FeatureServiceClient,
@@ -30,12 +30,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut client = FeatureServiceClient::connect(addr).await?;
     let mut request = tonic::Request::new(GetFeaturesRequest {
         feature_service: "fraud_v1".into(),
-        entities: HashMap::from([
+        entities: BTreeMap::from([
             ("user_id".into(), string(&user)),
             ("card_id".into(), string("c_00042")),
             ("merchant_id".into(), string("m_0042")),
         ]),
-        context: HashMap::from([
+        context: BTreeMap::from([
             (
                 "amount".into(),
                 Value {

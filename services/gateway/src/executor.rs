@@ -141,7 +141,8 @@ impl Outcome {
 
     /// Cell `cell` of request row `row`'s fetched row, if found: moved out when no other request
     /// row reads that fetched row (each output reads its cell once), cloned otherwise.
-    fn take_cell(&mut self, row: usize, cell: usize, readers: &[u32]) -> Option<Cell> {
+    /// `readers` counts the readers of each fetched row; `None` means one each.
+    fn take_cell(&mut self, row: usize, cell: usize, readers: Option<&[u32]>) -> Option<Cell> {
         let Outcome::Ran {
             row_of,
             result: Ok(rows),
@@ -155,7 +156,7 @@ impl Outcome {
             return None;
         };
         let slot = record.cells.get_mut(cell)?;
-        Some(if readers[i] == 1 {
+        Some(if readers.is_none_or(|r| r[i] == 1) {
             std::mem::replace(slot, Ok(Value::Null))
         } else {
             slot.clone()
@@ -292,7 +293,12 @@ fn assemble(
     mut outcomes: Vec<Outcome>,
     now: SystemTime,
 ) -> Vec<Vec<Served>> {
-    let readers: Vec<Vec<u32>> = outcomes.iter().map(Outcome::readers).collect();
+    // A single row reads each fetched row once, so its values can always be moved out.
+    let readers: Vec<Vec<u32>> = if rows.len() == 1 {
+        Vec::new()
+    } else {
+        outcomes.iter().map(Outcome::readers).collect()
+    };
     let mut vectors = Vec::with_capacity(rows.len());
     for (r, row) in rows.iter().enumerate() {
         let mut vector = Vec::with_capacity(plan.outputs.len());
@@ -304,7 +310,8 @@ fn assemble(
                     Some(v) => served(v.clone(), Status::Present, None),
                 },
                 Origin::Fetched { fetch, cell } => {
-                    let value = outcomes[fetch].take_cell(r, cell, &readers[fetch]);
+                    let shared = readers.get(fetch).map(Vec::as_slice);
+                    let value = outcomes[fetch].take_cell(r, cell, shared);
                     let (state, latency) = outcomes[fetch].for_row(r);
                     let max_age = plan.fetches[fetch].max_age;
                     let mut s = from_state(state, value, output.ty, max_age, now);

@@ -5,7 +5,7 @@
 //! entity key, a mistyped context value, or a request over a limit (INVALID_ARGUMENT), each with
 //! a message naming the field. What the sources do never makes a request fail.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use fetcher_api::{FeatureType, KeyPart, Value};
 use proto::{v1, wire_type_name};
@@ -60,8 +60,8 @@ impl From<RequestError> for tonic::Status {
 /// field names (`rows[3].` in a batch).
 pub fn row_input(
     plan: &Plan,
-    entities: &HashMap<String, v1::Value>,
-    context: &HashMap<String, v1::Value>,
+    entities: &BTreeMap<String, v1::Value>,
+    context: &BTreeMap<String, v1::Value>,
     limits: &LimitsConfig,
     prefix: &str,
 ) -> Result<RowInput, RequestError> {
