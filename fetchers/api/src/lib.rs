@@ -10,6 +10,9 @@
 //!   decides what to do about it.
 //! - [`registry`]: [`FetcherFactory`] (validate a source's configuration without I/O, then build
 //!   the fetcher with I/O) and the [`Registry`] that maps a configuration's `kind` to a factory.
+//! - [`secret`]: `${NAME}` environment references in options ([`EnvTemplate`]) and where they are
+//!   looked up ([`Env`]), shared by every fetcher kind so that all parse, resolve and redact them
+//!   alike.
 //!
 //! A fetcher makes its call and nothing else: timeouts, retries, caching, concurrency limits and
 //! metrics are layers the gateway wraps around every fetcher in one place.
@@ -18,6 +21,7 @@
 pub mod error;
 pub mod fetcher;
 pub mod registry;
+pub mod secret;
 pub mod value;
 
 pub use error::{ErrorClass, FetchError};
@@ -25,4 +29,5 @@ pub use fetcher::{Cell, CellError, EntityKey, FetchRequest, Fetcher, Record, Row
 pub use registry::{
     BuildError, FetcherFactory, KeySpec, Options, Registry, SourceSpec, UnknownKind, ViewSpec,
 };
+pub use secret::{Env, EnvTemplate, TemplateError, TemplatePart};
 pub use value::{FeatureType, KeyPart, Value};

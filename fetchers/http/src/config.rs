@@ -6,11 +6,13 @@
 //! JSON pointers, batch settings) and return every problem as a message naming the option (and
 //! the view). `validate` and `build` share them, so a source that validated builds the same way.
 //! Environment variables are read only at build time, and header values never appear in a
-//! message: they may hold secrets.
+//! message: they may hold secrets. The `${NAME}` syntax, its parsing, resolution and redaction
+//! are [`fetcher_api::secret`]'s, shared with the other fetcher kinds; what is HTTP's is here:
+//! which characters a header may carry, and marking resolved values sensitive.
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use fetcher_api::{FeatureType, KeySpec, ViewSpec};
+use fetcher_api::{Env, EnvTemplate, FeatureType, KeySpec, TemplatePart, ViewSpec};
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer};
 use url::Url;
@@ -147,31 +149,13 @@ fn default_max_keys() -> usize {
     100
 }
 
-/// A header value: literal text and `${NAME}` environment references.
-#[derive(Clone, PartialEq)]
-pub enum HeaderPart {
-    Literal(String),
-    Env(String),
-}
-
-// Hand-written so that a literal header value (possibly a secret someone put in the file) never
-// reaches a log through `{:?}`.
-impl fmt::Debug for HeaderPart {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HeaderPart::Literal(_) => f.write_str("Literal(<redacted>)"),
-            HeaderPart::Env(name) => write!(f, "Env({name})"),
-        }
-    }
-}
-
 /// A source's options, checked.
 #[derive(Clone, Debug)]
 pub struct CompiledSource {
     /// The base URL without a trailing slash.
     pub base_url: String,
-    /// Each header as written in the file (for messages), parsed, and its value's parts.
-    pub headers: Vec<(String, HeaderName, Vec<HeaderPart>)>,
+    /// Each header as written in the file (for messages), parsed, and its value's template.
+    pub headers: Vec<(String, HeaderName, EnvTemplate)>,
     pub pool_max_idle_per_host: usize,
     pub connect_timeout: Duration,
     pub max_concurrent_requests: usize,
@@ -234,14 +218,14 @@ pub fn compile_source(config: &HttpSourceConfig) -> Result<CompiledSource, Vec<S
                 continue;
             }
         };
-        match parse_header_value(value) {
-            Ok(parts) => {
-                let literal_ok = parts.iter().all(|p| match p {
-                    HeaderPart::Literal(text) => HeaderValue::from_str(text).is_ok(),
-                    HeaderPart::Env(_) => true,
+        match EnvTemplate::parse(value) {
+            Ok(template) => {
+                let literal_ok = template.parts().iter().all(|p| match p {
+                    TemplatePart::Literal(text) => HeaderValue::from_str(text).is_ok(),
+                    TemplatePart::Env(_) => true,
                 });
                 if literal_ok {
-                    headers.push((name.clone(), header, parts));
+                    headers.push((name.clone(), header, template));
                 } else {
                     errors.push(format!(
                         "headers.{name}: the value holds characters a header cannot carry"
@@ -280,60 +264,16 @@ pub fn compile_source(config: &HttpSourceConfig) -> Result<CompiledSource, Vec<S
     })
 }
 
-/// Splits a header value into literal text and `${NAME}` references, without reading the
-/// environment. Error messages name the variable at most, never the value.
-fn parse_header_value(value: &str) -> Result<Vec<HeaderPart>, String> {
-    let mut parts = Vec::new();
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        if start > 0 {
-            parts.push(HeaderPart::Literal(rest[..start].to_owned()));
-        }
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or("a `${` has no closing `}`".to_owned())?;
-        let name = &after[..end];
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(format!(
-                "`${{{name}}}` is not an environment variable reference (letters, digits, `_`)"
-            ));
-        }
-        parts.push(HeaderPart::Env(name.to_owned()));
-        rest = &after[end + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(HeaderPart::Literal(rest.to_owned()));
-    }
-    Ok(parts)
-}
-
-/// Resolves a header's `${NAME}` references from the environment. The error names the header
-/// and the variable, never a value.
+/// Resolves a header's `${NAME}` references from `env`. The error names the header and the
+/// variable, never a value.
 pub fn resolve_header(
     name: &str,
-    parts: &[HeaderPart],
-    env: impl Fn(&str) -> Option<String>,
+    template: &EnvTemplate,
+    env: &Env,
 ) -> Result<HeaderValue, String> {
-    let mut text = String::new();
-    for part in parts {
-        match part {
-            HeaderPart::Literal(literal) => text.push_str(literal),
-            HeaderPart::Env(var) => match env(var) {
-                Some(value) => text.push_str(&value),
-                None => {
-                    return Err(format!(
-                        "headers.{name}: environment variable `{var}` is not set"
-                    ));
-                }
-            },
-        }
-    }
+    let text = template
+        .resolve(env, |value| value.into())
+        .map_err(|e| format!("headers.{name}: {e}"))?;
     let mut value = HeaderValue::from_str(&text).map_err(|_| {
         format!("headers.{name}: the resolved value holds characters a header cannot carry")
     })?;
@@ -547,28 +487,31 @@ mod tests {
     #[test]
     fn header_values_split_into_literals_and_env_references() {
         assert_eq!(
-            parse_header_value("Bearer ${TOKEN}").expect("valid"),
+            EnvTemplate::parse("Bearer ${TOKEN}")
+                .expect("valid")
+                .parts(),
             [
-                HeaderPart::Literal("Bearer ".into()),
-                HeaderPart::Env("TOKEN".into())
+                TemplatePart::Literal("Bearer ".into()),
+                TemplatePart::Env("TOKEN".into())
             ]
         );
-        assert!(parse_header_value("${A-B}").is_err());
-        assert!(parse_header_value("${OPEN").is_err());
-        assert!(parse_header_value("${}").is_err());
+        assert!(EnvTemplate::parse("${A-B}").is_err());
+        assert!(EnvTemplate::parse("${OPEN").is_err());
+        assert!(EnvTemplate::parse("${}").is_err());
         let name = "Authorization";
-        let parts = parse_header_value("Bearer ${TOKEN}").expect("valid");
-        let value = resolve_header(name, &parts, |v| (v == "TOKEN").then(|| "s3cr3t".into()))
-            .expect("resolves");
+        let parts = EnvTemplate::parse("Bearer ${TOKEN}").expect("valid");
+        let env = Env::from_fn(|v| (v == "TOKEN").then(|| "s3cr3t".into()));
+        let value = resolve_header(name, &parts, &env).expect("resolves");
         assert_eq!(value.to_str().ok(), Some("Bearer s3cr3t"));
         assert!(value.is_sensitive());
         assert!(!format!("{value:?}").contains("s3cr3t"));
-        let err = resolve_header(name, &parts, |_| None).unwrap_err();
+        let err = resolve_header(name, &parts, &Env::from_fn(|_| None)).unwrap_err();
         assert_eq!(
             err,
             "headers.Authorization: environment variable `TOKEN` is not set"
         );
-        let err = resolve_header(name, &parts, |_| Some("bad\nvalue-s3cr3t".into())).unwrap_err();
+        let bad = Env::from_fn(|_| Some("bad\nvalue-s3cr3t".into()));
+        let err = resolve_header(name, &parts, &bad).unwrap_err();
         assert!(!err.contains("s3cr3t"), "{err}");
         assert!(
             !format!("{parts:?}").contains("Bearer"),

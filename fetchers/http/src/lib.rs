@@ -45,47 +45,33 @@ pub mod decode;
 pub mod fetcher;
 pub mod template;
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use fetcher_api::{BuildError, Fetcher, FetcherFactory, SourceSpec};
+use fetcher_api::{BuildError, Env, Fetcher, FetcherFactory, SourceSpec};
 use reqwest::header::HeaderMap;
 
 pub use config::{BatchConfig, ConfigDuration, HttpSourceConfig, HttpViewConfig, Method};
 pub use fetcher::HttpFetcher;
 
-/// Looks up an environment variable by name.
-type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
-
 /// Builds `http` fetchers.
-#[derive(Clone)]
+#[derive(Clone, Debug, Default)]
 pub struct HttpFactory {
-    env: Arc<EnvLookup>,
+    /// Where `${NAME}` in header values is looked up (see [`fetcher_api::secret`]).
+    env: Env,
 }
 
 impl HttpFactory {
     /// A factory that resolves `${NAME}` in headers from the process environment.
     pub fn new() -> Self {
-        HttpFactory {
-            env: Arc::new(|name| std::env::var(name).ok()),
-        }
+        Self::default()
     }
 
     /// A factory that resolves `${NAME}` with `env` instead (tests, or a secrets store).
     pub fn with_env(env: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
-        HttpFactory { env: Arc::new(env) }
-    }
-}
-
-impl Default for HttpFactory {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for HttpFactory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpFactory").finish_non_exhaustive()
+        HttpFactory {
+            env: Env::from_fn(env),
+        }
     }
 }
 
@@ -131,8 +117,8 @@ impl FetcherFactory for HttpFactory {
             views.push(config::compile_view(view, &options).map_err(|e| fail(e.join("; ")))?);
         }
         let mut headers = HeaderMap::new();
-        for (written, name, parts) in &compiled.headers {
-            let value = config::resolve_header(written, parts, &*self.env).map_err(fail)?;
+        for (written, name, template) in &compiled.headers {
+            let value = config::resolve_header(written, template, &self.env).map_err(fail)?;
             headers.insert(name.clone(), value);
         }
         let client = reqwest::Client::builder()

@@ -6,11 +6,14 @@
 //! view's features) and return every problem as a message naming the option and the view.
 //! `validate` and `build` share them. Environment variables are read only at build time, by
 //! [`resolve_url`], and neither the URL nor a value read from the environment ever appears in a
-//! message: either may hold a password.
+//! message: either may hold a password. The `${NAME}` syntax, its parsing, resolution and
+//! redaction are [`fetcher_api::secret`]'s, shared with the other fetcher kinds; what is
+//! PostgreSQL's is here: the URL's shape, this source's wording of a bad reference, and
+//! percent-encoding values into the URL.
 
-use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
-use fetcher_api::{FeatureType, ViewSpec};
+use fetcher_api::{Env, EnvTemplate, FeatureType, TemplateError, ViewSpec};
 use serde::{Deserialize, Deserializer};
 
 use crate::sql::{self, Placeholder};
@@ -128,28 +131,11 @@ pub struct JsonPath {
     pub path: String,
 }
 
-/// A URL with its `${NAME}` references found.
-#[derive(Clone, PartialEq)]
-pub enum UrlPart {
-    Literal(String),
-    Env(String),
-}
-
-// Hand-written: a literal part may hold a password.
-impl fmt::Debug for UrlPart {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UrlPart::Literal(_) => f.write_str("Literal(<redacted>)"),
-            UrlPart::Env(name) => write!(f, "Env({name})"),
-        }
-    }
-}
-
 /// A source's options, checked.
 #[derive(Clone, Debug)]
 pub struct CompiledSource {
-    /// The URL's parts; resolved at build.
-    pub url: Vec<UrlPart>,
+    /// The URL as written; resolved at build.
+    pub url: EnvTemplate,
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub statement_timeout: Option<Duration>,
@@ -183,26 +169,20 @@ pub struct CompiledView {
 /// Checks a source's options.
 pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, Vec<String>> {
     let mut errors = Vec::new();
-    let url = match parse_url(&config.url) {
-        Ok(parts) => {
+    let url = match EnvTemplate::parse(&config.url) {
+        Ok(template) => {
             // Check the URL's shape with every reference replaced by a harmless value.
-            let probe: String = parts
-                .iter()
-                .map(|p| match p {
-                    UrlPart::Literal(text) => text.as_str(),
-                    UrlPart::Env(_) => "x",
-                })
-                .collect();
+            let probe = template.with_stand_in("x");
             if !(probe.starts_with("postgres://") || probe.starts_with("postgresql://")) {
                 errors.push("url must be a postgres:// or postgresql:// URL".to_owned());
             } else if let Err(e) = tokio_postgres::Config::from_str(&probe) {
                 errors.push(format!("url: {}", url_error(&e)));
             }
-            parts
+            template
         }
         Err(e) => {
-            errors.push(e);
-            Vec::new()
+            errors.push(url_template_error(&e));
+            EnvTemplate::default()
         }
     };
     if config.pool_size == 0 {
@@ -332,60 +312,38 @@ pub fn url_error(e: &tokio_postgres::Error) -> String {
     text
 }
 
-/// Splits a URL into literal text and `${NAME}` references.
-fn parse_url(url: &str) -> Result<Vec<UrlPart>, String> {
-    let mut parts = Vec::new();
-    let mut rest = url;
-    while let Some(start) = rest.find("${") {
-        if start > 0 {
-            parts.push(UrlPart::Literal(rest[..start].to_owned()));
+/// This source's wording of a bad `${NAME}` reference in the URL (unchanged from before the
+/// syntax moved to [`fetcher_api::secret`]).
+fn url_template_error(e: &TemplateError) -> String {
+    match e {
+        TemplateError::Unclosed => "url: a `${` is not closed by `}`".to_owned(),
+        TemplateError::InvalidName(name) => {
+            format!("url: `${{{name}}}` is not an environment variable reference")
         }
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or("url: a `${` is not closed by `}`")?;
-        let name = &after[..end];
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(format!(
-                "url: `${{{name}}}` is not an environment variable reference"
-            ));
-        }
-        parts.push(UrlPart::Env(name.to_owned()));
-        rest = &after[end + 1..];
     }
-    if !rest.is_empty() {
-        parts.push(UrlPart::Literal(rest.to_owned()));
-    }
-    Ok(parts)
 }
 
 /// The URL with its references replaced by the environment's values, percent-encoded so a
 /// password may hold `@`, `/` or `:`. The error names the variable, never a value.
-pub fn resolve_url(
-    parts: &[UrlPart],
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, String> {
-    let mut url = String::new();
-    for part in parts {
-        match part {
-            UrlPart::Literal(text) => url.push_str(text),
-            UrlPart::Env(name) => {
-                let value = env(name)
-                    .ok_or_else(|| format!("url: environment variable `{name}` is not set"))?;
-                url.extend(value.bytes().map(|b| {
-                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                        char::from(b).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                }));
+pub fn resolve_url(template: &EnvTemplate, env: &Env) -> Result<String, String> {
+    template
+        .resolve(env, percent_encode)
+        .map_err(|e| format!("url: {e}"))
+}
+
+/// Every byte but ASCII letters, digits and `-._~` as `%XX`.
+fn percent_encode(value: &str) -> Cow<'_, str> {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
             }
-        }
-    }
-    Ok(url)
+        })
+        .collect::<String>()
+        .into()
 }
 
 #[cfg(test)]
@@ -402,9 +360,10 @@ mod tests {
     fn urls_with_references_compile_and_resolve_encoded() {
         let compiled =
             source(r#"url = "postgres://app:${PG_PASSWORD}@127.0.0.1:5432/features""#).unwrap();
-        let url = resolve_url(&compiled.url, &|name| {
-            (name == "PG_PASSWORD").then(|| "p@ss/w:rd".to_owned())
-        })
+        let url = resolve_url(
+            &compiled.url,
+            &Env::from_fn(|name| (name == "PG_PASSWORD").then(|| "p@ss/w:rd".to_owned())),
+        )
         .unwrap();
         assert_eq!(
             url,
@@ -413,7 +372,7 @@ mod tests {
         let config = tokio_postgres::Config::from_str(&url).unwrap();
         assert_eq!(config.get_password(), Some(&b"p@ss/w:rd"[..]));
 
-        let err = resolve_url(&compiled.url, &|_| None).unwrap_err();
+        let err = resolve_url(&compiled.url, &Env::from_fn(|_| None)).unwrap_err();
         assert_eq!(err, "url: environment variable `PG_PASSWORD` is not set");
     }
 

@@ -72,11 +72,11 @@ pub mod fetcher;
 pub mod sql;
 pub mod types;
 
-use std::{collections::HashMap, fmt, str::FromStr, sync::Arc, time::Duration};
+use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use fetcher_api::{BuildError, FeatureType, Fetcher, FetcherFactory, SourceSpec, ViewSpec};
+use fetcher_api::{BuildError, Env, FeatureType, Fetcher, FetcherFactory, SourceSpec, ViewSpec};
 use tokio::time::Instant;
 use tokio_postgres::{
     NoTls,
@@ -97,38 +97,24 @@ use crate::{
 /// How long building may wait for the database to prepare one statement.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Looks up an environment variable by name.
-type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
-
 /// Builds `postgres` fetchers.
-#[derive(Clone)]
+#[derive(Clone, Debug, Default)]
 pub struct PostgresFactory {
-    env: Arc<EnvLookup>,
+    /// Where `${NAME}` in the URL is looked up (see [`fetcher_api::secret`]).
+    env: Env,
 }
 
 impl PostgresFactory {
     /// A factory that resolves `${NAME}` in URLs from the process environment.
     pub fn new() -> Self {
-        PostgresFactory {
-            env: Arc::new(|name| std::env::var(name).ok()),
-        }
+        Self::default()
     }
 
     /// A factory that resolves `${NAME}` with `env` instead (tests, or a secrets store).
     pub fn with_env(env: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
-        PostgresFactory { env: Arc::new(env) }
-    }
-}
-
-impl Default for PostgresFactory {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for PostgresFactory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PostgresFactory").finish_non_exhaustive()
+        PostgresFactory {
+            env: Env::from_fn(env),
+        }
     }
 }
 
@@ -175,7 +161,7 @@ impl FetcherFactory for PostgresFactory {
             views.push((view, compiled));
         }
 
-        let url = config::resolve_url(&compiled.url, &*self.env).map_err(fail)?;
+        let url = config::resolve_url(&compiled.url, &self.env).map_err(fail)?;
         let mut pg = tokio_postgres::Config::from_str(&url)
             .map_err(|e| fail(format!("url: {}", config::url_error(&e))))?;
         pg.connect_timeout(compiled.connect_timeout);

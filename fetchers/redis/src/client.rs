@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use fetcher_api::{ErrorClass, FetchError};
+use fetcher_api::{Env, ErrorClass, FetchError};
 use fred::{
     prelude::{
         ClientLike, Config, EventInterface, Options, Pool, ReconnectPolicy, ServerConfig, TcpConfig,
@@ -37,7 +37,7 @@ const RECONNECT_MAX_MS: u32 = 2_000;
 pub(crate) async fn connect(
     source_name: &str,
     source: &CompiledSource,
-    env: impl Fn(&str) -> Option<String>,
+    env: &Env,
     require_connection: bool,
 ) -> Result<Pool, String> {
     let url = resolve_url(&source.url, env)?;

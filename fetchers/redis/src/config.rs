@@ -8,11 +8,14 @@
 //! share them, so what validated is what runs and what is written is what is read.
 //!
 //! The URL may hold a password, so no message ever quotes it: environment variables are resolved
-//! only at build time ([`resolve_url`]), and their values never reach a message or a log.
+//! only at build time ([`resolve_url`]), and their values never reach a message or a log. The
+//! `${NAME}` syntax, its parsing, resolution and redaction are [`fetcher_api::secret`]'s, shared
+//! with the other fetcher kinds; what is Redis's is here: percent-encoding values into the URL,
+//! and refusing a password written in the file.
 
-use std::{collections::BTreeMap, fmt, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
-use fetcher_api::{EntityKey, FeatureType, KeySpec, ViewSpec};
+use fetcher_api::{EntityKey, Env, EnvTemplate, FeatureType, KeySpec, ViewSpec};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Deserializer};
 
@@ -126,28 +129,11 @@ pub struct RedisViewConfig {
     pub event_time_field: Option<String>,
 }
 
-/// A part of the URL as written: literal text, or a `${NAME}` environment reference.
-#[derive(Clone, PartialEq)]
-pub enum UrlPart {
-    Literal(String),
-    Env(String),
-}
-
-// Hand-written so the URL (which may hold a password) never reaches a log through `{:?}`.
-impl fmt::Debug for UrlPart {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UrlPart::Literal(_) => f.write_str("Literal(<redacted>)"),
-            UrlPart::Env(name) => write!(f, "Env({name})"),
-        }
-    }
-}
-
 /// A source's options, checked.
 #[derive(Clone, Debug)]
 pub struct CompiledSource {
-    /// The URL's parts, unresolved.
-    pub url: Vec<UrlPart>,
+    /// The URL as written, unresolved.
+    pub url: EnvTemplate,
     /// Whether the URL is `rediss://`.
     pub tls: bool,
     pub mode: Mode,
@@ -278,16 +264,16 @@ pub struct CompiledView {
 /// Checks a source's options.
 pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<String>> {
     let mut errors = Vec::new();
-    let url = match parse_url_template(&config.url) {
-        Ok(parts) => Some(parts),
+    let url = match EnvTemplate::parse(&config.url) {
+        Ok(template) => Some(template),
         Err(e) => {
             errors.push(format!("url: {e}"));
             None
         }
     };
     let mut tls = false;
-    if let Some(parts) = &url {
-        match check_url_shape(parts, config.mode) {
+    if let Some(template) = &url {
+        match check_url_shape(template, config.mode) {
             Ok(is_tls) => tls = is_tls,
             Err(e) => errors.push(format!("url: {e}")),
         }
@@ -396,39 +382,6 @@ pub fn compile_view(
     }
 }
 
-/// Splits the URL into literal text and `${NAME}` references, without reading the environment.
-/// Messages name a variable at most, never the URL.
-fn parse_url_template(url: &str) -> Result<Vec<UrlPart>, String> {
-    let mut parts = Vec::new();
-    let mut rest = url;
-    while let Some(start) = rest.find("${") {
-        if start > 0 {
-            parts.push(UrlPart::Literal(rest[..start].to_owned()));
-        }
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| "a `${` has no closing `}`".to_owned())?;
-        let name = &after[..end];
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(format!(
-                "`${{{name}}}` is not an environment variable reference (letters, digits, `_`)"
-            ));
-        }
-        parts.push(UrlPart::Env(name.to_owned()));
-        rest = &after[end + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(UrlPart::Literal(rest.to_owned()));
-    }
-    Ok(parts)
-}
-
 /// Characters of an environment value that go into the URL percent-encoded, so a password may
 /// hold `@`, `:`, `/` or `%` (the client decodes credentials).
 const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
@@ -437,27 +390,10 @@ const URL_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// Joins the URL's parts, each environment reference replaced by `value(name)` percent-encoded.
-fn join_url(
-    parts: &[UrlPart],
-    mut value: impl FnMut(&str) -> Result<String, String>,
-) -> Result<String, String> {
-    let mut url = String::new();
-    for part in parts {
-        match part {
-            UrlPart::Literal(text) => url.push_str(text),
-            UrlPart::Env(name) => {
-                url.extend(utf8_percent_encode(&value(name)?, URL_VALUE));
-            }
-        }
-    }
-    Ok(url)
-}
-
 /// Checks the URL's shape with a placeholder for every reference; returns whether it uses TLS.
-fn check_url_shape(parts: &[UrlPart], mode: Mode) -> Result<bool, String> {
+fn check_url_shape(template: &EnvTemplate, mode: Mode) -> Result<bool, String> {
     // Marks the password's references so that a literal password can be told apart.
-    let text = join_url(parts, |_| Ok("ENVREF".into()))?;
+    let text = template.with_stand_in("ENVREF");
     let url = url::Url::parse(&text).map_err(|e| format!("not a valid URL ({e})"))?;
     let tls = match url.scheme() {
         "redis" => false,
@@ -497,15 +433,12 @@ fn check_url_shape(parts: &[UrlPart], mode: Mode) -> Result<bool, String> {
     Ok(tls)
 }
 
-/// Resolves the URL's `${NAME}` references with `env`. The error names the variable, never a
-/// value nor the URL.
-pub fn resolve_url(
-    parts: &[UrlPart],
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<String, String> {
-    join_url(parts, |name| {
-        env(name).ok_or_else(|| format!("url: environment variable `{name}` is not set"))
-    })
+/// Resolves the URL's `${NAME}` references with `env`, each value percent-encoded. The error
+/// names the variable, never a value nor the URL.
+pub fn resolve_url(template: &EnvTemplate, env: &Env) -> Result<String, String> {
+    template
+        .resolve(env, |value| utf8_percent_encode(value, URL_VALUE).into())
+        .map_err(|e| format!("url: {e}"))
 }
 
 fn parse_host_port(text: &str) -> Option<(String, u16)> {
@@ -558,7 +491,9 @@ mod tests {
     #[test]
     fn urls_are_checked_without_quoting_them() {
         let check = |url: &str, mode| {
-            parse_url_template(url).and_then(|parts| check_url_shape(&parts, mode))
+            EnvTemplate::parse(url)
+                .map_err(|e| e.to_string())
+                .and_then(|template| check_url_shape(&template, mode))
         };
         assert_eq!(
             check("redis://127.0.0.1:6379/2", Mode::Standalone),
@@ -580,10 +515,11 @@ mod tests {
         assert!(check("redis://cache?node=x:1", Mode::Cluster).is_err());
         assert!(check("redis://${A-B}@cache", Mode::Standalone).is_err());
 
-        let parts = parse_url_template("redis://:${P}@cache:6379").expect("parses");
-        let url = resolve_url(&parts, |_| Some("p@ss:w/rd%".into())).expect("resolves");
+        let parts = EnvTemplate::parse("redis://:${P}@cache:6379").expect("parses");
+        let env = Env::from_fn(|_| Some("p@ss:w/rd%".into()));
+        let url = resolve_url(&parts, &env).expect("resolves");
         assert_eq!(url, "redis://:p%40ss%3Aw%2Frd%25@cache:6379");
-        let e = resolve_url(&parts, |_| None).unwrap_err();
+        let e = resolve_url(&parts, &Env::from_fn(|_| None)).unwrap_err();
         assert_eq!(e, "url: environment variable `P` is not set");
         assert!(!format!("{parts:?}").contains("cache"));
     }

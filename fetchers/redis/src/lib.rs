@@ -48,10 +48,10 @@ pub mod config;
 pub mod fetcher;
 pub mod materialize;
 
-use std::{fmt, sync::Arc};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use fetcher_api::{BuildError, Fetcher, FetcherFactory, SourceSpec};
+use fetcher_api::{BuildError, Env, Fetcher, FetcherFactory, SourceSpec};
 
 pub use config::{ConfigDuration, Encoding, Mode, RedisSourceConfig, RedisViewConfig};
 pub use fetcher::RedisFetcher;
@@ -59,38 +59,24 @@ pub use materialize::{
     MaterializeError, MaterializeOptions, MaterializeReport, Progress, materialize,
 };
 
-/// Looks up an environment variable by name.
-type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
-
 /// Builds `redis` fetchers.
-#[derive(Clone)]
+#[derive(Clone, Debug, Default)]
 pub struct RedisFactory {
-    env: Arc<EnvLookup>,
+    /// Where `${NAME}` in the URL is looked up (see [`fetcher_api::secret`]).
+    env: Env,
 }
 
 impl RedisFactory {
     /// A factory that resolves `${NAME}` in the URL from the process environment.
     pub fn new() -> Self {
-        RedisFactory {
-            env: Arc::new(|name| std::env::var(name).ok()),
-        }
+        Self::default()
     }
 
     /// A factory that resolves `${NAME}` with `env` instead (tests, or a secrets store).
     pub fn with_env(env: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
-        RedisFactory { env: Arc::new(env) }
-    }
-}
-
-impl Default for RedisFactory {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Debug for RedisFactory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisFactory").finish_non_exhaustive()
+        RedisFactory {
+            env: Env::from_fn(env),
+        }
     }
 }
 
@@ -135,7 +121,7 @@ impl FetcherFactory for RedisFactory {
                 .map_err(|e| fail(format!("view `{}`: {e}", view.name)))?;
             views.push(config::compile_view(view, &options).map_err(|e| fail(e.join("; ")))?);
         }
-        let pool = client::connect(&source.name, &compiled, &*self.env, false)
+        let pool = client::connect(&source.name, &compiled, &self.env, false)
             .await
             .map_err(fail)?;
         Ok(Arc::new(RedisFetcher::new(

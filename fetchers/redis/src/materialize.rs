@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fetcher_api::{EntityKey, FeatureType, KeyPart, SourceSpec, Value};
+use fetcher_api::{EntityKey, Env, FeatureType, KeyPart, SourceSpec, Value};
 use fred::prelude::{
     ClientLike, Expiration, HashesInterface, KeysInterface, Pool, Value as RedisValue,
 };
@@ -196,17 +196,12 @@ pub async fn materialize(
     let pool = if options.dry_run {
         None
     } else {
-        let pool = client::connect(
-            &source.name,
-            &compiled_source,
-            |name| std::env::var(name).ok(),
-            true,
-        )
-        .await
-        .map_err(|message| MaterializeError::Redis {
-            message,
-            rows_written: 0,
-        })?;
+        let pool = client::connect(&source.name, &compiled_source, &Env::process(), true)
+            .await
+            .map_err(|message| MaterializeError::Redis {
+                message,
+                rows_written: 0,
+            })?;
         Some(pool)
     };
     // Generous: a chunk is bulk work, not a request on the critical path.
