@@ -7,6 +7,7 @@
 
 pub mod postgres;
 pub mod redis;
+pub mod sidecar;
 
 use std::{
     io::{BufRead, BufReader},

@@ -1,0 +1,1 @@
+//! The `sidecar` source (in progress).

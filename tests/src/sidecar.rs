@@ -1,0 +1,1 @@
+//! A fetcher-sidecar process for tests (in progress).
