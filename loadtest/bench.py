@@ -163,7 +163,7 @@ def run_fg_load(bindir: Path, target: str, scenario: list[str], concurrency: int
                 seconds: float) -> dict:
     out = subprocess.run(
         [str(bindir / "fg-load"), "--target", target, "--concurrency", str(concurrency),
-         "--seconds", str(seconds), *scenario],
+         "--seconds", str(seconds), "--timeout-ms", "5000", *scenario],
         capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
@@ -174,6 +174,45 @@ def measure(gw: Gateway, run) -> dict:
     result = run()
     result["cpu_us"] = (gw.cpu_seconds() - before) * 1e6 / max(result["count"], 1)
     return result
+
+
+def svg_plot(title: str, curves: list[tuple[str, list[tuple[float, float]]]]) -> str:
+    """Latency percentile curves as an SVG: x in "nines" (p50 .. p99.99), y in ms, log scale."""
+    import math
+    width, height, left, right, top, bottom = 760, 420, 70, 200, 40, 50
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    points = [(p, ms) for _, c in curves for p, ms in c if ms == ms and ms > 0]
+    if not points:
+        return ""
+    nines = lambda p: -math.log10(1 - p / 100)
+    x_max = nines(99.99)
+    y_lo = math.floor(math.log10(min(ms for _, ms in points)))
+    y_hi = math.ceil(math.log10(max(ms for _, ms in points)))
+    if y_hi == y_lo:
+        y_hi += 1
+    sx = lambda p: left + (nines(p) - nines(50)) / (x_max - nines(50)) * (width - left - right)
+    sy = lambda ms: top + (y_hi - math.log10(ms)) / (y_hi - y_lo) * (height - top - bottom)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{left}" y="22" font-size="14">{title}</text>']
+    for p in (50, 90, 99, 99.9, 99.99):
+        x = sx(p)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - bottom}" stroke="#ddd"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - bottom + 18}" text-anchor="middle">p{p:g}</text>')
+    for e in range(y_lo, y_hi + 1):
+        y = sy(10 ** e)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{10 ** e:g} ms</text>')
+    for i, (label, curve) in enumerate(curves):
+        color = colors[i % len(colors)]
+        pts = " ".join(f"{sx(p):.1f},{sy(ms):.1f}" for p, ms in curve if ms == ms and ms > 0)
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"/>')
+        ly = top + 14 + 18 * i
+        out.append(f'<line x1="{width - right + 12}" y1="{ly - 4}" x2="{width - right + 32}" y2="{ly - 4}" stroke="{color}" stroke-width="2"/>')
+        out.append(f'<text x="{width - right + 38}" y="{ly}">{label}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
 
 
 def median_of(runs: list[dict], key: str) -> float:
@@ -229,6 +268,8 @@ def overhead(args) -> str:
     ghz_bin = find_ghz()
     seconds = 2.0 if args.smoke else float(args.seconds)
     rounds = 1 if args.smoke else args.rounds
+    # A smoke run is a debug build on a busy machine: a gentle fixed rate proves the mode works.
+    rate = 50 if args.smoke else 1000
     fraud = ["--scenario", "features", "--feature-service", "fraud_v1",
              "--entity", "user_id=u_{5}:10000", "--entity", "card_id=c_{5}:10000",
              "--entity", "merchant_id=m_{4}:2000",
@@ -244,6 +285,9 @@ def overhead(args) -> str:
                 runs["fg_feat"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, fraud, args.concurrency, seconds)))
                 runs["ghz_base"].append(measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, "grpc.health.v1.Health/Check", None, args.concurrency, seconds)))
                 runs["ghz_feat"].append(measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, "featuregateway.v1.FeatureService/GetFeatures", SCENARIOS / "fraud_v1.json", args.concurrency, seconds)))
+            # The same vector at a fixed 1,000 req/s (latency without saturation), and batches.
+            fixed = measure(gw, lambda: run_fg_load(bindir, gw.grpc, fraud + ["--rps", str(rate)], args.concurrency, seconds))
+            batch = measure(gw, lambda: run_fg_load(bindir, gw.grpc, fraud + ["--batch-rows", "100"], args.concurrency, seconds))
             rss = gw.rss_mb()
         finally:
             gw.stop()
@@ -253,9 +297,20 @@ def overhead(args) -> str:
         lines += table(tool, [("health check (baseline)", runs[base]),
                               ("GetFeatures fraud_v1, 20 features", runs[feat])])
         lines += ratios(runs[base], runs[feat], "target: at most 1.5x", "target: at least 70%")
+    lines += table("fg-load, other shapes", [
+        (f"fraud_v1 at a fixed {rate:,} req/s (open loop)", [fixed]),
+        ("GetFeaturesBatch fraud_v1, 100 rows per call", [batch]),
+    ])
+    lines += [f"The batch scenario serves {100 * batch['rps']:.0f} rows/s.", ""]
     lines += [f"Gateway peak RSS: {rss:.0f} MB.", ""]
-    lines += failures([r for v in runs.values() for r in v])
-    return "\n".join(lines)
+    lines += failures([r for v in runs.values() for r in v] + [fixed, batch])
+    plot = svg_plot("overhead: latency by percentile (fg-load)", [
+        ("health (closed loop)", runs["fg_base"][-1]["percentiles"]),
+        ("fraud_v1 (closed loop)", runs["fg_feat"][-1]["percentiles"]),
+        (f"fraud_v1 at {rate:,} req/s", fixed["percentiles"]),
+        ("batch of 100 rows", batch["percentiles"]),
+    ])
+    return "\n".join(lines), plot
 
 
 REDIS_CONFIG = """
@@ -307,6 +362,8 @@ def redis(args) -> str:
     ghz_bin = find_ghz()
     seconds = 2.0 if args.smoke else float(args.seconds)
     rounds = 1 if args.smoke else args.rounds
+    # A smoke run is a debug build on a busy machine: a gentle fixed rate proves the mode works.
+    rate = 50 if args.smoke else 1000
     population = 2_000 if args.smoke else args.population
     with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
         tmp = Path(tmp)
@@ -337,6 +394,7 @@ def redis(args) -> str:
                 runs["ghz_base"].append(measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, "grpc.health.v1.Health/Check", None, args.concurrency, seconds)))
                 runs["ghz_feat"].append(measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, "featuregateway.v1.FeatureService/GetFeatures", data, args.concurrency, seconds)))
                 runs["redis"].append(redis_benchmark(server.port, args.concurrency, seconds))
+            fixed = measure(gw, lambda: run_fg_load(bindir, gw.grpc, scenario + ["--rps", str(rate)], args.concurrency, seconds))
             statuses = feature_statuses(gw)
         finally:
             if gw:
@@ -351,6 +409,7 @@ def redis(args) -> str:
                               ("GetFeatures user_stats_v1, 8 Redis features", runs[feat])])
         lines += ratios(runs[base], runs[feat], "p99 target: under 2 ms absolute",
                         "target: at least 60%")
+    lines += table("fg-load, fixed rate", [(f"user_stats_v1 at a fixed {rate:,} req/s (open loop)", [fixed])])
     lines += table("redis-benchmark -t get (baseline: Redis alone)", [("GET", runs["redis"])])
     best_feast = 1090
     fg = median_of(runs["fg_feat"], "rps")
@@ -361,8 +420,13 @@ def redis(args) -> str:
         f"- statuses served: {statuses}",
         "",
     ]
-    lines += failures([r for k, v in runs.items() if k != "redis" for r in v])
-    return "\n".join(lines)
+    lines += failures([r for k, v in runs.items() if k != "redis" for r in v] + [fixed])
+    plot = svg_plot("redis: latency by percentile (fg-load)", [
+        ("health (closed loop)", runs["fg_base"][-1]["percentiles"]),
+        ("user_stats_v1 (closed loop)", runs["fg_feat"][-1]["percentiles"]),
+        (f"user_stats_v1 at {rate:,} req/s", fixed["percentiles"]),
+    ])
+    return "\n".join(lines), plot
 
 
 def redis_benchmark(port: int, concurrency: int, seconds: float) -> dict:
@@ -406,9 +470,12 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     failed = False
     for name in names:
-        report = BENCHMARKS[name](args)
-        print(report)
+        report, plot = BENCHMARKS[name](args)
         suffix = "-smoke" if args.smoke else ""
+        if plot:
+            (OUT / f"{name}{suffix}.svg").write_text(plot + "\n")
+            report += f"\n![latency by percentile]({name}{suffix}.svg)\n"
+        print(report)
         (OUT / f"{name}{suffix}.md").write_text(report + "\n")
         failed |= "requests failed" in report
     # Speed is reported, never asserted; failed requests mean the benchmark itself is broken.

@@ -6,8 +6,16 @@
 //! which costs it several times what the gateway spends serving a feature vector. `fg-load` uses
 //! the generated client and requests built before the clock starts, on a single-threaded
 //! runtime, so more of the machine measures the gateway. Every run is bounded by `--seconds`.
+//!
+//! Two modes: closed loop (`--concurrency` calls always in flight: saturation throughput) and
+//! open loop (`--rps`: calls started on a fixed schedule whatever the answers, each latency
+//! measured from its scheduled start, so a stall shows in the percentiles instead of silently
+//! slowing the load).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, ValueEnum};
 use proto::v1::{self, feature_service_client::FeatureServiceClient};
@@ -90,6 +98,12 @@ struct Args {
     /// Fixed context values, `NAME=VALUE` (repeatable).
     #[arg(long = "context", value_parser = parse_context)]
     context: Vec<(String, v1::Value)>,
+    /// Call GetFeaturesBatch with this many random rows per call instead of GetFeatures.
+    #[arg(long)]
+    batch_rows: Option<usize>,
+    /// Open loop: start this many calls per second on a fixed schedule.
+    #[arg(long)]
+    rps: Option<f64>,
 }
 
 fn string(s: String) -> v1::Value {
@@ -119,51 +133,157 @@ fn feature_requests(args: &Args, n: usize) -> Vec<v1::GetFeaturesRequest> {
         .collect()
 }
 
+/// The calls of a run, built before the clock starts.
+enum Calls {
+    Health,
+    Features(Vec<v1::GetFeaturesRequest>),
+    Batch(Vec<v1::GetFeaturesBatchRequest>),
+}
+
+impl Calls {
+    fn prepare(args: &Args) -> Calls {
+        match (args.scenario, args.batch_rows) {
+            (Scenario::Health, _) => Calls::Health,
+            (Scenario::Features, None) => Calls::Features(feature_requests(args, 4096)),
+            (Scenario::Features, Some(n)) => {
+                let rows = feature_requests(args, 64 * n.max(1));
+                Calls::Batch(
+                    rows.chunks(n.max(1))
+                        .map(|chunk| v1::GetFeaturesBatchRequest {
+                            feature_service: args.feature_service.clone(),
+                            rows: chunk
+                                .iter()
+                                .map(|r| v1::EntityRow {
+                                    entities: r.entities.clone(),
+                                    context: r.context.clone(),
+                                })
+                                .collect(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    /// Makes call number `i`.
+    async fn call(
+        &self,
+        channel: &Channel,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<(), tonic::Status> {
+        match self {
+            Calls::Health => {
+                let mut request = tonic::Request::new(HealthCheckRequest::default());
+                request.set_timeout(timeout);
+                HealthClient::new(channel.clone())
+                    .check(request)
+                    .await
+                    .map(drop)
+            }
+            Calls::Features(requests) => {
+                let mut request = tonic::Request::new(requests[i % requests.len()].clone());
+                request.set_timeout(timeout);
+                FeatureServiceClient::new(channel.clone())
+                    .get_features(request)
+                    .await
+                    .map(drop)
+            }
+            Calls::Batch(requests) => {
+                let mut request = tonic::Request::new(requests[i % requests.len()].clone());
+                request.set_timeout(timeout);
+                FeatureServiceClient::new(channel.clone())
+                    .get_features_batch(request)
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u32>,
     errors: std::collections::BTreeMap<String, u64>,
 }
 
-async fn worker(
-    channel: Channel,
-    scenario: Scenario,
-    requests: std::sync::Arc<Vec<v1::GetFeaturesRequest>>,
-    offset: usize,
-    until: Instant,
-    timeout: Duration,
-) -> Tally {
-    let mut tally = Tally::default();
-    let mut features = FeatureServiceClient::new(channel.clone());
-    let mut health = HealthClient::new(channel);
-    let mut i = offset;
-    while Instant::now() < until {
-        let started = Instant::now();
-        let result = match scenario {
-            Scenario::Health => {
-                let mut request = tonic::Request::new(HealthCheckRequest::default());
-                request.set_timeout(timeout);
-                health.check(request).await.map(drop)
-            }
-            Scenario::Features => {
-                let mut request = tonic::Request::new(requests[i % requests.len()].clone());
-                request.set_timeout(timeout);
-                i += 1;
-                features.get_features(request).await.map(drop)
-            }
-        };
-        let elapsed = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+impl Tally {
+    fn record(&mut self, since: Instant, result: Result<(), tonic::Status>) {
         match result {
-            Ok(()) => tally.latencies_us.push(elapsed),
+            Ok(()) => self
+                .latencies_us
+                .push(since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
             Err(status) => {
-                *tally
+                *self
                     .errors
                     .entry(format!("{:?}", status.code()))
                     .or_default() += 1
             }
         }
     }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+    }
+}
+
+/// Closed loop: one of `--concurrency` workers, calling back to back until `until`.
+async fn worker(
+    channel: Channel,
+    calls: Arc<Calls>,
+    offset: usize,
+    until: Instant,
+    timeout: Duration,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut i = offset;
+    while Instant::now() < until {
+        let started = Instant::now();
+        let result = calls.call(&channel, i, timeout).await;
+        i += 1;
+        tally.record(started, result);
+    }
     tally
+}
+
+/// Open loop: starts a call every 1/`rps` s until `until`, each timed from its scheduled start.
+async fn open_loop(
+    channel: Channel,
+    calls: Arc<Calls>,
+    rps: f64,
+    until: Instant,
+    timeout: Duration,
+) -> Tally {
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut i = 0;
+    loop {
+        let scheduled = ticks.tick().await.into_std();
+        if scheduled >= until {
+            break;
+        }
+        let (channel, calls, tally) = (channel.clone(), calls.clone(), tally.clone());
+        in_flight.spawn(async move {
+            let result = calls.call(&channel, i, timeout).await;
+            if let Ok(mut t) = tally.lock() {
+                t.record(scheduled, result);
+            }
+        });
+        i += 1;
+        // Reap finished calls so the set stays small.
+        while in_flight.try_join_next().is_some() {}
+    }
+    while in_flight.join_next().await.is_some() {}
+    Arc::try_unwrap(tally)
+        .ok()
+        .and_then(|m| m.into_inner().ok())
+        .unwrap_or_default()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -176,31 +296,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .tcp_nodelay(true)
             .connect()
             .await?;
-        let requests = std::sync::Arc::new(match args.scenario {
-            Scenario::Health => Vec::new(),
-            Scenario::Features => feature_requests(&args, 4096),
-        });
+        let calls = Arc::new(Calls::prepare(&args));
         let started = Instant::now();
         let until = started + Duration::from_secs_f64(args.seconds);
         let timeout = Duration::from_millis(args.timeout_ms);
-        let tasks: Vec<_> = (0..args.concurrency)
-            .map(|w| {
-                tokio::spawn(worker(
-                    channel.clone(),
-                    args.scenario,
-                    requests.clone(),
-                    w * 257,
-                    until,
-                    timeout,
-                ))
-            })
-            .collect();
         let mut all = Tally::default();
-        for task in tasks {
-            let tally = task.await?;
-            all.latencies_us.extend(tally.latencies_us);
-            for (code, n) in tally.errors {
-                *all.errors.entry(code).or_default() += n;
+        match args.rps {
+            Some(rps) => all.merge(open_loop(channel, calls, rps, until, timeout).await),
+            None => {
+                let tasks: Vec<_> = (0..args.concurrency)
+                    .map(|w| {
+                        tokio::spawn(worker(
+                            channel.clone(),
+                            calls.clone(),
+                            w * 257,
+                            until,
+                            timeout,
+                        ))
+                    })
+                    .collect();
+                for task in tasks {
+                    all.merge(task.await?);
+                }
             }
         }
         let elapsed = started.elapsed().as_secs_f64();
@@ -215,6 +332,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let ok = all.latencies_us.len() as u64;
         let errors: u64 = all.errors.values().sum();
+        let percentiles: Vec<(f64, f64)> = [50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99]
+            .iter()
+            .map(|&p| (p, pct(p)))
+            .collect();
         let report = serde_json::json!({
             "tool": "fg-load",
             "count": ok + errors,
@@ -225,6 +346,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "p90": pct(90.0),
             "p99": pct(99.0),
             "p999": pct(99.9),
+            "percentiles": percentiles,
         });
         println!("{report}");
         Ok(())
