@@ -1,0 +1,1 @@
+//! The `plaid` source (in progress).
