@@ -4,6 +4,10 @@
 //! # Layout
 //! - [`internal`]: fake internal APIs of other teams (device reputation, merchant risk), with
 //!   seeded deterministic data for any id of the documented form.
+//! - [`plaid`]: a fake Plaid API (`/accounts/balance/get`, `/transactions/sync`, ...) that follows
+//!   `shared/docs/plaid-contract.md`: credentials, exact error bodies, rate limits, sync cursors,
+//!   an item state machine, and seeded data for `population` users; its admin API lives under
+//!   `/admin/plaid/`.
 //! - [`faults`]: per-route latency (fixed or seeded lognormal, scaled by a global time scale),
 //!   hangs, and scripted or probabilistic errors, plus the call counters tests read.
 //! - `admin`: the same controls over HTTP (`POST /admin/faults`, `GET /admin/stats`,
@@ -23,6 +27,7 @@
 mod admin;
 pub mod faults;
 pub mod internal;
+pub mod plaid;
 pub mod seeded;
 
 use std::{
@@ -33,7 +38,8 @@ use std::{
 
 use axum::{
     Json, Router,
-    http::{HeaderValue, StatusCode, Uri, header},
+    extract::State,
+    http::{HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 use serde_json::json;
@@ -42,7 +48,21 @@ use tokio::{sync::watch, task::JoinHandle};
 pub use faults::{FailNext, FaultError, FaultPlan, Latency, RouteFaults, RouteStats, Stats};
 
 /// Every route name faults can be set on, across all fakes.
-pub const ROUTES: [&str; 3] = internal::ROUTES;
+pub const ROUTES: [&str; internal::ROUTES.len() + plaid::ROUTES.len()] = {
+    // A const concatenation, so a fake's route list is written once, in its module.
+    let mut all = [""; internal::ROUTES.len() + plaid::ROUTES.len()];
+    let mut i = 0;
+    while i < internal::ROUTES.len() {
+        all[i] = internal::ROUTES[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < plaid::ROUTES.len() {
+        all[i + j] = plaid::ROUTES[j];
+        j += 1;
+    }
+    all
+};
 
 /// How to run a [`FakeServer`].
 #[derive(Clone, Debug)]
@@ -56,6 +76,8 @@ pub struct FakeConfig {
     pub population: u64,
     /// The initial time scale applied to every injected delay (1.0 = as configured).
     pub time_scale: f64,
+    /// The fake Plaid's credentials and rate limits (its users are `0..population`).
+    pub plaid: plaid::PlaidConfig,
 }
 
 impl Default for FakeConfig {
@@ -65,6 +87,7 @@ impl Default for FakeConfig {
             seed: 42,
             population: 10_000,
             time_scale: 1.0,
+            plaid: plaid::PlaidConfig::default(),
         }
     }
 }
@@ -79,6 +102,17 @@ pub(crate) struct Shared {
     faults_changed: watch::Sender<u64>,
     /// Set once on shutdown: releases hung and delayed calls and stops the server.
     shutdown: watch::Sender<bool>,
+    /// The fake Plaid's item states, rate-limit windows and Plaid-coded faults.
+    pub(crate) plaid: plaid::PlaidState,
+}
+
+/// Why [`Shared::admit`] refused a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The server is stopping: the call is released without an answer of its own.
+    ShuttingDown,
+    /// An injected failure with this status.
+    Injected(StatusCode),
 }
 
 impl Shared {
@@ -91,16 +125,36 @@ impl Shared {
     /// Applies the route's faults to one call: counts it, waits, hangs, or fails it. `Err` is the
     /// response to send instead of the real one.
     pub(crate) async fn enter(&self, route: &str, uri: &Uri, keys: u64) -> Result<(), Response> {
-        let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-        let admission = self.board().admit(route, target, keys);
-        let mut shutdown = self.shutdown.subscribe();
-        let stopping = || {
-            json_error(
+        match self.admit(route, uri, keys).await {
+            Ok(()) => Ok(()),
+            Err(Refusal::ShuttingDown) => Err(json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",
                 "the fake upstream is shutting down".into(),
-            )
-        };
+            )),
+            Err(Refusal::Injected(status)) => {
+                let mut response = json_error(
+                    status,
+                    "injected_fault",
+                    format!("injected failure on route `{route}`"),
+                );
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                }
+                Err(response)
+            }
+        }
+    }
+
+    /// The fault half of [`Shared::enter`], for fakes (like Plaid) that shape their own error
+    /// bodies: counts the call, waits or hangs, and says whether and why it must fail.
+    pub(crate) async fn admit(&self, route: &str, uri: &Uri, keys: u64) -> Result<(), Refusal> {
+        let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let admission = self.board().admit(route, target, keys);
+        let mut shutdown = self.shutdown.subscribe();
+        let stopping = || Refusal::ShuttingDown;
         if admission.hang {
             // Subscribe before checking, so a change between the check and the wait is seen.
             let mut changed = self.faults_changed.subscribe();
@@ -119,21 +173,9 @@ impl Shared {
         }
         match admission.fail {
             None => Ok(()),
-            Some(status) => {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                let mut response = json_error(
-                    status,
-                    "injected_fault",
-                    format!("injected failure on route `{route}`"),
-                );
-                if status == StatusCode::TOO_MANY_REQUESTS {
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                }
-                Err(response)
-            }
+            Some(status) => Err(Refusal::Injected(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            )),
         }
     }
 
@@ -149,6 +191,7 @@ impl Shared {
 
     pub(crate) fn reset(&self) {
         self.board().reset();
+        self.plaid.reset();
         self.faults_changed.send_modify(|v| *v += 1);
     }
 
@@ -166,14 +209,26 @@ pub(crate) fn json_error(status: StatusCode, code: &str, message: String) -> Res
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(internal::router())
+        .merge(plaid::router())
         .merge(admin::router())
-        .fallback(|uri: Uri| async move {
-            json_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route for `{}`", uri.path()),
-            )
-        })
+        .fallback(
+            |State(shared): State<Arc<Shared>>, method: Method, uri: Uri| async move {
+                // A POST outside the internal and admin namespaces is taken as a call to a Plaid
+                // endpoint the fake does not serve, and answered as Plaid answers one.
+                let path = uri.path();
+                if method == Method::POST
+                    && !path.starts_with("/v1/")
+                    && !path.starts_with("/admin/")
+                {
+                    return plaid::unknown_endpoint(&shared, path);
+                }
+                json_error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no route for `{path}`"),
+                )
+            },
+        )
         .with_state(shared)
 }
 
@@ -197,6 +252,8 @@ impl FakeServer {
                 ),
             ));
         }
+        let plaid = plaid::PlaidState::new(config.seed, config.population, config.plaid)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -209,6 +266,7 @@ impl FakeServer {
             )),
             faults_changed: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
+            plaid,
         });
         let mut stop = shared.shutdown.subscribe();
         let app = router(shared.clone());
@@ -246,6 +304,11 @@ impl FakeServer {
         self.shared.population
     }
 
+    /// The fake Plaid's controls: item states, Plaid-coded faults, rate limits, its statistics.
+    pub fn plaid(&self) -> &plaid::PlaidState {
+        &self.shared.plaid
+    }
+
     /// A snapshot of the per-route call counters.
     pub fn stats(&self) -> Stats {
         self.shared.stats()
@@ -272,7 +335,8 @@ impl FakeServer {
         self.shared.apply(plan)
     }
 
-    /// Clears faults and statistics, as `POST /admin/reset` does.
+    /// Clears faults and statistics, and puts the fake Plaid back to its start (every Item
+    /// healthy, empty rate windows, configured limits), as `POST /admin/reset` does.
     pub fn reset(&self) {
         self.shared.reset();
     }

@@ -1,5 +1,5 @@
-//! The `fake-upstreams` binary: serves the fake internal APIs (and their admin API) until
-//! interrupted, for the demo, manual runs and the load tests.
+//! The `fake-upstreams` binary: serves the fake internal APIs and the fake Plaid (and their
+//! admin API) until interrupted, for the demo, manual runs and the load tests.
 //!
 //! It prints `fake-upstreams listening on http://ADDR` on stdout once bound, so scripts started
 //! with `--listen 127.0.0.1:0` can read the port. It exits non-zero if it cannot bind.
@@ -9,7 +9,10 @@
 use std::{io::Write, net::SocketAddr};
 
 use clap::Parser;
-use fake_upstreams::{FakeConfig, FakeServer};
+use fake_upstreams::{
+    FakeConfig, FakeServer,
+    plaid::{PlaidConfig, RateLimitConfig},
+};
 
 /// Local fake HTTP upstreams with latency and error injection.
 #[derive(Debug, Parser)]
@@ -27,6 +30,24 @@ struct Args {
     /// Multiplies every injected delay (e.g. 0.01 for fast tests).
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// The client id the fake Plaid accepts.
+    #[arg(
+        long,
+        env = "FAKE_PLAID_CLIENT_ID",
+        default_value = "fake_plaid_client_id"
+    )]
+    plaid_client_id: String,
+    /// The secret the fake Plaid accepts (from the environment, to keep it out of `ps`).
+    #[arg(
+        long,
+        env = "FAKE_PLAID_SECRET",
+        default_value = "fake_plaid_secret",
+        hide_env_values = true
+    )]
+    plaid_secret: String,
+    /// The fake Plaid's rate-limit window in milliseconds (Plaid's limits are per minute).
+    #[arg(long, default_value_t = 60_000)]
+    plaid_rate_limit_window_ms: u64,
 }
 
 #[tokio::main]
@@ -43,6 +64,14 @@ async fn main() -> std::io::Result<()> {
         seed: args.seed,
         population: args.population,
         time_scale: args.time_scale,
+        plaid: PlaidConfig {
+            client_id: args.plaid_client_id,
+            secret: args.plaid_secret,
+            rate_limits: RateLimitConfig {
+                window_ms: args.plaid_rate_limit_window_ms,
+                ..RateLimitConfig::default()
+            },
+        },
     })
     .await?;
     let mut stdout = std::io::stdout();
