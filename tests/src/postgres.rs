@@ -17,13 +17,20 @@
 //!   process exits without dropping it (the shared server is a static, and a panic may abort), so
 //!   no server outlives its tests.
 //!
+//! - [`PostgresServer::start_tls`] starts one with `ssl=on`, its certificate issued for
+//!   `127.0.0.1` and `localhost` by a CA of its own ([`TestCertificates`], made with the `openssl`
+//!   command-line tool), so a client can connect with `sslmode=verify-full` against
+//!   [`PostgresServer::ca_file`]. [`PostgresServer::start_mutual_tls`] also requires a client
+//!   certificate from that CA on TCP (`hostssl ... clientcert=verify-full`, CN `test`);
+//!   [`TestCertificates::client_cert`] is one.
+//!
 //! # Failure
 //! Panics with the server's log when it does not start, and with an install hint when
-//! PostgreSQL 15 is not installed.
+//! PostgreSQL 15 or `openssl` is not installed.
 
 use std::{
     net::TcpListener,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
         OnceLock,
@@ -52,11 +59,53 @@ pub struct PostgresServer {
     /// The postmaster's process id, from `postmaster.pid`.
     pid: u32,
     databases: AtomicUsize,
+    /// The CA and certificates of a TLS server; `psql` then connects with the client certificate.
+    certificates: Option<TestCertificates>,
+}
+
+/// How [`PostgresServer::launch`] sets TLS up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tls {
+    Off,
+    /// `ssl=on`; clients may still connect in plain text.
+    On,
+    /// `ssl=on`, and TCP clients must use TLS with a client certificate of the test CA.
+    ClientCertificates,
 }
 
 impl PostgresServer {
     /// Starts a new server. Panics if PostgreSQL 15 is not installed or the server fails to start.
     pub fn start() -> PostgresServer {
+        Self::launch(Tls::Off)
+    }
+
+    /// Starts a new server with TLS on (`ssl=on`), its certificate issued for `127.0.0.1` and
+    /// `localhost` by a CA of its own: see [`PostgresServer::ca_file`]. Plain connections are
+    /// still accepted, as on a default server. Panics if `openssl` is not installed.
+    pub fn start_tls() -> PostgresServer {
+        Self::launch(Tls::On)
+    }
+
+    /// As [`PostgresServer::start_tls`], and TCP clients must present a certificate of the same
+    /// CA whose CN is the role's name (`test`), e.g. [`TestCertificates::client_cert`].
+    pub fn start_mutual_tls() -> PostgresServer {
+        Self::launch(Tls::ClientCertificates)
+    }
+
+    /// The certificates of a server started with TLS.
+    pub fn certificates(&self) -> Option<&TestCertificates> {
+        self.certificates.as_ref()
+    }
+
+    /// The PEM file of the CA that issued the server's certificate. Panics if TLS is off.
+    pub fn ca_file(&self) -> &Path {
+        self.certificates
+            .as_ref()
+            .map(TestCertificates::ca)
+            .expect("the server was started without TLS")
+    }
+
+    fn launch(tls: Tls) -> PostgresServer {
         let bin = Path::new(BIN_DIR);
         if !bin.join("postgres").exists() || !bin.join("initdb").exists() {
             panic!(
@@ -81,6 +130,45 @@ impl PostgresServer {
             "--locale=C",
             "--no-instructions",
         ]));
+        let mut ssl_args: Vec<String> = Vec::new();
+        let mut certificates = (tls != Tls::Off).then(TestCertificates::generate);
+        if let Some(certs) = &certificates {
+            // PostgreSQL reads its key only if the postgres user owns it with mode 0600, and
+            // cannot read the certificates' own (root's) directory: copy what it needs.
+            let ssl = dir.path().join("ssl");
+            std::fs::create_dir(&ssl).expect("cannot create the ssl directory");
+            for (from, to) in [
+                (certs.server_cert(), "server.pem"),
+                (certs.server_key(), "server.key"),
+                (certs.ca().to_path_buf(), "ca.pem"),
+            ] {
+                std::fs::copy(from, ssl.join(to)).expect("cannot copy a certificate");
+            }
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&ssl));
+            run(Command::new("chmod").arg("600").arg(ssl.join("server.key")));
+            ssl_args.extend(["ssl=on".to_owned()]);
+            for (setting, file) in [
+                ("ssl_cert_file", "server.pem"),
+                ("ssl_key_file", "server.key"),
+                ("ssl_ca_file", "ca.pem"),
+            ] {
+                ssl_args.push(format!("{setting}={}", ssl.join(file).display()));
+            }
+        }
+        if tls == Tls::ClientCertificates {
+            // TCP: TLS with a certificate of the test CA whose CN is the role; the Unix socket
+            // stays open to the harness as initdb set it up.
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).expect("cannot read pg_hba.conf");
+            let mut kept: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("host"))
+                .collect();
+            kept.push("hostssl all all 127.0.0.1/32 trust clientcert=verify-full");
+            std::fs::write(&hba, kept.join("\n") + "\n").expect("cannot write pg_hba.conf");
+        }
         // A port that was free a moment ago; another process may take it first, so retry.
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -100,6 +188,7 @@ impl PostgresServer {
                 .args(["-c", "max_connections=200"])
                 .args(["-c", "shared_preload_libraries=pg_stat_statements"])
                 .args(["-c", "pg_stat_statements.track=all"])
+                .args(ssl_args.iter().flat_map(|a| ["-c", a.as_str()]))
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().expect("log file"))
                 .stderr(log_file)
@@ -112,7 +201,9 @@ impl PostgresServer {
                 watcher: None,
                 pid: 0,
                 databases: AtomicUsize::new(0),
+                certificates: None,
             };
+            server.certificates = certificates.take();
             if server.wait_ready(&data) {
                 server.watch(dir.path());
                 server.dir = Some(dir);
@@ -123,6 +214,7 @@ impl PostgresServer {
             }
             last_log = std::fs::read_to_string(&log).unwrap_or_default();
             server.kill();
+            certificates = server.certificates.take();
             if !last_log.contains("could not bind") && !last_log.contains("Address already in use")
             {
                 break;
@@ -177,7 +269,9 @@ impl PostgresServer {
     /// Runs `sql` in `database` with psql (stopping at the first error) and returns its output:
     /// unaligned, tuples only, fields separated by `|`. Panics on an error, with psql's message.
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let output = Command::new(Path::new(BIN_DIR).join("psql"))
+        let mut command = Command::new(Path::new(BIN_DIR).join("psql"));
+        self.client_tls_env(&mut command);
+        let output = command
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
             .args(["-d", database])
@@ -203,6 +297,18 @@ impl PostgresServer {
         }
     }
 
+    /// Makes a libpq client (psql, pg_isready) of a TLS server verify it and present the test
+    /// client certificate, which a mutual-TLS server requires.
+    fn client_tls_env(&self, command: &mut Command) {
+        if let Some(certs) = &self.certificates {
+            command
+                .env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", certs.ca())
+                .env("PGSSLCERT", certs.client_cert())
+                .env("PGSSLKEY", certs.client_key());
+        }
+    }
+
     fn wait_ready(&mut self, data: &Path) -> bool {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(30) {
@@ -220,7 +326,9 @@ impl PostgresServer {
                     .and_then(|l| l.trim().parse().ok())
                     .unwrap_or(0);
             }
-            let ready = Command::new(Path::new(BIN_DIR).join("pg_isready"))
+            let mut command = Command::new(Path::new(BIN_DIR).join("pg_isready"));
+            self.client_tls_env(&mut command);
+            let ready = command
                 .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
                 .args(["-U", USER, "-d", "postgres"])
                 .status()
@@ -317,4 +425,181 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free port on 127.0.0.1")
+}
+
+/// A CA and the certificates it issued, made with the `openssl` command-line tool in a temporary
+/// directory (removed on drop), for TLS test servers: a server certificate for `127.0.0.1` and
+/// `localhost`, a client certificate with CN `test` (the PostgreSQL role of these servers), and an
+/// unrelated second CA to show that a certificate from elsewhere is refused. Keys are P-256, in
+/// PKCS#8 PEM; everything is valid for 30 days from its creation.
+#[derive(Debug)]
+pub struct TestCertificates {
+    dir: tempfile::TempDir,
+    /// `ca.pem` in `dir`, kept to be lent out as a `&Path`.
+    ca: PathBuf,
+}
+
+impl TestCertificates {
+    /// Generates every file. Panics, naming the Debian package, if `openssl` is not installed.
+    pub fn generate() -> TestCertificates {
+        let dir = tempfile::Builder::new()
+            .prefix("test-certs-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let ca = dir.path().join("ca.pem");
+        let certs = TestCertificates { dir, ca };
+        certs.self_signed_ca("ca", "feature-gateway test CA");
+        certs.self_signed_ca("other-ca", "an unrelated CA");
+        certs.issue(
+            "server",
+            "localhost",
+            "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost, IP:127.0.0.1\n",
+        );
+        certs.issue("client", USER, "extendedKeyUsage = clientAuth\n");
+        certs
+    }
+
+    /// The CA's certificate (PEM): the root to trust.
+    pub fn ca(&self) -> &Path {
+        &self.ca
+    }
+
+    /// Another CA's certificate, which issued nothing here.
+    pub fn other_ca(&self) -> PathBuf {
+        self.dir.path().join("other-ca.pem")
+    }
+
+    /// The server's certificate, for `127.0.0.1` and `localhost`.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    /// The server certificate's private key.
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+
+    /// A client certificate, CN `test`.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.path().join("client.pem")
+    }
+
+    /// The client certificate's private key (mode 0600: libpq refuses a key others can read).
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client.key")
+    }
+
+    fn self_signed_ca(&self, name: &str, common_name: &str) {
+        let config = self.config(
+            name,
+            common_name,
+            "basicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n\
+             subjectKeyIdentifier = hash\n",
+        );
+        self.key(name);
+        self.openssl(&[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "30",
+            "-key",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-config",
+            &config,
+            "-extensions",
+            "ext",
+        ]);
+    }
+
+    fn issue(&self, name: &str, common_name: &str, extensions: &str) {
+        let config = self.config(
+            name,
+            common_name,
+            &format!(
+                "basicConstraints = critical, CA:FALSE\n\
+                 keyUsage = critical, digitalSignature, keyEncipherment\n{extensions}"
+            ),
+        );
+        self.key(name);
+        self.openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-config",
+            &config,
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "30",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-extfile",
+            &config,
+            "-extensions",
+            "ext",
+        ]);
+    }
+
+    fn key(&self, name: &str) {
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &format!("{name}.key"),
+        ]);
+        run(Command::new("chmod")
+            .arg("600")
+            .arg(self.dir.path().join(format!("{name}.key"))));
+    }
+
+    /// A config file naming the subject, with the extensions in section `ext`.
+    fn config(&self, name: &str, common_name: &str, extensions: &str) -> String {
+        let file = format!("{name}.cnf");
+        std::fs::write(
+            self.dir.path().join(&file),
+            format!(
+                "[req]\nprompt = no\ndistinguished_name = dn\n[dn]\nCN = {common_name}\n\
+                 [ext]\n{extensions}"
+            ),
+        )
+        .expect("cannot write an openssl config");
+        file
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run `openssl` ({e}): install the Debian package `openssl` \
+                     (`apt-get install openssl`)"
+                )
+            });
+        assert!(
+            output.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

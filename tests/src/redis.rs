@@ -6,11 +6,18 @@
 //! own temporary directory, created with `redis-cli --cluster create` and returned once every node
 //! reports `cluster_state:ok`.
 //!
+//! [`RedisServer::start_tls`] serves TLS only (`--port 0 --tls-port PORT`), with a certificate
+//! for `127.0.0.1` and `localhost` from a CA of its own ([`TestCertificates`], made with the
+//! `openssl` command-line tool; Debian's redis-server 7 is built with TLS), and optionally
+//! requires a client certificate of that CA (`--tls-auth-clients yes`).
+//!
 //! Servers are killed when dropped. If `redis-server` is not installed every constructor panics
 //! with a message saying how to install it; nothing here is mocked.
 //!
 //! Only std is used (blocking sockets and child processes), so the helpers work with or without
 //! a tokio runtime and add nothing to the compile time of the `tests` crate.
+
+pub use crate::postgres::TestCertificates;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -71,26 +78,58 @@ struct Process {
     port: u16,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Set for a TLS-only server: the port is its TLS port, and the harness's own commands go
+    /// through `redis-cli --tls` with the client certificate.
+    tls: Option<TestCertificates>,
 }
 
 impl Process {
     fn spawn(port: u16, extra_args: Vec<String>) -> Process {
+        Self::spawn_with(port, extra_args, None)
+    }
+
+    fn spawn_with(port: u16, extra_args: Vec<String>, tls: Option<TestCertificates>) -> Process {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory for Redis");
         let mut process = Process {
             child: None,
             port,
             dir,
             extra_args,
+            tls,
         };
         process.start();
         process
     }
 
+    /// Whether the server answers PING.
+    fn answers(&self) -> bool {
+        match &self.tls {
+            None => inline_command(self.port, "PING").as_deref() == Some("+PONG"),
+            Some(certs) => redis_cli_command(self.port, false, Some(certs))
+                .arg("PING")
+                .stdin(Stdio::null())
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG"),
+        }
+    }
+
     fn start(&mut self) {
         assert!(self.child.is_none(), "redis-server is already running");
         let log = self.dir.path().join("redis.log");
-        let child = Command::new(executable("redis-server"))
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new(executable("redis-server"));
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            // TLS only: no plain port at all, so nothing can reach it without TLS.
+            Some(certs) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(certs.server_cert())
+                .arg("--tls-key-file")
+                .arg(certs.server_key())
+                .arg("--tls-ca-cert-file")
+                .arg(certs.ca()),
+        };
+        let child = command
             .args(["--bind", "127.0.0.1"])
             // No persistence: tests start from an empty server and leave nothing behind.
             .args(["--save", ""])
@@ -109,7 +148,7 @@ impl Process {
         self.child = Some(child);
         let started = Instant::now();
         loop {
-            if inline_command(self.port, "PING").as_deref() == Some("+PONG") {
+            if self.answers() {
                 return;
             }
             let exited = self
@@ -168,9 +207,43 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// Starts a server that speaks TLS only, with a certificate for `127.0.0.1` and `localhost`
+    /// issued by a CA of its own ([`RedisServer::ca_file`]). With `client_certificates`, clients
+    /// must also present a certificate of that CA (`--tls-auth-clients yes`), e.g.
+    /// [`TestCertificates::client_cert`]. Panics if `openssl` is not installed.
+    pub fn start_tls(client_certificates: bool) -> RedisServer {
+        let auth = if client_certificates { "yes" } else { "no" };
+        RedisServer {
+            process: Process::spawn_with(
+                free_port(),
+                vec!["--tls-auth-clients".to_owned(), auth.to_owned()],
+                Some(TestCertificates::generate()),
+            ),
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`, or `rediss://` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.process.port)
+        let scheme = if self.process.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.process.port)
+    }
+
+    /// The certificates of a TLS server.
+    pub fn certificates(&self) -> Option<&TestCertificates> {
+        self.process.tls.as_ref()
+    }
+
+    /// The PEM file of the CA that issued a TLS server's certificate. Panics if TLS is off.
+    pub fn ca_file(&self) -> &std::path::Path {
+        self.process
+            .tls
+            .as_ref()
+            .map(TestCertificates::ca)
+            .expect("the server was started without TLS")
     }
 
     /// The server's port.
@@ -192,7 +265,10 @@ impl RedisServer {
 
     /// Runs `redis-cli` against the server with `args` and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.process.port, false, args)
+        run_cli(
+            redis_cli_command(self.process.port, false, self.process.tls.as_ref()),
+            args,
+        )
     }
 }
 
@@ -292,11 +368,31 @@ impl RedisCluster {
 }
 
 fn redis_cli(port: u16, cluster: bool, args: &[&str]) -> String {
+    run_cli(redis_cli_command(port, cluster, None), args)
+}
+
+/// `redis-cli` aimed at a server; over TLS (verifying the server, with the client certificate)
+/// when `tls` is given.
+fn redis_cli_command(port: u16, cluster: bool, tls: Option<&TestCertificates>) -> Command {
     let mut command = Command::new(executable("redis-cli"));
     command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
     if cluster {
         command.arg("-c");
     }
+    if let Some(certs) = tls {
+        command
+            .arg("--tls")
+            .arg("--cacert")
+            .arg(certs.ca())
+            .arg("--cert")
+            .arg(certs.client_cert())
+            .arg("--key")
+            .arg(certs.client_key());
+    }
+    command
+}
+
+fn run_cli(mut command: Command, args: &[&str]) -> String {
     let output = command
         .args(args)
         .stdin(Stdio::null())
@@ -325,6 +421,20 @@ mod tests {
         // Nothing persisted.
         assert_eq!(server.cli(&["exists", "k"]).trim(), "0");
         assert!(server.url().ends_with(&server.port().to_string()));
+    }
+
+    #[test]
+    fn a_tls_server_answers_over_tls_only() {
+        let mut server = RedisServer::start_tls(true);
+        assert!(server.url().starts_with("rediss://127.0.0.1:"));
+        assert_eq!(server.cli(&["set", "k", "v"]).trim(), "OK");
+        // No plain text on the TLS port.
+        assert_ne!(
+            inline_command(server.port(), "PING").as_deref(),
+            Some("+PONG")
+        );
+        server.restart();
+        assert_eq!(server.cli(&["exists", "k"]).trim(), "0");
     }
 
     #[test]

@@ -10,13 +10,20 @@
 //! redaction are [`fetcher_api::secret`]'s, shared with the other fetcher kinds; what is
 //! PostgreSQL's is here: the URL's shape, this source's wording of a bad reference, and
 //! percent-encoding values into the URL.
+//!
+//! The URL's `sslmode` is read here too (tokio-postgres does not know the verifying modes) and
+//! checked against the `tls_*` options by [`crate::tls::check`]; see [`crate::tls`] for what each
+//! mode does.
 
 use std::{borrow::Cow, collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
 use fetcher_api::{Env, EnvTemplate, FeatureType, TemplateError, ViewSpec};
 use serde::{Deserialize, Deserializer};
 
-use crate::sql::{self, Placeholder};
+use crate::{
+    sql::{self, Placeholder},
+    tls::{self, TlsSettings},
+};
 
 /// A duration written the human way (`250ms`, `2s`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,10 +43,17 @@ impl<'de> Deserialize<'de> for ConfigDuration {
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
     /// The connection URL, `postgres://USER:PASSWORD@HOST:PORT/DATABASE?OPTIONS` (anything
-    /// libpq-style that tokio-postgres accepts, e.g. `?sslmode=disable`, a Unix socket as a
-    /// percent-encoded `host=` path). Any part may reference environment variables as `${NAME}`,
-    /// resolved (and percent-encoded) when the source is built; put the password there, never in
-    /// the file. The URL is never logged nor shown in an error.
+    /// libpq-style that tokio-postgres accepts, e.g. a Unix socket as a percent-encoded `host=`
+    /// path). Any part may reference environment variables as `${NAME}`, resolved (and
+    /// percent-encoded) when the source is built; put the password there, never in the file. The
+    /// URL is never logged nor shown in an error.
+    ///
+    /// `?sslmode=` takes libpq's values: `disable`, `prefer` (the default: TLS if the server
+    /// offers it, certificate not checked), `require` (TLS or fail, certificate not checked),
+    /// `verify-ca` (TLS, certificate signed by a root in `tls_ca_file`) and `verify-full` (as
+    /// `verify-ca`, and issued for the URL's host name or IP address). With `tls_ca_file` set,
+    /// `prefer` and `require` check the chain too, as libpq does when it has a root file. Use
+    /// `verify-full` across any network you do not control.
     pub url: String,
     /// Connections kept in the pool (default 16). A fetch holds one connection for one
     /// statement, so this bounds the statements in flight from this source.
@@ -54,6 +68,21 @@ pub struct PostgresSourceConfig {
     /// on the server at their deadline anyway.
     #[serde(default)]
     pub statement_timeout: Option<ConfigDuration>,
+    /// A PEM file of the root certificates to trust for the server's certificate, e.g.
+    /// `"certs/db-ca.pem"` (relative to the config file). Required with `sslmode=verify-ca` and
+    /// `verify-full`: no system root store is used, since a database's certificate normally comes
+    /// from a private CA. Refused with `sslmode=disable`.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// A PEM file holding the gateway's client certificate (then any intermediates), for a server
+    /// that authenticates clients by certificate (`clientcert=verify-ca|verify-full` in
+    /// `pg_hba.conf`). Needs `tls_client_key_file`. Relative to the config file.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<String>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_client_cert_file`. Keep it readable
+    /// by the gateway only. Relative to the config file.
+    #[serde(default)]
+    pub tls_client_key_file: Option<String>,
 }
 
 // Hand-written: the URL may hold a literal password.
@@ -64,6 +93,9 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert_file", &self.tls_client_cert_file)
+            .field("tls_client_key_file", &self.tls_client_key_file)
             .finish()
     }
 }
@@ -139,6 +171,8 @@ pub struct CompiledSource {
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub statement_timeout: Option<Duration>,
+    /// The URL's `sslmode` and the `tls_*` options.
+    pub tls: TlsSettings,
 }
 
 /// Where a feature is read from in the query's result.
@@ -169,10 +203,12 @@ pub struct CompiledView {
 /// Checks a source's options.
 pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, Vec<String>> {
     let mut errors = Vec::new();
+    let mut sslmode = None;
     let url = match EnvTemplate::parse(&config.url) {
         Ok(template) => {
             // Check the URL's shape with every reference replaced by a harmless value.
-            let probe = template.with_stand_in("x");
+            let (probe, mode) = tls::split_sslmode(&template.with_stand_in("x"));
+            sslmode = mode;
             if !(probe.starts_with("postgres://") || probe.starts_with("postgresql://")) {
                 errors.push("url must be a postgres:// or postgresql:// URL".to_owned());
             } else if let Err(e) = tokio_postgres::Config::from_str(&probe) {
@@ -199,12 +235,21 @@ pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, V
         // PostgreSQL reads 0 as "no timeout", the opposite of what was written.
         errors.push("statement_timeout must be at least 1ms".to_owned());
     }
+    let tls = tls::check(
+        sslmode.as_deref(),
+        config.tls_ca_file.as_deref(),
+        config.tls_client_cert_file.as_deref(),
+        config.tls_client_key_file.as_deref(),
+    )
+    .map_err(|e| errors.extend(e))
+    .unwrap_or_default();
     if errors.is_empty() {
         Ok(CompiledSource {
             url,
             pool_size: config.pool_size,
             connect_timeout,
             statement_timeout,
+            tls,
         })
     } else {
         Err(errors)

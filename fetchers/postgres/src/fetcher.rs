@@ -32,10 +32,11 @@ use fetcher_api::{
     CellError, EntityKey, FeatureType, FetchError, FetchRequest, Fetcher, KeyPart, Record, Row,
 };
 use tokio::time::Instant;
-use tokio_postgres::{NoTls, error::SqlState, types::ToSql};
+use tokio_postgres::{error::SqlState, types::ToSql};
 
 use crate::{
     config::MultipleRows,
+    tls::Connector,
     types::{self, Decoder},
 };
 
@@ -87,6 +88,9 @@ pub struct PostgresFetcher {
     source: String,
     pool: Pool,
     connect_timeout: Duration,
+    /// The pool's own TLS connector: a cancel request opens a new connection, which must be made
+    /// as the pool's are (a server that requires TLS refuses a plain cancel request).
+    tls: Connector,
     views: HashMap<String, Arc<PreparedView>>,
 }
 
@@ -107,12 +111,14 @@ impl PostgresFetcher {
         source: String,
         pool: Pool,
         connect_timeout: Duration,
+        tls: Connector,
         views: Vec<PreparedView>,
     ) -> Self {
         PostgresFetcher {
             source,
             pool,
             connect_timeout,
+            tls,
             views: views
                 .into_iter()
                 .map(|v| (v.name.to_string(), Arc::new(v)))
@@ -154,6 +160,7 @@ impl Fetcher for PostgresFetcher {
             params,
             request.deadline,
             self.connect_timeout,
+            self.tls.clone(),
         ))
         .await
         .map_err(|e| {
@@ -381,6 +388,7 @@ async fn execute(
     params: Vec<Param>,
     deadline: Option<Instant>,
     connect_timeout: Duration,
+    tls: Connector,
 ) -> Result<Vec<tokio_postgres::Row>, FetchError> {
     let client = get_client(&pool, deadline, connect_timeout).await?;
     let cancel = client.cancel_token();
@@ -403,7 +411,7 @@ async fn execute(
         () = tokio::time::sleep_until(deadline) => {}
     }
     // The deadline passed with the statement still running: stop it on the server.
-    let sent = tokio::time::timeout(CANCEL_GRACE, cancel.cancel_query(NoTls)).await;
+    let sent = tokio::time::timeout(CANCEL_GRACE, cancel.cancel_query(tls)).await;
     let ended = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
     drop(work);
     let confirmed = matches!(sent, Ok(Ok(())))
@@ -473,11 +481,14 @@ pub(crate) fn classify(context: &str, e: &tokio_postgres::Error) -> FetchError {
             _ => FetchError::internal(message),
         };
     }
-    // Not from the server: the connection itself (refused, reset, closed) is transient.
+    // Not from the server: the connection itself (refused, reset, closed) is transient. The
+    // message carries the causes: "error performing TLS handshake" alone does not say which
+    // certificate check failed.
+    let text = crate::config::url_error(e);
     let mut cause: &(dyn std::error::Error + 'static) = e;
     loop {
         if cause.is::<std::io::Error>() {
-            return FetchError::unavailable(format!("{context}: {e}"));
+            return FetchError::unavailable(format!("{context}: {text}"));
         }
         match cause.source() {
             Some(next) => cause = next,
@@ -485,8 +496,8 @@ pub(crate) fn classify(context: &str, e: &tokio_postgres::Error) -> FetchError {
         }
     }
     if e.is_closed() || e.to_string().starts_with("error connecting") {
-        FetchError::unavailable(format!("{context}: {e}"))
+        FetchError::unavailable(format!("{context}: {text}"))
     } else {
-        FetchError::internal(format!("{context}: {e}"))
+        FetchError::internal(format!("{context}: {text}"))
     }
 }

@@ -5,10 +5,13 @@
 //! ```toml
 //! [sources.ledger]
 //! kind = "postgres"
-//! url = "postgres://gateway:${LEDGER_PG_PASSWORD}@db.internal:5432/ledger"  # resolved at build, never logged
+//! url = "postgres://gateway:${LEDGER_PG_PASSWORD}@db.internal:5432/ledger?sslmode=verify-full"  # resolved at build, never logged
 //! pool_size = 16               # optional, default 16
 //! connect_timeout = "500ms"    # optional, default 2s
 //! statement_timeout = "2s"     # optional server-side backstop, default the server's
+//! tls_ca_file = "certs/ledger-ca.pem"   # roots for sslmode=verify-ca / verify-full
+//! # tls_client_cert_file = "certs/gateway.pem"  # optional: client certificate (mutual TLS)
+//! # tls_client_key_file = "certs/gateway.key"
 //!
 //! [views.user_txn_stats]
 //! source = "ledger"
@@ -50,6 +53,7 @@
 //! - [`types`]: which column types each feature type accepts, and decoding cells.
 //! - [`fetcher`]: [`PostgresFetcher`]: pooled execution, server-side cancellation at the deadline,
 //!   and the classification of failures.
+//! - [`tls`]: `sslmode` with libpq's meaning, and the rustls connector.
 //!
 //! # Failure
 //! Validation (no I/O) names every bad option: the URL's shape (never its text), a placeholder
@@ -61,15 +65,22 @@
 //! [`fetcher`] for the table of error classes.
 //!
 //! # TLS
-//! Connections use no TLS (`NoTls`): a URL with `sslmode=require` fails at build with a message
-//! saying TLS is required. Run the gateway next to the database or through a local TLS proxy
-//! until TLS support (rustls with the ring provider) is added.
+//! rustls with the ring provider, through tokio-postgres-rustls. The URL's `sslmode` keeps libpq's
+//! meaning (`disable`, `prefer` by default, `require`, `verify-ca`, `verify-full`); the roots to
+//! check the server against come from `tls_ca_file` (there is no system root store, as in libpq
+//! without `root.crt`), and a client certificate from `tls_client_cert_file` and
+//! `tls_client_key_file`. Validation checks the combination without reading the files; building
+//! reads them, naming the option whose file is unreadable, and a handshake that fails (a server
+//! without TLS under `require`, a certificate from another CA, for another host) fails the build
+//! with the reason and the option to look at. Cancel requests go through the same connector, so
+//! a statement is cancelled over TLS too. See [`tls`].
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod fetcher;
 pub mod sql;
+pub mod tls;
 pub mod types;
 
 use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
@@ -79,7 +90,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use fetcher_api::{BuildError, Env, FeatureType, Fetcher, FetcherFactory, SourceSpec, ViewSpec};
 use tokio::time::Instant;
 use tokio_postgres::{
-    NoTls,
     config::Host,
     types::{Kind, Type},
 };
@@ -162,8 +172,13 @@ impl FetcherFactory for PostgresFactory {
         }
 
         let url = config::resolve_url(&compiled.url, &self.env).map_err(fail)?;
+        // Taken out again from the resolved URL: tokio-postgres rejects the verifying modes.
+        let (url, _) = tls::split_sslmode(&url);
         let mut pg = tokio_postgres::Config::from_str(&url)
             .map_err(|e| fail(format!("url: {}", config::url_error(&e))))?;
+        pg.ssl_mode(compiled.tls.mode.for_tokio_postgres());
+        let connector =
+            tls::connector(&compiled.tls, |path| source.resolve_path(path)).map_err(fail)?;
         pg.connect_timeout(compiled.connect_timeout);
         if pg.get_application_name().is_none() {
             // Lets a DBA find the gateway's sessions in pg_stat_activity.
@@ -180,7 +195,7 @@ impl FetcherFactory for PostgresFactory {
         let target = describe(&pg);
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            connector.clone(),
             ManagerConfig {
                 // `is_closed` only: a connection the server dropped fails its next statement as
                 // unavailable (retryable) and is then discarded; a check query per checkout
@@ -200,7 +215,13 @@ impl FetcherFactory for PostgresFactory {
             compiled.connect_timeout,
         )
         .await
-        .map_err(|e| fail(format!("cannot connect to {target}: {}", e.message())))?;
+        .map_err(|e| {
+            let message = e.message();
+            match tls::explain_connect_error(message, &compiled.tls) {
+                Some(hint) => fail(format!("cannot connect to {target}: {hint} ({message})")),
+                None => fail(format!("cannot connect to {target}: {message}")),
+            }
+        })?;
         let mut prepared = Vec::with_capacity(views.len());
         for (spec, view) in &views {
             prepared.push(prepare_view(&client, spec, view).await.map_err(fail)?);
@@ -210,6 +231,7 @@ impl FetcherFactory for PostgresFactory {
             source.name.clone(),
             pool,
             compiled.connect_timeout,
+            connector,
             prepared,
         )))
     }

@@ -11,17 +11,34 @@
 //!
 //! # Failure
 //! [`connect`] fails only on what waiting cannot fix: a URL that does not resolve (an unset
-//! variable, a bad TLS setup) or a refused password. A server that is not there yet is logged and
+//! variable, a bad TLS setup), an unreadable `tls_*` file (naming the option) or a refused
+//! password.
+//!
+//! # TLS
+//! A `rediss://` URL uses rustls with the ring provider (fred's `enable-rustls-ring`). The server
+//! is checked against `tls_ca_file`'s roots when set, else the system's, and must hold a
+//! certificate for the URL's host; a client certificate is sent when `tls_client_cert_file` and
+//! `tls_client_key_file` are set. A server whose certificate fails the check never connects:
+//! the error says why (e.g. `UnknownIssuer`) and, as Redis may simply not be up yet, it is a
+//! warning at start-up and a fast `unavailable` at fetch time, like any connection failure. A server that is not there yet is logged and
 //! left to the background reconnection, so the gateway can start before Redis does.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use fetcher_api::{Env, ErrorClass, FetchError};
 use fred::{
     prelude::{
         ClientLike, Config, EventInterface, Options, Pool, ReconnectPolicy, ServerConfig, TcpConfig,
     },
-    types::Builder,
+    types::{Builder, config::TlsConfig},
+};
+use rustls::{
+    ClientConfig, RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 
 use crate::config::{CompiledSource, Mode, resolve_url};
@@ -37,6 +54,7 @@ const RECONNECT_MAX_MS: u32 = 2_000;
 pub(crate) async fn connect(
     source_name: &str,
     source: &CompiledSource,
+    base_dir: &Path,
     env: &Env,
     require_connection: bool,
 ) -> Result<Pool, String> {
@@ -64,6 +82,9 @@ pub(crate) async fn connect(
                 source.sentinel_service_name.clone().unwrap_or_default(),
             );
         }
+    }
+    if let Some(tls) = tls_config(source, |path| base_dir.join(path))? {
+        config.tls = Some(tls);
     }
     // Keep retrying a first connection that fails, instead of giving up: Redis may start after
     // the gateway.
@@ -106,10 +127,16 @@ pub(crate) async fn connect(
     let refused = last_error
         .as_ref()
         .is_some_and(|e| *e.kind() == fred::error::ErrorKind::Auth);
-    if refused || require_connection {
+    let untrusted = last_error.as_ref().is_some_and(is_certificate_error);
+    if refused || untrusted || require_connection {
         let _ = tokio::time::timeout(Duration::from_secs(1), pool.quit()).await;
         let why = match &last_error {
             Some(e) if refused => format!("Redis refused the credentials ({})", e.details()),
+            Some(e) if untrusted => format!(
+                "the TLS handshake with Redis failed: {} ({})",
+                certificate_hint(e.details(), source.tls_ca_file.is_some()),
+                e.details()
+            ),
             Some(e) => format!("cannot connect to Redis: {}", e.details()),
             None => format!(
                 "cannot connect to Redis within connect_timeout ({:?})",
@@ -124,6 +151,114 @@ pub(crate) async fn connect(
         "redis is unreachable at start-up, reconnecting in the background"
     );
     Ok(pool)
+}
+
+/// The TLS setup of a `rediss://` source with `tls_*` options; `None` keeps fred's own (the
+/// system's roots, no client certificate). Reads the files named by the options; an error names
+/// the option and the file.
+pub(crate) fn tls_config(
+    source: &CompiledSource,
+    resolve: impl Fn(&str) -> PathBuf,
+) -> Result<Option<TlsConfig>, String> {
+    if !source.tls || (source.tls_ca_file.is_none() && source.tls_client_cert.is_none()) {
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    match &source.tls_ca_file {
+        Some(file) => {
+            let path = resolve(file);
+            for cert in read_certs("tls_ca_file", &path)? {
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "tls_ca_file: `{}` holds a certificate rustls cannot use as a root: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+        }
+        None => {
+            // A client certificate alone: trust what fred would have trusted.
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(
+                    "no system root certificate could be loaded: set tls_ca_file to the CA of \
+                     the server's certificate"
+                        .to_owned(),
+                );
+            }
+        }
+    }
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("cannot set up TLS: {e}"))?
+            .with_root_certificates(roots);
+    let config = match &source.tls_client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert_file, key_file)) => {
+            let cert_path = resolve(cert_file);
+            let certs = read_certs("tls_client_cert_file", &cert_path)?;
+            let key_path = resolve(key_file);
+            let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
+                format!(
+                    "tls_client_key_file: cannot read a PEM private key from `{}`: {e}",
+                    key_path.display()
+                )
+            })?;
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                format!(
+                    "tls_client_cert_file / tls_client_key_file: `{}` and `{}` cannot be used \
+                     together: {e}",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            })?
+        }
+    };
+    Ok(Some(TlsConfig::from(config)))
+}
+
+/// Every certificate of a PEM file; none is an error.
+fn read_certs(option: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{option}: cannot read `{}`: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{option}: `{}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// Whether a connection failed on the server's certificate (or on ours): a setup problem that
+/// waiting cannot fix, unlike a server that is not up yet.
+fn is_certificate_error(error: &fred::error::Error) -> bool {
+    *error.kind() == fred::error::ErrorKind::Tls
+        || [
+            "InvalidCertificate",
+            "invalid peer certificate",
+            "HandshakeFailure",
+        ]
+        .iter()
+        .any(|p| error.details().contains(p))
+}
+
+/// What to look at for a certificate error.
+fn certificate_hint(details: &str, ca_file: bool) -> &'static str {
+    if details.contains("NotValidForName") {
+        "the server's certificate is not issued for the host in the URL"
+    } else if details.contains("UnknownIssuer") || details.contains("BadSignature") {
+        if ca_file {
+            "the server's certificate is not signed by a root in tls_ca_file"
+        } else {
+            "the server's certificate is not signed by a system root: set tls_ca_file to its CA"
+        }
+    } else {
+        "check tls_ca_file, tls_client_cert_file and tls_client_key_file"
+    }
 }
 
 /// Per-call options: never wait for a reconnection, never outlive `timeout`, write once.

@@ -59,8 +59,9 @@ pub enum Mode {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSourceConfig {
-    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS (verified against the
-    /// system's root certificates). Write a password as an environment reference,
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS: the server's
+    /// certificate must chain to a root of `tls_ca_file`, or of the system's root store when
+    /// that is not set, and be issued for the URL's host (a name or an IP address). Write a password as an environment reference,
     /// `redis://:${REDIS_PASSWORD}@host:6379`: references are resolved when the source is built
     /// and the URL is never logged nor put in an error. A password written literally in the file
     /// is refused. In `sentinel` mode the host and port are a sentinel's (default port 26379)
@@ -88,6 +89,20 @@ pub struct RedisSourceConfig {
     /// remaining deadline applies if shorter. Default 1s.
     #[serde(default)]
     pub command_timeout: Option<ConfigDuration>,
+    /// A PEM file of the root certificates to trust for the server's certificate instead of the
+    /// system's, e.g. `"certs/redis-ca.pem"` (relative to the config file): what a private CA
+    /// (or a managed Redis's own CA) needs. Only with a `rediss://` URL.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// A PEM file holding the gateway's client certificate (then any intermediates), for a
+    /// server started with `tls-auth-clients yes`. Needs `tls_client_key_file`; only with a
+    /// `rediss://` URL. Relative to the config file.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<String>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_client_cert_file`. Keep it readable
+    /// by the gateway only. Relative to the config file.
+    #[serde(default)]
+    pub tls_client_key_file: Option<String>,
 }
 
 fn default_pool_size() -> usize {
@@ -143,6 +158,10 @@ pub struct CompiledSource {
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// `tls_ca_file`, as written (resolved against the config file's directory at build).
+    pub tls_ca_file: Option<String>,
+    /// `tls_client_cert_file` and `tls_client_key_file`, as written.
+    pub tls_client_cert: Option<(String, String)>,
 }
 
 /// A piece of a key template.
@@ -272,9 +291,13 @@ pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<
         }
     };
     let mut tls = false;
+    let mut shape_ok = false;
     if let Some(template) = &url {
         match check_url_shape(template, config.mode) {
-            Ok(is_tls) => tls = is_tls,
+            Ok(is_tls) => {
+                tls = is_tls;
+                shape_ok = true;
+            }
             Err(e) => errors.push(format!("url: {e}")),
         }
     }
@@ -315,6 +338,32 @@ pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<
     if command_timeout.is_zero() {
         errors.push("command_timeout must be more than zero".into());
     }
+    for (name, value) in [
+        ("tls_ca_file", &config.tls_ca_file),
+        ("tls_client_cert_file", &config.tls_client_cert_file),
+        ("tls_client_key_file", &config.tls_client_key_file),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            errors.push(format!("{name} is empty"));
+        } else if value.is_some() && shape_ok && !tls {
+            // Only said when the URL parsed: a bad URL already has its own message.
+            errors.push(format!(
+                "{name} applies only to TLS connections: use a rediss:// URL"
+            ));
+        }
+    }
+    let tls_client_cert = match (&config.tls_client_cert_file, &config.tls_client_key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push("tls_client_cert_file needs tls_client_key_file (its private key)".into());
+            None
+        }
+        (None, Some(_)) => {
+            errors.push("tls_client_key_file needs tls_client_cert_file (its certificate)".into());
+            None
+        }
+    };
     match url {
         Some(url) if errors.is_empty() => Ok(CompiledSource {
             url,
@@ -325,6 +374,8 @@ pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<
             pool_size: config.pool_size,
             connect_timeout,
             command_timeout,
+            tls_ca_file: config.tls_ca_file.clone(),
+            tls_client_cert,
         }),
         _ => Err(errors),
     }

@@ -13,6 +13,9 @@
 //! pool_size = 4                    # connections, each pipelining many requests
 //! connect_timeout = "1s"
 //! command_timeout = "50ms"         # per batch; the request's deadline applies if shorter
+//! tls_ca_file = "certs/redis-ca.pem"  # optional (rediss://): roots instead of the system's
+//! # tls_client_cert_file = "certs/gateway.pem"  # optional: client certificate (mutual TLS)
+//! # tls_client_key_file = "certs/gateway.key"
 //!
 //! [views.user_stats]
 //! source = "online_store"
@@ -121,7 +124,7 @@ impl FetcherFactory for RedisFactory {
                 .map_err(|e| fail(format!("view `{}`: {e}", view.name)))?;
             views.push(config::compile_view(view, &options).map_err(|e| fail(e.join("; ")))?);
         }
-        let pool = client::connect(&source.name, &compiled, &self.env, false)
+        let pool = client::connect(&source.name, &compiled, &source.base_dir, &self.env, false)
             .await
             .map_err(fail)?;
         Ok(Arc::new(RedisFetcher::new(

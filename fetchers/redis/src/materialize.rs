@@ -196,12 +196,18 @@ pub async fn materialize(
     let pool = if options.dry_run {
         None
     } else {
-        let pool = client::connect(&source.name, &compiled_source, &Env::process(), true)
-            .await
-            .map_err(|message| MaterializeError::Redis {
-                message,
-                rows_written: 0,
-            })?;
+        let pool = client::connect(
+            &source.name,
+            &compiled_source,
+            &source.base_dir,
+            &Env::process(),
+            true,
+        )
+        .await
+        .map_err(|message| MaterializeError::Redis {
+            message,
+            rows_written: 0,
+        })?;
         Some(pool)
     };
     // Generous: a chunk is bulk work, not a request on the critical path.

@@ -1046,3 +1046,137 @@ async fn materialize_into_a_cluster_reads_back_across_slots() {
         assert_eq!(found(row).cells[2], Ok(Value::String(format!("l{i}"))));
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// TLS
+
+/// `tls_ca_file = "<path>"`.
+fn tls_ca_option(path: &Path) -> String {
+    format!("tls_ca_file = \"{}\"", path.display())
+}
+
+/// A plain client of a TLS server, trusting its CA and presenting its client certificate.
+async fn raw_tls(server: &RedisServer) -> Client {
+    use fred::types::config::TlsConnector;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = server.certificates().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(certs.ca()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        CertificateDer::pem_file_iter(certs.client_cert())
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap(),
+        PrivateKeyDer::from_pem_file(certs.client_key()).unwrap(),
+    )
+    .unwrap();
+    let client = Client::new(
+        Config {
+            server: ServerConfig::new_centralized("127.0.0.1", server.port()),
+            tls: Some(TlsConnector::from(tls).into()),
+            ..Config::default()
+        },
+        None,
+        None,
+        None,
+    );
+    client.init().await.unwrap();
+    client
+}
+
+#[tokio::test]
+async fn redis_over_tls_passes_the_conformance_suite() {
+    let server = RedisServer::start_tls(false);
+    let harness = RedisHarness {
+        client: raw_tls(&server).await,
+        options: format!(
+            "url = \"{}\"\ncommand_timeout = \"2s\"\n{}",
+            server.url(),
+            tls_ca_option(server.ca_file())
+        ),
+        stopped: Mutex::new(Vec::new()),
+    };
+    fetcher_conformance::run(&harness).await;
+}
+
+#[tokio::test]
+async fn a_server_requiring_client_certificates_accepts_the_configured_one() {
+    let server = RedisServer::start_tls(true);
+    let certs = server.certificates().unwrap();
+    let _: () = raw_tls(&server)
+        .await
+        .set("v:a", "7", None, None, false)
+        .await
+        .unwrap();
+    let spec = |extra: &str| {
+        source(
+            &format!(
+                "url = \"{}\"\nconnect_timeout = \"2s\"\n{}\n{extra}",
+                server.url(),
+                tls_ca_option(server.ca_file())
+            ),
+            vec![view(
+                "v",
+                &[("id", FeatureType::String)],
+                &[("n", FeatureType::Int64)],
+                "key = \"v:{id}\"\nencoding = \"json\"",
+            )],
+        )
+    };
+    let fetcher = build(&spec(&format!(
+        "tls_client_cert_file = \"{}\"\ntls_client_key_file = \"{}\"",
+        certs.client_cert().display(),
+        certs.client_key().display()
+    )))
+    .await;
+    assert!(fetcher.health().await.is_ok());
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_fails_the_build_clearly() {
+    let server = RedisServer::start_tls(false);
+    let certs = server.certificates().unwrap();
+    let spec = source(
+        &format!(
+            "url = \"{}\"\nconnect_timeout = \"2s\"\n{}",
+            server.url(),
+            tls_ca_option(&certs.other_ca())
+        ),
+        vec![view(
+            "v",
+            &[("id", FeatureType::String)],
+            &[("n", FeatureType::Int64)],
+            "key = \"v:{id}\"",
+        )],
+    );
+    let factory = RedisFactory::new();
+    assert_eq!(factory.validate(&spec), Vec::<String>::new());
+    let e = factory.build(&spec).await.unwrap_err().to_string();
+    assert!(
+        e.contains("the server's certificate is not signed by a root in tls_ca_file"),
+        "{e}"
+    );
+
+    // Checked without I/O: TLS options need a rediss:// URL, and a key needs its certificate.
+    let spec = source(
+        "url = \"redis://127.0.0.1:1\"\ntls_ca_file = \"ca.pem\"\ntls_client_key_file = \"k.pem\"",
+        Vec::new(),
+    );
+    let errors = factory.validate(&spec).join("\n");
+    assert!(
+        errors.contains("tls_ca_file applies only to TLS connections: use a rediss:// URL"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("tls_client_key_file needs tls_client_cert_file"),
+        "{errors}"
+    );
+}
