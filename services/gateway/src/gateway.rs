@@ -26,6 +26,7 @@ pub fn builtin_registry() -> Registry {
     registry.register(fetcher_http::HttpFactory::new());
     registry.register(fetcher_redis::RedisFactory::new());
     registry.register(fetcher_postgres::PostgresFactory::new());
+    registry.register(fetcher_sidecar::SidecarFactory);
     registry
 }
 
