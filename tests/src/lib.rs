@@ -68,25 +68,34 @@ impl GatewayProcess {
         let demo_dir = dir.path().join("demo");
         Self::start(
             &["demo", "--dir", demo_dir.to_str().expect("utf-8 path")],
+            &[],
             dir,
         )
     }
 
     /// Runs `feature-gateway serve --config FILE`.
     pub fn serve(config: &Path) -> GatewayProcess {
+        Self::serve_with_env(config, &[])
+    }
+
+    /// Runs `feature-gateway serve --config FILE` with extra environment variables (secrets the
+    /// configuration references, or `RUST_LOG`).
+    pub fn serve_with_env(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         Self::start(
             &["serve", "--config", config.to_str().expect("utf-8 path")],
+            env,
             dir,
         )
     }
 
-    fn start(args: &[&str], dir: tempfile::TempDir) -> GatewayProcess {
+    fn start(args: &[&str], env: &[(&str, &str)], dir: tempfile::TempDir) -> GatewayProcess {
         let log = dir.path().join("gateway.log");
         let mut child = Command::new(gateway_binary())
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))

@@ -138,6 +138,8 @@ impl Host {
                     kind: source.kind.as_str().into(),
                     timeout: source.timeout,
                     max_concurrency: source.max_concurrency,
+                    // Caching is the gateway's: a sidecar answers what its source says now.
+                    cache: None,
                 },
             );
             for view in &source.spec.views {

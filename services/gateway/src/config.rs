@@ -50,6 +50,9 @@ pub struct RawConfig {
     /// Feature services: a model's ordered feature set.
     #[serde(default)]
     pub feature_services: BTreeMap<String, RawFeatureService>,
+    /// The training log; off when absent.
+    #[serde(default)]
+    pub training_log: Option<RawTrainingLog>,
 }
 
 /// `[entities.NAME]`.
@@ -85,9 +88,35 @@ pub struct RawSource {
     /// check fails. Default false.
     #[serde(default)]
     pub required: bool,
+    /// The source's cache (`[sources.NAME.cache]`); none when absent.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
     /// Options of the source's kind.
     #[serde(flatten)]
     pub options: toml::Table,
+}
+
+/// `[sources.NAME.cache]`: the in-process cache in front of a source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// How long a value is served without asking the source again, e.g. `"30s"`.
+    pub ttl: String,
+    /// How old a value may be to be served, as STALE, when the source fails or misses the
+    /// deadline. Default: the TTL (nothing stale is served).
+    #[serde(default)]
+    pub max_staleness: Option<String>,
+    /// How long a NOT_FOUND answer is remembered. Default: not remembered.
+    #[serde(default)]
+    pub negative_ttl: Option<String>,
+    /// Memory bound, in bytes (estimated per entry). Default 64 MiB.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Most source calls finishing in the background after their request's deadline, to fill
+    /// the cache. Default 256. They are bounded by the source's `timeout`; a source without one
+    /// never calls in the background.
+    #[serde(default)]
+    pub max_background_calls: Option<usize>,
 }
 
 /// `[views.NAME]`: the fields every view has; everything else is its source kind's options.
@@ -122,6 +151,47 @@ pub struct RawFeature {
     /// Free text.
     #[serde(default)]
     pub description: String,
+    /// Personal data: the training log hashes or drops its value (`[training_log] pii`).
+    /// Serving is unaffected. Default false.
+    #[serde(default)]
+    pub pii: bool,
+}
+
+/// `[training_log]`: log every served vector to Parquet files (see the training-log crate's
+/// docs for the record schema). Relative paths are resolved against the configuration file's
+/// directory.
+#[derive(Debug, Deserialize)]
+pub struct RawTrainingLog {
+    /// Directory of the Parquet files, partitioned `feature_service=NAME/date=YYYY-MM-DD/`.
+    pub dir: String,
+    /// Commit a file once its records reach about this many bytes (uncompressed estimate).
+    /// Default 64 MiB.
+    #[serde(default)]
+    pub rotate_bytes: Option<u64>,
+    /// Commit a file at the latest this long after its first record, e.g. `"1m"`. Default 1m.
+    #[serde(default)]
+    pub rotate_interval: Option<String>,
+    /// Records held in memory for the writer; beyond it they spill to the spool. Default 65536.
+    #[serde(default)]
+    pub queue_capacity: Option<usize>,
+    /// Directory of the on-disk spool (overflow and sink outages). Default `DIR.spool`.
+    #[serde(default)]
+    pub spool_dir: Option<String>,
+    /// Most bytes the spool may hold; records beyond it are dropped and counted. Default 1 GiB.
+    #[serde(default)]
+    pub spool_max_bytes: Option<u64>,
+    /// Fraction of requests logged (0 to 1) by feature service. Default 1 (all).
+    #[serde(default)]
+    pub sample: BTreeMap<String, f64>,
+    /// How features marked `pii = true` are logged: `"hash"` (salted SHA-256, hex) or `"drop"`
+    /// (no value column). Default `"hash"`.
+    #[serde(default)]
+    pub pii: Option<String>,
+    /// The environment variable holding the salt of `pii = "hash"`. Default
+    /// `FEATURE_GATEWAY_PII_SALT`. The gateway refuses to start when pii features are hashed
+    /// and it is unset.
+    #[serde(default)]
+    pub pii_salt_env: Option<String>,
 }
 
 /// `[feature_services.NAME]`.
@@ -186,6 +256,8 @@ pub struct Config {
     pub views: BTreeMap<String, View>,
     /// Feature services by name.
     pub feature_services: BTreeMap<String, FeatureService>,
+    /// The training log, when configured.
+    pub training_log: Option<training_log::TrainingLogConfig>,
     /// Hash of the whole file, exported as a metric label so a fleet's configs can be compared.
     pub hash: String,
 }
@@ -232,6 +304,8 @@ pub struct Source {
     pub max_concurrency: usize,
     /// Whether health depends on it.
     pub required: bool,
+    /// Its cache, if any.
+    pub cache: Option<crate::cache::CachePolicy>,
     /// What its fetcher factory is given.
     pub spec: SourceSpec,
 }
@@ -262,6 +336,8 @@ pub struct Feature {
     pub ty: FeatureType,
     /// Free text.
     pub description: String,
+    /// Personal data, hashed or dropped in the training log.
+    pub pii: bool,
 }
 
 /// A reference `VIEW:FEATURE`.
@@ -585,6 +661,7 @@ fn validate(
                 Feature {
                     ty,
                     description: f.description.clone(),
+                    pii: f.pii,
                 },
             );
         }
@@ -635,6 +712,10 @@ fn validate(
         if s.max_concurrency == Some(0) {
             problems.add(&["sources", name, "max_concurrency"], "must be at least 1");
         }
+        let cache = s
+            .cache
+            .as_ref()
+            .and_then(|c| cache_policy(c, &["sources", name, "cache"], problems));
         let source_views: Vec<ViewSpec> = views
             .values()
             .filter(|v| &v.source == name)
@@ -710,6 +791,7 @@ fn validate(
                 kind: s.kind.clone(),
                 timeout,
                 max_concurrency: s.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+                cache,
                 required: s.required,
                 spec,
             },
@@ -825,12 +907,17 @@ fn validate(
         );
     }
 
+    let training_log = raw
+        .training_log
+        .as_ref()
+        .map(|t| validate_training_log(t, base_dir, &feature_services, problems));
     let config = Config {
         limits,
         entities,
         sources,
         views,
         feature_services,
+        training_log,
         hash: short_hash(text.as_bytes()),
     };
 
@@ -843,6 +930,152 @@ fn validate(
         }
     }
     config
+}
+
+/// Validates `[training_log]`; a bad field is reported and replaced by its default.
+fn validate_training_log(
+    raw: &RawTrainingLog,
+    base_dir: &Path,
+    feature_services: &BTreeMap<String, FeatureService>,
+    problems: &mut Problems,
+) -> training_log::TrainingLogConfig {
+    const AT: &str = "training_log";
+    if raw.dir.is_empty() {
+        problems.add(&[AT, "dir"], "must name a directory");
+    }
+    let dir = base_dir.join(&raw.dir);
+    let positive =
+        |value: Option<u64>, field: &str, default: u64, problems: &mut Problems| match value {
+            Some(0) => {
+                problems.add(&[AT, field], "must be at least 1");
+                default
+            }
+            Some(v) => v,
+            None => default,
+        };
+    let rotate_bytes = positive(
+        raw.rotate_bytes,
+        "rotate_bytes",
+        training_log::DEFAULT_ROTATE_BYTES,
+        problems,
+    );
+    let spool_max_bytes = positive(
+        raw.spool_max_bytes,
+        "spool_max_bytes",
+        training_log::DEFAULT_SPOOL_MAX_BYTES,
+        problems,
+    );
+    let queue_capacity = positive(
+        raw.queue_capacity.map(|q| q as u64),
+        "queue_capacity",
+        training_log::DEFAULT_QUEUE_CAPACITY as u64,
+        problems,
+    ) as usize;
+    let rotate_interval = match raw.rotate_interval.as_deref().map(parse_duration) {
+        None => training_log::DEFAULT_ROTATE_INTERVAL,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            problems.add(&[AT, "rotate_interval"], "must be positive");
+            training_log::DEFAULT_ROTATE_INTERVAL
+        }
+        Some(Err(msg)) => {
+            problems.add(&[AT, "rotate_interval"], msg);
+            training_log::DEFAULT_ROTATE_INTERVAL
+        }
+    };
+    for (name, rate) in &raw.sample {
+        if !feature_services.contains_key(name) {
+            problems.add(
+                &[AT, "sample", name],
+                format!(
+                    "unknown feature service `{name}`{}",
+                    known(feature_services.keys())
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(rate) {
+            problems.add(
+                &[AT, "sample", name],
+                format!("a sampling rate is between 0 and 1, not {rate}"),
+            );
+        }
+    }
+    let pii = match raw.pii.as_deref() {
+        None | Some("hash") => training_log::PiiMode::Hash,
+        Some("drop") => training_log::PiiMode::Drop,
+        Some(other) => {
+            problems.add(
+                &[AT, "pii"],
+                format!("`{other}` is not a pii mode: \"hash\" or \"drop\""),
+            );
+            training_log::PiiMode::Hash
+        }
+    };
+    let spool_dir = match &raw.spool_dir {
+        Some(s) => base_dir.join(s),
+        // Beside the log, not in it: dataset readers scan the log directory.
+        None => {
+            let mut name = dir.file_name().unwrap_or_default().to_os_string();
+            name.push(".spool");
+            dir.with_file_name(name)
+        }
+    };
+    training_log::TrainingLogConfig {
+        dir,
+        rotate_bytes,
+        rotate_interval,
+        queue_capacity,
+        spool_dir,
+        spool_max_bytes,
+        sample: raw.sample.clone(),
+        pii,
+        pii_salt_env: raw
+            .pii_salt_env
+            .clone()
+            .unwrap_or_else(|| training_log::DEFAULT_PII_SALT_ENV.to_owned()),
+    }
+}
+
+/// Checks a source's cache settings.
+fn cache_policy(
+    raw: &RawCache,
+    at: &[&str],
+    problems: &mut Problems,
+) -> Option<crate::cache::CachePolicy> {
+    let field = |name: &'static str| -> Vec<&str> {
+        let mut path = at.to_vec();
+        path.push(name);
+        path
+    };
+    let mut duration = |name: &'static str, text: &str| {
+        parse_duration(text)
+            .map_err(|msg| problems.add(&field(name), msg))
+            .ok()
+    };
+    let ttl = duration("ttl", &raw.ttl)?;
+    let max_staleness = match raw.max_staleness.as_deref() {
+        Some(t) => duration("max_staleness", t)?,
+        None => ttl,
+    };
+    let negative_ttl = match raw.negative_ttl.as_deref() {
+        Some(t) => Some(duration("negative_ttl", t)?),
+        None => None,
+    };
+    if max_staleness < ttl {
+        problems.add(&field("max_staleness"), "must be at least the ttl");
+        return None;
+    }
+    if raw.max_bytes == Some(0) {
+        problems.add(&field("max_bytes"), "must be positive");
+        return None;
+    }
+    Some(crate::cache::CachePolicy {
+        ttl,
+        max_staleness,
+        negative_ttl,
+        max_bytes: raw.max_bytes.unwrap_or(64 * 1024 * 1024),
+        max_background_calls: raw.max_background_calls.unwrap_or(256),
+    })
 }
 
 /// Expands one entry of a feature service's `features` list.
@@ -909,3 +1142,85 @@ pub fn short_hash(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod training_log_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[entities.user_id]
+type = "string"
+
+[sources.tables]
+kind = "static"
+
+[views.user]
+source = "tables"
+entities = ["user_id"]
+path = "users.csv"
+
+[views.user.features]
+email = { type = "string", pii = true }
+score = { type = "double" }
+
+[feature_services.fs]
+features = ["user:*"]
+"#;
+
+    fn load(extra: &str) -> Result<Config, ConfigErrors> {
+        load_str(
+            &format!("{BASE}{extra}"),
+            "c.toml",
+            Path::new("/etc/fg"),
+            &crate::builtin_registry(),
+        )
+    }
+
+    #[test]
+    fn training_log_is_off_when_absent_and_defaults_apply() {
+        let config = load("").unwrap();
+        assert!(config.training_log.is_none());
+        assert!(config.views["user"].features["email"].pii);
+        assert!(!config.views["user"].features["score"].pii);
+        let config = load("[training_log]\ndir = \"log\"\n").unwrap();
+        let t = config.training_log.unwrap();
+        assert_eq!(t.dir, Path::new("/etc/fg/log"));
+        assert_eq!(t.spool_dir, Path::new("/etc/fg/log.spool"));
+        assert_eq!(t.rotate_bytes, training_log::DEFAULT_ROTATE_BYTES);
+        assert_eq!(t.pii, training_log::PiiMode::Hash);
+        assert_eq!(t.pii_salt_env, "FEATURE_GATEWAY_PII_SALT");
+    }
+
+    #[test]
+    fn every_bad_training_log_field_is_reported_with_its_path() {
+        let err = load(
+            r#"
+[training_log]
+dir = "log"
+rotate_interval = "soon"
+queue_capacity = 0
+pii = "blur"
+colour = "red"
+
+[training_log.sample]
+fs = 1.5
+nope = 0.5
+"#,
+        )
+        .unwrap_err();
+        let paths: Vec<_> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "training_log.rotate_interval",
+            "training_log.queue_capacity",
+            "training_log.pii",
+            "training_log.colour",
+            "training_log.sample.fs",
+            "training_log.sample.nope",
+        ] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
+        assert!(err.errors.iter().all(|e| e.position.is_some()), "{err}");
+        let err = load("[views.user.features.age]\ntype = \"int64\"\npii = \"yes\"\n").unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+}

@@ -20,8 +20,9 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::{
+    cache::Slot,
     plan::{KeyInput, Origin, Plan},
-    stack::SourceService,
+    stack::GatewayService,
 };
 
 /// One row's inputs, validated against the plan (see [`crate::request`]).
@@ -86,6 +87,10 @@ pub struct Served {
     pub default_applied: bool,
     /// A short reason for a status other than PRESENT.
     pub detail: Option<Arc<str>>,
+    /// Whether the value came from the cache.
+    pub cache: CacheUse,
+    /// Time since a cached value was fetched.
+    pub cache_age: Option<Duration>,
 }
 
 /// The result of a plan run.
@@ -103,12 +108,26 @@ enum Outcome {
     /// Not run: no row had a complete key.
     #[default]
     Skipped,
-    /// Ran. `row_of[r]` is the index in `result`'s rows of request row `r`'s key, if it had one.
+    /// Ran. `row_of[r]` is the index in `slots` of request row `r`'s key, if it had one.
     Ran {
         row_of: Vec<Option<usize>>,
-        result: Result<Vec<Row>, FetchError>,
+        slots: Vec<Slot>,
         latency: Duration,
     },
+}
+
+/// Where a served value came from, as far as the cache is concerned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheUse {
+    /// The source has no cache, or the feature needed no fetch.
+    #[default]
+    None,
+    /// Fetched from a cached source now (a miss).
+    Miss,
+    /// Served from the cache within its TTL.
+    Hit,
+    /// Served from the cache past its TTL, because the source failed or was slow.
+    Stale,
 }
 
 /// What a fetch produced for one request row.
@@ -120,22 +139,25 @@ enum RowState<'a> {
     Found(&'a Record),
 }
 
+fn state(row: &Row) -> RowState<'_> {
+    match row {
+        Row::NotFound => RowState::NotFound,
+        Row::Found(record) => RowState::Found(record),
+    }
+}
+
 impl Outcome {
-    /// How many request rows read each fetched row.
+    /// How many request rows read each slot.
     fn readers(&self) -> Vec<u32> {
         match self {
-            Outcome::Ran {
-                row_of,
-                result: Ok(rows),
-                ..
-            } => {
-                let mut readers = vec![0; rows.len()];
+            Outcome::Ran { row_of, slots, .. } => {
+                let mut readers = vec![0; slots.len()];
                 for &i in row_of.iter().flatten() {
                     readers[i] += 1;
                 }
                 readers
             }
-            _ => Vec::new(),
+            Outcome::Skipped => Vec::new(),
         }
     }
 
@@ -143,16 +165,11 @@ impl Outcome {
     /// row reads that fetched row (each output reads its cell once), cloned otherwise.
     /// `readers` counts the readers of each fetched row; `None` means one each.
     fn take_cell(&mut self, row: usize, cell: usize, readers: Option<&[u32]>) -> Option<Cell> {
-        let Outcome::Ran {
-            row_of,
-            result: Ok(rows),
-            ..
-        } = self
-        else {
+        let Outcome::Ran { row_of, slots, .. } = self else {
             return None;
         };
         let i = row_of[row]?;
-        let Row::Found(record) = &mut rows[i] else {
+        let Some(Row::Found(record)) = slots[i].row_mut() else {
             return None;
         };
         let slot = record.cells.get_mut(cell)?;
@@ -163,23 +180,38 @@ impl Outcome {
         })
     }
 
-    fn for_row(&self, row: usize) -> (RowState<'_>, Duration) {
+    /// The row's state, the fetch's latency, its cache use, and the age of a cached value.
+    fn for_row(&self, row: usize) -> (RowState<'_>, Duration, CacheUse, Option<Duration>) {
         match self {
-            Outcome::Skipped => (RowState::KeyUnavailable, Duration::ZERO),
+            Outcome::Skipped => (
+                RowState::KeyUnavailable,
+                Duration::ZERO,
+                CacheUse::None,
+                None,
+            ),
             Outcome::Ran {
                 row_of,
-                result,
+                slots,
                 latency,
             } => {
-                let state = match (row_of[row], result) {
-                    (None, _) => RowState::KeyUnavailable,
-                    (Some(_), Err(e)) => RowState::Failed(e),
-                    (Some(i), Ok(rows)) => match &rows[i] {
-                        Row::NotFound => RowState::NotFound,
-                        Row::Found(record) => RowState::Found(record),
-                    },
+                let Some(i) = row_of[row] else {
+                    return (RowState::KeyUnavailable, *latency, CacheUse::None, None);
                 };
-                (state, *latency)
+                match &slots[i] {
+                    Slot::Fetched { row, cached } => {
+                        let cache = if *cached {
+                            CacheUse::Miss
+                        } else {
+                            CacheUse::None
+                        };
+                        (state(row), *latency, cache, None)
+                    }
+                    Slot::Cached { row, age } => (state(row), *latency, CacheUse::Hit, Some(*age)),
+                    Slot::Stale { row, age, .. } => {
+                        (state(row), *latency, CacheUse::Stale, Some(*age))
+                    }
+                    Slot::Failed(e) => (RowState::Failed(e), *latency, CacheUse::None, None),
+                }
             }
         }
     }
@@ -189,7 +221,7 @@ impl Outcome {
 /// fetch bounded by `deadline`.
 pub async fn execute(
     plan: &Plan,
-    sources: &[Option<SourceService>],
+    sources: &[Option<GatewayService>],
     rows: &[RowInput],
     deadline: Instant,
 ) -> Execution {
@@ -217,18 +249,21 @@ pub async fn execute(
                 if request.keys.is_empty() {
                     return Outcome::Skipped;
                 }
+                let keys = request.keys.len();
                 let Some(service) = service else {
+                    let e = Arc::new(FetchError::internal("the source has no fetcher"));
                     return Outcome::Ran {
                         row_of,
-                        result: Err(FetchError::internal("the source has no fetcher")),
+                        slots: vec![Slot::Failed(e); keys],
                         latency: Duration::ZERO,
                     };
                 };
                 let started = Instant::now();
-                let result = service.oneshot(request).await;
+                let Ok(slots) = service.oneshot(request).await;
+                debug_assert_eq!(slots.len(), keys);
                 Outcome::Ran {
                     row_of,
-                    result,
+                    slots,
                     latency: started.elapsed(),
                 }
             }
@@ -277,7 +312,7 @@ fn key_part(input: KeyInput, r: usize, row: &RowInput, outcomes: &[Outcome]) -> 
         KeyInput::Entity(i) => Some(row.entities[i].clone()),
         KeyInput::Context(i) => row.context[i].as_ref()?.to_key_part(),
         KeyInput::Feature { fetch, cell } => {
-            let (state, _) = outcomes[fetch].for_row(r);
+            let (state, ..) = outcomes[fetch].for_row(r);
             match state {
                 RowState::Found(record) => record.cells.get(cell)?.as_ref().ok()?.to_key_part(),
                 _ => None,
@@ -312,10 +347,17 @@ fn assemble(
                 Origin::Fetched { fetch, cell } => {
                     let shared = readers.get(fetch).map(Vec::as_slice);
                     let value = outcomes[fetch].take_cell(r, cell, shared);
-                    let (state, latency) = outcomes[fetch].for_row(r);
+                    let (state, latency, cache, cache_age) = outcomes[fetch].for_row(r);
                     let max_age = plan.fetches[fetch].max_age;
                     let mut s = from_state(state, value, output.ty, max_age, now);
+                    // A value served from past its TTL says so; everything else keeps its status.
+                    if cache == CacheUse::Stale && s.status == Status::Present {
+                        s.status = Status::Stale;
+                        s.detail = Some(Arc::from("source failed or slow; cached value served"));
+                    }
                     s.latency = latency;
+                    s.cache = cache;
+                    s.cache_age = cache_age;
                     s
                 }
             };
@@ -340,6 +382,8 @@ fn served(value: Value, status: Status, detail: Option<&str>) -> Served {
         latency: Duration::ZERO,
         default_applied: false,
         detail: detail.map(Arc::from),
+        cache: CacheUse::None,
+        cache_age: None,
     }
 }
 

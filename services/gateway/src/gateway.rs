@@ -16,7 +16,7 @@ use crate::{
     executor::{self, Execution, RowInput},
     plan::{self, Plan},
     request::RequestError,
-    stack::{SourcePolicy, SourceService, source_stack},
+    stack::{GatewayService, SourcePolicy, gateway_stack},
 };
 
 /// The built-in source kinds, one line each.
@@ -27,6 +27,7 @@ pub fn builtin_registry() -> Registry {
     registry.register(fetcher_redis::RedisFactory::new());
     registry.register(fetcher_postgres::PostgresFactory::new());
     registry.register(fetcher_sidecar::SidecarFactory);
+    registry.register(fetcher_plaid::PlaidFactory::new());
     registry
 }
 
@@ -51,7 +52,7 @@ const ADHOC_PLAN_CACHE: usize = 256;
 pub struct Gateway {
     config: Config,
     sources: Vec<SourceRuntime>,
-    services: Vec<Option<SourceService>>,
+    services: Vec<Option<GatewayService>>,
     plans: BTreeMap<String, Arc<Plan>>,
     adhoc: RwLock<HashMap<Vec<String>, Arc<Plan>>>,
 }
@@ -75,8 +76,9 @@ impl Gateway {
                     kind: source.kind.as_str().into(),
                     timeout: source.timeout,
                     max_concurrency: source.max_concurrency,
+                    cache: source.cache.clone(),
                 };
-                let service = source_stack(fetcher.clone(), &policy);
+                let service = gateway_stack(fetcher.clone(), &policy);
                 (Some(fetcher), Some(service))
             };
             sources.push(SourceRuntime {

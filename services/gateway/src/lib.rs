@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: the configuration file; parse, then validate with no I/O.
 //! - [`plan`]: a feature service compiled into a staged DAG of view fetches.
+//! - [`cache`]: the per-source cache (TTL, stale serving, background fill), the outermost layer.
 //! - [`stack`]: the tower layers every source sits behind (deadline, bulkhead, telemetry).
 //! - [`executor`]: runs a plan for a batch of rows and assembles the vectors and statuses.
 //! - [`request`]: checks a request's inputs; the table from request errors to gRPC codes.
@@ -14,6 +15,7 @@
 //! - [`demo`]: the embedded demo deployment.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod executor;

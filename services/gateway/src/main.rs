@@ -1,4 +1,4 @@
-//! The `feature-gateway` command: `serve`, `validate` and `demo`.
+//! The `feature-gateway` command: `serve`, `validate`, `materialize`, `demo` and `training-set`.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -82,6 +82,35 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         chunk_rows: usize,
     },
+    /// Join the training log with a labels file into a Parquet training set: one row per
+    /// labelled request, the features exactly as served, their statuses, then the labels.
+    TrainingSet {
+        /// The training log's directory (`[training_log] dir`).
+        #[arg(long)]
+        logs: PathBuf,
+        /// The labels: CSV with a header, or `.parquet`; a `request_id` column, then label
+        /// columns (label time included).
+        #[arg(long)]
+        labels: PathBuf,
+        /// The feature service whose vectors to use.
+        #[arg(long)]
+        feature_service: String,
+        /// Only vectors served under this definition hash (needed when the logs hold several).
+        #[arg(long)]
+        definition_hash: Option<String>,
+        /// Only vectors served at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        from: Option<std::time::SystemTime>,
+        /// Only vectors served before this time (RFC 3339).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        to: Option<std::time::SystemTime>,
+        /// Leave out rows in which some feature was not PRESENT.
+        #[arg(long)]
+        present_only: bool,
+        /// The Parquet file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve the embedded demo (a fraud model's features from local tables): no database needed.
     Demo {
         /// Write the demo's configuration and tables here and keep them (default: a temporary
@@ -116,6 +145,25 @@ fn main() -> ExitCode {
             };
             materialize(&config, &view, &input, &options)
         }
+        Command::TrainingSet {
+            logs,
+            labels,
+            feature_service,
+            definition_hash,
+            from,
+            to,
+            present_only,
+            out,
+        } => training_set(&training_log::training_set::TrainingSetOptions {
+            logs,
+            labels,
+            feature_service,
+            definition_hash,
+            from,
+            to,
+            present_only,
+            out,
+        }),
         Command::Demo { dir, listen } => {
             let (dir, _temp) = match dir {
                 Some(dir) => (dir, None),
@@ -251,6 +299,60 @@ fn materialize(
     }
 }
 
+fn training_set(options: &training_log::training_set::TrainingSetOptions) -> ExitCode {
+    match training_log::training_set::build(options) {
+        Ok(report) => {
+            /// Unmatched ids listed one per line before the rest are only counted.
+            const SHOWN: usize = 20;
+            for id in report.unmatched.iter().take(SHOWN) {
+                eprintln!("unmatched label: request_id `{id}` has no logged vector");
+            }
+            if report.unmatched.len() > SHOWN {
+                eprintln!(
+                    "... and {} more unmatched labels",
+                    report.unmatched.len() - SHOWN
+                );
+            }
+            println!(
+                "{}: {} rows from {} labels (definition {}); {} labels unmatched, {} rows left out as not all PRESENT, {} repeated vectors ignored",
+                options.out.display(),
+                report.rows,
+                report.labels,
+                report.definition_hash,
+                report.unmatched.len(),
+                report.not_present,
+                report.duplicates
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the training log of `gateway`'s configuration, if it has one.
+fn start_training_log(
+    gateway: &Gateway,
+) -> Result<Option<training_log::TrainingLog>, training_log::TrainingLogError> {
+    let Some(config) = gateway.config().training_log.clone() else {
+        return Ok(None);
+    };
+    let schemas = gateway
+        .plans()
+        .values()
+        .map(|plan| server::log_schema(gateway.config(), plan))
+        .collect();
+    let log = training_log::TrainingLog::start(
+        config.clone(),
+        schemas,
+        Arc::new(telemetry::TrainingLogTelemetry::new()),
+    )?;
+    tracing::info!(dir = %config.dir.display(), spool = %config.spool_dir.display(), "training log on");
+    Ok(Some(log))
+}
+
 fn run(config_path: &Path, listen: &Listen) -> ExitCode {
     let registry = builtin_registry();
     let config = match config::load(config_path, &registry) {
@@ -288,6 +390,13 @@ fn run(config_path: &Path, listen: &Listen) -> ExitCode {
             }
         };
         telemetry::started(&hash);
+        let training_log = match start_training_log(&gateway) {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("error: training log: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let (grpc, admin) = match (
             TcpListener::bind(listen.listen).await,
             TcpListener::bind(listen.admin_listen).await,
@@ -311,6 +420,7 @@ fn run(config_path: &Path, listen: &Listen) -> ExitCode {
             grpc,
             Some(admin),
             metrics,
+            training_log,
             server::shutdown_signal(),
         )
         .await

@@ -1,8 +1,18 @@
 //! The gRPC face of the gateway: `featuregateway.v1.FeatureService`, `grpc.health.v1.Health`
 //! and server reflection on one port, an admin HTTP port with Prometheus metrics, and a graceful
-//! shutdown that stops accepting, finishes the calls in flight, then exits.
+//! shutdown that stops accepting, finishes the calls in flight, flushes the training log, then
+//! exits.
+//!
+//! Each served vector of a feature service is handed to the training log (when configured) as it
+//! was put on the wire; the log never makes a request wait (see the training-log crate).
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use axum::{Router, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -13,9 +23,11 @@ use proto::v1::{
 use tokio::{net::TcpListener, time::Instant};
 use tonic::{Request, Response, Status, metadata::MetadataMap, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
+use training_log::{Cell, FeatureEntry, LoggedStatus, TrainingLog};
 
 use crate::{
-    executor::{Served, Status as FeatureStatus},
+    config::{Config, FeatureRef},
+    executor::{CacheUse, RowInput, Served, Status as FeatureStatus},
     gateway::{Gateway, request_deadline},
     plan::Plan,
     request::{RequestError, parse_grpc_timeout, row_input},
@@ -28,6 +40,8 @@ pub struct FeatureServiceImpl {
     gateway: Arc<Gateway>,
     /// Metric handles per feature service, plus `adhoc` and `unknown`.
     metrics: Arc<HashMap<String, ServiceMetrics>>,
+    /// Where served vectors are logged, if anywhere.
+    training_log: Option<TrainingLog>,
 }
 
 impl FeatureServiceImpl {
@@ -43,6 +57,32 @@ impl FeatureServiceImpl {
         FeatureServiceImpl {
             gateway,
             metrics: Arc::new(metrics),
+            training_log: None,
+        }
+    }
+
+    /// Logs the vectors of feature services to `training_log`.
+    pub fn with_training_log(mut self, training_log: Option<TrainingLog>) -> Self {
+        self.training_log = training_log;
+        self
+    }
+
+    /// Hands one served vector to the training log, if it wants it. Ad-hoc requests (no feature
+    /// service) have no stable schema and are not logged.
+    fn log_vector(
+        &self,
+        plan: &Plan,
+        request_id: impl FnOnce() -> String,
+        row: &RowInput,
+        served: &[Served],
+        arrival: Instant,
+    ) {
+        let Some(log) = &self.training_log else {
+            return;
+        };
+        let request_id = request_id();
+        if log.wants(&plan.name, &request_id) {
+            log.submit(&plan.name, log_record(request_id, row, served, arrival));
         }
     }
 
@@ -60,7 +100,7 @@ impl FeatureServiceImpl {
 
     async fn get_features_inner(
         &self,
-        req: v1::GetFeaturesRequest,
+        mut req: v1::GetFeaturesRequest,
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesResponse, RequestError> {
@@ -74,6 +114,8 @@ impl FeatureServiceImpl {
             .execute(&plan, std::slice::from_ref(&row), deadline)
             .await;
         let served = execution.rows.into_iter().next().unwrap_or_default();
+        let request_id = request_id(std::mem::take(&mut req.request_id));
+        self.log_vector(&plan, || request_id.clone(), &row, &served, arrival);
         self.metrics(&plan.name)
             .features_served(&count_statuses(&served));
         let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
@@ -87,7 +129,7 @@ impl FeatureServiceImpl {
                 .collect(),
         });
         Ok(v1::GetFeaturesResponse {
-            request_id: request_id(req.request_id),
+            request_id,
             feature_names: plan.outputs.iter().map(|o| o.name.clone()).collect(),
             values,
             statuses,
@@ -98,7 +140,7 @@ impl FeatureServiceImpl {
 
     async fn get_features_batch_inner(
         &self,
-        req: v1::GetFeaturesBatchRequest,
+        mut req: v1::GetFeaturesBatchRequest,
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesBatchResponse, RequestError> {
@@ -131,10 +173,15 @@ impl FeatureServiceImpl {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let execution = self.gateway.execute(&plan, &rows, deadline).await;
+        let request_id = request_id(std::mem::take(&mut req.request_id));
         let vectors = execution
             .rows
             .into_iter()
-            .map(|served| {
+            .zip(&rows)
+            .enumerate()
+            .map(|(i, (served, row))| {
+                // Each row is its own labelled example: `<request_id>/<row>`.
+                self.log_vector(&plan, || format!("{request_id}/{i}"), row, &served, arrival);
                 self.metrics(&plan.name)
                     .features_served(&count_statuses(&served));
                 let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
@@ -146,7 +193,7 @@ impl FeatureServiceImpl {
             })
             .collect();
         Ok(v1::GetFeaturesBatchResponse {
-            request_id: request_id(req.request_id),
+            request_id,
             feature_names: plan.outputs.iter().map(|o| o.name.clone()).collect(),
             rows: vectors,
         })
@@ -185,6 +232,89 @@ fn count_statuses(served: &[Served]) -> [u64; FeatureStatus::ALL.len()] {
     counts
 }
 
+/// The training log record of one served vector.
+fn log_record(
+    request_id: String,
+    row: &RowInput,
+    served: &[Served],
+    arrival: Instant,
+) -> training_log::Record {
+    let now = SystemTime::now();
+    training_log::Record {
+        request_id,
+        served_at_us: training_log::record::nanos_since_epoch(now) / 1000,
+        latency_us: arrival.elapsed().as_micros() as i64,
+        entities: row
+            .entities
+            .iter()
+            .map(|k| fetcher_api::Value::from(k.clone()).into())
+            .collect(),
+        context: row
+            .context
+            .iter()
+            .map(|c| c.clone().map_or(Cell::Null, Cell::from))
+            .collect(),
+        features: served
+            .iter()
+            .map(|s| FeatureEntry {
+                value: s.value.clone().into(),
+                status: logged_status(s.status),
+                age_ms: s
+                    .event_time
+                    .and_then(|t| now.duration_since(t).ok())
+                    .map(|age| age.as_millis() as i64),
+            })
+            .collect(),
+    }
+}
+
+fn logged_status(status: FeatureStatus) -> LoggedStatus {
+    match status {
+        FeatureStatus::Present => LoggedStatus::Present,
+        FeatureStatus::NotFound => LoggedStatus::NotFound,
+        FeatureStatus::NullValue => LoggedStatus::NullValue,
+        FeatureStatus::OutsideMaxAge => LoggedStatus::OutsideMaxAge,
+        FeatureStatus::TimedOut => LoggedStatus::TimedOut,
+        FeatureStatus::SourceError => LoggedStatus::SourceError,
+        FeatureStatus::Stale => LoggedStatus::Stale,
+    }
+}
+
+/// The training log schema of a feature service's plan: its inputs and outputs with their
+/// types, and which outputs the configuration marks `pii`.
+pub fn log_schema(config: &Config, plan: &Plan) -> training_log::SchemaDef {
+    let column = |i: &crate::plan::Input| training_log::Column {
+        name: i.name.clone(),
+        ty: i.ty,
+    };
+    training_log::SchemaDef {
+        feature_service: plan.name.clone(),
+        definition_hash: plan.definition_hash.clone(),
+        entities: plan.entities.iter().map(column).collect(),
+        context: plan.context.iter().map(column).collect(),
+        features: plan
+            .outputs
+            .iter()
+            .map(|o| training_log::FeatureColumn {
+                name: o.name.clone(),
+                ty: o.ty,
+                pii: FeatureRef::parse(&o.name).is_ok_and(|r| {
+                    config
+                        .views
+                        .get(&r.view)
+                        .and_then(|v| v.features.get(&r.feature))
+                        .is_some_and(|f| f.pii)
+                }),
+            })
+            .collect(),
+        pii: config
+            .training_log
+            .as_ref()
+            .map(|t| t.pii)
+            .unwrap_or_default(),
+    }
+}
+
 /// Converts one row's served features to the wire.
 fn vector(
     plan: &Plan,
@@ -202,12 +332,18 @@ fn vector(
                 source: output.source.to_string(),
                 source_kind: output.source_kind.to_string(),
                 event_time: s.event_time.map(proto::timestamp_to_wire),
+                // The value's age: by its event time when the source records one, else by when
+                // the cache fetched it.
                 age_ms: s
                     .event_time
                     .and_then(|t| now.duration_since(t).ok())
+                    .or(s.cache_age)
                     .map_or(0, |age| age.as_millis() as i64),
-                // No source is cached yet, which the wire says with UNSPECIFIED.
-                cache: v1::CacheOutcome::Unspecified as i32,
+                cache: match s.cache {
+                    CacheUse::None => v1::CacheOutcome::Unspecified,
+                    CacheUse::Miss => v1::CacheOutcome::Miss,
+                    CacheUse::Hit | CacheUse::Stale => v1::CacheOutcome::Hit,
+                } as i32,
                 fetch_latency_us: s.latency.as_micros() as i64,
                 default_applied: s.default_applied,
                 detail: s.detail.as_deref().unwrap_or_default().to_owned(),
@@ -392,12 +528,13 @@ async fn watch_health(gateway: Arc<Gateway>, reporter: HealthReporter) {
 }
 
 /// Serves the gateway on `grpc` (and metrics on `admin`) until `shutdown` resolves, then drains
-/// the calls in flight and returns.
+/// the calls in flight, flushes `training_log` and returns.
 pub async fn serve(
     gateway: Arc<Gateway>,
     grpc: TcpListener,
     admin: Option<TcpListener>,
     metrics: PrometheusHandle,
+    training_log: Option<TrainingLog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -410,7 +547,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let max_message = gateway.config().limits.max_message_bytes;
-    let features = FeatureServiceServer::new(FeatureServiceImpl::new(gateway.clone()))
+    let service = FeatureServiceImpl::new(gateway.clone()).with_training_log(training_log.clone());
+    let features = FeatureServiceServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(64 * 1024 * 1024);
     let health_task = tokio::spawn(watch_health(gateway.clone(), reporter.clone()));
@@ -481,6 +619,10 @@ pub async fn serve(
     signal_task.abort();
     if let Some(task) = admin_task {
         let _ = task.await;
+    }
+    // Every call has finished: every vector served is in the log's queue or spool.
+    if let Some(log) = &training_log {
+        log.close().await;
     }
     tracing::info!("stopped");
     result.map_err(Into::into)

@@ -1,8 +1,10 @@
-//! The tower stack every source sits behind, built in one place ([`source_stack`]).
+//! The tower stack every source sits behind, built in one place ([`gateway_stack`]).
 //!
 //! Fetchers only make their call. Everything a production gateway does around a call is a layer
 //! here, written once and configured per source, so every source kind gets it and no fetcher
 //! re-implements it. Layers, outermost first:
+//! - [`CacheLayer`]: TTL, stale serving within a bound, background completion (see
+//!   [`crate::cache`]); answers one [`Slot`] per key;
 //! - [`TelemetryLayer`]: one latency and outcome record per fetch, whatever the outcome;
 //! - [`DeadlineLayer`]: the call's time limit is the lesser of the source's timeout and what is
 //!   left of the request's deadline;
@@ -10,6 +12,7 @@
 //!   (so a slow source cannot take every task and connection of the gateway).
 
 use std::{
+    convert::Infallible,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -21,12 +24,19 @@ use fetcher_api::{ErrorClass, FetchError, FetchRequest, Fetcher, Row};
 use tokio::{sync::Semaphore, time::Instant};
 use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
 
-use crate::telemetry::SourceMetrics;
+use crate::{
+    cache::{CacheLayer, CachePolicy, Slot},
+    telemetry::SourceMetrics,
+};
 
 /// A source behind its stack.
 pub type SourceService = BoxCloneSyncService<FetchRequest, Vec<Row>, FetchError>;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// A boxed future of a layer.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A source behind its stack and cache, answering one [`Slot`] per key.
+pub type GatewayService = BoxCloneSyncService<FetchRequest, Vec<Slot>, Infallible>;
 
 /// Per-source settings of the stack.
 #[derive(Clone, Debug)]
@@ -39,6 +49,22 @@ pub struct SourcePolicy {
     pub timeout: Option<Duration>,
     /// Most calls in flight.
     pub max_concurrency: usize,
+    /// The source's cache, if it has one.
+    pub cache: Option<CachePolicy>,
+}
+
+/// The whole stack of a source as the gateway uses it: the cache over [`source_stack`].
+pub fn gateway_stack(fetcher: Arc<dyn Fetcher>, policy: &SourcePolicy) -> GatewayService {
+    let service = ServiceBuilder::new()
+        // Outermost: a hit never reaches the source, its telemetry or its concurrency bound,
+        // and a call it lets finish in the background is bounded by the source's own timeout.
+        .layer(CacheLayer::new(
+            policy.cache.as_ref(),
+            policy.timeout,
+            &policy.name,
+        ))
+        .service(source_stack(fetcher, policy));
+    BoxCloneSyncService::new(service)
 }
 
 /// Wraps `fetcher` in the gateway's stack.
@@ -326,6 +352,7 @@ mod tests {
             kind: "test".into(),
             timeout,
             max_concurrency,
+            cache: None,
         }
     }
 

@@ -27,6 +27,29 @@ pub mod names {
     pub const BUILD_INFO: &str = "feature_gateway_build_info";
     /// Gauge: 1 while a source's health check passes, 0 while it fails.
     pub const SOURCE_UP: &str = "feature_gateway_source_up";
+    /// Counter: cache lookups by source and outcome (hit, miss).
+    pub const CACHE_LOOKUPS: &str = "feature_gateway_cache_lookups_total";
+    /// Counter: values served stale (past TTL, within max staleness) by source.
+    pub const CACHE_STALE: &str = "feature_gateway_cache_stale_served_total";
+    /// Counter: source calls that outlived their request's deadline and finished in the
+    /// background to fill the cache, by source.
+    pub const CACHE_BACKGROUND: &str = "feature_gateway_cache_background_calls_total";
+    /// Counter: cache misses that joined a source call already in flight, by source.
+    pub const CACHE_COALESCED: &str = "feature_gateway_cache_coalesced_total";
+    /// Gauge: records waiting in the training log's in-memory queue.
+    pub const TRAINING_LOG_QUEUE: &str = "feature_gateway_training_log_queue_depth";
+    /// Counter: records committed to training log files, by feature_service.
+    pub const TRAINING_LOG_WRITTEN: &str = "feature_gateway_training_log_records_written_total";
+    /// Counter: records appended to the training log's spool, by reason (queue_full,
+    /// sink_error, sink_down, closing).
+    pub const TRAINING_LOG_SPOOLED: &str = "feature_gateway_training_log_records_spooled_total";
+    /// Counter: records replayed from the spool into the log files.
+    pub const TRAINING_LOG_REPLAYED: &str = "feature_gateway_training_log_records_replayed_total";
+    /// Counter: records that could not be kept, by reason (spool_full, spool_error,
+    /// spool_corrupt).
+    pub const TRAINING_LOG_DROPPED: &str = "feature_gateway_training_log_records_dropped_total";
+    /// Gauge: 1 while the training log's file sink works, 0 while it fails.
+    pub const TRAINING_LOG_SINK_UP: &str = "feature_gateway_training_log_sink_up";
 }
 
 /// The latency histograms' buckets, in seconds: fine below 10 ms, where the gateway lives.
@@ -39,6 +62,50 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub fn started(config_hash: &str) {
     gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "config_hash" => config_hash.to_owned())
         .set(1.0);
+}
+
+/// The cache metric handles of one source.
+#[derive(Clone, Debug)]
+pub struct CacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    stale: Counter,
+    background: Counter,
+    coalesced: Counter,
+}
+
+impl CacheMetrics {
+    /// Registers the handles of `source`.
+    pub fn new(source: &str) -> Self {
+        CacheMetrics {
+            hits: counter!(names::CACHE_LOOKUPS, "source" => source.to_owned(), "outcome" => "hit"),
+            misses: counter!(names::CACHE_LOOKUPS, "source" => source.to_owned(), "outcome" => "miss"),
+            stale: counter!(names::CACHE_STALE, "source" => source.to_owned()),
+            background: counter!(names::CACHE_BACKGROUND, "source" => source.to_owned()),
+            coalesced: counter!(names::CACHE_COALESCED, "source" => source.to_owned()),
+        }
+    }
+
+    /// A fetch looked its keys up: `hits` fresh, `misses` not.
+    pub fn looked_up(&self, hits: usize, misses: usize) {
+        self.hits.increment(hits as u64);
+        self.misses.increment(misses as u64);
+    }
+
+    /// `n` missing keys joined a source call already in flight instead of making their own.
+    pub fn coalesced(&self, n: usize) {
+        self.coalesced.increment(n as u64);
+    }
+
+    /// A value was served stale.
+    pub fn served_stale(&self) {
+        self.stale.increment(1);
+    }
+
+    /// A source call outlived its request and goes on in the background.
+    pub fn finished_in_background(&self) {
+        self.background.increment(1);
+    }
 }
 
 /// The metric handles of one feature service (or of ad-hoc requests), registered once. Refused
@@ -189,5 +256,63 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The training log's events as metrics and log lines.
+#[derive(Debug)]
+pub struct TrainingLogTelemetry {
+    queue: metrics::Gauge,
+}
+
+impl TrainingLogTelemetry {
+    /// Registers the log's gauges (the sink starts up).
+    pub fn new() -> Self {
+        gauge!(names::TRAINING_LOG_SINK_UP).set(1.0);
+        TrainingLogTelemetry {
+            queue: gauge!(names::TRAINING_LOG_QUEUE),
+        }
+    }
+}
+
+impl Default for TrainingLogTelemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl training_log::Observer for TrainingLogTelemetry {
+    fn queue_depth(&self, depth: usize) {
+        self.queue.set(depth as f64);
+    }
+
+    fn written(&self, feature_service: &str, records: u64) {
+        counter!(names::TRAINING_LOG_WRITTEN, "feature_service" => feature_service.to_owned())
+            .increment(records);
+    }
+
+    fn spooled(&self, records: u64, reason: &'static str) {
+        // Per record on the serving path when the queue is full: a counter, not a log line.
+        counter!(names::TRAINING_LOG_SPOOLED, "reason" => reason).increment(records);
+    }
+
+    fn replayed(&self, records: u64) {
+        counter!(names::TRAINING_LOG_REPLAYED).increment(records);
+        tracing::info!(records, "training log spool replayed");
+    }
+
+    fn dropped(&self, records: u64, reason: &'static str, error: &str) {
+        counter!(names::TRAINING_LOG_DROPPED, "reason" => reason).increment(records);
+        tracing::error!(records, reason, "training log records dropped: {error}");
+    }
+
+    fn sink_down(&self, error: &str) {
+        gauge!(names::TRAINING_LOG_SINK_UP).set(0.0);
+        tracing::warn!("training log sink failed, spooling records: {error}");
+    }
+
+    fn sink_up(&self) {
+        gauge!(names::TRAINING_LOG_SINK_UP).set(1.0);
+        tracing::info!("training log sink works again");
     }
 }

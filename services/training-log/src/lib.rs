@@ -1,1 +1,104 @@
-//! The training log (in progress).
+//! The training log: every feature vector the gateway serves, exactly as served, written to
+//! Parquet files that pandas, pyarrow, DuckDB and Spark read as they are, and the
+//! `training-set` join that turns those files plus a labels file into a training set.
+//!
+//! # Layout
+//! - [`schema`]: the versioned record schema: which columns a feature service's files have.
+//! - [`record`]: one logged vector, in a form the writer, the spool and tests share.
+//! - [`sink`]: Parquet files, partitioned by feature service and date, committed by rename.
+//! - [`spool`]: the append-only local overflow, replayed when the sink recovers or at start.
+//! - [`writer`]: [`TrainingLog`], the handle serving submits to, and its writer thread.
+//! - [`training_set`]: joining logs with labels.
+//!
+//! # Contract
+//! Serving never waits on the log: [`TrainingLog::submit`] is a `try_send` into a bounded queue;
+//! a full queue or a failing sink spills to the spool; a record that cannot be kept anywhere is
+//! counted through [`Observer::dropped`] and logged. Delivery: a clean shutdown
+//! ([`TrainingLog::close`]) writes every record exactly once. After a crash (kill -9), records
+//! still in the memory queue or in a file not yet committed are lost (at most one rotation's
+//! worth per open file); spooled records are replayed at the next start, exactly once (a replayed
+//! segment's files have deterministic names, so a replay interrupted after some of them were
+//! committed skips those on the next try).
+#![forbid(unsafe_code)]
+
+pub mod record;
+pub mod schema;
+pub mod sink;
+pub mod spool;
+pub mod training_set;
+pub mod writer;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+pub use fetcher_api::{FeatureType, Value};
+pub use record::{Cell, FeatureEntry, LoggedStatus, Record};
+pub use schema::{Column, FeatureColumn, LogSchema, SCHEMA_VERSION, SchemaDef};
+pub use writer::{Observer, TrainingLog};
+
+/// How features marked `pii = true` appear in the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiMode {
+    /// The value column holds the hex SHA-256 of the salt and the value (a string column): rows
+    /// can still be grouped by the value, but the value is not in the log.
+    #[default]
+    Hash,
+    /// The value column is left out (status and age stay).
+    Drop,
+}
+
+/// The validated `[training_log]` section (see the gateway's configuration reference).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainingLogConfig {
+    /// Root directory of the Parquet files.
+    pub dir: PathBuf,
+    /// A file is committed once its records reach about this many bytes (uncompressed estimate;
+    /// the file on disk is smaller). Also bounds the memory an open file holds.
+    pub rotate_bytes: u64,
+    /// A file is committed at the latest this long after its first record.
+    pub rotate_interval: Duration,
+    /// Records the in-memory queue holds before new ones spill to the spool.
+    pub queue_capacity: usize,
+    /// Directory of the spool's segments.
+    pub spool_dir: PathBuf,
+    /// Most bytes the spool may hold; records beyond it are dropped (and counted).
+    pub spool_max_bytes: u64,
+    /// Fraction of requests logged, per feature service (default 1.0, all).
+    pub sample: BTreeMap<String, f64>,
+    /// How `pii` features are logged.
+    pub pii: PiiMode,
+    /// The environment variable holding the salt for [`PiiMode::Hash`].
+    pub pii_salt_env: String,
+}
+
+/// Default of [`TrainingLogConfig::rotate_bytes`]: 64 MiB.
+pub const DEFAULT_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default of [`TrainingLogConfig::rotate_interval`].
+pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
+/// Default of [`TrainingLogConfig::queue_capacity`].
+pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
+/// Default of [`TrainingLogConfig::spool_max_bytes`]: 1 GiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+/// Default of [`TrainingLogConfig::pii_salt_env`].
+pub const DEFAULT_PII_SALT_ENV: &str = "FEATURE_GATEWAY_PII_SALT";
+
+/// Why the training log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingLogError {
+    /// A directory could not be created or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Features are to be hashed but the salt's environment variable is unset or empty.
+    #[error(
+        "features marked pii are hashed in the training log, but the salt variable {0} is not set"
+    )]
+    MissingSalt(String),
+    /// The writer thread could not start.
+    #[error("cannot start the training log writer: {0}")]
+    Thread(std::io::Error),
+}

@@ -188,7 +188,7 @@ features = ["txn:amount", "users:age", "users:score", "mcc_risk:rate", "merchant
 
 struct Setup {
     plan: Plan,
-    services: Vec<Option<crate::stack::SourceService>>,
+    services: Vec<Option<crate::stack::GatewayService>>,
     calls: Arc<Mutex<Vec<(String, usize)>>>,
 }
 
@@ -210,19 +210,20 @@ async fn setup() -> Setup {
     }
 }
 
-fn gateway_services(gateway: &crate::Gateway) -> Vec<Option<crate::stack::SourceService>> {
+fn gateway_services(gateway: &crate::Gateway) -> Vec<Option<crate::stack::GatewayService>> {
     gateway
         .sources()
         .iter()
         .map(|s| {
             s.fetcher.clone().map(|f| {
-                crate::stack::source_stack(
+                crate::stack::gateway_stack(
                     f,
                     &crate::stack::SourcePolicy {
                         name: s.name.clone(),
                         kind: s.kind.clone(),
                         timeout: None,
                         max_concurrency: 16,
+                        cache: None,
                     },
                 )
             })

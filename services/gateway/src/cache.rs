@@ -1,0 +1,734 @@
+//! The per-source cache: serve within the deadline from memory what a source answered recently,
+//! and when the source fails or is slow, what it answered within an explicit staleness bound.
+//!
+//! [`CacheLayer`] is the outermost layer of every source's stack (see
+//! [`crate::stack::gateway_stack`]). For each key of a fetch:
+//! - an entry younger than `ttl` is served as is ([`Slot::Cached`]), without calling the source;
+//! - the other keys go to the source in one call. Its rows are stored and served
+//!   ([`Slot::Fetched`]); `NOT_FOUND` rows are stored too when `negative_ttl` is set;
+//! - if that call fails or outlives the request's deadline, a key whose entry is younger than
+//!   `max_staleness` is served from it ([`Slot::Stale`], with its age); the others fail
+//!   ([`Slot::Failed`]).
+//!
+//! Concurrent misses for the same key (and features) are coalesced into one source call: the
+//! later requests wait on the call already in flight.
+//!
+//! A call that misses the request's deadline is not abandoned: it runs on in the background, up
+//! to the source's own `timeout`, and fills the cache for the next request. At most
+//! `max_background_calls` such calls run at once per source; beyond that a call is bounded by
+//! the request's deadline like any other.
+//!
+//! Memory is bounded by `max_bytes` (moka's size-aware eviction, weighing each entry by an
+//! estimate of its size); entries are dropped once older than `max_staleness`. Ages use tokio's
+//! clock, so tests can pause time.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use fetcher_api::{EntityKey, FetchError, FetchRequest, KeyPart, Row, Value};
+use futures::{FutureExt, future::Shared};
+use tokio::{sync::Semaphore, time::Instant};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{
+    stack::{BoxFuture, SourceService},
+    telemetry::CacheMetrics,
+};
+
+/// What a source's stack answers for one key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Slot {
+    /// Fetched from the source by this call; `cached` says whether the source has a cache (a miss).
+    Fetched {
+        /// The row.
+        row: Row,
+        /// Whether the source is cached (so this was a cache miss).
+        cached: bool,
+    },
+    /// Served from the cache within its TTL.
+    Cached {
+        /// The row.
+        row: Row,
+        /// Time since it was fetched.
+        age: Duration,
+    },
+    /// The source failed or was slow; served from the cache within its max staleness.
+    Stale {
+        /// The row.
+        row: Row,
+        /// Time since it was fetched.
+        age: Duration,
+        /// Why the source could not answer.
+        error: Arc<FetchError>,
+    },
+    /// The source failed and nothing cached may be served.
+    Failed(Arc<FetchError>),
+}
+
+impl Slot {
+    /// The row, if there is one to serve.
+    pub fn row_mut(&mut self) -> Option<&mut Row> {
+        match self {
+            Slot::Fetched { row, .. } | Slot::Cached { row, .. } | Slot::Stale { row, .. } => {
+                Some(row)
+            }
+            Slot::Failed(_) => None,
+        }
+    }
+}
+
+/// A source's cache settings (`[sources.NAME.cache]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachePolicy {
+    /// How long a value is served without asking the source again.
+    pub ttl: Duration,
+    /// How old a value may be to be served (as STALE) when the source fails or is slow.
+    pub max_staleness: Duration,
+    /// How long a NOT_FOUND answer is remembered (`None`: not at all).
+    pub negative_ttl: Option<Duration>,
+    /// Memory bound of the cache, in (estimated) bytes.
+    pub max_bytes: u64,
+    /// Most calls finishing in the background after their request's deadline.
+    pub max_background_calls: usize,
+}
+
+/// A cached answer.
+#[derive(Clone, Debug)]
+struct Entry {
+    /// The features the row holds, in order; a request for other features misses.
+    features: Arc<[String]>,
+    row: Row,
+    fetched_at: Instant,
+}
+
+type Key = (Arc<str>, EntityKey);
+
+/// Wraps a source's stack with its cache (or, with no policy, only turns rows into slots).
+#[derive(Clone, Debug)]
+pub struct CacheLayer {
+    state: Option<Arc<CacheState>>,
+    source_timeout: Option<Duration>,
+}
+
+struct CacheState {
+    policy: CachePolicy,
+    entries: moka::sync::Cache<Key, Entry>,
+    /// Calls in flight, by key: concurrent misses for a key join one call.
+    in_flight: Mutex<HashMap<Key, Pending>>,
+    background: Arc<Semaphore>,
+    metrics: CacheMetrics,
+}
+
+impl std::fmt::Debug for CacheState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheState")
+            .field("policy", &self.policy)
+            .field("entries", &self.entries.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer of one source call, shared by every request waiting on it.
+type CallResult = Arc<Result<Vec<Row>, FetchError>>;
+type SharedCall = Shared<BoxFuture<CallResult>>;
+
+/// A key being fetched: the call, and the key's position in it.
+struct Pending {
+    call: SharedCall,
+    index: usize,
+    features: Arc<[String]>,
+}
+
+impl CacheLayer {
+    /// A layer for a source with `policy` (or none), whose own timeout bounds background calls.
+    pub fn new(
+        policy: Option<&CachePolicy>,
+        source_timeout: Option<Duration>,
+        source: &str,
+    ) -> Self {
+        let state = policy.map(|policy| {
+            let entries = moka::sync::Cache::builder()
+                .max_capacity(policy.max_bytes)
+                .weigher(|key: &Key, entry: &Entry| weigh(key, entry))
+                // A memory bound only: which entries may be served is decided by `fetched_at`.
+                .time_to_live(policy.max_staleness.max(policy.ttl))
+                .build();
+            Arc::new(CacheState {
+                policy: policy.clone(),
+                entries,
+                in_flight: Mutex::new(HashMap::new()),
+                background: Arc::new(Semaphore::new(policy.max_background_calls)),
+                metrics: CacheMetrics::new(source),
+            })
+        });
+        CacheLayer {
+            state,
+            source_timeout,
+        }
+    }
+}
+
+impl Layer<SourceService> for CacheLayer {
+    type Service = Cached;
+
+    fn layer(&self, inner: SourceService) -> Cached {
+        Cached {
+            inner,
+            state: self.state.clone(),
+            source_timeout: self.source_timeout,
+        }
+    }
+}
+
+/// See [`CacheLayer`].
+#[derive(Clone, Debug)]
+pub struct Cached {
+    inner: SourceService,
+    state: Option<Arc<CacheState>>,
+    source_timeout: Option<Duration>,
+}
+
+impl Service<FetchRequest> for Cached {
+    type Response = Vec<Slot>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Vec<Slot>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: FetchRequest) -> Self::Future {
+        let inner = self.inner.clone();
+        let Some(state) = self.state.clone() else {
+            let keys = request.keys.len();
+            return Box::pin(async move {
+                Ok(match inner.oneshot(request).await {
+                    Ok(rows) => rows
+                        .into_iter()
+                        .map(|row| Slot::Fetched { row, cached: false })
+                        .collect(),
+                    Err(e) => vec![Slot::Failed(Arc::new(e)); keys],
+                })
+            });
+        };
+        let source_timeout = self.source_timeout;
+        Box::pin(async move { Ok(state.serve(inner, request, source_timeout).await) })
+    }
+}
+
+impl CacheState {
+    async fn serve(
+        self: Arc<Self>,
+        inner: SourceService,
+        request: FetchRequest,
+        source_timeout: Option<Duration>,
+    ) -> Vec<Slot> {
+        let now = Instant::now();
+        let mut slots: Vec<Option<Slot>> = vec![None; request.keys.len()];
+        // Entries past their TTL but within max staleness: the fallback if the source fails.
+        let mut stale: Vec<Option<Entry>> = vec![None; request.keys.len()];
+        let mut missing = Vec::new();
+        for (i, key) in request.keys.iter().enumerate() {
+            let entry = self
+                .entries
+                .get(&(request.view.clone(), key.clone()))
+                .filter(|e| same_features(&e.features, &request.features));
+            match entry {
+                Some(e) if self.fresh(&e, now) => {
+                    slots[i] = Some(Slot::Cached {
+                        age: now.duration_since(e.fetched_at),
+                        row: e.row,
+                    });
+                }
+                Some(e) => {
+                    stale[i] = Some(e);
+                    missing.push(i);
+                }
+                None => missing.push(i),
+            }
+        }
+        self.metrics
+            .looked_up(request.keys.len() - missing.len(), missing.len());
+        if missing.is_empty() {
+            return slots.into_iter().flatten().collect();
+        }
+
+        // Keys already being fetched (for the same features) join that call; the rest make one
+        // call of their own, which later requests may join in turn.
+        let mut waits: Vec<(usize, SharedCall, usize)> = Vec::with_capacity(missing.len());
+        let mut own = Vec::new();
+        {
+            let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for &i in &missing {
+                match in_flight.get(&(request.view.clone(), request.keys[i].clone())) {
+                    Some(p) if same_features(&p.features, &request.features) => {
+                        waits.push((i, p.call.clone(), p.index));
+                    }
+                    _ => own.push(i),
+                }
+            }
+        }
+        self.metrics.coalesced(missing.len() - own.len());
+        if !own.is_empty() {
+            let call = FetchRequest {
+                view: request.view.clone(),
+                features: request.features.clone(),
+                keys: own.iter().map(|&i| request.keys[i].clone()).collect(),
+                deadline: request.deadline,
+            };
+            let shared = self.clone().start_call(inner, call, source_timeout);
+            waits.extend(own.iter().enumerate().map(|(j, &i)| (i, shared.clone(), j)));
+        }
+
+        let deadline = request.deadline;
+        let answers = futures::future::join_all(waits.into_iter().map(|(i, call, j)| async move {
+            let answer = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, call).await.ok(),
+                None => Some(call.await),
+            };
+            (i, j, answer)
+        }))
+        .await;
+        let now = Instant::now();
+        for (i, j, answer) in answers {
+            let error = match answer.as_deref() {
+                Some(Ok(rows)) => {
+                    slots[i] = Some(Slot::Fetched {
+                        row: rows[j].clone(),
+                        cached: true,
+                    });
+                    continue;
+                }
+                Some(Err(e)) => Arc::new(e.clone()),
+                None => {
+                    self.metrics.finished_in_background();
+                    Arc::new(FetchError::timeout(
+                        "no answer by the request's deadline (the call goes on to fill the cache)",
+                    ))
+                }
+            };
+            slots[i] = Some(match stale[i].take() {
+                Some(entry)
+                    if now.duration_since(entry.fetched_at) <= self.policy.max_staleness =>
+                {
+                    self.metrics.served_stale();
+                    Slot::Stale {
+                        age: now.duration_since(entry.fetched_at),
+                        row: entry.row,
+                        error,
+                    }
+                }
+                _ => Slot::Failed(error),
+            });
+        }
+        slots
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|| Slot::Failed(Arc::new(FetchError::internal("no answer")))))
+            .collect()
+    }
+
+    /// Starts a call to the source as its own task and registers its keys as in flight. With a
+    /// background permit (and an own timeout) the call is bounded by the source's timeout only,
+    /// so it outlives a request whose deadline passes and still fills the cache; without one it
+    /// is bounded by the request's deadline. The task stores the answer and unregisters itself.
+    fn start_call(
+        self: Arc<Self>,
+        inner: SourceService,
+        mut call: FetchRequest,
+        source_timeout: Option<Duration>,
+    ) -> SharedCall {
+        let permit = source_timeout.and_then(|_| self.background.clone().try_acquire_owned().ok());
+        if permit.is_some() {
+            call.deadline = None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<CallResult>();
+        let shared: SharedCall = async move {
+            rx.await
+                .unwrap_or_else(|_| Arc::new(Err(FetchError::internal("the fetch task ended"))))
+        }
+        .boxed()
+        .shared();
+        // Registered before the task starts, so the task's clean-up always finds its entries.
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for (index, key) in call.keys.iter().enumerate() {
+                in_flight
+                    .entry((call.view.clone(), key.clone()))
+                    .or_insert_with(|| Pending {
+                        call: shared.clone(),
+                        index,
+                        features: call.features.clone(),
+                    });
+            }
+        }
+        let ours = shared.clone();
+        tokio::spawn(async move {
+            let result = inner.oneshot(call.clone()).await;
+            if let Ok(rows) = &result {
+                self.store(&call, rows);
+            }
+            {
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                for key in &call.keys {
+                    let k = (call.view.clone(), key.clone());
+                    if in_flight.get(&k).is_some_and(|p| p.call.ptr_eq(&ours)) {
+                        in_flight.remove(&k);
+                    }
+                }
+            }
+            drop(permit);
+            let _ = tx.send(Arc::new(result));
+        });
+        shared
+    }
+
+    fn fresh(&self, entry: &Entry, now: Instant) -> bool {
+        let ttl = match entry.row {
+            Row::Found(_) => self.policy.ttl,
+            Row::NotFound => self.policy.negative_ttl.unwrap_or(Duration::ZERO),
+        };
+        now.duration_since(entry.fetched_at) <= ttl
+    }
+
+    fn store(&self, call: &FetchRequest, rows: &[Row]) {
+        let fetched_at = Instant::now();
+        for (key, row) in call.keys.iter().zip(rows) {
+            if matches!(row, Row::NotFound) && self.policy.negative_ttl.is_none() {
+                continue;
+            }
+            self.entries.insert(
+                (call.view.clone(), key.clone()),
+                Entry {
+                    features: call.features.clone(),
+                    row: row.clone(),
+                    fetched_at,
+                },
+            );
+        }
+    }
+}
+
+fn same_features(a: &Arc<[String]>, b: &Arc<[String]>) -> bool {
+    Arc::ptr_eq(a, b) || a[..] == b[..]
+}
+
+/// An estimate of an entry's memory, in bytes, for the cache's size bound.
+fn weigh(key: &Key, entry: &Entry) -> u32 {
+    let key_bytes: usize = key.0.len()
+        + key
+            .1
+            .iter()
+            .map(|k| match k {
+                KeyPart::Int64(_) => 8,
+                KeyPart::String(s) => s.len() + 24,
+            })
+            .sum::<usize>();
+    let row_bytes = match &entry.row {
+        Row::NotFound => 0,
+        Row::Found(record) => record
+            .cells
+            .iter()
+            .map(|c| match c {
+                Ok(v) => value_bytes(v),
+                Err(e) => e.0.len() + 24,
+            })
+            .sum(),
+    };
+    (64 + key_bytes + row_bytes).min(u32::MAX as usize) as u32
+}
+
+fn value_bytes(v: &Value) -> usize {
+    32 + match v {
+        Value::String(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Int64List(l) => l.len() * 8,
+        Value::DoubleList(l) => l.len() * 8,
+        Value::StringList(l) => l.iter().map(|s| s.len() + 24).sum(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::{SourcePolicy, gateway_stack};
+    use async_trait::async_trait;
+    use fetcher_api::{ErrorClass, Fetcher, Record};
+    use std::sync::Mutex;
+
+    /// A source that counts its calls and keys, answers after `delay`, and fails while `failing`.
+    #[derive(Debug, Default)]
+    struct Upstream {
+        calls: Mutex<Vec<usize>>,
+        delay: Mutex<Duration>,
+        failing: Mutex<bool>,
+    }
+
+    #[async_trait]
+    impl Fetcher for Upstream {
+        async fn fetch(&self, request: FetchRequest) -> Result<Vec<Row>, FetchError> {
+            self.calls.lock().unwrap().push(request.keys.len());
+            let delay = *self.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            if *self.failing.lock().unwrap() {
+                return Err(FetchError::unavailable("down"));
+            }
+            Ok(request
+                .keys
+                .iter()
+                .map(|k| match &k[0] {
+                    KeyPart::String(s) if s.starts_with("missing") => Row::NotFound,
+                    k => Row::Found(Record {
+                        cells: vec![Ok(Value::String(k.to_string()))],
+                        event_time: None,
+                    }),
+                })
+                .collect())
+        }
+    }
+
+    fn policy(negative_ttl: Option<Duration>) -> CachePolicy {
+        CachePolicy {
+            ttl: Duration::from_secs(10),
+            max_staleness: Duration::from_secs(60),
+            negative_ttl,
+            max_bytes: 1 << 20,
+            max_background_calls: 4,
+        }
+    }
+
+    fn stack(upstream: &Arc<Upstream>, cache: CachePolicy) -> crate::stack::GatewayService {
+        gateway_stack(
+            upstream.clone(),
+            &SourcePolicy {
+                name: "s".into(),
+                kind: "test".into(),
+                timeout: Some(Duration::from_secs(1)),
+                max_concurrency: 16,
+                cache: Some(cache),
+            },
+        )
+    }
+
+    fn request(keys: &[&str], features: &Arc<[String]>, budget: Duration) -> FetchRequest {
+        FetchRequest {
+            view: "v".into(),
+            features: features.clone(),
+            keys: keys
+                .iter()
+                .map(|k| vec![KeyPart::String((*k).into())])
+                .collect(),
+            deadline: Some(Instant::now() + budget),
+        }
+    }
+
+    fn features() -> Arc<[String]> {
+        vec!["f".to_owned()].into()
+    }
+
+    async fn fetch(service: &crate::stack::GatewayService, r: FetchRequest) -> Vec<Slot> {
+        let Ok(slots) = service.clone().oneshot(r).await;
+        slots
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_ttl_the_source_is_not_called_again() {
+        let upstream = Arc::new(Upstream::default());
+        let service = stack(&upstream, policy(None));
+        let f = features();
+        let first = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert!(
+            matches!(first[0], Slot::Fetched { cached: true, .. }),
+            "{first:?}"
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let second = fetch(
+            &service,
+            request(&["k1", "k2"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(
+            second[0],
+            Slot::Cached {
+                row: Row::Found(Record {
+                    cells: vec![Ok(Value::String("k1".into()))],
+                    event_time: None
+                }),
+                age: Duration::from_secs(3)
+            }
+        );
+        assert!(matches!(second[1], Slot::Fetched { .. }));
+        // One key for the first call, only the uncached key for the second.
+        assert_eq!(*upstream.calls.lock().unwrap(), [1, 1]);
+
+        // Another feature list is another entry.
+        let other: Arc<[String]> = vec!["g".to_owned()].into();
+        let third = fetch(
+            &service,
+            request(&["k1"], &other, Duration::from_millis(50)),
+        )
+        .await;
+        assert!(matches!(third[0], Slot::Fetched { .. }));
+        assert_eq!(upstream.calls.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_ttl_a_failing_source_is_covered_within_max_staleness_only() {
+        let upstream = Arc::new(Upstream::default());
+        let service = stack(&upstream, policy(None));
+        let f = features();
+        fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        *upstream.failing.lock().unwrap() = true;
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let slots = fetch(
+            &service,
+            request(&["k1", "k9"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        match &slots[0] {
+            Slot::Stale { age, error, .. } => {
+                assert_eq!(*age, Duration::from_secs(30));
+                assert_eq!(error.class(), ErrorClass::Unavailable);
+            }
+            other => panic!("expected a stale value, got {other:?}"),
+        }
+        // Nothing cached for k9: the honest failure.
+        assert!(matches!(&slots[1], Slot::Failed(e) if e.class() == ErrorClass::Unavailable));
+
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert!(
+            matches!(slots[0], Slot::Failed(_)),
+            "beyond max staleness: {slots:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_is_remembered_only_with_a_negative_ttl() {
+        let f = features();
+        let upstream = Arc::new(Upstream::default());
+        let service = stack(&upstream, policy(None));
+        fetch(
+            &service,
+            request(&["missing1"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        fetch(
+            &service,
+            request(&["missing1"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(upstream.calls.lock().unwrap().len(), 2);
+
+        let upstream = Arc::new(Upstream::default());
+        let service = stack(&upstream, policy(Some(Duration::from_secs(5))));
+        fetch(
+            &service,
+            request(&["missing1"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        let slots = fetch(
+            &service,
+            request(&["missing1"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        assert!(
+            matches!(
+                slots[0],
+                Slot::Cached {
+                    row: Row::NotFound,
+                    ..
+                }
+            ),
+            "{slots:?}"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        fetch(
+            &service,
+            request(&["missing1"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(upstream.calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_the_deadline_fills_the_cache_for_the_next_request() {
+        let upstream = Arc::new(Upstream::default());
+        *upstream.delay.lock().unwrap() = Duration::from_millis(300);
+        let service = stack(&upstream, policy(None));
+        let f = features();
+        let started = Instant::now();
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert_eq!(started.elapsed(), Duration::from_millis(50));
+        assert!(
+            matches!(&slots[0], Slot::Failed(e) if e.class() == ErrorClass::Timeout),
+            "{slots:?}"
+        );
+
+        // The call goes on in the background and lands in the cache.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert!(matches!(slots[0], Slot::Cached { .. }), "{slots:?}");
+        assert_eq!(upstream.calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_for_a_key_make_one_call() {
+        let upstream = Arc::new(Upstream::default());
+        *upstream.delay.lock().unwrap() = Duration::from_millis(20);
+        let service = stack(&upstream, policy(None));
+        let f = features();
+        let requests =
+            (0..100).map(|_| fetch(&service, request(&["k1"], &f, Duration::from_millis(50))));
+        let answers = futures::future::join_all(requests).await;
+        assert!(answers.iter().all(|a| matches!(a[0], Slot::Fetched { .. })));
+        assert_eq!(*upstream.calls.lock().unwrap(), [1]);
+        // Once that call is done nothing stays in flight: past the TTL, a new call is made.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert_eq!(*upstream.calls.lock().unwrap(), [1, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_policy_rows_pass_through_and_failures_cover_every_key() {
+        let upstream = Arc::new(Upstream::default());
+        let service = gateway_stack(
+            upstream.clone(),
+            &SourcePolicy {
+                name: "s".into(),
+                kind: "test".into(),
+                timeout: None,
+                max_concurrency: 16,
+                cache: None,
+            },
+        );
+        let f = features();
+        let slots = fetch(
+            &service,
+            request(&["k1", "missing"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        assert!(matches!(slots[0], Slot::Fetched { cached: false, .. }));
+        assert!(matches!(
+            slots[1],
+            Slot::Fetched {
+                row: Row::NotFound,
+                ..
+            }
+        ));
+        *upstream.failing.lock().unwrap() = true;
+        let slots = fetch(
+            &service,
+            request(&["k1", "k2"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(slots.len(), 2);
+        assert!(slots.iter().all(|s| matches!(s, Slot::Failed(_))));
+    }
+}

@@ -1,0 +1,394 @@
+//! The Parquet sink: files under `DIR/feature_service=<name>/date=<YYYY-MM-DD>/`, named
+//! `<definition_hash>-<schema id>-<suffix>.parquet`, so files of one schema share a prefix and
+//! never mix with another's.
+//!
+//! # Contract
+//! A file is written whole under a hidden temporary name (`.<name>.tmp`, which pyarrow, Spark and
+//! DuckDB's hive readers skip), synced, then renamed: a reader sees a complete file or none.
+//! [`write_file`] either commits every record it is given or returns the error and commits
+//! nothing (a leftover temporary file is removed, or swept by [`sweep_temporaries`] at start).
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use arrow_array::{
+    ArrayRef, RecordBatch,
+    builder::{
+        ArrayBuilder, BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder,
+        StringBuilder, TimestampMicrosecondBuilder, TimestampNanosecondBuilder,
+    },
+};
+use fetcher_api::FeatureType;
+use parquet::{
+    arrow::ArrowWriter,
+    basic::Compression,
+    file::{metadata::KeyValue, properties::WriterProperties},
+};
+
+use crate::{
+    record::{Cell, Record},
+    schema::{LogSchema, SCHEMA_KEY, VERSION_KEY},
+};
+
+/// Rows per Arrow batch handed to the Parquet writer: bounds the memory of the columns built.
+const BATCH_ROWS: usize = 8192;
+
+/// The partition directory of `feature_service` on `date`.
+pub fn partition_dir(root: &Path, feature_service: &str, date: &str) -> PathBuf {
+    root.join(format!("feature_service={}", escape(feature_service)))
+        .join(format!("date={date}"))
+}
+
+/// Hive-style escaping of a partition value: anything but `[A-Za-z0-9_.-]` as `%XX`, so a name
+/// can never climb out of the log directory.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The file name of `schema`'s records with a given suffix.
+pub fn file_name(schema: &LogSchema, suffix: &str) -> String {
+    format!(
+        "{}-{}-{suffix}.parquet",
+        schema.def.definition_hash, schema.id
+    )
+}
+
+/// Writes `records` (all of `schema`, all served on `date`) as `name` in their partition.
+pub fn write_file(
+    root: &Path,
+    schema: &LogSchema,
+    date: &str,
+    name: &str,
+    records: &[Record],
+) -> Result<PathBuf, String> {
+    let dir = partition_dir(root, &schema.def.feature_service, date);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let target = dir.join(name);
+    let result = write_tmp(&tmp, schema, records)
+        .and_then(|()| std::fs::rename(&tmp, &target).map_err(|e| e.to_string()));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("{}: {e}", target.display()));
+    }
+    // Make the rename itself durable; a failure here leaves a complete, readable file.
+    if let Ok(d) = File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(target)
+}
+
+fn write_tmp(tmp: &Path, schema: &LogSchema, records: &[Record]) -> Result<(), String> {
+    let file = File::create(tmp).map_err(|e| e.to_string())?;
+    let metadata = schema
+        .arrow
+        .metadata()
+        .iter()
+        .filter(|(k, _)| *k == VERSION_KEY || *k == SCHEMA_KEY)
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_key_value_metadata(Some(metadata))
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file, schema.arrow.clone(), Some(props)).map_err(|e| e.to_string())?;
+    for chunk in records.chunks(BATCH_ROWS) {
+        let batch = to_batch(schema, chunk)?;
+        writer.write(&batch).map_err(|e| e.to_string())?;
+    }
+    let file = writer.into_inner().map_err(|e| e.to_string())?;
+    file.sync_all().map_err(|e| e.to_string())
+}
+
+/// The Arrow batch of `records`.
+pub fn to_batch(schema: &LogSchema, records: &[Record]) -> Result<RecordBatch, String> {
+    let def = &schema.def;
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.arrow.fields().len());
+    let mut ids = StringBuilder::new();
+    let mut served = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut hash = StringBuilder::new();
+    let mut latency = Int64Builder::new();
+    for r in records {
+        ids.append_value(&r.request_id);
+        served.append_value(r.served_at_us);
+        hash.append_value(&def.definition_hash);
+        latency.append_value(r.latency_us);
+    }
+    columns.push(Arc::new(ids.finish()));
+    columns.push(Arc::new(served.finish()));
+    columns.push(Arc::new(hash.finish()));
+    columns.push(Arc::new(latency.finish()));
+    for (i, e) in def.entities.iter().enumerate() {
+        columns.push(cells(e.ty, records.iter().map(|r| r.entities.get(i))));
+    }
+    for (i, c) in def.context.iter().enumerate() {
+        columns.push(cells(c.ty, records.iter().map(|r| r.context.get(i))));
+    }
+    for (i, f) in def.features.iter().enumerate() {
+        fn entry(r: &Record, i: usize) -> Option<&crate::record::FeatureEntry> {
+            r.features.get(i)
+        }
+        if def.logged_type(f).is_some() {
+            let ty = if f.pii { FeatureType::String } else { f.ty };
+            columns.push(cells(
+                ty,
+                records.iter().map(|r| entry(r, i).map(|e| &e.value)),
+            ));
+        }
+        let mut status = StringBuilder::new();
+        let mut age = Int64Builder::new();
+        for r in records {
+            let e = entry(r, i);
+            status.append_value(e.map_or("NOT_FOUND", |e| e.status.as_str()));
+            age.append_option(e.and_then(|e| e.age_ms));
+        }
+        columns.push(Arc::new(status.finish()));
+        columns.push(Arc::new(age.finish()));
+    }
+    RecordBatch::try_new(schema.arrow.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// One column of cells of type `ty`. A cell of another type (which the gateway's typing rules
+/// out) is written as null and logged, rather than failing the whole file.
+fn cells<'a>(ty: FeatureType, cells: impl Iterator<Item = Option<&'a Cell>>) -> ArrayRef {
+    fn mismatch(ty: FeatureType, cell: &Cell) {
+        tracing::warn!(
+            expected = ty.name(),
+            "training log value of another type written as null: {cell:?}"
+        );
+    }
+    macro_rules! column {
+        ($builder:expr, $pat:pat => $value:expr) => {{
+            let mut b = $builder;
+            for c in cells {
+                match c {
+                    Some($pat) => b.append_value($value),
+                    None | Some(Cell::Null) => b.append_null(),
+                    Some(other) => {
+                        mismatch(ty, other);
+                        b.append_null()
+                    }
+                }
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    macro_rules! list {
+        ($item:expr, $pat:pat => $values:expr) => {{
+            let mut b = ListBuilder::new($item);
+            for c in cells {
+                match c {
+                    Some($pat) => {
+                        for v in $values {
+                            b.values().append_value(v);
+                        }
+                        b.append(true);
+                    }
+                    None | Some(Cell::Null) => b.append(false),
+                    Some(other) => {
+                        mismatch(ty, other);
+                        b.append(false)
+                    }
+                }
+            }
+            let array = b.finish();
+            debug_assert_eq!(b.len(), 0);
+            Arc::new(array) as ArrayRef
+        }};
+    }
+    match ty {
+        FeatureType::Int64 => column!(Int64Builder::new(), Cell::Int64(v) => *v),
+        FeatureType::Double => {
+            column!(Float64Builder::new(), Cell::Double(v) => f64::from_bits(*v))
+        }
+        FeatureType::String => column!(StringBuilder::new(), Cell::String(v) => v),
+        FeatureType::Bool => column!(BooleanBuilder::new(), Cell::Bool(v) => *v),
+        FeatureType::Bytes => column!(BinaryBuilder::new(), Cell::Bytes(v) => v),
+        FeatureType::Timestamp => column!(
+            TimestampNanosecondBuilder::new().with_timezone("UTC"),
+            Cell::Timestamp(v) => *v
+        ),
+        FeatureType::Int64List => {
+            list!(Int64Builder::new(), Cell::Int64List(v) => v.iter().copied())
+        }
+        FeatureType::DoubleList => list!(
+            Float64Builder::new(),
+            Cell::DoubleList(v) => v.iter().map(|b| f64::from_bits(*b))
+        ),
+        FeatureType::StringList => list!(StringBuilder::new(), Cell::StringList(v) => v.iter()),
+    }
+}
+
+/// Removes temporary files a crash left in the partitions under `root`.
+pub fn sweep_temporaries(root: &Path) {
+    let Ok(services) = std::fs::read_dir(root) else {
+        return;
+    };
+    for fs in services.flatten() {
+        let Ok(dates) = std::fs::read_dir(fs.path()) else {
+            continue;
+        };
+        for date in dates.flatten() {
+            let Ok(files) = std::fs::read_dir(date.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    match std::fs::remove_file(f.path()) {
+                        Ok(()) => {
+                            tracing::info!(file = %f.path().display(), "removed an unfinished training log file")
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %f.path().display(), "cannot remove an unfinished training log file: {e}")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{
+        PiiMode,
+        record::{FeatureEntry, LoggedStatus},
+        schema::{Column, FeatureColumn, SchemaDef},
+    };
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    pub(crate) fn schema() -> LogSchema {
+        let f = |name: &str, ty| FeatureColumn {
+            name: name.into(),
+            ty,
+            pii: false,
+        };
+        LogSchema::new(SchemaDef {
+            feature_service: "fs/1".into(),
+            definition_hash: "abc".into(),
+            entities: vec![Column {
+                name: "user_id".into(),
+                ty: FeatureType::String,
+            }],
+            context: vec![Column {
+                name: "amount".into(),
+                ty: FeatureType::Double,
+            }],
+            features: FeatureType::ALL
+                .iter()
+                .map(|ty| f(&format!("v:{}", ty.name()), *ty))
+                .collect(),
+            pii: PiiMode::Hash,
+        })
+    }
+
+    #[test]
+    fn every_type_is_written_as_its_arrow_type_and_read_back() {
+        let schema = schema();
+        let full = Record {
+            request_id: "r1".into(),
+            served_at_us: 1_700_000_000_000_001,
+            latency_us: 250,
+            entities: vec![Cell::String("u_1".into())],
+            context: vec![Cell::Double(129.99f64.to_bits())],
+            features: vec![
+                Cell::Int64(-3),
+                Cell::Double(0.1f64.to_bits()),
+                Cell::String("x".into()),
+                Cell::Bool(true),
+                Cell::Bytes(vec![1, 2]),
+                Cell::Timestamp(1_700_000_000_123_456_789),
+                Cell::Int64List(vec![1, 2]),
+                Cell::DoubleList(vec![2.5f64.to_bits()]),
+                Cell::StringList(vec!["a".into(), "b".into()]),
+            ]
+            .into_iter()
+            .map(|value| FeatureEntry {
+                value,
+                status: LoggedStatus::Present,
+                age_ms: Some(5),
+            })
+            .collect(),
+        };
+        let mut empty = full.clone();
+        empty.request_id = "r2".into();
+        empty.context = vec![Cell::Null];
+        for e in &mut empty.features {
+            e.value = Cell::Null;
+            e.status = LoggedStatus::NotFound;
+            e.age_ms = None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(
+            dir.path(),
+            &schema,
+            "2023-11-14",
+            &file_name(&schema, "t"),
+            &[full.clone(), empty.clone()],
+        )
+        .unwrap();
+        assert!(path.starts_with(dir.path().join("feature_service=fs%2F1/date=2023-11-14")));
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("abc-")
+        );
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        assert_eq!(batch.schema().fields(), schema.arrow.fields());
+        assert_eq!(batch.num_rows(), 2);
+        // Reading the batch back and rebuilding it from the records gives the same arrays.
+        let expected = to_batch(&schema, &[full.clone(), empty.clone()]).unwrap();
+        // And the records read back are the records written.
+        let (def, back) = crate::training_set::read_records(&path).unwrap();
+        assert_eq!(def, schema.def);
+        assert_eq!(back, [full, empty]);
+        for i in 0..batch.num_columns() {
+            assert_eq!(batch.column(i), expected.column(i), "column {i}");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("log");
+        std::fs::write(&blocker, b"not a directory").unwrap();
+        let err = write_file(&blocker, &schema(), "2023-11-14", "x.parquet", &[]).unwrap_err();
+        assert!(err.contains("log"), "{err}");
+    }
+
+    #[test]
+    fn escaping_keeps_names_inside_the_root() {
+        assert_eq!(escape("fraud_v1"), "fraud_v1");
+        assert_eq!(escape("../x"), "%2E.%2Fx");
+        assert_eq!(escape("a b"), "a%20b");
+    }
+}

@@ -1,0 +1,298 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::StringArray;
+use fetcher_api::FeatureType;
+
+use super::*;
+use crate::{
+    DEFAULT_ROTATE_BYTES,
+    record::{FeatureEntry, LoggedStatus},
+    schema::{Column, FeatureColumn},
+    training_set::{log_files, read_parquet},
+};
+
+#[derive(Debug, Default)]
+struct Counts {
+    written: AtomicU64,
+    spooled: AtomicU64,
+    replayed: AtomicU64,
+    dropped: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Observer for Counts {
+    fn queue_depth(&self, _: usize) {}
+    fn written(&self, _: &str, n: u64) {
+        self.written.fetch_add(n, Ordering::SeqCst);
+    }
+    fn spooled(&self, n: u64, _: &'static str) {
+        self.spooled.fetch_add(n, Ordering::SeqCst);
+    }
+    fn replayed(&self, n: u64) {
+        self.replayed.fetch_add(n, Ordering::SeqCst);
+    }
+    fn dropped(&self, n: u64, _: &'static str, _: &str) {
+        self.dropped.fetch_add(n, Ordering::SeqCst);
+    }
+    fn sink_down(&self, _: &str) {
+        self.down.fetch_add(1, Ordering::SeqCst);
+    }
+    fn sink_up(&self) {}
+}
+
+fn def() -> SchemaDef {
+    SchemaDef {
+        feature_service: "fs".into(),
+        definition_hash: "h1".into(),
+        entities: vec![Column {
+            name: "user_id".into(),
+            ty: FeatureType::String,
+        }],
+        context: vec![],
+        features: vec![
+            FeatureColumn {
+                name: "u:score".into(),
+                ty: FeatureType::Double,
+                pii: false,
+            },
+            FeatureColumn {
+                name: "u:email".into(),
+                ty: FeatureType::String,
+                pii: true,
+            },
+        ],
+        pii: PiiMode::Hash,
+    }
+}
+
+fn record(id: &str) -> Record {
+    Record {
+        request_id: id.into(),
+        served_at_us: 1_700_000_000_000_000,
+        latency_us: 10,
+        entities: vec![Cell::String(format!("user-{id}"))],
+        context: vec![],
+        features: vec![
+            FeatureEntry {
+                value: Cell::Double(0.25f64.to_bits()),
+                status: LoggedStatus::Present,
+                age_ms: Some(3),
+            },
+            FeatureEntry {
+                value: Cell::String("a@example.com".into()),
+                status: LoggedStatus::Present,
+                age_ms: None,
+            },
+        ],
+    }
+}
+
+fn config(tmp: &tempfile::TempDir) -> TrainingLogConfig {
+    TrainingLogConfig {
+        dir: tmp.path().join("log"),
+        rotate_bytes: DEFAULT_ROTATE_BYTES,
+        rotate_interval: Duration::from_secs(3600),
+        queue_capacity: 1024,
+        spool_dir: tmp.path().join("spool"),
+        spool_max_bytes: 1 << 30,
+        sample: BTreeMap::new(),
+        pii: PiiMode::Hash,
+        pii_salt_env: "UNUSED".into(),
+    }
+}
+
+fn start(config: &TrainingLogConfig, counts: &Arc<Counts>) -> TrainingLog {
+    TrainingLog::start_with_salt(
+        config.clone(),
+        vec![def()],
+        counts.clone(),
+        b"salt".to_vec(),
+    )
+    .unwrap()
+}
+
+fn column(batch: &arrow_array::RecordBatch, name: &str) -> Vec<Option<String>> {
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .iter()
+        .map(|v| v.map(str::to_owned))
+        .collect()
+}
+
+/// Every request id in the log's files.
+fn logged_ids(dir: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (path, _, _) in log_files(dir, "fs").unwrap() {
+        for b in read_parquet(&path).unwrap().1 {
+            ids.extend(column(&b, "request_id").into_iter().flatten());
+        }
+    }
+    ids.sort();
+    ids
+}
+
+fn expected(n: usize) -> Vec<String> {
+    let mut ids: Vec<String> = (0..n).map(|i| format!("r{i:05}")).collect();
+    ids.sort();
+    ids
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn close_writes_every_record_once_with_pii_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(&tmp);
+    let counts = Arc::new(Counts::default());
+    let log = start(&config, &counts);
+    for i in 0..1000 {
+        log.submit("fs", record(&format!("r{i:05}")));
+    }
+    log.submit("unknown_service", record("ignored"));
+    log.close().await;
+    log.close().await;
+    assert_eq!(logged_ids(&config.dir), expected(1000));
+    assert_eq!(counts.written.load(Ordering::SeqCst), 1000);
+    assert_eq!(counts.dropped.load(Ordering::SeqCst), 0);
+    let (path, date, _) = &log_files(&config.dir, "fs").unwrap()[0];
+    assert_eq!(date, "2023-11-14");
+    let batch = &read_parquet(path).unwrap().1[0];
+    let email = column(batch, "feature:u:email");
+    let expected_hash = match Cell::String("a@example.com".into()).hashed(b"salt") {
+        Cell::String(h) => h,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        email
+            .iter()
+            .all(|e| e.as_deref() == Some(expected_hash.as_str()))
+    );
+    // Submitting after close spools (the next start replays it) rather than losing it.
+    log.submit("fs", record("late"));
+    assert_eq!(counts.spooled.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_full_queue_spills_to_the_spool_and_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(&tmp);
+    config.queue_capacity = 1;
+    let counts = Arc::new(Counts::default());
+    let log = start(&config, &counts);
+    for i in 0..3000 {
+        log.submit("fs", record(&format!("r{i:05}")));
+    }
+    log.close().await;
+    assert!(
+        counts.spooled.load(Ordering::SeqCst) > 0,
+        "a 1-slot queue overflows"
+    );
+    assert_eq!(
+        counts.replayed.load(Ordering::SeqCst),
+        counts.spooled.load(Ordering::SeqCst)
+    );
+    assert_eq!(logged_ids(&config.dir), expected(3000));
+    assert_eq!(Spool::open(&config.spool_dir, 1).unwrap().bytes(), 0);
+}
+
+#[tokio::test]
+async fn a_failing_sink_spools_then_delivers_after_recovery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(&tmp);
+    config.rotate_interval = Duration::from_millis(50);
+    let counts = Arc::new(Counts::default());
+    let log = start(&config, &counts);
+    // The log directory replaced by a file: every commit fails, whatever the user's rights.
+    let aside = tmp.path().join("log.aside");
+    std::fs::rename(&config.dir, &aside).unwrap();
+    std::fs::write(&config.dir, b"in the way").unwrap();
+    for i in 0..200 {
+        log.submit("fs", record(&format!("r{i:05}")));
+    }
+    eventually("the sink to fail and records to be spooled", || {
+        counts.down.load(Ordering::SeqCst) > 0 && counts.spooled.load(Ordering::SeqCst) == 200
+    })
+    .await;
+    std::fs::remove_file(&config.dir).unwrap();
+    std::fs::rename(&aside, &config.dir).unwrap();
+    eventually("the spool to be replayed", || {
+        counts.replayed.load(Ordering::SeqCst) == 200
+    })
+    .await;
+    log.close().await;
+    assert_eq!(logged_ids(&config.dir), expected(200));
+    assert_eq!(counts.dropped.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_spool_left_by_a_crash_is_replayed_at_start_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(&tmp);
+    let schema = LogSchema::new(def());
+    let spool = Spool::open(&config.spool_dir, 1 << 20).unwrap();
+    let records: Vec<_> = (0..10).map(|i| record(&format!("r{i:05}"))).collect();
+    spool.append(&schema, &records);
+    let segment = spool.seal().unwrap().remove(0);
+    drop(spool);
+    // A previous replay committed this segment's file, then crashed before removing it.
+    let stem = segment.file_stem().unwrap().to_str().unwrap();
+    sink::write_file(
+        &config.dir,
+        &schema,
+        "2023-11-14",
+        &sink::file_name(&schema, &format!("spool-{stem}")),
+        &records,
+    )
+    .unwrap();
+    // And left a temporary file behind.
+    let partition = sink::partition_dir(&config.dir, "fs", "2023-11-14");
+    std::fs::write(partition.join(".half.parquet.tmp"), b"PAR1").unwrap();
+    let counts = Arc::new(Counts::default());
+    let log = start(&config, &counts);
+    log.close().await;
+    assert_eq!(logged_ids(&config.dir), expected(10));
+    assert!(!segment.exists());
+    assert!(!partition.join(".half.parquet.tmp").exists());
+}
+
+#[tokio::test]
+async fn sampling_and_pii_drop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(&tmp);
+    config.sample.insert("fs".into(), 0.25);
+    config.pii = PiiMode::Drop;
+    let counts = Arc::new(Counts::default());
+    let log = start(&config, &counts);
+    let wanted: Vec<_> = (0..4000)
+        .map(|i| format!("r{i:05}"))
+        .filter(|id| log.wants("fs", id))
+        .collect();
+    assert!((800..1200).contains(&wanted.len()), "{}", wanted.len());
+    assert!(
+        wanted.iter().all(|id| log.wants("fs", id)),
+        "sampling is by id"
+    );
+    assert!(!log.wants("other", "r00000"));
+    for id in &wanted {
+        log.submit("fs", record(id));
+    }
+    log.close().await;
+    let (path, _, def) = &log_files(&config.dir, "fs").unwrap()[0];
+    assert_eq!(def.pii, PiiMode::Drop);
+    let (schema, _) = read_parquet(path).unwrap();
+    assert!(schema.field_with_name("feature:u:email").is_err());
+    assert!(schema.field_with_name("status:u:email").is_ok());
+    assert_eq!(logged_ids(&config.dir).len(), wanted.len());
+}
