@@ -20,19 +20,22 @@ pub enum ErrorClass {
     Rejected,
     /// The gateway's own bound on calls in flight to this source refused the call.
     Overloaded,
+    /// The source's circuit breaker is open after repeated failures: the call was not made.
+    CircuitOpen,
     /// Anything else, including a bug in the fetcher.
     Internal,
 }
 
 impl ErrorClass {
     /// Every class, in declaration order (`class as usize` indexes it).
-    pub const ALL: [ErrorClass; 7] = [
+    pub const ALL: [ErrorClass; 8] = [
         ErrorClass::Timeout,
         ErrorClass::Unavailable,
         ErrorClass::RateLimited,
         ErrorClass::InvalidResponse,
         ErrorClass::Rejected,
         ErrorClass::Overloaded,
+        ErrorClass::CircuitOpen,
         ErrorClass::Internal,
     ];
 
@@ -45,6 +48,7 @@ impl ErrorClass {
             ErrorClass::InvalidResponse => "invalid_response",
             ErrorClass::Rejected => "rejected",
             ErrorClass::Overloaded => "overloaded",
+            ErrorClass::CircuitOpen => "circuit_open",
             ErrorClass::Internal => "internal",
         }
     }

@@ -13,6 +13,10 @@
 //! - [`secret`]: `${NAME}` environment references in options ([`EnvTemplate`]) and where they are
 //!   looked up ([`Env`]), shared by every fetcher kind so that all parse, resolve and redact them
 //!   alike.
+//! - [`options`]: parsing and compiling a source's and its views' options, the part of
+//!   `validate` and `build` every kind shares ([`validate_options`], [`build_options`]).
+//! - `tls` (feature `tls`): reading PEM certificates and a client certificate with its key for
+//!   rustls, with messages naming the `tls_*` options.
 //!
 //! A fetcher makes its call and nothing else: timeouts, retries, caching, concurrency limits and
 //! metrics are layers the gateway wraps around every fetcher in one place.
@@ -20,12 +24,16 @@
 
 pub mod error;
 pub mod fetcher;
+pub mod options;
 pub mod registry;
 pub mod secret;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod value;
 
 pub use error::{ErrorClass, FetchError};
 pub use fetcher::{Cell, CellError, EntityKey, FetchRequest, Fetcher, Record, Row};
+pub use options::{build_options, validate_options};
 pub use registry::{
     BuildError, FetcherFactory, KeySpec, Options, Registry, SourceSpec, UnknownKind, ViewSpec,
 };

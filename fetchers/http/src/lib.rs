@@ -82,40 +82,13 @@ impl FetcherFactory for HttpFactory {
     }
 
     fn validate(&self, source: &SourceSpec) -> Vec<String> {
-        let mut errors = Vec::new();
-        match source.options.parse::<HttpSourceConfig>() {
-            Err(e) => errors.push(e),
-            Ok(config) => {
-                if let Err(e) = config::compile_source(&config) {
-                    errors.extend(e);
-                }
-            }
-        }
-        for view in &source.views {
-            match view.options.parse::<HttpViewConfig>() {
-                Err(e) => errors.push(format!("view `{}`: {e}", view.name)),
-                Ok(config) => {
-                    if let Err(e) = config::compile_view(view, &config) {
-                        errors.extend(e);
-                    }
-                }
-            }
-        }
-        errors
+        fetcher_api::validate_options(source, config::compile_source, config::compile_view)
     }
 
     async fn build(&self, source: &SourceSpec) -> Result<Arc<dyn Fetcher>, BuildError> {
+        let (compiled, views) =
+            fetcher_api::build_options(source, config::compile_source, config::compile_view)?;
         let fail = |message: String| BuildError::new(source, message);
-        let config: HttpSourceConfig = source.options.parse().map_err(fail)?;
-        let compiled = config::compile_source(&config).map_err(|e| fail(e.join("; ")))?;
-        let mut views = Vec::with_capacity(source.views.len());
-        for view in &source.views {
-            let options: HttpViewConfig = view
-                .options
-                .parse()
-                .map_err(|e| fail(format!("view `{}`: {e}", view.name)))?;
-            views.push(config::compile_view(view, &options).map_err(|e| fail(e.join("; ")))?);
-        }
         let mut headers = HeaderMap::new();
         for (written, name, template) in &compiled.headers {
             let value = config::resolve_header(written, template, &self.env).map_err(fail)?;

@@ -30,6 +30,7 @@
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
+use fetcher_api::tls;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::{
@@ -37,7 +38,7 @@ use rustls::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
     crypto::WebPkiSupportedAlgorithms,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
+    pki_types::{CertificateDer, ServerName, UnixTime},
 };
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -211,7 +212,7 @@ pub fn connector(
     let verifier: Arc<dyn ServerCertVerifier> = match &settings.ca_file {
         Some(ca_file) => {
             let path = resolve(ca_file);
-            let certs = read_certs("tls_ca_file", &path)?;
+            let certs = tls::read_certs("tls_ca_file", &path)?;
             let mut roots = RootCertStore::empty();
             for cert in certs {
                 roots.add(cert).map_err(|e| {
@@ -241,43 +242,10 @@ pub fn connector(
     let config = match &settings.client_cert {
         None => builder.with_no_client_auth(),
         Some((cert_file, key_file)) => {
-            let cert_path = resolve(cert_file);
-            let certs = read_certs("tls_client_cert_file", &cert_path)?;
-            let key_path = resolve(key_file);
-            let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-                format!(
-                    "tls_client_key_file: cannot read a PEM private key from `{}`: {e}",
-                    key_path.display()
-                )
-            })?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
-                format!(
-                    "tls_client_cert_file / tls_client_key_file: `{}` and `{}` cannot be used \
-                     together: {e}",
-                    cert_path.display(),
-                    key_path.display()
-                )
-            })?
+            tls::client_auth(builder, &resolve(cert_file), &resolve(key_file))?
         }
     };
     Ok(MakeRustlsConnect::new(config))
-}
-
-/// Every certificate of a PEM file; none is an error.
-fn read_certs(
-    option: &str,
-    path: &std::path::Path,
-) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{option}: cannot read `{}`: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{option}: `{}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }
 
 /// A hint for a connection that failed at build, naming the TLS option to look at; `None` when

@@ -29,17 +29,14 @@ use std::{
     time::Duration,
 };
 
-use fetcher_api::{Env, ErrorClass, FetchError};
+use fetcher_api::{Env, ErrorClass, FetchError, tls};
 use fred::{
     prelude::{
         ClientLike, Config, EventInterface, Options, Pool, ReconnectPolicy, ServerConfig, TcpConfig,
     },
     types::{Builder, config::TlsConfig},
 };
-use rustls::{
-    ClientConfig, RootCertStore,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-};
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::config::{CompiledSource, Mode, resolve_url};
 
@@ -167,7 +164,7 @@ pub(crate) fn tls_config(
     match &source.tls_ca_file {
         Some(file) => {
             let path = resolve(file);
-            for cert in read_certs("tls_ca_file", &path)? {
+            for cert in tls::read_certs("tls_ca_file", &path)? {
                 roots.add(cert).map_err(|e| {
                     format!(
                         "tls_ca_file: `{}` holds a certificate rustls cannot use as a root: {e}",
@@ -197,40 +194,10 @@ pub(crate) fn tls_config(
     let config = match &source.tls_client_cert {
         None => builder.with_no_client_auth(),
         Some((cert_file, key_file)) => {
-            let cert_path = resolve(cert_file);
-            let certs = read_certs("tls_client_cert_file", &cert_path)?;
-            let key_path = resolve(key_file);
-            let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-                format!(
-                    "tls_client_key_file: cannot read a PEM private key from `{}`: {e}",
-                    key_path.display()
-                )
-            })?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| {
-                format!(
-                    "tls_client_cert_file / tls_client_key_file: `{}` and `{}` cannot be used \
-                     together: {e}",
-                    cert_path.display(),
-                    key_path.display()
-                )
-            })?
+            tls::client_auth(builder, &resolve(cert_file), &resolve(key_file))?
         }
     };
     Ok(Some(TlsConfig::from(config)))
-}
-
-/// Every certificate of a PEM file; none is an error.
-fn read_certs(option: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{option}: cannot read `{}`: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{option}: `{}` holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }
 
 /// Whether a connection failed on the server's certificate (or on ours): a setup problem that

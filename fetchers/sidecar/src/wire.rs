@@ -33,7 +33,7 @@ const MAX_MESSAGE: usize = 300;
 pub fn code_of(class: ErrorClass) -> Code {
     match class {
         ErrorClass::Timeout => Code::DeadlineExceeded,
-        ErrorClass::Unavailable => Code::Unavailable,
+        ErrorClass::Unavailable | ErrorClass::CircuitOpen => Code::Unavailable,
         ErrorClass::RateLimited | ErrorClass::Overloaded => Code::ResourceExhausted,
         ErrorClass::Rejected => Code::FailedPrecondition,
         ErrorClass::InvalidResponse | ErrorClass::Internal => Code::Internal,

@@ -138,8 +138,11 @@ impl Host {
                     kind: source.kind.as_str().into(),
                     timeout: source.timeout,
                     max_concurrency: source.max_concurrency,
-                    // Caching is the gateway's: a sidecar answers what its source says now.
+                    // Caching, circuit breaking and retries are the gateway's: a sidecar answers
+                    // what its source says now, and retrying on both sides would multiply calls.
                     cache: None,
+                    circuit_breaker: None,
+                    retry: None,
                 },
             );
             for view in &source.spec.views {

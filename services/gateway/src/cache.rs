@@ -511,6 +511,8 @@ mod tests {
                 timeout: Some(Duration::from_secs(1)),
                 max_concurrency: 16,
                 cache: Some(cache),
+                circuit_breaker: None,
+                retry: None,
             },
         )
     }
@@ -706,6 +708,8 @@ mod tests {
                 timeout: None,
                 max_concurrency: 16,
                 cache: None,
+                circuit_breaker: None,
+                retry: None,
             },
         );
         let f = features();

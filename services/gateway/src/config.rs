@@ -91,6 +91,12 @@ pub struct RawSource {
     /// The source's cache (`[sources.NAME.cache]`); none when absent.
     #[serde(default)]
     pub cache: Option<RawCache>,
+    /// The source's circuit breaker (`[sources.NAME.circuit_breaker]`); none when absent.
+    #[serde(default)]
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    /// Retries of the source's retryable failures (`[sources.NAME.retry]`); none when absent.
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
     /// Options of the source's kind.
     #[serde(flatten)]
     pub options: toml::Table,
@@ -117,6 +123,43 @@ pub struct RawCache {
     /// never calls in the background.
     #[serde(default)]
     pub max_background_calls: Option<usize>,
+}
+
+/// `[sources.NAME.circuit_breaker]`: stop calling a source that keeps failing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    /// Failures in a row that open the circuit. Default 5.
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// Failure rate over the last `window` calls that opens the circuit, 0..1. Default 0.5.
+    #[serde(default)]
+    pub failure_rate: Option<f64>,
+    /// Calls the failure rate is computed over. Default 20.
+    #[serde(default)]
+    pub window: Option<usize>,
+    /// How long the circuit stays open (calls fail at once) before probing. Default "5s".
+    #[serde(default)]
+    pub open_for: Option<String>,
+    /// Calls let through to probe a half-open circuit. Default 1.
+    #[serde(default)]
+    pub half_open_probes: Option<u32>,
+}
+
+/// `[sources.NAME.retry]`: retry failures the source's fetcher calls retryable.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts in all, the first included. Default 2.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Wait before a retry. Default "10ms". A retry that cannot finish inside the request's
+    /// deadline is not made.
+    #[serde(default)]
+    pub backoff: Option<String>,
+    /// Retries allowed as a fraction of calls, so retries cannot multiply an outage. Default 0.1.
+    #[serde(default)]
+    pub budget_percent: Option<f32>,
 }
 
 /// `[views.NAME]`: the fields every view has; everything else is its source kind's options.
@@ -306,6 +349,10 @@ pub struct Source {
     pub required: bool,
     /// Its cache, if any.
     pub cache: Option<crate::cache::CachePolicy>,
+    /// Its circuit breaker, if any.
+    pub circuit_breaker: Option<crate::resilience::BreakerPolicy>,
+    /// Its retries, if any.
+    pub retry: Option<crate::resilience::RetrySettings>,
     /// What its fetcher factory is given.
     pub spec: SourceSpec,
 }
@@ -716,6 +763,14 @@ fn validate(
             .cache
             .as_ref()
             .and_then(|c| cache_policy(c, &["sources", name, "cache"], problems));
+        let circuit_breaker = s
+            .circuit_breaker
+            .as_ref()
+            .and_then(|b| breaker_policy(b, &["sources", name, "circuit_breaker"], problems));
+        let retry = s
+            .retry
+            .as_ref()
+            .and_then(|r| retry_settings(r, &["sources", name, "retry"], problems));
         let source_views: Vec<ViewSpec> = views
             .values()
             .filter(|v| &v.source == name)
@@ -792,6 +847,8 @@ fn validate(
                 timeout,
                 max_concurrency: s.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
                 cache,
+                circuit_breaker,
+                retry,
                 required: s.required,
                 spec,
             },
@@ -1075,6 +1132,82 @@ fn cache_policy(
         negative_ttl,
         max_bytes: raw.max_bytes.unwrap_or(64 * 1024 * 1024),
         max_background_calls: raw.max_background_calls.unwrap_or(256),
+    })
+}
+
+/// Checks a source's circuit breaker settings.
+fn breaker_policy(
+    raw: &RawCircuitBreaker,
+    at: &[&str],
+    problems: &mut Problems,
+) -> Option<crate::resilience::BreakerPolicy> {
+    let field = |name: &'static str| -> Vec<&str> {
+        let mut path = at.to_vec();
+        path.push(name);
+        path
+    };
+    let open_for = match raw.open_for.as_deref() {
+        None => Duration::from_secs(5),
+        Some(t) => parse_duration(t)
+            .map_err(|msg| problems.add(&field("open_for"), msg))
+            .ok()?,
+    };
+    let failure_rate = raw.failure_rate.unwrap_or(0.5);
+    if !(failure_rate > 0.0 && failure_rate <= 1.0) {
+        problems.add(&field("failure_rate"), "must be in (0, 1]");
+        return None;
+    }
+    let policy = crate::resilience::BreakerPolicy {
+        consecutive_failures: raw.consecutive_failures.unwrap_or(5),
+        failure_rate,
+        window: raw.window.unwrap_or(20),
+        open_for,
+        half_open_probes: raw.half_open_probes.unwrap_or(1),
+    };
+    for (name, zero) in [
+        ("consecutive_failures", policy.consecutive_failures == 0),
+        ("window", policy.window == 0),
+        ("half_open_probes", policy.half_open_probes == 0),
+    ] {
+        if zero {
+            problems.add(&field(name), "must be at least 1");
+            return None;
+        }
+    }
+    Some(policy)
+}
+
+/// Checks a source's retry settings.
+fn retry_settings(
+    raw: &RawRetry,
+    at: &[&str],
+    problems: &mut Problems,
+) -> Option<crate::resilience::RetrySettings> {
+    let field = |name: &'static str| -> Vec<&str> {
+        let mut path = at.to_vec();
+        path.push(name);
+        path
+    };
+    let backoff = match raw.backoff.as_deref() {
+        None => Duration::from_millis(10),
+        Some(t) => parse_duration(t)
+            .map_err(|msg| problems.add(&field("backoff"), msg))
+            .ok()?,
+    };
+    let max_attempts = raw.max_attempts.unwrap_or(2);
+    if max_attempts == 0 {
+        problems.add(&field("max_attempts"), "must be at least 1");
+        return None;
+    }
+    let budget_percent = raw.budget_percent.unwrap_or(0.1);
+    if !(0.0..=10.0).contains(&budget_percent) {
+        problems.add(&field("budget_percent"), "must be in [0, 10]");
+        return None;
+    }
+    Some(crate::resilience::RetrySettings {
+        max_attempts,
+        backoff,
+        budget_percent,
     })
 }
 

@@ -77,6 +77,8 @@ impl Gateway {
                     timeout: source.timeout,
                     max_concurrency: source.max_concurrency,
                     cache: source.cache.clone(),
+                    circuit_breaker: source.circuit_breaker.clone(),
+                    retry: source.retry.clone(),
                 };
                 let service = gateway_stack(fetcher.clone(), &policy);
                 (Some(fetcher), Some(service))

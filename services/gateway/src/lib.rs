@@ -6,6 +6,7 @@
 //! - [`config`]: the configuration file; parse, then validate with no I/O.
 //! - [`plan`]: a feature service compiled into a staged DAG of view fetches.
 //! - [`cache`]: the per-source cache (TTL, stale serving, background fill), the outermost layer.
+//! - [`resilience`]: the circuit breaker and the retry policy.
 //! - [`stack`]: the tower layers every source sits behind (deadline, bulkhead, telemetry).
 //! - [`executor`]: runs a plan for a batch of rows and assembles the vectors and statuses.
 //! - [`request`]: checks a request's inputs; the table from request errors to gRPC codes.
@@ -22,6 +23,7 @@ pub mod executor;
 pub mod gateway;
 pub mod plan;
 pub mod request;
+pub mod resilience;
 pub mod server;
 pub mod stack;
 pub mod telemetry;

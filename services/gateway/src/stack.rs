@@ -6,8 +6,10 @@
 //! - [`CacheLayer`]: TTL, stale serving within a bound, background completion (see
 //!   [`crate::cache`]); answers one [`Slot`] per key;
 //! - [`TelemetryLayer`]: one latency and outcome record per fetch, whatever the outcome;
+//! - [`CircuitBreakerLayer`]: opens after repeated failures and answers at once while open;
 //! - [`DeadlineLayer`]: the call's time limit is the lesser of the source's timeout and what is
 //!   left of the request's deadline;
+//! - tower's `Retry` with [`RetryPolicy`]: retryable failures, within the deadline and a budget;
 //! - [`BulkheadLayer`]: at most `max_concurrency` calls in flight; one more is refused at once
 //!   (so a slow source cannot take every task and connection of the gateway).
 
@@ -22,10 +24,11 @@ use std::{
 
 use fetcher_api::{ErrorClass, FetchError, FetchRequest, Fetcher, Row};
 use tokio::{sync::Semaphore, time::Instant};
-use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
+use tower::{Layer, Service, ServiceBuilder, retry::RetryLayer, util::BoxCloneSyncService};
 
 use crate::{
     cache::{CacheLayer, CachePolicy, Slot},
+    resilience::{BreakerPolicy, CircuitBreakerLayer, RetryPolicy, RetrySettings},
     telemetry::SourceMetrics,
 };
 
@@ -51,6 +54,10 @@ pub struct SourcePolicy {
     pub max_concurrency: usize,
     /// The source's cache, if it has one.
     pub cache: Option<CachePolicy>,
+    /// The source's circuit breaker, if it has one.
+    pub circuit_breaker: Option<BreakerPolicy>,
+    /// The source's retries, if any.
+    pub retry: Option<RetrySettings>,
 }
 
 /// The whole stack of a source as the gateway uses it: the cache over [`source_stack`].
@@ -69,12 +76,23 @@ pub fn gateway_stack(fetcher: Arc<dyn Fetcher>, policy: &SourcePolicy) -> Gatewa
 
 /// Wraps `fetcher` in the gateway's stack.
 pub fn source_stack(fetcher: Arc<dyn Fetcher>, policy: &SourcePolicy) -> SourceService {
+    let retry = policy
+        .retry
+        .as_ref()
+        .map(|r| RetryLayer::new(RetryPolicy::new(r, &policy.name)));
     let service = ServiceBuilder::new()
-        // Outermost, so refusals and timeouts are recorded like any other outcome.
+        // Outermost, so refusals, open circuits and timeouts are recorded like any outcome.
         .layer(TelemetryLayer::new(policy.name.clone()))
-        // Before the bulkhead: a call refused for capacity must not wait for a permit.
+        // Sees each call's final outcome (after retries); open, it answers at once.
+        .layer(CircuitBreakerLayer::new(
+            policy.circuit_breaker.as_ref(),
+            &policy.name,
+        ))
+        // Bounds the call and its retries together by the request's deadline.
         .layer(DeadlineLayer::new(policy.timeout))
-        // Innermost: bounds what reaches the fetcher itself.
+        // Inside the deadline: a retry happens only if there is time left for it.
+        .option_layer(retry)
+        // Innermost: every attempt needs a permit, so retries cannot exceed the bound.
         .layer(BulkheadLayer::new(policy.max_concurrency))
         .service(FetcherService(fetcher));
     BoxCloneSyncService::new(service)
@@ -353,6 +371,8 @@ mod tests {
             timeout,
             max_concurrency,
             cache: None,
+            circuit_breaker: None,
+            retry: None,
         }
     }
 

@@ -27,6 +27,12 @@ pub mod names {
     pub const BUILD_INFO: &str = "feature_gateway_build_info";
     /// Gauge: 1 while a source's health check passes, 0 while it fails.
     pub const SOURCE_UP: &str = "feature_gateway_source_up";
+    /// Gauge: a source's circuit: 0 closed, 1 open, 2 half-open.
+    pub const CIRCUIT_STATE: &str = "feature_gateway_circuit_state";
+    /// Counter: retries of failed source calls, by source.
+    pub const RETRIES: &str = "feature_gateway_source_retries_total";
+    /// Counter: retries refused because the source's retry budget was spent, by source.
+    pub const RETRIES_REFUSED: &str = "feature_gateway_source_retries_refused_total";
     /// Counter: cache lookups by source and outcome (hit, miss).
     pub const CACHE_LOOKUPS: &str = "feature_gateway_cache_lookups_total";
     /// Counter: values served stale (past TTL, within max staleness) by source.
@@ -62,6 +68,47 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub fn started(config_hash: &str) {
     gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "config_hash" => config_hash.to_owned())
         .set(1.0);
+}
+
+/// The circuit-breaker and retry metric handles of one source.
+#[derive(Clone, Debug)]
+pub struct ResilienceMetrics {
+    source: Arc<str>,
+    circuit: metrics::Gauge,
+    retries: Counter,
+    refused: Counter,
+}
+
+impl ResilienceMetrics {
+    /// Registers the handles of `source`.
+    pub fn new(source: &str) -> Self {
+        ResilienceMetrics {
+            source: source.into(),
+            circuit: gauge!(names::CIRCUIT_STATE, "source" => source.to_owned()),
+            retries: counter!(names::RETRIES, "source" => source.to_owned()),
+            refused: counter!(names::RETRIES_REFUSED, "source" => source.to_owned()),
+        }
+    }
+
+    /// The circuit changed state (0 closed, 1 open, 2 half-open).
+    pub fn circuit(&self, state: u8) {
+        self.circuit.set(f64::from(state));
+        match state {
+            1 => tracing::warn!(source = &*self.source, "circuit opened"),
+            2 => tracing::info!(source = &*self.source, "circuit half-open: probing"),
+            _ => tracing::debug!(source = &*self.source, "circuit closed"),
+        }
+    }
+
+    /// A failed call is retried.
+    pub fn retried(&self) {
+        self.retries.increment(1);
+    }
+
+    /// A retry was refused by the budget.
+    pub fn retry_refused(&self) {
+        self.refused.increment(1);
+    }
 }
 
 /// The cache metric handles of one source.

@@ -323,3 +323,53 @@ fn positions_point_at_the_field() {
         + 1;
     assert_eq!(errors.errors[0].position, Some((line, 1)));
 }
+
+#[test]
+fn cache_breaker_and_retry_settings_are_checked() {
+    let text = BASE.replace(
+        "timeout = \"20ms\"",
+        "timeout = \"20ms\"\n[sources.tables.cache]\nttl = \"10s\"\nmax_staleness = \"1s\"\n[sources.tables.circuit_breaker]\nfailure_rate = 1.5\n[sources.tables.retry]\nmax_attempts = 0",
+    );
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("sources.tables.cache.max_staleness: must be at least the ttl")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("sources.tables.circuit_breaker.failure_rate: must be in (0, 1]")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("sources.tables.retry.max_attempts: must be at least 1")),
+        "{errors:#?}"
+    );
+
+    let text = BASE.replace(
+        "timeout = \"20ms\"",
+        "timeout = \"20ms\"\n[sources.tables.cache]\nttl = \"10s\"\nmax_staleness = \"1h\"\nnegative_ttl = \"1s\"\n[sources.tables.circuit_breaker]\nopen_for = \"2s\"\n[sources.tables.retry]\nbackoff = \"5ms\"",
+    );
+    let config = load(&text).unwrap();
+    let source = &config.sources["tables"];
+    let cache = source.cache.as_ref().unwrap();
+    assert_eq!(
+        (cache.ttl, cache.max_staleness),
+        (Duration::from_secs(10), Duration::from_secs(3600))
+    );
+    assert_eq!(cache.negative_ttl, Some(Duration::from_secs(1)));
+    assert_eq!(
+        source.circuit_breaker.as_ref().unwrap().open_for,
+        Duration::from_secs(2)
+    );
+    let retry = source.retry.as_ref().unwrap();
+    assert_eq!(
+        (retry.max_attempts, retry.backoff),
+        (2, Duration::from_millis(5))
+    );
+}

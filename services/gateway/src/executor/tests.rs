@@ -224,6 +224,8 @@ fn gateway_services(gateway: &crate::Gateway) -> Vec<Option<crate::stack::Gatewa
                         timeout: None,
                         max_concurrency: 16,
                         cache: None,
+                        circuit_breaker: None,
+                        retry: None,
                     },
                 )
             })
