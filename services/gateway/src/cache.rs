@@ -18,6 +18,13 @@
 //! `max_background_calls` such calls run at once per source; beyond that a call is bounded by
 //! the request's deadline like any other.
 //!
+//! Refresh-ahead (`refresh_ahead`, a fraction of the TTL): a key served from the cache when
+//! older than that fraction of its TTL is fetched again in the background while the cached value
+//! is served, so a hot key is renewed before it expires and no request sees it miss. At most one
+//! refresh per key at a time (a key already being fetched is not fetched again), within the same
+//! `max_background_calls` permits, bounded by the source's own timeout (a source without one
+//! does not refresh ahead). A failed refresh changes nothing: the entry ages as it would have.
+//!
 //! Memory is bounded by `max_bytes` (moka's size-aware eviction, weighing each entry by an
 //! estimate of its size); entries are dropped once older than `max_staleness`. Ages use tokio's
 //! clock, so tests can pause time.
@@ -93,8 +100,11 @@ pub struct CachePolicy {
     pub negative_ttl: Option<Duration>,
     /// Memory bound of the cache, in (estimated) bytes.
     pub max_bytes: u64,
-    /// Most calls finishing in the background after their request's deadline.
+    /// Most calls finishing in the background after their request's deadline (refresh-ahead
+    /// calls included).
     pub max_background_calls: usize,
+    /// Refresh a value in the background when read past this fraction (0..1) of its TTL.
+    pub refresh_ahead: Option<f64>,
 }
 
 /// A cached answer.
@@ -233,6 +243,7 @@ impl CacheState {
         // Entries past their TTL but within max staleness: the fallback if the source fails.
         let mut stale: Vec<Option<Entry>> = vec![None; request.keys.len()];
         let mut missing = Vec::new();
+        let mut refresh = Vec::new();
         for (i, key) in request.keys.iter().enumerate() {
             let entry = self
                 .entries
@@ -240,6 +251,9 @@ impl CacheState {
                 .filter(|e| same_features(&e.features, &request.features));
             match entry {
                 Some(e) if self.fresh(&e, now) => {
+                    if self.refresh_due(&e, now) {
+                        refresh.push(key.clone());
+                    }
                     slots[i] = Some(Slot::Cached {
                         age: now.duration_since(e.fetched_at),
                         row: e.row,
@@ -254,6 +268,9 @@ impl CacheState {
         }
         self.metrics
             .looked_up(request.keys.len() - missing.len(), missing.len());
+        if !refresh.is_empty() && source_timeout.is_some() {
+            self.clone().refresh_ahead(inner.clone(), &request, refresh);
+        }
         if missing.is_empty() {
             return slots.into_iter().flatten().collect();
         }
@@ -346,13 +363,7 @@ impl CacheState {
         if permit.is_some() {
             call.deadline = None;
         }
-        let (tx, rx) = tokio::sync::oneshot::channel::<CallResult>();
-        let shared: SharedCall = async move {
-            rx.await
-                .unwrap_or_else(|_| Arc::new(Err(FetchError::internal("the fetch task ended"))))
-        }
-        .boxed()
-        .shared();
+        let (tx, shared) = new_call();
         // Registered before the task starts, so the task's clean-up always finds its entries.
         {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,7 +377,64 @@ impl CacheState {
                     });
             }
         }
-        let ours = shared.clone();
+        self.run_call(inner, call, shared.clone(), tx, permit);
+        shared
+    }
+
+    /// Refresh-ahead: fetches `keys` (served fresh, but near the end of their TTL) in the
+    /// background, under a background permit and the source's own timeout. Keys already being
+    /// fetched are left to that call, so a key has at most one refresh at a time.
+    fn refresh_ahead(
+        self: Arc<Self>,
+        inner: SourceService,
+        request: &FetchRequest,
+        keys: Vec<EntityKey>,
+    ) {
+        let Ok(permit) = self.background.clone().try_acquire_owned() else {
+            return;
+        };
+        let (tx, shared) = new_call();
+        let mut call = FetchRequest {
+            view: request.view.clone(),
+            features: request.features.clone(),
+            keys: Vec::with_capacity(keys.len()),
+            deadline: None,
+        };
+        {
+            // Checked and registered under one lock: two requests cannot both refresh a key.
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for key in keys {
+                let k = (call.view.clone(), key);
+                if !in_flight.contains_key(&k) {
+                    in_flight.insert(
+                        k.clone(),
+                        Pending {
+                            call: shared.clone(),
+                            index: call.keys.len(),
+                            features: call.features.clone(),
+                        },
+                    );
+                    call.keys.push(k.1);
+                }
+            }
+        }
+        if call.keys.is_empty() {
+            return;
+        }
+        self.metrics.refreshing_ahead(call.keys.len());
+        self.run_call(inner, call, shared, tx, Some(permit));
+    }
+
+    /// Runs a registered call as its own task: stores its answer, unregisters its keys, then
+    /// hands the answer to its waiters.
+    fn run_call(
+        self: Arc<Self>,
+        inner: SourceService,
+        call: FetchRequest,
+        ours: SharedCall,
+        tx: tokio::sync::oneshot::Sender<CallResult>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         tokio::spawn(async move {
             let result = inner.oneshot(call.clone()).await;
             if let Ok(rows) = &result {
@@ -384,7 +452,18 @@ impl CacheState {
             drop(permit);
             let _ = tx.send(Arc::new(result));
         });
-        shared
+    }
+
+    /// Whether a fresh entry read at `now` is old enough to be refreshed ahead of its TTL.
+    fn refresh_due(&self, entry: &Entry, now: Instant) -> bool {
+        let Some(fraction) = self.policy.refresh_ahead else {
+            return false;
+        };
+        let ttl = match entry.row {
+            Row::Found(_) => self.policy.ttl,
+            Row::NotFound => self.policy.negative_ttl.unwrap_or(Duration::ZERO),
+        };
+        now.duration_since(entry.fetched_at) >= ttl.mul_f64(fraction)
     }
 
     fn fresh(&self, entry: &Entry, now: Instant) -> bool {
@@ -411,6 +490,18 @@ impl CacheState {
             );
         }
     }
+}
+
+/// A new source call's sender and the shared future its waiters await.
+fn new_call() -> (tokio::sync::oneshot::Sender<CallResult>, SharedCall) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<CallResult>();
+    let shared: SharedCall = async move {
+        rx.await
+            .unwrap_or_else(|_| Arc::new(Err(FetchError::internal("the fetch task ended"))))
+    }
+    .boxed()
+    .shared();
+    (tx, shared)
 }
 
 fn same_features(a: &Arc<[String]>, b: &Arc<[String]>) -> bool {
@@ -467,6 +558,8 @@ mod tests {
         calls: Mutex<Vec<usize>>,
         delay: Mutex<Duration>,
         failing: Mutex<bool>,
+        /// Appended to every value, so a test sees a value change upstream.
+        tag: Mutex<String>,
     }
 
     #[async_trait]
@@ -478,13 +571,14 @@ mod tests {
             if *self.failing.lock().unwrap() {
                 return Err(FetchError::unavailable("down"));
             }
+            let tag = self.tag.lock().unwrap().clone();
             Ok(request
                 .keys
                 .iter()
                 .map(|k| match &k[0] {
                     KeyPart::String(s) if s.starts_with("missing") => Row::NotFound,
                     k => Row::Found(Record {
-                        cells: vec![Ok(Value::String(k.to_string()))],
+                        cells: vec![Ok(Value::String(format!("{k}{tag}")))],
                         event_time: None,
                     }),
                 })
@@ -499,6 +593,7 @@ mod tests {
             negative_ttl,
             max_bytes: 1 << 20,
             max_background_calls: 4,
+            refresh_ahead: None,
         }
     }
 
@@ -513,6 +608,7 @@ mod tests {
                 cache: Some(cache),
                 circuit_breaker: None,
                 retry: None,
+                hedge: None,
             },
         )
     }
@@ -698,6 +794,70 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_hot_key_near_its_ttl_is_refreshed_once_in_the_background() {
+        let upstream = Arc::new(Upstream::default());
+        let mut cache = policy(None);
+        cache.refresh_ahead = Some(0.8);
+        let service = stack(&upstream, cache);
+        let f = features();
+        let value = |slots: &[Slot]| match &slots[0] {
+            Slot::Cached {
+                row: Row::Found(r), ..
+            } => r.cells[0].clone().unwrap(),
+            other => panic!("expected a cache hit, got {other:?}"),
+        };
+        fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        // Read at half its TTL: served, not refreshed.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert_eq!(upstream.calls.lock().unwrap().len(), 1);
+
+        // Upstream changes and slows down; at 9 s (past 0.8 of the 10 s TTL) three concurrent
+        // reads are served the cached value at once, and exactly one refresh goes out.
+        *upstream.tag.lock().unwrap() = "-v2".into();
+        *upstream.delay.lock().unwrap() = Duration::from_millis(100);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let started = Instant::now();
+        let reads = futures::future::join_all(
+            (0..3).map(|_| fetch(&service, request(&["k1"], &f, Duration::from_millis(50)))),
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        for slots in &reads {
+            assert_eq!(value(slots), Value::String("k1".into()));
+        }
+        // The refresh runs as its own task.
+        tokio::task::yield_now().await;
+        assert_eq!(upstream.calls.lock().unwrap().len(), 2);
+
+        // The refresh lands: the new value is served, with a new age, and past the original
+        // TTL no request sees a miss.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert_eq!(value(&slots), Value::String("k1-v2".into()));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert_eq!(value(&slots), Value::String("k1-v2".into()));
+        assert_eq!(upstream.calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_is_bounded_by_the_background_permits() {
+        let upstream = Arc::new(Upstream::default());
+        let mut cache = policy(None);
+        cache.refresh_ahead = Some(0.5);
+        cache.max_background_calls = 0;
+        let service = stack(&upstream, cache);
+        let f = features();
+        fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert!(matches!(slots[0], Slot::Cached { .. }), "{slots:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(upstream.calls.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn without_a_policy_rows_pass_through_and_failures_cover_every_key() {
         let upstream = Arc::new(Upstream::default());
         let service = gateway_stack(
@@ -710,6 +870,7 @@ mod tests {
                 cache: None,
                 circuit_breaker: None,
                 retry: None,
+                hedge: None,
             },
         );
         let f = features();

@@ -97,6 +97,9 @@ pub struct RawSource {
     /// Retries of the source's retryable failures (`[sources.NAME.retry]`); none when absent.
     #[serde(default)]
     pub retry: Option<RawRetry>,
+    /// Hedged requests (`[sources.NAME.hedge]`); none when absent.
+    #[serde(default)]
+    pub hedge: Option<RawHedge>,
     /// Options of the source's kind.
     #[serde(flatten)]
     pub options: toml::Table,
@@ -123,6 +126,12 @@ pub struct RawCache {
     /// never calls in the background.
     #[serde(default)]
     pub max_background_calls: Option<usize>,
+    /// Refresh-ahead: a value read when older than this fraction of its TTL (0..1, e.g. 0.8) is
+    /// fetched again in the background while the cached one is served, so hot keys never go
+    /// cold. Once per key at a time, within `max_background_calls`; needs the source's
+    /// `timeout`. Default: off.
+    #[serde(default)]
+    pub refresh_ahead: Option<f64>,
 }
 
 /// `[sources.NAME.circuit_breaker]`: stop calling a source that keeps failing.
@@ -158,6 +167,28 @@ pub struct RawRetry {
     #[serde(default)]
     pub backoff: Option<String>,
     /// Retries allowed as a fraction of calls, so retries cannot multiply an outage. Default 0.1.
+    #[serde(default)]
+    pub budget_percent: Option<f32>,
+}
+
+/// `[sources.NAME.hedge]`: hedged requests. A call that has not answered after the hedge delay
+/// is sent again; the first answer wins and the other is cancelled. Give one of `after` or
+/// `delay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHedge {
+    /// Hedge after this percentile of the source's observed latency, e.g. `"p95"` or `"p99.5"`.
+    /// No hedge until 20 calls have been observed.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Hedge after a fixed delay, e.g. `"30ms"`.
+    #[serde(default)]
+    pub delay: Option<String>,
+    /// Most extra attempts per call, one per hedge delay. Default 1, at most 3.
+    #[serde(default)]
+    pub max_extra: Option<u32>,
+    /// Hedges allowed as a fraction of calls, in (0, 1], so hedging cannot double the load of
+    /// a slow source. Default 0.1.
     #[serde(default)]
     pub budget_percent: Option<f32>,
 }
@@ -269,6 +300,10 @@ pub struct LimitsConfig {
     pub max_features_per_request: usize,
     /// Largest request message, in bytes.
     pub max_message_bytes: usize,
+    /// Most GetFeatures / GetFeaturesBatch calls in flight at once; more are refused at once
+    /// with RESOURCE_EXHAUSTED (load shedding) instead of queueing past their deadlines.
+    /// Health and reflection are never refused. Default: 512 per CPU core.
+    pub max_in_flight: Option<usize>,
 }
 
 impl Default for LimitsConfig {
@@ -279,6 +314,7 @@ impl Default for LimitsConfig {
             max_entities_per_row: 64,
             max_features_per_request: 1000,
             max_message_bytes: 4 * 1024 * 1024,
+            max_in_flight: None,
         }
     }
 }
@@ -353,6 +389,8 @@ pub struct Source {
     pub circuit_breaker: Option<crate::resilience::BreakerPolicy>,
     /// Its retries, if any.
     pub retry: Option<crate::resilience::RetrySettings>,
+    /// Its hedged requests, if any.
+    pub hedge: Option<crate::hedge::HedgePolicy>,
     /// What its fetcher factory is given.
     pub spec: SourceSpec,
 }
@@ -644,6 +682,9 @@ fn validate(
     if limits.max_batch_rows == 0 {
         problems.add(&["limits", "max_batch_rows"], "must be at least 1");
     }
+    if limits.max_in_flight == Some(0) {
+        problems.add(&["limits", "max_in_flight"], "must be at least 1");
+    }
 
     // Entities: their own fields; `from` is resolved once views are known.
     let mut entities = BTreeMap::new();
@@ -771,6 +812,10 @@ fn validate(
             .retry
             .as_ref()
             .and_then(|r| retry_settings(r, &["sources", name, "retry"], problems));
+        let hedge = s
+            .hedge
+            .as_ref()
+            .and_then(|h| hedge_policy(h, &["sources", name, "hedge"], problems));
         let source_views: Vec<ViewSpec> = views
             .values()
             .filter(|v| &v.source == name)
@@ -849,6 +894,7 @@ fn validate(
                 cache,
                 circuit_breaker,
                 retry,
+                hedge,
                 required: s.required,
                 spec,
             },
@@ -1126,13 +1172,82 @@ fn cache_policy(
         problems.add(&field("max_bytes"), "must be positive");
         return None;
     }
+    if raw.refresh_ahead.is_some_and(|f| !(f > 0.0 && f < 1.0)) {
+        problems.add(&field("refresh_ahead"), "must be in (0, 1)");
+        return None;
+    }
     Some(crate::cache::CachePolicy {
         ttl,
         max_staleness,
         negative_ttl,
         max_bytes: raw.max_bytes.unwrap_or(64 * 1024 * 1024),
         max_background_calls: raw.max_background_calls.unwrap_or(256),
+        refresh_ahead: raw.refresh_ahead,
     })
+}
+
+/// Checks a source's hedging settings.
+fn hedge_policy(
+    raw: &RawHedge,
+    at: &[&str],
+    problems: &mut Problems,
+) -> Option<crate::hedge::HedgePolicy> {
+    let field = |name: &'static str| -> Vec<&str> {
+        let mut path = at.to_vec();
+        path.push(name);
+        path
+    };
+    let trigger = match (raw.after.as_deref(), raw.delay.as_deref()) {
+        (Some(_), Some(_)) | (None, None) => {
+            problems.add(at, "give exactly one of `after` (a percentile) or `delay`");
+            return None;
+        }
+        (Some(after), None) => match parse_percentile(after) {
+            Ok(p) => crate::hedge::HedgeTrigger::Percentile(p),
+            Err(msg) => {
+                problems.add(&field("after"), msg);
+                return None;
+            }
+        },
+        (None, Some(delay)) => match parse_duration(delay) {
+            Ok(d) if !d.is_zero() => crate::hedge::HedgeTrigger::Fixed(d),
+            Ok(_) => {
+                problems.add(&field("delay"), "must be positive");
+                return None;
+            }
+            Err(msg) => {
+                problems.add(&field("delay"), msg);
+                return None;
+            }
+        },
+    };
+    let max_extra = raw.max_extra.unwrap_or(1);
+    if !(1..=3).contains(&max_extra) {
+        problems.add(&field("max_extra"), "must be 1, 2 or 3");
+        return None;
+    }
+    let budget_percent = raw.budget_percent.unwrap_or(0.1);
+    if !(budget_percent > 0.0 && budget_percent <= 1.0) {
+        problems.add(&field("budget_percent"), "must be in (0, 1]");
+        return None;
+    }
+    Some(crate::hedge::HedgePolicy {
+        trigger,
+        max_extra,
+        budget_percent,
+    })
+}
+
+/// Parses a percentile such as `p95` or `p99.9` into a fraction (0.95, 0.999).
+fn parse_percentile(text: &str) -> Result<f64, String> {
+    let value = text
+        .strip_prefix('p')
+        .and_then(|n| n.parse::<f64>().ok())
+        .filter(|n| *n > 0.0 && *n < 100.0)
+        .ok_or_else(|| {
+            format!("expected a percentile such as \"p95\" or \"p99.9\", not {text:?}")
+        })?;
+    Ok(value / 100.0)
 }
 
 /// Checks a source's circuit breaker settings.

@@ -79,6 +79,7 @@ impl Gateway {
                     cache: source.cache.clone(),
                     circuit_breaker: source.circuit_breaker.clone(),
                     retry: source.retry.clone(),
+                    hedge: source.hedge.clone(),
                 };
                 let service = gateway_stack(fetcher.clone(), &policy);
                 (Some(fetcher), Some(service))

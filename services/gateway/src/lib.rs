@@ -7,6 +7,8 @@
 //! - [`plan`]: a feature service compiled into a staged DAG of view fetches.
 //! - [`cache`]: the per-source cache (TTL, stale serving, background fill), the outermost layer.
 //! - [`resilience`]: the circuit breaker and the retry policy.
+//! - [`hedge`]: hedged requests for sources that opt in.
+//! - [`admission`]: load shedding at the gRPC server (RESOURCE_EXHAUSTED when saturated).
 //! - [`stack`]: the tower layers every source sits behind (deadline, bulkhead, telemetry).
 //! - [`executor`]: runs a plan for a batch of rows and assembles the vectors and statuses.
 //! - [`request`]: checks a request's inputs; the table from request errors to gRPC codes.
@@ -16,11 +18,13 @@
 //! - [`demo`]: the embedded demo deployment.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod executor;
 pub mod gateway;
+pub mod hedge;
 pub mod plan;
 pub mod request;
 pub mod resilience;

@@ -338,6 +338,7 @@ mod tests {
             cache: None,
             circuit_breaker: breaker,
             retry,
+            hedge: None,
         }
     }
 

@@ -26,6 +26,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use training_log::{Cell, FeatureEntry, LoggedStatus, TrainingLog};
 
 use crate::{
+    admission::{self, AdmissionLayer},
     config::{Config, FeatureRef},
     executor::{CacheUse, RowInput, Served, Status as FeatureStatus},
     gateway::{Gateway, request_deadline},
@@ -602,8 +603,16 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
 
+    let max_in_flight = gateway
+        .config()
+        .limits
+        .max_in_flight
+        .unwrap_or_else(admission::default_max_in_flight);
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Outermost: a saturated gateway refuses feature calls at once (RESOURCE_EXHAUSTED)
+        // rather than queueing them past their deadlines; health and reflection pass.
+        .layer(AdmissionLayer::new(max_in_flight))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -9,6 +9,8 @@
 //! - [`CircuitBreakerLayer`]: opens after repeated failures and answers at once while open;
 //! - [`DeadlineLayer`]: the call's time limit is the lesser of the source's timeout and what is
 //!   left of the request's deadline;
+//! - [`HedgeLayer`]: for sources that opt in, a second attempt when the first is slower than
+//!   usual, the first answer winning (see [`crate::hedge`]);
 //! - tower's `Retry` with [`RetryPolicy`]: retryable failures, within the deadline and a budget;
 //! - [`BulkheadLayer`]: at most `max_concurrency` calls in flight; one more is refused at once
 //!   (so a slow source cannot take every task and connection of the gateway).
@@ -28,6 +30,7 @@ use tower::{Layer, Service, ServiceBuilder, retry::RetryLayer, util::BoxCloneSyn
 
 use crate::{
     cache::{CacheLayer, CachePolicy, Slot},
+    hedge::{HedgeLayer, HedgePolicy},
     resilience::{BreakerPolicy, CircuitBreakerLayer, RetryPolicy, RetrySettings},
     telemetry::SourceMetrics,
 };
@@ -58,6 +61,8 @@ pub struct SourcePolicy {
     pub circuit_breaker: Option<BreakerPolicy>,
     /// The source's retries, if any.
     pub retry: Option<RetrySettings>,
+    /// The source's hedged requests, if it opts in.
+    pub hedge: Option<HedgePolicy>,
 }
 
 /// The whole stack of a source as the gateway uses it: the cache over [`source_stack`].
@@ -90,6 +95,9 @@ pub fn source_stack(fetcher: Arc<dyn Fetcher>, policy: &SourcePolicy) -> SourceS
         ))
         // Bounds the call and its retries together by the request's deadline.
         .layer(DeadlineLayer::new(policy.timeout))
+        // Inside the deadline, which ends every attempt; outside retries and the bulkhead, so
+        // each attempt retries on its own and takes a permit (hedges cannot pass the bound).
+        .layer(HedgeLayer::new(policy.hedge.as_ref(), &policy.name))
         // Inside the deadline: a retry happens only if there is time left for it.
         .option_layer(retry)
         // Innermost: every attempt needs a permit, so retries cannot exceed the bound.
@@ -373,6 +381,7 @@ mod tests {
             cache: None,
             circuit_breaker: None,
             retry: None,
+            hedge: None,
         }
     }
 

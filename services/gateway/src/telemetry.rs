@@ -42,6 +42,21 @@ pub mod names {
     pub const CACHE_BACKGROUND: &str = "feature_gateway_cache_background_calls_total";
     /// Counter: cache misses that joined a source call already in flight, by source.
     pub const CACHE_COALESCED: &str = "feature_gateway_cache_coalesced_total";
+    /// Counter: background refreshes of hot entries nearing their TTL (refresh-ahead), by
+    /// source.
+    pub const CACHE_REFRESH_AHEAD: &str = "feature_gateway_cache_refresh_ahead_total";
+    /// Counter: hedged (extra) attempts sent to a source, by source.
+    pub const HEDGES: &str = "feature_gateway_source_hedges_total";
+    /// Counter: calls a hedged attempt answered first, by source.
+    pub const HEDGES_WON: &str = "feature_gateway_source_hedges_won_total";
+    /// Counter: hedges not sent, by source and reason (budget: the hedge budget was spent;
+    /// deadline: too little of the deadline was left).
+    pub const HEDGES_SKIPPED: &str = "feature_gateway_source_hedges_skipped_total";
+    /// Counter: feature requests refused with RESOURCE_EXHAUSTED because the gateway was
+    /// saturated (load shedding), by method.
+    pub const REQUESTS_SHED: &str = "feature_gateway_requests_shed_total";
+    /// Gauge: feature requests in flight (admitted by load shedding).
+    pub const REQUESTS_IN_FLIGHT: &str = "feature_gateway_requests_in_flight";
     /// Gauge: records waiting in the training log's in-memory queue.
     pub const TRAINING_LOG_QUEUE: &str = "feature_gateway_training_log_queue_depth";
     /// Counter: records committed to training log files, by feature_service.
@@ -111,6 +126,85 @@ impl ResilienceMetrics {
     }
 }
 
+/// The hedging metric handles of one source.
+#[derive(Clone, Debug)]
+pub struct HedgeMetrics {
+    sent: Counter,
+    won: Counter,
+    refused: Counter,
+    late: Counter,
+}
+
+impl HedgeMetrics {
+    /// Registers the handles of `source`.
+    pub fn new(source: &str) -> Self {
+        HedgeMetrics {
+            sent: counter!(names::HEDGES, "source" => source.to_owned()),
+            won: counter!(names::HEDGES_WON, "source" => source.to_owned()),
+            refused: counter!(names::HEDGES_SKIPPED, "source" => source.to_owned(), "reason" => "budget"),
+            late: counter!(names::HEDGES_SKIPPED, "source" => source.to_owned(), "reason" => "deadline"),
+        }
+    }
+
+    /// A hedged attempt was sent.
+    pub fn sent(&self) {
+        self.sent.increment(1);
+    }
+
+    /// A hedged attempt answered first.
+    pub fn won(&self) {
+        self.won.increment(1);
+    }
+
+    /// A hedge was not sent: the budget was spent.
+    pub fn refused(&self) {
+        self.refused.increment(1);
+    }
+
+    /// A hedge was not sent: too little of the deadline was left.
+    pub fn skipped_deadline(&self) {
+        self.late.increment(1);
+    }
+}
+
+/// The load-shedding metric handles, registered once.
+#[derive(Clone, Debug)]
+pub struct AdmissionMetrics {
+    shed: [Counter; 2],
+    in_flight: metrics::Gauge,
+}
+
+impl AdmissionMetrics {
+    /// Registers the handles.
+    pub fn new() -> Self {
+        AdmissionMetrics {
+            shed: METHODS.map(|method| counter!(names::REQUESTS_SHED, "method" => method)),
+            in_flight: gauge!(names::REQUESTS_IN_FLIGHT),
+        }
+    }
+
+    /// A request of `method` (a [`METHODS`] index) was refused: the gateway is saturated.
+    pub fn shed(&self, method: usize, limit: usize) {
+        self.shed[method].increment(1);
+        tracing::debug!(
+            method = METHODS[method],
+            limit,
+            "request shed: too many in flight"
+        );
+    }
+
+    /// The requests in flight are now `n`.
+    pub fn in_flight(&self, n: usize) {
+        self.in_flight.set(n as f64);
+    }
+}
+
+impl Default for AdmissionMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The cache metric handles of one source.
 #[derive(Clone, Debug)]
 pub struct CacheMetrics {
@@ -119,6 +213,7 @@ pub struct CacheMetrics {
     stale: Counter,
     background: Counter,
     coalesced: Counter,
+    refresh_ahead: Counter,
 }
 
 impl CacheMetrics {
@@ -130,7 +225,13 @@ impl CacheMetrics {
             stale: counter!(names::CACHE_STALE, "source" => source.to_owned()),
             background: counter!(names::CACHE_BACKGROUND, "source" => source.to_owned()),
             coalesced: counter!(names::CACHE_COALESCED, "source" => source.to_owned()),
+            refresh_ahead: counter!(names::CACHE_REFRESH_AHEAD, "source" => source.to_owned()),
         }
+    }
+
+    /// `n` hot keys nearing their TTL are refreshed in the background.
+    pub fn refreshing_ahead(&self, n: usize) {
+        self.refresh_ahead.increment(n as u64);
     }
 
     /// A fetch looked its keys up: `hits` fresh, `misses` not.

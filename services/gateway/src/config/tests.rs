@@ -373,3 +373,83 @@ fn cache_breaker_and_retry_settings_are_checked() {
         (2, Duration::from_millis(5))
     );
 }
+
+#[test]
+fn hedging_refresh_ahead_and_shedding_settings_are_checked() {
+    let with = |extra: &str| {
+        BASE.replace(
+            "timeout = \"20ms\"",
+            &format!("timeout = \"20ms\"\n{extra}"),
+        )
+    };
+    let config = load(&with(
+        "[sources.tables.hedge]\nafter = \"p99.5\"\n[sources.tables.cache]\nttl = \"10s\"\nrefresh_ahead = 0.8",
+    ))
+    .unwrap();
+    let source = &config.sources["tables"];
+    assert_eq!(
+        source.hedge,
+        Some(crate::hedge::HedgePolicy {
+            trigger: crate::hedge::HedgeTrigger::Percentile(0.995),
+            max_extra: 1,
+            budget_percent: 0.1,
+        })
+    );
+    assert_eq!(source.cache.as_ref().unwrap().refresh_ahead, Some(0.8));
+    assert_eq!(config.limits.max_in_flight, None);
+
+    let config = load(&with(
+        "[sources.tables.hedge]\ndelay = \"15ms\"\nmax_extra = 2",
+    ))
+    .unwrap();
+    let hedge = config.sources["tables"].hedge.clone().unwrap();
+    assert_eq!(
+        hedge.trigger,
+        crate::hedge::HedgeTrigger::Fixed(Duration::from_millis(15))
+    );
+    assert_eq!(hedge.max_extra, 2);
+
+    for (extra, expected) in [
+        (
+            "[sources.tables.hedge]\nmax_extra = 1",
+            "sources.tables.hedge: give exactly one",
+        ),
+        (
+            "[sources.tables.hedge]\nafter = \"p95\"\ndelay = \"5ms\"",
+            "sources.tables.hedge: give exactly one",
+        ),
+        (
+            "[sources.tables.hedge]\nafter = \"95\"",
+            "sources.tables.hedge.after: expected a percentile",
+        ),
+        (
+            "[sources.tables.hedge]\nafter = \"p100\"",
+            "sources.tables.hedge.after",
+        ),
+        (
+            "[sources.tables.hedge]\ndelay = \"0ms\"",
+            "sources.tables.hedge.delay: must be positive",
+        ),
+        (
+            "[sources.tables.hedge]\ndelay = \"5ms\"\nmax_extra = 4",
+            "sources.tables.hedge.max_extra",
+        ),
+        (
+            "[sources.tables.hedge]\ndelay = \"5ms\"\nbudget_percent = 2.0",
+            "sources.tables.hedge.budget_percent: must be in (0, 1]",
+        ),
+        ("[sources.tables.hedge]\ndelay = \"5ms\"\nwhen = 1", "when"),
+        (
+            "[sources.tables.cache]\nttl = \"1s\"\nrefresh_ahead = 1.0",
+            "sources.tables.cache.refresh_ahead: must be in (0, 1)",
+        ),
+    ] {
+        assert_one_error(&with(extra), &[expected]);
+    }
+    assert_one_error(
+        &format!("[limits]\nmax_in_flight = 0\n{BASE}"),
+        &["limits.max_in_flight: must be at least 1"],
+    );
+    let config = load(&format!("[limits]\nmax_in_flight = 64\n{BASE}")).unwrap();
+    assert_eq!(config.limits.max_in_flight, Some(64));
+}

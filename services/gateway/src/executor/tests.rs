@@ -226,6 +226,7 @@ fn gateway_services(gateway: &crate::Gateway) -> Vec<Option<crate::stack::Gatewa
                         cache: None,
                         circuit_breaker: None,
                         retry: None,
+                        hedge: None,
                     },
                 )
             })
