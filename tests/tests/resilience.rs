@@ -264,7 +264,9 @@ async fn every_answer_is_inside_its_deadline_whatever_the_sources_do() {
     // Redis back (empty: reload it, with a new value): PRESENT again, the new value served,
     // without restarting the gateway; until then, STALE.
     redis.restart();
-    redis.cli(&["HSET", "user_stats:u1", "txn_count_24h", "8"]);
+    for user in 0..4 {
+        redis.cli(&["HSET", &format!("user_stats:u{user}"), "txn_count_24h", "8"]);
+    }
     let back = until(
         Duration::from_secs(20),
         "redis recovered",

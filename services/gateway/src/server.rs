@@ -1,7 +1,8 @@
 //! The gRPC face of the gateway: `featuregateway.v1.FeatureService`, `grpc.health.v1.Health`
 //! and server reflection on one port, an admin HTTP port with Prometheus metrics, and a graceful
 //! shutdown that stops accepting, finishes the calls in flight, flushes the training log, then
-//! exits.
+//! exits. Feature calls pass load shedding first ([`crate::admission`]): a saturated gateway
+//! answers RESOURCE_EXHAUSTED at once.
 //!
 //! Each served vector of a feature service is handed to the training log (when configured) as it
 //! was put on the wire; the log never makes a request wait (see the training-log crate).
