@@ -138,11 +138,13 @@ impl Host {
                     kind: source.kind.as_str().into(),
                     timeout: source.timeout,
                     max_concurrency: source.max_concurrency,
-                    // Caching, circuit breaking and retries are the gateway's: a sidecar answers
-                    // what its source says now, and retrying on both sides would multiply calls.
+                    // Caching, circuit breaking, retries and hedging are the gateway's: a sidecar
+                    // answers what its source says now, and doing them on both sides would
+                    // multiply calls.
                     cache: None,
                     circuit_breaker: None,
                     retry: None,
+                    hedge: None,
                 },
             );
             for view in &source.spec.views {

@@ -175,9 +175,7 @@ where
         let inner = self.inner.clone();
         Box::pin(async move {
             state.budget.deposit();
-            // (attempt number, its start, its outcome)
-            let mut attempts: FuturesUnordered<BoxFuture<(u32, Instant, Result<Vec<Row>, _>)>> =
-                FuturesUnordered::new();
+            let mut attempts: FuturesUnordered<BoxFuture<Attempt>> = FuturesUnordered::new();
             attempts.push(Box::pin(async move { (0, start, first.await) }));
             let delay = state.delay();
             let mut sent = 0u32;
@@ -221,6 +219,9 @@ where
         })
     }
 }
+
+/// One attempt's number (0: the first call), start and outcome.
+type Attempt = (u32, Instant, Result<Vec<Row>, FetchError>);
 
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
