@@ -15,6 +15,8 @@
 //!   alike.
 //! - [`options`]: parsing and compiling a source's and its views' options, the part of
 //!   `validate` and `build` every kind shares ([`validate_options`], [`build_options`]).
+//! - [`trace_context`]: the W3C Trace Context headers a fetcher sets on its outgoing calls, so a
+//!   request's trace continues in the services it calls.
 //! - `tls` (feature `tls`): reading PEM certificates and a client certificate with its key for
 //!   rustls, with messages naming the `tls_*` options.
 //!
@@ -29,6 +31,7 @@ pub mod registry;
 pub mod secret;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod trace_context;
 pub mod value;
 
 pub use error::{ErrorClass, FetchError};

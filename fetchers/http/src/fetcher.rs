@@ -255,6 +255,10 @@ impl HttpFetcher {
                     request.timeout(left)
                 }
             };
+            let mut request = request;
+            for (name, value) in fetcher_api::trace_context::outgoing_headers() {
+                request = request.header(name, value);
+            }
             let response = request.send().await.map_err(|e| transport_error(view, e))?;
             let status = response.status();
             let retry_after = response

@@ -257,11 +257,15 @@ impl PlaidFetcher {
                     left.min(self.request_timeout)
                 }
             };
-            let response = self
+            let mut request = self
                 .client
                 .post(format!("{}{}", self.base_url, endpoint.path()))
                 .json(body)
-                .timeout(timeout)
+                .timeout(timeout);
+            for (name, value) in fetcher_api::trace_context::outgoing_headers() {
+                request = request.header(name, value);
+            }
+            let response = request
                 .send()
                 .await
                 .map_err(|e| CallError::other(transport_error(view, e)))?;

@@ -87,6 +87,14 @@ impl Fetcher for SidecarFetcher {
             features: request.features.to_vec(),
             keys: request.keys.into_iter().map(key_to_wire).collect(),
         });
+        for (name, value) in fetcher_api::trace_context::outgoing_headers() {
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_bytes()),
+                value.parse(),
+            ) {
+                call.metadata_mut().insert(name, value);
+            }
+        }
         if let Some(deadline) = request.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

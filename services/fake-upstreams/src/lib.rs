@@ -104,7 +104,12 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     /// The fake Plaid's item states, rate-limit windows and Plaid-coded faults.
     pub(crate) plaid: plaid::PlaidState,
+    /// The W3C `traceparent` headers of the latest calls, oldest first.
+    trace_parents: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many `traceparent` headers [`FakeServer::trace_parents`] keeps.
+pub const TRACE_PARENTS_KEPT: usize = 256;
 
 /// Why [`Shared::admit`] refused a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +216,10 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(internal::router())
         .merge(plaid::router())
         .merge(admin::router())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            record_trace_parent,
+        ))
         .fallback(
             |State(shared): State<Arc<Shared>>, method: Method, uri: Uri| async move {
                 // A POST outside the internal and admin namespaces is taken as a call to a Plaid
@@ -230,6 +239,29 @@ fn router(shared: Arc<Shared>) -> Router {
             },
         )
         .with_state(shared)
+}
+
+/// Keeps the `traceparent` header of every call, so tests can check that a trace crossed over.
+async fn record_trace_parent(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(value) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut kept = shared
+            .trace_parents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if kept.len() == TRACE_PARENTS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(value.to_owned());
+    }
+    next.run(request).await
 }
 
 /// A running fake server. Dropping it stops the server.
@@ -267,6 +299,7 @@ impl FakeServer {
             faults_changed: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
             plaid,
+            trace_parents: Mutex::default(),
         });
         let mut stop = shared.shutdown.subscribe();
         let app = router(shared.clone());
@@ -282,6 +315,18 @@ impl FakeServer {
             shared,
             task: Some(task),
         })
+    }
+
+    /// The W3C `traceparent` headers of the latest calls (up to [`TRACE_PARENTS_KEPT`]),
+    /// oldest first.
+    pub fn trace_parents(&self) -> Vec<String> {
+        self.shared
+            .trace_parents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The bound address.

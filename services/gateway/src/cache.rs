@@ -143,6 +143,14 @@ impl std::fmt::Debug for CacheState {
     }
 }
 
+impl crate::telemetry::CacheSize for CacheState {
+    fn size(&self) -> (u64, u64) {
+        // Counts settle once pending maintenance has run; a scrape is rare enough to pay it.
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+}
+
 /// The answer of one source call, shared by every request waiting on it.
 type CallResult = Arc<Result<Vec<Row>, FetchError>>;
 type SharedCall = Shared<BoxFuture<CallResult>>;
@@ -162,19 +170,29 @@ impl CacheLayer {
         source: &str,
     ) -> Self {
         let state = policy.map(|policy| {
+            let metrics = CacheMetrics::new(source);
+            let evictions = metrics.clone();
             let entries = moka::sync::Cache::builder()
                 .max_capacity(policy.max_bytes)
                 .weigher(|key: &Key, entry: &Entry| weigh(key, entry))
                 // A memory bound only: which entries may be served is decided by `fetched_at`.
                 .time_to_live(policy.max_staleness.max(policy.ttl))
+                .eviction_listener(move |_, _, cause| match cause {
+                    moka::notification::RemovalCause::Size => evictions.evicted(true),
+                    moka::notification::RemovalCause::Expired => evictions.evicted(false),
+                    _ => {}
+                })
                 .build();
-            Arc::new(CacheState {
+            let state = Arc::new(CacheState {
                 policy: policy.clone(),
                 entries,
                 in_flight: Mutex::new(HashMap::new()),
                 background: Arc::new(Semaphore::new(policy.max_background_calls)),
-                metrics: CacheMetrics::new(source),
-            })
+                metrics,
+            });
+            let weak: std::sync::Weak<CacheState> = Arc::downgrade(&state);
+            crate::telemetry::register_cache(source, weak);
+            state
         });
         CacheLayer {
             state,
@@ -435,7 +453,9 @@ impl CacheState {
         tx: tokio::sync::oneshot::Sender<CallResult>,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
-        tokio::spawn(async move {
+        // The call keeps the spans of the fetch and request that started it, even once it goes
+        // on in the background.
+        tokio::spawn(crate::traces::in_request_span(async move {
             let result = inner.oneshot(call.clone()).await;
             if let Ok(rows) = &result {
                 self.store(&call, rows);
@@ -451,7 +471,7 @@ impl CacheState {
             }
             drop(permit);
             let _ = tx.send(Arc::new(result));
-        });
+        }));
     }
 
     /// Whether a fresh entry read at `now` is old enough to be refreshed ahead of its TTL.

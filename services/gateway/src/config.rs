@@ -53,6 +53,34 @@ pub struct RawConfig {
     /// The training log; off when absent.
     #[serde(default)]
     pub training_log: Option<RawTrainingLog>,
+    /// Traces; off when absent.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawTelemetry {
+    /// `[telemetry.traces]`: OpenTelemetry traces over OTLP/gRPC; off when absent.
+    #[serde(default)]
+    pub traces: Option<RawTraces>,
+}
+
+/// `[telemetry.traces]`.
+#[derive(Debug, Deserialize)]
+pub struct RawTraces {
+    /// The OTLP/gRPC collector, e.g. `"http://127.0.0.1:4317"`.
+    pub endpoint: String,
+    /// Fraction (0 to 1) of requests without a sampled caller span that are traced. Default
+    /// 0.01. A caller's `traceparent` sampling decision is always followed.
+    #[serde(default)]
+    pub sample_ratio: Option<f64>,
+    /// The `service.name` resource attribute. Default `feature-gateway`.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// How long one export may take, e.g. `"5s"` (the default).
+    #[serde(default)]
+    pub export_timeout: Option<String>,
 }
 
 /// `[entities.NAME]`.
@@ -337,6 +365,8 @@ pub struct Config {
     pub feature_services: BTreeMap<String, FeatureService>,
     /// The training log, when configured.
     pub training_log: Option<training_log::TrainingLogConfig>,
+    /// Where traces are exported, when configured.
+    pub traces: Option<crate::traces::TracesConfig>,
     /// Hash of the whole file, exported as a metric label so a fleet's configs can be compared.
     pub hash: String,
 }
@@ -1014,6 +1044,11 @@ fn validate(
         .training_log
         .as_ref()
         .map(|t| validate_training_log(t, base_dir, &feature_services, problems));
+    let traces = raw
+        .telemetry
+        .traces
+        .as_ref()
+        .map(|t| validate_traces(t, problems));
     let config = Config {
         limits,
         entities,
@@ -1021,6 +1056,7 @@ fn validate(
         views,
         feature_services,
         training_log,
+        traces,
         hash: short_hash(text.as_bytes()),
     };
 
@@ -1136,6 +1172,56 @@ fn validate_training_log(
             .pii_salt_env
             .clone()
             .unwrap_or_else(|| training_log::DEFAULT_PII_SALT_ENV.to_owned()),
+    }
+}
+
+/// Validates `[telemetry.traces]`; a bad field is reported and replaced by its default.
+fn validate_traces(raw: &RawTraces, problems: &mut Problems) -> crate::traces::TracesConfig {
+    use crate::traces::{DEFAULT_EXPORT_TIMEOUT, DEFAULT_SAMPLE_RATIO, DEFAULT_SERVICE_NAME};
+    const AT: [&str; 2] = ["telemetry", "traces"];
+    match url::Url::parse(&raw.endpoint) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        Ok(_) => problems.add(
+            &[AT[0], AT[1], "endpoint"],
+            "must be an http:// or https:// URL with a host, e.g. \"http://127.0.0.1:4317\"",
+        ),
+        Err(e) => problems.add(
+            &[AT[0], AT[1], "endpoint"],
+            format!("not a URL ({e}), e.g. \"http://127.0.0.1:4317\""),
+        ),
+    }
+    let sample_ratio = match raw.sample_ratio {
+        None => DEFAULT_SAMPLE_RATIO,
+        Some(r) if (0.0..=1.0).contains(&r) => r,
+        Some(r) => {
+            problems.add(
+                &[AT[0], AT[1], "sample_ratio"],
+                format!("{r} is not between 0 and 1"),
+            );
+            DEFAULT_SAMPLE_RATIO
+        }
+    };
+    let export_timeout = match raw.export_timeout.as_deref().map(parse_duration) {
+        None => DEFAULT_EXPORT_TIMEOUT,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            problems.add(&[AT[0], AT[1], "export_timeout"], "must be positive");
+            DEFAULT_EXPORT_TIMEOUT
+        }
+        Some(Err(msg)) => {
+            problems.add(&[AT[0], AT[1], "export_timeout"], msg);
+            DEFAULT_EXPORT_TIMEOUT
+        }
+    };
+    crate::traces::TracesConfig {
+        endpoint: raw.endpoint.clone(),
+        sample_ratio,
+        service_name: raw
+            .service_name
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned()),
+        export_timeout,
     }
 }
 

@@ -18,6 +18,7 @@ use fetcher_api::{
 use futures::future::join_all;
 use tokio::time::Instant;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::{
     cache::Slot,
@@ -239,13 +240,25 @@ pub async fn execute(
                     .collect()
             });
             let service = sources[fetch.source].clone();
+            let span = tracing::debug_span!(
+                "fetch",
+                view = &*fetch.view,
+                source = &*fetch.source_name,
+                source_kind = &*fetch.source_kind,
+                stage = fetch.stage,
+                keys = keys.len(),
+                cache_hits = tracing::field::Empty,
+                cache_stale = tracing::field::Empty,
+                failed_keys = tracing::field::Empty,
+                error_class = tracing::field::Empty,
+            );
             let request = FetchRequest {
                 view: fetch.view.clone(),
                 features: fetch.features.clone(),
                 keys,
                 deadline: Some(deadline),
             };
-            async move {
+            let call = async move {
                 if request.keys.is_empty() {
                     return Outcome::Skipped;
                 }
@@ -261,12 +274,14 @@ pub async fn execute(
                 let started = Instant::now();
                 let Ok(slots) = service.oneshot(request).await;
                 debug_assert_eq!(slots.len(), keys);
+                record_fetch(&tracing::Span::current(), &slots);
                 Outcome::Ran {
                     row_of,
                     slots,
                     latency: started.elapsed(),
                 }
-            }
+            };
+            call.instrument(span)
         });
         let done = join_all(calls).await;
         for (&f, outcome) in stage.iter().zip(done) {
@@ -277,6 +292,32 @@ pub async fn execute(
     Execution {
         rows: assemble(plan, rows, outcomes, SystemTime::now()),
         stage_times,
+    }
+}
+
+/// Records on a fetch's span how its keys were answered.
+fn record_fetch(span: &tracing::Span, slots: &[Slot]) {
+    if span.is_disabled() {
+        return;
+    }
+    let (mut hits, mut stale, mut failed) = (0usize, 0usize, 0usize);
+    let mut class = None;
+    for slot in slots {
+        match slot {
+            Slot::Cached { .. } => hits += 1,
+            Slot::Stale { .. } => stale += 1,
+            Slot::Failed(e) => {
+                failed += 1;
+                class.get_or_insert(e.class());
+            }
+            Slot::Fetched { .. } => {}
+        }
+    }
+    span.record("cache_hits", hits);
+    span.record("cache_stale", stale);
+    span.record("failed_keys", failed);
+    if let Some(class) = class {
+        span.record("error_class", class.as_str());
     }
 }
 

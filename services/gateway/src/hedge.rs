@@ -196,6 +196,7 @@ where
                             }
                             if n > 0 {
                                 state.metrics.won();
+                                tracing::debug!(attempt = n, "hedge won");
                             }
                             return Ok(rows);
                         }
@@ -206,6 +207,8 @@ where
                         if state.may_hedge(request.deadline) {
                             sent += 1;
                             state.metrics.sent();
+                            // On the source call's span: how many hedges this call sent.
+                            tracing::Span::current().record("hedges", sent);
                             let attempt = inner.clone().oneshot(request.clone());
                             let started = Instant::now();
                             attempts.push(Box::pin(async move { (sent, started, attempt.await) }));

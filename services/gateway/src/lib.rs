@@ -15,6 +15,7 @@
 //! - [`gateway`]: the built gateway (sources connected, plans compiled).
 //! - [`server`]: the gRPC service, health, reflection, admin port and graceful shutdown.
 //! - [`telemetry`]: every metric and log line, as typed events.
+//! - [`traces`]: the log subscriber, and OpenTelemetry traces over OTLP with W3C propagation.
 //! - [`demo`]: the embedded demo deployment.
 #![forbid(unsafe_code)]
 
@@ -31,5 +32,6 @@ pub mod resilience;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod traces;
 
 pub use gateway::{Gateway, builtin_registry};

@@ -124,12 +124,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
+    if !matches!(cli.command, Command::Serve { .. } | Command::Demo { .. }) {
+        // `serve` and `demo` install the subscriber once their configuration is read, since it
+        // may ask for traces.
+        let _ = gateway::traces::init(json_logs, None);
+    }
     // HTTP and TLS clients use rustls with the ring provider (aws-lc-rs would double the build).
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Validate { file } => validate(&file),
-        Command::Serve { config, listen } => run(&config, &listen),
+        Command::Serve { config, listen } => run(&config, &listen, json_logs),
         Command::Materialize {
             config,
             view,
@@ -182,21 +187,9 @@ fn main() -> ExitCode {
                 eprintln!("error: cannot write the demo into {}: {e}", dir.display());
                 return ExitCode::FAILURE;
             }
-            tracing::info!(dir = %dir.display(), "demo configuration and tables written");
-            run(&dir.join("demo.toml"), &listen)
+            eprintln!("demo configuration and tables written to {}", dir.display());
+            run(&dir.join("demo.toml"), &listen, json_logs)
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    // Without a filter, dependencies log at TRACE, which costs more than serving.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn,tonic=warn"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -353,7 +346,7 @@ fn start_training_log(
     Ok(Some(log))
 }
 
-fn run(config_path: &Path, listen: &Listen) -> ExitCode {
+fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> ExitCode {
     let registry = builtin_registry();
     let config = match config::load(config_path, &registry) {
         Ok(c) => c,
@@ -380,7 +373,21 @@ fn run(config_path: &Path, listen: &Listen) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    // Inside the runtime: the trace exporter's gRPC channel runs on it. Dropped after
+    // `block_on`, so the last spans are exported while the runtime still runs.
+    let traces =
+        runtime.block_on(async { gateway::traces::init(json_logs, config.traces.as_ref()) });
+    let mut traces = match traces {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(t) = &config.traces {
+        tracing::info!(endpoint = %t.endpoint, sample_ratio = t.sample_ratio, "traces exported over OTLP");
+    }
+    let code = runtime.block_on(async {
         let hash = config.hash.clone();
         let gateway = match Gateway::build(config, &registry).await {
             Ok(g) => Arc::new(g),
@@ -431,7 +438,9 @@ fn run(config_path: &Path, listen: &Listen) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    traces.shutdown();
+    code
 }
 
 fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {

@@ -94,6 +94,10 @@ pub struct Fetch {
     pub view: Arc<str>,
     /// Index of its source in the configuration's (sorted) sources.
     pub source: usize,
+    /// The source's name, for spans and logs.
+    pub source_name: Arc<str>,
+    /// The source's kind.
+    pub source_kind: Arc<str>,
     /// The features requested, outputs and keys of later stages alike.
     pub features: Arc<[String]>,
     /// Their declared types.
@@ -186,14 +190,19 @@ pub fn compile(
     let fetches: Vec<Fetch> = b
         .fetches
         .into_iter()
-        .map(|f| Fetch {
-            view: f.view.into(),
-            source: f.source,
-            types: f.features.iter().map(|(_, t)| *t).collect(),
-            features: f.features.into_iter().map(|(n, _)| n).collect(),
-            keys: f.keys,
-            max_age: f.max_age,
-            stage: f.stage,
+        .map(|f| {
+            let source = &config.sources[&config.views[&f.view].source];
+            Fetch {
+                source_name: source.name.as_str().into(),
+                source_kind: source.kind.as_str().into(),
+                view: f.view.into(),
+                source: f.source,
+                types: f.features.iter().map(|(_, t)| *t).collect(),
+                features: f.features.into_iter().map(|(n, _)| n).collect(),
+                keys: f.keys,
+                max_age: f.max_age,
+                stage: f.stage,
+            }
         })
         .collect();
     for (i, f) in fetches.iter().enumerate() {

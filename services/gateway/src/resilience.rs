@@ -273,9 +273,20 @@ impl tower::retry::Policy<FetchRequest, Vec<Row>, FetchError> for RetryPolicy {
         }
         if !self.budget.withdraw() {
             self.metrics.retry_refused();
+            tracing::debug!(
+                class = error.class().as_str(),
+                "retry refused: budget spent"
+            );
             return None;
         }
         self.metrics.retried();
+        // On the source call's span: how many retries this call made so far.
+        tracing::Span::current().record("retries", self.attempts);
+        tracing::debug!(
+            attempt = self.attempts + 1,
+            class = error.class().as_str(),
+            "retrying"
+        );
         Some(Box::pin(tokio::time::sleep(self.settings.backoff)))
     }
 

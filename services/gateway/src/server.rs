@@ -34,6 +34,7 @@ use crate::{
     plan::Plan,
     request::{RequestError, parse_grpc_timeout, row_input},
     telemetry::{self, ServiceMetrics},
+    traces,
 };
 
 /// Implements `FeatureService` over a [`Gateway`].
@@ -106,7 +107,11 @@ impl FeatureServiceImpl {
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesResponse, RequestError> {
+        let request_id = request_id(std::mem::take(&mut req.request_id));
+        let span = tracing::Span::current();
+        span.record("request_id", request_id.as_str());
         let plan = self.gateway.resolve(&req.feature_service, &req.features)?;
+        span.record("feature_service", plan_label(&plan));
         let deadline = request_deadline(arrival, plan.deadline, client_timeout)
             .ok_or(RequestError::DeadlineExceeded)?;
         let limits = &self.gateway.config().limits;
@@ -116,7 +121,7 @@ impl FeatureServiceImpl {
             .execute(&plan, std::slice::from_ref(&row), deadline)
             .await;
         let served = execution.rows.into_iter().next().unwrap_or_default();
-        let request_id = request_id(std::mem::take(&mut req.request_id));
+        record_not_present(&span, std::slice::from_ref(&served));
         self.log_vector(&plan, || request_id.clone(), &row, &served, arrival);
         self.metrics(&plan.name)
             .features_served(&count_statuses(&served));
@@ -146,7 +151,12 @@ impl FeatureServiceImpl {
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesBatchResponse, RequestError> {
+        let request_id = request_id(std::mem::take(&mut req.request_id));
+        let span = tracing::Span::current();
+        span.record("request_id", request_id.as_str());
+        span.record("rows", req.rows.len());
         let plan = self.gateway.resolve(&req.feature_service, &req.features)?;
+        span.record("feature_service", plan_label(&plan));
         let limits = &self.gateway.config().limits;
         if req.rows.len() > limits.max_batch_rows {
             return Err(RequestError::invalid(
@@ -175,7 +185,7 @@ impl FeatureServiceImpl {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let execution = self.gateway.execute(&plan, &rows, deadline).await;
-        let request_id = request_id(std::mem::take(&mut req.request_id));
+        record_not_present(&span, &execution.rows);
         let vectors = execution
             .rows
             .into_iter()
@@ -211,6 +221,27 @@ fn request_id(given: String) -> String {
             .to_string()
     } else {
         given
+    }
+}
+
+/// The feature service a span names: the plan's, or `adhoc` for explicit feature refs.
+fn plan_label(plan: &Plan) -> &str {
+    if plan.name.is_empty() {
+        ADHOC
+    } else {
+        &plan.name
+    }
+}
+
+/// Records on the request's span how many features were served other than PRESENT.
+fn record_not_present(span: &tracing::Span, rows: &[Vec<Served>]) {
+    if !span.is_disabled() {
+        let n = rows
+            .iter()
+            .flatten()
+            .filter(|s| s.status != FeatureStatus::Present)
+            .count();
+        span.record("features_not_present", n);
     }
 }
 
@@ -376,11 +407,14 @@ impl FeatureService for FeatureServiceImpl {
         request: Request<v1::GetFeaturesRequest>,
     ) -> Result<Response<v1::GetFeaturesResponse>, Status> {
         let arrival = Instant::now();
+        let span = traces::request_span("GetFeatures", request.metadata());
         let timeout = client_timeout(request.metadata());
         let req = request.into_inner();
         let metrics = self.metrics(&req.feature_service).clone();
-        let result = self.get_features_inner(req, arrival, timeout).await;
-        finish("GetFeatures", &metrics, arrival, result)
+        let result =
+            traces::scope_request(span.clone(), self.get_features_inner(req, arrival, timeout))
+                .await;
+        finish("GetFeatures", &metrics, arrival, &span, result)
     }
 
     async fn get_features_batch(
@@ -388,11 +422,16 @@ impl FeatureService for FeatureServiceImpl {
         request: Request<v1::GetFeaturesBatchRequest>,
     ) -> Result<Response<v1::GetFeaturesBatchResponse>, Status> {
         let arrival = Instant::now();
+        let span = traces::request_span("GetFeaturesBatch", request.metadata());
         let timeout = client_timeout(request.metadata());
         let req = request.into_inner();
         let metrics = self.metrics(&req.feature_service).clone();
-        let result = self.get_features_batch_inner(req, arrival, timeout).await;
-        finish("GetFeaturesBatch", &metrics, arrival, result)
+        let result = traces::scope_request(
+            span.clone(),
+            self.get_features_batch_inner(req, arrival, timeout),
+        )
+        .await;
+        finish("GetFeaturesBatch", &metrics, arrival, &span, result)
     }
 
     async fn list_feature_services(
@@ -432,16 +471,23 @@ fn finish<T>(
     method: &'static str,
     metrics: &ServiceMetrics,
     arrival: Instant,
+    span: &tracing::Span,
     result: Result<T, RequestError>,
 ) -> Result<Response<T>, Status> {
     let code = result
         .as_ref()
         .map_or_else(RequestError::code, |_| tonic::Code::Ok);
     metrics.request_finished(method, code, arrival.elapsed());
+    if !span.is_disabled() {
+        span.record("rpc.grpc.status_code", code as i32);
+        if code != tonic::Code::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     match result {
         Ok(response) => Ok(Response::new(response)),
         Err(e) => {
-            tracing::debug!(method, "request refused: {e}");
+            span.in_scope(|| tracing::debug!(method, "request refused: {e}"));
             Err(e.into())
         }
     }
@@ -491,13 +537,30 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long one health check may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Keeps the health service's status in line with the required sources' health checks.
-async fn watch_health(gateway: Arc<Gateway>, reporter: HealthReporter) {
-    let mut up: Vec<Option<bool>> = vec![None; gateway.sources().len()];
-    let mut serving = None;
-    loop {
+/// The health service's view of the required sources' health checks.
+#[derive(Debug)]
+struct HealthWatch {
+    gateway: Arc<Gateway>,
+    reporter: HealthReporter,
+    up: Vec<Option<bool>>,
+    serving: Option<bool>,
+}
+
+impl HealthWatch {
+    fn new(gateway: Arc<Gateway>, reporter: HealthReporter) -> Self {
+        let up = vec![None; gateway.sources().len()];
+        HealthWatch {
+            gateway,
+            reporter,
+            up,
+            serving: None,
+        }
+    }
+
+    /// Runs every source's health check once and updates the health service.
+    async fn check(&mut self) {
         let mut all_required_up = true;
-        for (i, source) in gateway.sources().iter().enumerate() {
+        for (i, source) in self.gateway.sources().iter().enumerate() {
             let Some(fetcher) = &source.fetcher else {
                 continue;
             };
@@ -507,25 +570,32 @@ async fn watch_health(gateway: Arc<Gateway>, reporter: HealthReporter) {
                     Err(fetcher_api::FetchError::timeout("health check timed out"))
                 });
             let ok = result.is_ok();
-            if up[i] != Some(ok) {
+            if self.up[i] != Some(ok) {
                 telemetry::source_health(&source.name, ok, result.as_ref().err());
-                up[i] = Some(ok);
+                self.up[i] = Some(ok);
             }
             all_required_up &= ok || !source.required;
         }
-        if serving != Some(all_required_up) {
+        if self.serving != Some(all_required_up) {
             let status = if all_required_up {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            reporter
+            self.reporter
                 .set_service_status("featuregateway.v1.FeatureService", status)
                 .await;
-            reporter.set_service_status("", status).await;
-            serving = Some(all_required_up);
+            self.reporter.set_service_status("", status).await;
+            self.serving = Some(all_required_up);
         }
-        tokio::time::sleep(HEALTH_INTERVAL).await;
+    }
+
+    /// Checks again every [`HEALTH_INTERVAL`], forever.
+    async fn run(mut self) {
+        loop {
+            tokio::time::sleep(HEALTH_INTERVAL).await;
+            self.check().await;
+        }
     }
 }
 
@@ -553,7 +623,10 @@ pub async fn serve(
     let features = FeatureServiceServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(64 * 1024 * 1024);
-    let health_task = tokio::spawn(watch_health(gateway.clone(), reporter.clone()));
+    // The first round before the first call is answered: health is never asked too early.
+    let mut health = HealthWatch::new(gateway.clone(), reporter.clone());
+    health.check().await;
+    let health_task = tokio::spawn(health.run());
 
     let metrics_upkeep = {
         let metrics = metrics.clone();
@@ -571,7 +644,10 @@ pub async fn serve(
         let router = Router::new()
             .route(
                 "/metrics",
-                get(move || std::future::ready(metrics.render())),
+                get(move || {
+                    telemetry::refresh_cache_sizes();
+                    std::future::ready(metrics.render())
+                }),
             )
             .route("/healthz", get(|| std::future::ready("ok\n")));
         tokio::spawn(async move {

@@ -27,6 +27,7 @@ use std::{
 use fetcher_api::{ErrorClass, FetchError, FetchRequest, Fetcher, Row};
 use tokio::{sync::Semaphore, time::Instant};
 use tower::{Layer, Service, ServiceBuilder, retry::RetryLayer, util::BoxCloneSyncService};
+use tracing::Instrument;
 
 use crate::{
     cache::{CacheLayer, CachePolicy, Slot},
@@ -324,15 +325,43 @@ where
 
     fn call(&mut self, request: FetchRequest) -> Self::Future {
         let metrics = self.metrics.clone();
+        let span = tracing::debug_span!(
+            "source_call",
+            otel.kind = "client",
+            source = metrics.source(),
+            view = &*request.view,
+            keys = request.keys.len(),
+            background = request.deadline.is_none(),
+            outcome = tracing::field::Empty,
+            retries = tracing::field::Empty,
+            hedges = tracing::field::Empty,
+        );
+        // Only a failure's log line needs the key: the first one, hashed.
+        let first_key = request.keys.first().cloned();
         let view = request.view.clone();
         let keys = request.keys.len();
         let started = Instant::now();
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let result = call.await;
-            metrics.fetch_finished(&view, keys, started.elapsed(), result.as_ref().err());
-            result
-        })
+        let in_flight = metrics.fetch_started();
+        let call = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(
+            async move {
+                let result = call.await;
+                drop(in_flight);
+                if let Ok(rows) = &result {
+                    let not_found = rows.iter().filter(|r| matches!(r, Row::NotFound)).count();
+                    metrics.keys_answered(rows.len() - not_found, not_found);
+                }
+                let error = result.as_ref().err();
+                tracing::Span::current()
+                    .record("outcome", error.map_or("ok", |e| e.class().as_str()));
+                metrics.fetch_finished(&view, keys, first_key.as_ref(), started.elapsed(), error);
+                result
+            }
+            .instrument(span),
+        )
     }
 }
 
