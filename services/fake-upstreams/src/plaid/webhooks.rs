@@ -185,6 +185,8 @@ pub(crate) async fn deliver(
     body: Vec<u8>,
     verification: &str,
 ) -> Result<Delivery, String> {
+    // reqwest is built without a default TLS provider: the process's, else ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
