@@ -201,7 +201,12 @@ impl GatewayProcess {
     }
 
     /// POSTs `body` to `path` on the admin port with extra `headers`; the status and body.
-    pub async fn admin_post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    pub async fn admin_post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(&self.admin)
             .await

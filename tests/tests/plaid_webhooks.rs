@@ -154,7 +154,11 @@ async fn two_replicas_share_one_plaid_call_with_its_original_fetch_time() {
     let token = stack.plaid.plaid().access_token(0);
 
     let first = balance(&stack.a, &token).await;
-    assert_eq!(statuses(&first.statuses), [St::Present, St::Present], "{first:?}");
+    assert_eq!(
+        statuses(&first.statuses),
+        [St::Present, St::Present],
+        "{first:?}"
+    );
     assert_eq!(first.metadata[0].cache, v1::CacheOutcome::Miss as i32);
     assert_eq!(balance_calls(&stack.plaid), 1);
 
@@ -177,11 +181,11 @@ async fn two_replicas_share_one_plaid_call_with_its_original_fetch_time() {
     assert_eq!(balance_calls(&stack.plaid), 1);
     let metrics = stack.b.admin_get("/metrics").await;
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("feature_gateway_cache_shared_lookups_total")
+        metrics.lines().any(
+            |l| l.starts_with("feature_gateway_cache_shared_lookups_total")
                 && l.contains("outcome=\"hit\"")
-                && !l.ends_with(" 0")),
+                && !l.ends_with(" 0")
+        ),
         "{metrics}"
     );
 }
@@ -237,10 +241,7 @@ async fn signed_webhooks_refresh_the_item_and_forged_ones_change_nothing() {
     assert_eq!(status, 401, "{answer}");
     let (status, _) = post(fake.sign_webhook(&body, unix_now() - 600), body.clone()).await;
     assert_eq!(status, 401);
-    let (status, _) = stack
-        .a
-        .admin_post("/webhooks/plaid", &[], &body)
-        .await;
+    let (status, _) = stack.a.admin_post("/webhooks/plaid", &[], &body).await;
     assert_eq!(status, 401);
     // Nothing changed: still the old value, from the cache.
     assert_eq!(double(&balance(&stack.a, &token).await.values[0]), before);
@@ -278,7 +279,11 @@ async fn signed_webhooks_refresh_the_item_and_forged_ones_change_nothing() {
     assert_eq!(calls, 2, "one refresh for the webhook");
 
     // A duplicate (Plaid re-sends the same body, signed again): accepted, changes nothing.
-    let (status, answer) = post(fake.sign_webhook(delivery.sent.as_bytes(), unix_now()), delivery.sent.clone().into_bytes()).await;
+    let (status, answer) = post(
+        fake.sign_webhook(delivery.sent.as_bytes(), unix_now()),
+        delivery.sent.clone().into_bytes(),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("duplicate"), "{answer}");
     // An older webhook arriving late: superseded.

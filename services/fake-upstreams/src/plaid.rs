@@ -352,7 +352,12 @@ impl PlaidState {
     }
 
     /// Sets the balances of the Item's checking account (its first account) from now on.
-    pub fn set_balance(&self, item_id: &str, available: f64, current: f64) -> Result<(), FaultError> {
+    pub fn set_balance(
+        &self,
+        item_id: &str,
+        available: f64,
+        current: f64,
+    ) -> Result<(), FaultError> {
         let user = self.user_of_item(item_id)?;
         self.inner().items.entry(user).or_default().checking_balance = Some((available, current));
         Ok(())
@@ -728,7 +733,12 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
 /// `/webhook_verification_key/get`: `{"key_id"}` -> `{"key": JWK}`, after the same generic
 /// faults, transport checks and credentials as every endpoint (no access token, no per-Item
 /// limit).
-async fn verification_key(shared: &Shared, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn verification_key(
+    shared: &Shared,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let plaid = &shared.plaid;
     let route = WEBHOOK_VERIFICATION_KEY_GET;
     let request_id = plaid.next_request_id();
@@ -759,7 +769,9 @@ async fn verification_key(shared: &Shared, uri: &Uri, headers: &HeaderMap, body:
             plaid
                 .webhook_jwk(kid)
                 .map(|key| json!({ "key": key }))
-                .ok_or_else(|| invalid_field(format!("no webhook verification key with key_id {kid}")))
+                .ok_or_else(|| {
+                    invalid_field(format!("no webhook verification key with key_id {kid}"))
+                })
         }),
     };
     match outcome {

@@ -122,6 +122,9 @@ struct Entry {
 
 type Key = (Arc<str>, EntityKey);
 
+/// Keys to refresh, by view and feature list.
+type RefreshGroups = BTreeMap<(Arc<str>, Vec<String>), (Arc<[String]>, Vec<EntityKey>)>;
+
 /// Wraps a source's stack with its cache (or, with no policy, only turns rows into slots).
 #[derive(Clone, Debug)]
 pub struct CacheLayer {
@@ -210,9 +213,8 @@ impl CacheLayer {
     /// Adds the shared tier (the policy must have a cache).
     pub fn with_shared(mut self, tier: SharedTier) -> Self {
         if let Some(state) = self.state.take() {
-            let mut state = Arc::try_unwrap(state).unwrap_or_else(|_| {
-                unreachable!("the layer is not shared before it is built")
-            });
+            let mut state = Arc::try_unwrap(state)
+                .unwrap_or_else(|_| unreachable!("the layer is not shared before it is built"));
             state.shared = Some(tier);
             self.state = Some(Arc::new(state));
         }
@@ -287,8 +289,7 @@ impl CacheControl {
         }
         // Refresh what this replica held, one call per view and feature list.
         if let Some(inner) = state.inner.get() {
-            let mut groups: BTreeMap<(Arc<str>, Vec<String>), (Arc<[String]>, Vec<EntityKey>)> =
-                BTreeMap::new();
+            let mut groups: RefreshGroups = BTreeMap::new();
             for ((view, key), entry) in held {
                 groups
                     .entry((view, entry.features.to_vec()))

@@ -12,11 +12,11 @@ use fetcher_api::{BuildError, Fetcher, Registry};
 use tokio::time::Instant;
 
 use crate::{
+    cache::{CacheControl, CacheLayer},
     config::{Config, DEFAULT_DEADLINE, FeatureRef, REQUEST_KIND},
     executor::{self, Execution, RowInput},
     plan::{self, Plan},
     request::RequestError,
-    cache::{CacheControl, CacheLayer},
     shared_cache::SharedTier,
     stack::{GatewayService, SourcePolicy, gateway_stack_with_cache},
     webhooks::PlaidWebhooks,
@@ -85,7 +85,8 @@ impl Gateway {
                     circuit_breaker: source.circuit_breaker.clone(),
                     retry: source.retry.clone(),
                 };
-                let mut cache = CacheLayer::new(policy.cache.as_ref(), policy.timeout, &policy.name);
+                let mut cache =
+                    CacheLayer::new(policy.cache.as_ref(), policy.timeout, &policy.name);
                 if let Some(tier) = policy.cache.as_ref().and_then(|c| c.shared.as_ref()) {
                     let fail = |message: String| BuildError {
                         source_name: source.name.clone(),
@@ -93,7 +94,9 @@ impl Gateway {
                     };
                     let url = fetcher_api::EnvTemplate::parse(&tier.url)
                         .map_err(|e| fail(format!("cache.shared.url: {e}")))?
-                        .resolve(&fetcher_api::Env::process(), |v| std::borrow::Cow::Borrowed(v))
+                        .resolve(&fetcher_api::Env::process(), |v| {
+                            std::borrow::Cow::Borrowed(v)
+                        })
                         .map_err(|e| fail(format!("cache.shared.url: {e}")))?;
                     let tier = SharedTier::connect(
                         &crate::shared_cache::SharedTierPolicy {

@@ -573,7 +573,13 @@ pub async fn serve(
             )
             .route("/healthz", get(|| std::future::ready("ok\n")))
             // Plaid's webhooks, when configured (see `crate::webhooks`).
-            .merge(gateway.webhooks().cloned().map(crate::webhooks::router).unwrap_or_default());
+            .merge(
+                gateway
+                    .webhooks()
+                    .cloned()
+                    .map(crate::webhooks::router)
+                    .unwrap_or_default(),
+            );
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {

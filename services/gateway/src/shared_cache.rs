@@ -125,8 +125,14 @@ impl SharedTier {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build()
-            .map_err(|e| format!("cache.shared: cannot create the Redis client ({:?})", e.kind()))?;
-        let _ = client.connect();
+            .map_err(|e| {
+                format!(
+                    "cache.shared: cannot create the Redis client ({:?})",
+                    e.kind()
+                )
+            })?;
+        // The connection task runs on its own (and reconnects); its handle is not needed.
+        drop(client.connect());
         Ok(SharedTier {
             client,
             prefix: policy.key_prefix.clone(),
@@ -160,7 +166,11 @@ impl SharedTier {
                 }
             }
         }
-        format!("{}{source}:{view}:{}", self.prefix, hex::encode(hash.finalize()))
+        format!(
+            "{}{source}:{view}:{}",
+            self.prefix,
+            hex::encode(hash.finalize())
+        )
     }
 
     fn options(&self, deadline: Option<Instant>) -> Option<Options> {
@@ -180,7 +190,11 @@ impl SharedTier {
     }
 
     /// Looks `keys` up (one MGET); a failure is a miss for every key.
-    pub async fn get(&self, keys: &[String], deadline: Option<Instant>) -> Vec<Option<SharedEntry>> {
+    pub async fn get(
+        &self,
+        keys: &[String],
+        deadline: Option<Instant>,
+    ) -> Vec<Option<SharedEntry>> {
         let misses = || vec![None; keys.len()];
         if keys.is_empty() {
             return Vec::new();

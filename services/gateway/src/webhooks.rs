@@ -180,7 +180,9 @@ pub fn verify(
     }
     let actual = hex::encode(Sha256::digest(body));
     if !claims.request_body_sha256.eq_ignore_ascii_case(&actual) {
-        return Err(rejected("the body does not match the JWT's request_body_sha256"));
+        return Err(rejected(
+            "the body does not match the JWT's request_body_sha256",
+        ));
     }
     Ok(Verified {
         iat: claims.iat,
@@ -210,8 +212,11 @@ fn jwk_key(jwk: &Jwk) -> Result<VerifyingKey, String> {
     if x.len() != 32 || y.len() != 32 {
         return Err("coordinates are not 32 bytes".into());
     }
-    let point =
-        p256::EncodedPoint::from_affine_coordinates(x.as_slice().into(), y.as_slice().into(), false);
+    let point = p256::EncodedPoint::from_affine_coordinates(
+        x.as_slice().into(),
+        y.as_slice().into(),
+        false,
+    );
     VerifyingKey::from_encoded_point(&point).map_err(|_| "not a point of P-256".into())
 }
 
@@ -359,7 +364,10 @@ impl PlaidWebhooks {
             Ok::<_, BuildError>(value)
         };
         let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert("plaid-client-id", credential("client_id", &compiled.client_id)?);
+        headers.insert(
+            "plaid-client-id",
+            credential("client_id", &compiled.client_id)?,
+        );
         headers.insert("plaid-secret", credential("secret", &compiled.secret)?);
         headers.insert(
             "plaid-version",

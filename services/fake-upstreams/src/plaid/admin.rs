@@ -106,7 +106,11 @@ async fn send_webhook(
 ) -> Response {
     let fields = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(fields)) => fields,
-        _ => return bad_request("body must be a JSON object with webhook_type and webhook_code".into()),
+        _ => {
+            return bad_request(
+                "body must be a JSON object with webhook_type and webhook_code".into(),
+            );
+        }
     };
     if shared.plaid.item_state(&item_id).is_none() {
         return not_found(format!("unknown plaid item `{item_id}`"));

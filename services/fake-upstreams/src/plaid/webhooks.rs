@@ -234,8 +234,7 @@ mod tests {
             false,
         );
         let key = VerifyingKey::from_encoded_point(&point).unwrap();
-        let signature =
-            Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
+        let signature = Signature::from_slice(&URL_SAFE_NO_PAD.decode(parts[2]).unwrap()).unwrap();
         let input = format!("{}.{}", parts[0], parts[1]);
         key.verify(input.as_bytes(), &signature).unwrap();
         let forged = hooks.forge(body, 1_700_000_000);
