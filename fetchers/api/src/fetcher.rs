@@ -67,4 +67,11 @@ pub trait Fetcher: Send + Sync + std::fmt::Debug + 'static {
     async fn health(&self) -> Result<(), FetchError> {
         Ok(())
     }
+
+    /// The key parts this fetcher has seen belong to an object outside the gateway that events
+    /// name (a Plaid Item, named by its webhooks, while its rows are keyed by access token), so
+    /// an event about it can invalidate the cached rows keyed by them. The default knows none.
+    fn keys_of(&self, _external_id: &str) -> Vec<KeyPart> {
+        Vec::new()
+    }
 }

@@ -243,6 +243,15 @@ pub fn catalog(endpoint: Endpoint) -> Vec<(String, FeatureType)> {
 #[derive(Clone, Debug, Deserialize)]
 pub struct AccountsResponse {
     pub accounts: Vec<Account>,
+    /// Which Item answered (for webhooks, which name Items, not access tokens).
+    #[serde(default)]
+    pub item: Option<ItemRef>,
+}
+
+/// The `item.item_id` of an answer.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ItemRef {
+    pub item_id: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -307,6 +316,8 @@ pub struct ItemResponse {
 #[derive(Clone, Debug, Deserialize)]
 pub struct Item {
     #[serde(default)]
+    pub item_id: Option<String>,
+    #[serde(default)]
     pub institution_id: Option<String>,
     #[serde(default)]
     pub error: Option<ItemError>,
@@ -337,6 +348,8 @@ pub struct TransactionsStatus {
 #[derive(Clone, Debug, Deserialize)]
 pub struct MatchResponse {
     pub accounts: Vec<MatchAccount>,
+    #[serde(default)]
+    pub item: Option<ItemRef>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

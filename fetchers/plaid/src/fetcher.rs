@@ -66,6 +66,43 @@ pub struct PlaidFetcher {
     page_size: u32,
     max_pages: u32,
     as_of: Option<i64>,
+    items: ItemDirectory,
+}
+
+/// Which Item each access token belongs to, as learnt from Plaid's answers that name their Item
+/// (balance, accounts, item, identity match; `/transactions/sync` does not). Webhooks name
+/// Items, cached rows are keyed by access tokens: this joins the two. Bounded: past
+/// [`ItemDirectory::MAX`] tokens it starts over (a webhook for an Item not seen since then
+/// invalidates nothing in this replica until the Item is fetched again).
+#[derive(Debug, Default)]
+struct ItemDirectory {
+    tokens: std::sync::Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
+}
+
+impl ItemDirectory {
+    const MAX: usize = 1_000_000;
+
+    fn record(&self, item_id: &str, token: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if tokens.get(item_id).is_some_and(|t| t.contains(token)) {
+            return;
+        }
+        if tokens.len() >= Self::MAX {
+            tokens.clear();
+        }
+        tokens
+            .entry(item_id.to_owned())
+            .or_default()
+            .insert(token.to_owned());
+    }
+
+    fn tokens(&self, item_id: &str) -> Vec<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens
+            .get(item_id)
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 // Hand-written: the client holds the resolved credentials as default headers.
@@ -225,6 +262,7 @@ impl PlaidFetcher {
             page_size: compiled.page_size,
             max_pages: compiled.max_pages,
             as_of: compiled.as_of,
+            items: ItemDirectory::default(),
         }
     }
 
@@ -400,7 +438,18 @@ impl PlaidFetcher {
             _ => return Ok(Row::NotFound),
         };
         let answer = match self.answer(view, token, key, deadline).await {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                let item_id = match &answer {
+                    Answer::Accounts(r) => r.item.as_ref().map(|i| i.item_id.as_str()),
+                    Answer::Match(r) => r.item.as_ref().map(|i| i.item_id.as_str()),
+                    Answer::Item(ItemHealth::Answer(r)) => r.item.item_id.as_deref(),
+                    Answer::Item(ItemHealth::Failed(_)) | Answer::Transactions(_) => None,
+                };
+                if let Some(item_id) = item_id {
+                    self.items.record(item_id, token);
+                }
+                answer
+            }
             Err(e) => return row_for_error(view, wanted.len(), e),
         };
         let now = self.now();
@@ -497,6 +546,15 @@ fn row_for_error(view: &CompiledView, cells: usize, error: CallError) -> Result<
 
 #[async_trait]
 impl Fetcher for PlaidFetcher {
+    /// The access tokens of a Plaid Item (`item_id`), as far as this fetcher has seen them.
+    fn keys_of(&self, item_id: &str) -> Vec<KeyPart> {
+        self.items
+            .tokens(item_id)
+            .into_iter()
+            .map(KeyPart::String)
+            .collect()
+    }
+
     async fn fetch(&self, request: FetchRequest) -> Result<Vec<Row>, FetchError> {
         let view = self.views.get(&*request.view).ok_or_else(|| {
             FetchError::internal(format!(

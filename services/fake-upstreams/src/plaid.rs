@@ -12,8 +12,13 @@
 //! | `/identity/match` | [`IDENTITY_MATCH`] |
 //! | `/auth/get` | [`AUTH_GET`] |
 //!
-//! `/webhook_verification_key/get` is not served yet; it takes a variant of [`Endpoint`] whose
-//! access token is optional, and webhooks a sender beside [`PlaidState`].
+//! | `/webhook_verification_key/get` | [`WEBHOOK_VERIFICATION_KEY_GET`] |
+//!
+//! Webhooks ([`webhooks`]): the fake signs them as Plaid does (a `Plaid-Verification` JWT,
+//! ES256) and POSTs them to the webhook URL set with [`PlaidState::set_webhook_url`], when told
+//! to ([`PlaidState::send_webhook`] or the admin API). `/webhook_verification_key/get` serves
+//! the public keys. An Item's checking balance can be changed ([`PlaidState::set_balance`]), so
+//! a test can see a webhook-driven refresh pick up a new value.
 //!
 //! # Contract
 //! Each call passes, in this order, the route's generic faults (counted in
@@ -41,6 +46,7 @@
 pub mod data;
 pub mod error;
 pub mod limits;
+pub mod webhooks;
 
 mod admin;
 
@@ -83,8 +89,10 @@ pub const IDENTITY_GET: &str = "plaid_identity_get";
 pub const IDENTITY_MATCH: &str = "plaid_identity_match";
 /// `POST /auth/get`.
 pub const AUTH_GET: &str = "plaid_auth_get";
+/// `POST /webhook_verification_key/get`.
+pub const WEBHOOK_VERIFICATION_KEY_GET: &str = "plaid_webhook_verification_key_get";
 /// The route names of this module.
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 8] = [
     ACCOUNTS_BALANCE_GET,
     ACCOUNTS_GET,
     TRANSACTIONS_SYNC,
@@ -92,6 +100,7 @@ pub const ROUTES: [&str; 7] = [
     IDENTITY_GET,
     IDENTITY_MATCH,
     AUTH_GET,
+    WEBHOOK_VERIFICATION_KEY_GET,
 ];
 /// The only API version the fake speaks.
 pub const PLAID_VERSION: &str = "2020-09-14";
@@ -220,6 +229,8 @@ struct ItemRuntime {
     /// refused with `TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION`.
     sync_epoch: u64,
     last_failed_update: Option<i64>,
+    /// `(available, current)` of the Item's checking account (its first), when changed.
+    checking_balance: Option<(f64, f64)>,
 }
 
 #[derive(Debug)]
@@ -247,6 +258,7 @@ pub struct PlaidState {
     config: PlaidConfig,
     request_ids: AtomicU64,
     inner: Mutex<Inner>,
+    webhooks: Mutex<webhooks::Webhooks>,
 }
 
 impl PlaidState {
@@ -274,6 +286,7 @@ impl PlaidState {
                 faults: BTreeMap::new(),
                 stats: BTreeMap::new(),
             }),
+            webhooks: Mutex::new(webhooks::Webhooks::new(seed)),
             config,
         };
         state.set_rate_limits(&RateLimitPlan {
@@ -336,6 +349,83 @@ impl PlaidState {
         let user = self.user_of_item(item_id)?;
         self.inner().items.entry(user).or_default().sync_epoch += 1;
         Ok(())
+    }
+
+    /// Sets the balances of the Item's checking account (its first account) from now on.
+    pub fn set_balance(
+        &self,
+        item_id: &str,
+        available: f64,
+        current: f64,
+    ) -> Result<(), FaultError> {
+        let user = self.user_of_item(item_id)?;
+        self.inner().items.entry(user).or_default().checking_balance = Some((available, current));
+        Ok(())
+    }
+
+    fn webhooks(&self) -> MutexGuard<'_, webhooks::Webhooks> {
+        self.webhooks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where webhooks are sent (`None`: nowhere).
+    pub fn set_webhook_url(&self, url: Option<String>) {
+        self.webhooks().set_url(url);
+    }
+
+    /// The key id webhooks are signed under now.
+    pub fn webhook_kid(&self) -> String {
+        self.webhooks().current_kid()
+    }
+
+    /// Expires the current webhook key and signs with a new one; returns its key id.
+    pub fn rotate_webhook_key(&self) -> String {
+        self.webhooks().rotate()
+    }
+
+    /// The `Plaid-Verification` header for `body`, issued at `iat` (Unix seconds).
+    pub fn sign_webhook(&self, body: &[u8], iat: i64) -> String {
+        self.webhooks().sign(body, iat)
+    }
+
+    /// A `Plaid-Verification` header for `body` with the current kid and right claims, signed
+    /// with a key Plaid never published (a forgery).
+    pub fn forge_webhook(&self, body: &[u8], iat: i64) -> String {
+        self.webhooks().forge(body, iat)
+    }
+
+    /// The webhook Plaid sends about `item_id`: `fields` (at least `webhook_type` and
+    /// `webhook_code`) plus `item_id` and `environment`, signed now, POSTed to the webhook URL.
+    pub async fn send_webhook(
+        &self,
+        item_id: &str,
+        fields: Map<String, Value>,
+    ) -> Result<webhooks::Delivery, FaultError> {
+        self.user_of_item(item_id)?;
+        for field in ["webhook_type", "webhook_code"] {
+            if !fields.get(field).is_some_and(Value::is_string) {
+                return Err(FaultError(format!("a webhook needs a string `{field}`")));
+            }
+        }
+        let mut body = fields;
+        body.insert("item_id".into(), json!(item_id));
+        body.entry("environment").or_insert(json!("sandbox"));
+        let body = serde_json::to_vec(&Value::Object(body))
+            .map_err(|e| FaultError(format!("cannot encode the webhook: {e}")))?;
+        let (url, verification) = {
+            let hooks = self.webhooks();
+            let url = hooks
+                .url()
+                .ok_or_else(|| FaultError("no webhook url is set".into()))?;
+            (url, hooks.sign(&body, webhooks::unix_now()))
+        };
+        webhooks::deliver(&url, body, &verification)
+            .await
+            .map_err(FaultError)
+    }
+
+    /// The public key `kid` as a JWK, if the fake ever signed with it.
+    pub fn webhook_jwk(&self, kid: &str) -> Option<Value> {
+        self.webhooks().jwk(kid)
     }
 
     /// Replaces the Plaid-coded faults of `route` (a name of [`ROUTES`], or `*`).
@@ -626,7 +716,75 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
             }),
         );
     }
+    router = router.route(
+        "/webhook_verification_key/get",
+        post(
+            |State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes| async move {
+                verification_key(&shared, &uri, &headers, &body).await
+            },
+        )
+        .fallback(|State(shared): State<Arc<Shared>>, uri: Uri| async move {
+            unknown_endpoint(&shared, uri.path())
+        }),
+    );
     router.merge(admin::router())
+}
+
+/// `/webhook_verification_key/get`: `{"key_id"}` -> `{"key": JWK}`, after the same generic
+/// faults, transport checks and credentials as every endpoint (no access token, no per-Item
+/// limit).
+async fn verification_key(
+    shared: &Shared,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let plaid = &shared.plaid;
+    let route = WEBHOOK_VERIFICATION_KEY_GET;
+    let request_id = plaid.next_request_id();
+    let outcome = match shared.admit(route, uri, 1).await {
+        Err(refusal) => {
+            if let Refusal::Injected(_) = refusal {
+                plaid.count_injected(route);
+            }
+            Err(refusal_error(Endpoint::ItemGet, refusal))
+        }
+        Ok(()) => checked_call(plaid, headers, body).and_then(|(request, _)| {
+            if let Some(unknown) = request.keys().find(|k| k.as_str() != "key_id") {
+                return Err(PlaidError::with_message(
+                    "UNKNOWN_FIELDS",
+                    format!("the following fields are not recognized by this endpoint: {unknown}"),
+                ));
+            }
+            let kid = match request.get("key_id") {
+                None | Some(Value::Null) => {
+                    return Err(PlaidError::with_message(
+                        "MISSING_FIELDS",
+                        "the following required fields are missing: key_id",
+                    ));
+                }
+                Some(Value::String(kid)) => kid,
+                Some(_) => return Err(invalid_field("key_id must be a string")),
+            };
+            plaid
+                .webhook_jwk(kid)
+                .map(|key| json!({ "key": key }))
+                .ok_or_else(|| {
+                    invalid_field(format!("no webhook verification key with key_id {kid}"))
+                })
+        }),
+    };
+    match outcome {
+        Ok(mut value) => {
+            plaid.record(route, Ok(()));
+            value["request_id"] = json!(request_id);
+            (StatusCode::OK, axum::Json(value)).into_response()
+        }
+        Err(e) => {
+            plaid.record(route, Err(&e));
+            e.into_response(&request_id)
+        }
+    }
 }
 
 /// Plaid's 404 for a path (or method) it does not serve.
@@ -703,6 +861,17 @@ fn respond(
     request_id: &str,
 ) -> Result<Value, PlaidError> {
     let plaid = &shared.plaid;
+    let (request, client_id) = checked_call(plaid, headers, body)?;
+    answer(shared, ep, request, &client_id, request_id)
+}
+
+/// The transport checks every endpoint makes (content type, a JSON object body, the API
+/// version, the credentials): the body without the credentials, and the client id.
+fn checked_call(
+    plaid: &PlaidState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Map<String, Value>, String), PlaidError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -741,6 +910,18 @@ fn respond(
         ));
     }
     let client_id = credentials(&plaid.config, headers, &mut request)?;
+    Ok((request, client_id))
+}
+
+/// An endpoint's answer to a request that passed [`checked_call`].
+fn answer(
+    shared: &Shared,
+    ep: Endpoint,
+    request: Map<String, Value>,
+    client_id: &str,
+    request_id: &str,
+) -> Result<Value, PlaidError> {
+    let plaid = &shared.plaid;
 
     let mut unknown: Vec<&str> = request
         .keys()
@@ -784,7 +965,7 @@ fn respond(
                 "could not find matching access token",
             )
         })?;
-    plaid.admit(ep, user, &client_id)?;
+    plaid.admit(ep, user, client_id)?;
     let runtime = plaid.runtime(user);
     let item = item_json(plaid.seed, user, runtime, request_id);
     // A login-required Item fails every data call; `/item/get` is how a client finds out why.
@@ -811,7 +992,7 @@ fn respond(
         }
         Endpoint::TransactionsSync => sync(seed, user, runtime, &params),
         Endpoint::AccountsBalanceGet | Endpoint::AccountsGet => {
-            let accounts = selected_accounts(seed, user, &params)?;
+            let accounts = selected_accounts(seed, user, runtime, &params)?;
             Ok(json!({
                 "accounts": accounts.iter().map(data::Account::to_json).collect::<Vec<_>>(),
                 "item": item,
@@ -819,7 +1000,7 @@ fn respond(
         }
         Endpoint::IdentityGet => {
             let owner = data::identity(seed, user).to_json();
-            let accounts: Vec<Value> = selected_accounts(seed, user, &params)?
+            let accounts: Vec<Value> = selected_accounts(seed, user, runtime, &params)?
                 .iter()
                 .map(|a| {
                     let mut json = a.to_json();
@@ -832,7 +1013,7 @@ fn respond(
         Endpoint::IdentityMatch => {
             let owner = data::identity(seed, user);
             let scores = match_scores(&owner, params.user.as_ref());
-            let accounts: Vec<Value> = selected_accounts(seed, user, &params)?
+            let accounts: Vec<Value> = selected_accounts(seed, user, runtime, &params)?
                 .iter()
                 .map(|a| {
                     let mut json = a.to_json();
@@ -845,7 +1026,7 @@ fn respond(
             Ok(json!({ "accounts": accounts, "item": item }))
         }
         Endpoint::AuthGet => {
-            let accounts = selected_accounts(seed, user, &params)?;
+            let accounts = selected_accounts(seed, user, runtime, &params)?;
             let ach: Vec<Value> = accounts
                 .iter()
                 .filter(|a| a.kind != data::AccountKind::CreditCard)
@@ -1004,9 +1185,16 @@ impl Params {
 fn selected_accounts(
     seed: u64,
     user: u64,
+    runtime: ItemRuntime,
     params: &Params,
 ) -> Result<Vec<data::Account>, PlaidError> {
-    let accounts = data::accounts(seed, user);
+    let mut accounts = data::accounts(seed, user);
+    if let (Some((available, current)), Some(checking)) =
+        (runtime.checking_balance, accounts.first_mut())
+    {
+        checking.available = Some(available);
+        checking.current = Some(current);
+    }
     match &params.account_ids {
         Some(ids) if !ids.is_empty() => {
             if ids

@@ -25,14 +25,23 @@
 //! `max_background_calls` permits, bounded by the source's own timeout (a source without one
 //! does not refresh ahead). A failed refresh changes nothing: the entry ages as it would have.
 //!
+//! With a shared tier ([`crate::shared_cache`]), keys the in-process tier cannot serve fresh are
+//! looked up in Redis (bounded by the request's deadline) before the source is called, and a
+//! source's answer is written to both tiers, with its original fetch time.
+//!
+//! [`CacheControl::invalidate`] (Plaid webhooks) makes every entry whose key holds one of given
+//! key parts no longer fresh in either tier (it stays a STALE fallback locally), keeps calls
+//! already in flight for those keys from storing their older answers, and refreshes the entries
+//! it held in the background.
+//!
 //! Memory is bounded by `max_bytes` (moka's size-aware eviction, weighing each entry by an
 //! estimate of its size); entries are dropped once older than `max_staleness`. Ages use tokio's
 //! clock, so tests can pause time.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -43,6 +52,7 @@ use tokio::{sync::Semaphore, time::Instant};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::{
+    shared_cache::{SharedTier, SharedTierPolicy},
     stack::{BoxFuture, SourceService},
     telemetry::CacheMetrics,
 };
@@ -105,6 +115,8 @@ pub struct CachePolicy {
     pub max_background_calls: usize,
     /// Refresh a value in the background when read past this fraction (0..1) of its TTL.
     pub refresh_ahead: Option<f64>,
+    /// The shared second tier in Redis, if the source has one.
+    pub shared: Option<SharedTierPolicy>,
 }
 
 /// A cached answer.
@@ -114,9 +126,14 @@ struct Entry {
     features: Arc<[String]>,
     row: Row,
     fetched_at: Instant,
+    /// Invalidated (by a webhook): never fresh again, still a STALE fallback.
+    invalidated: bool,
 }
 
 type Key = (Arc<str>, EntityKey);
+
+/// Keys to refresh, by view and feature list.
+type RefreshGroups = BTreeMap<(Arc<str>, Vec<String>), (Arc<[String]>, Vec<EntityKey>)>;
 
 /// Wraps a source's stack with its cache (or, with no policy, only turns rows into slots).
 #[derive(Clone, Debug)]
@@ -126,12 +143,19 @@ pub struct CacheLayer {
 }
 
 struct CacheState {
+    source: Arc<str>,
     policy: CachePolicy,
     entries: moka::sync::Cache<Key, Entry>,
     /// Calls in flight, by key: concurrent misses for a key join one call.
     in_flight: Mutex<HashMap<Key, Pending>>,
     background: Arc<Semaphore>,
     metrics: CacheMetrics,
+    shared: Option<SharedTier>,
+    /// When keys were last invalidated: older answers (in flight, or in Redis) are not fresh.
+    invalidations: moka::sync::Cache<Key, Instant>,
+    /// The source's stack under this layer, for refreshes after an invalidation.
+    inner: OnceLock<SourceService>,
+    source_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for CacheState {
@@ -184,11 +208,23 @@ impl CacheLayer {
                 })
                 .build();
             let state = Arc::new(CacheState {
+                source: source.into(),
                 policy: policy.clone(),
                 entries,
                 in_flight: Mutex::new(HashMap::new()),
                 background: Arc::new(Semaphore::new(policy.max_background_calls)),
                 metrics,
+                shared: None,
+                invalidations: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(
+                        policy.max_staleness.max(policy.ttl)
+                            + source_timeout.unwrap_or_default()
+                            + Duration::from_secs(60),
+                    )
+                    .build(),
+                inner: OnceLock::new(),
+                source_timeout,
             });
             let weak: std::sync::Weak<CacheState> = Arc::downgrade(&state);
             crate::telemetry::register_cache(source, weak);
@@ -201,10 +237,120 @@ impl CacheLayer {
     }
 }
 
+impl CacheLayer {
+    /// Adds the shared tier (the policy must have a cache).
+    pub fn with_shared(mut self, tier: SharedTier) -> Self {
+        if let Some(state) = self.state.take() {
+            let mut state = Arc::try_unwrap(state)
+                .unwrap_or_else(|_| unreachable!("the layer is not shared before it is built"));
+            state.shared = Some(tier);
+            self.state = Some(Arc::new(state));
+        }
+        self
+    }
+
+    /// The handle that invalidates this cache's entries (`None` without a cache).
+    pub fn control(&self) -> Option<CacheControl> {
+        self.state.clone().map(CacheControl)
+    }
+}
+
+/// Invalidates a source's cached entries from outside the request path (webhooks).
+#[derive(Clone, Debug)]
+pub struct CacheControl(Arc<CacheState>);
+
+/// What [`CacheControl::invalidate`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Invalidated {
+    /// Entries of the in-process tier invalidated.
+    pub local: usize,
+    /// Keys deleted from the shared tier (0 without one).
+    pub shared: usize,
+    /// Whether the shared tier could not be told (its entries may be served until they expire
+    /// or are refreshed).
+    pub shared_failed: bool,
+    /// Entries being refreshed from the source in the background.
+    pub refreshing: usize,
+}
+
+impl CacheControl {
+    /// Invalidates every entry whose key holds one of `parts`, in both tiers, and refreshes
+    /// from the source, in the background, the entries the in-process tier held. `views` are
+    /// the source's views keyed by a single entity key: their entries for `parts` are deleted
+    /// from the shared tier even when this replica does not hold them.
+    pub async fn invalidate(&self, parts: &HashSet<KeyPart>, views: &[Arc<str>]) -> Invalidated {
+        let state = &self.0;
+        let now = Instant::now();
+        let mut result = Invalidated::default();
+        let held: Vec<(Key, Entry)> = state
+            .entries
+            .iter()
+            .filter(|(k, _)| k.1.iter().any(|p| parts.contains(p)))
+            .map(|(k, e)| ((*k).clone(), e))
+            .collect();
+        let mut keys: HashSet<Key> = held.iter().map(|(k, _)| k.clone()).collect();
+        for view in views {
+            for part in parts {
+                keys.insert((view.clone(), vec![part.clone()]));
+            }
+        }
+        for key in &keys {
+            state.invalidations.insert(key.clone(), now);
+        }
+        for (key, entry) in &held {
+            state.entries.insert(
+                key.clone(),
+                Entry {
+                    invalidated: true,
+                    ..entry.clone()
+                },
+            );
+        }
+        result.local = held.len();
+        if let Some(shared) = &state.shared {
+            let redis_keys: Vec<String> = keys
+                .iter()
+                .map(|(view, key)| shared.redis_key(&state.source, view, key))
+                .collect();
+            result.shared = redis_keys.len();
+            result.shared_failed = !shared.delete(redis_keys).await;
+        }
+        // Refresh what this replica held, one call per view and feature list.
+        if let Some(inner) = state.inner.get() {
+            let mut groups: RefreshGroups = BTreeMap::new();
+            for ((view, key), entry) in held {
+                groups
+                    .entry((view, entry.features.to_vec()))
+                    .or_insert_with(|| (entry.features.clone(), Vec::new()))
+                    .1
+                    .push(key);
+            }
+            for ((view, _), (features, keys)) in groups {
+                result.refreshing += keys.len();
+                let call = FetchRequest {
+                    view,
+                    features,
+                    keys,
+                    deadline: None,
+                };
+                drop(
+                    state
+                        .clone()
+                        .start_call(inner.clone(), call, state.source_timeout),
+                );
+            }
+        }
+        result
+    }
+}
+
 impl Layer<SourceService> for CacheLayer {
     type Service = Cached;
 
     fn layer(&self, inner: SourceService) -> Cached {
+        if let Some(state) = &self.state {
+            let _ = state.inner.set(inner.clone());
+        }
         Cached {
             inner,
             state: self.state.clone(),
@@ -289,6 +435,11 @@ impl CacheState {
         if !refresh.is_empty() && source_timeout.is_some() {
             self.clone().refresh_ahead(inner.clone(), &request, refresh);
         }
+        if let Some(shared) = self.shared.as_ref().filter(|_| !missing.is_empty()) {
+            missing = self
+                .look_up_shared(shared, &request, missing, &mut slots, &mut stale)
+                .await;
+        }
         if missing.is_empty() {
             return slots.into_iter().flatten().collect();
         }
@@ -365,6 +516,57 @@ impl CacheState {
             .into_iter()
             .map(|s| s.unwrap_or_else(|| Slot::Failed(Arc::new(FetchError::internal("no answer")))))
             .collect()
+    }
+
+    /// Looks `missing` keys up in the shared tier: a fresh entry is served (and copied into the
+    /// in-process tier with its original fetch time); an older one within max staleness becomes
+    /// the fallback if it is newer than the local one. Returns the keys still missing.
+    async fn look_up_shared(
+        &self,
+        shared: &SharedTier,
+        request: &FetchRequest,
+        missing: Vec<usize>,
+        slots: &mut [Option<Slot>],
+        stale: &mut [Option<Entry>],
+    ) -> Vec<usize> {
+        let redis_keys: Vec<String> = missing
+            .iter()
+            .map(|&i| shared.redis_key(&self.source, &request.view, &request.keys[i]))
+            .collect();
+        let found = shared.get(&redis_keys, request.deadline).await;
+        let now = Instant::now();
+        let mut still = Vec::with_capacity(missing.len());
+        for (i, entry) in missing.into_iter().zip(found) {
+            let Some(entry) = entry.filter(|e| e.features[..] == request.features[..]) else {
+                still.push(i);
+                continue;
+            };
+            let key = (request.view.clone(), request.keys[i].clone());
+            let fetched_at = entry.fetched_instant(now);
+            let local = Entry {
+                features: request.features.clone(),
+                row: entry.row,
+                fetched_at,
+                invalidated: self
+                    .invalidations
+                    .get(&key)
+                    .is_some_and(|at| at >= fetched_at),
+            };
+            if self.fresh(&local, now) {
+                slots[i] = Some(Slot::Cached {
+                    age: now.duration_since(fetched_at),
+                    row: local.row.clone(),
+                });
+                self.entries.insert(key, local);
+                continue;
+            }
+            let newer = stale[i].as_ref().is_none_or(|s| s.fetched_at < fetched_at);
+            if newer && now.duration_since(fetched_at) <= self.policy.max_staleness {
+                stale[i] = Some(local);
+            }
+            still.push(i);
+        }
+        still
     }
 
     /// Starts a call to the source as its own task and registers its keys as in flight. With a
@@ -453,12 +655,15 @@ impl CacheState {
         tx: tokio::sync::oneshot::Sender<CallResult>,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
+        // Invalidations after this moment win over the call's answer.
+        let started = Instant::now();
         // The call keeps the spans of the fetch and request that started it, even once it goes
         // on in the background.
         tokio::spawn(crate::traces::in_request_span(async move {
             let result = inner.oneshot(call.clone()).await;
             if let Ok(rows) = &result {
-                self.store(&call, rows);
+                // Before the waiters hear of it: a replica asking right after finds it in Redis.
+                self.store(&call, rows, started).await;
             }
             {
                 let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -487,6 +692,9 @@ impl CacheState {
     }
 
     fn fresh(&self, entry: &Entry, now: Instant) -> bool {
+        if entry.invalidated {
+            return false;
+        }
         let ttl = match entry.row {
             Row::Found(_) => self.policy.ttl,
             Row::NotFound => self.policy.negative_ttl.unwrap_or(Duration::ZERO),
@@ -494,20 +702,39 @@ impl CacheState {
         now.duration_since(entry.fetched_at) <= ttl
     }
 
-    fn store(&self, call: &FetchRequest, rows: &[Row]) {
+    /// Stores a call's rows in both tiers, except for keys invalidated since the call started
+    /// (their answer may predate the change the invalidation announced).
+    async fn store(&self, call: &FetchRequest, rows: &[Row], started: Instant) {
         let fetched_at = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let mut shared = Vec::new();
         for (key, row) in call.keys.iter().zip(rows) {
             if matches!(row, Row::NotFound) && self.policy.negative_ttl.is_none() {
                 continue;
             }
+            let k = (call.view.clone(), key.clone());
+            if self.invalidations.get(&k).is_some_and(|at| at > started) {
+                continue;
+            }
+            if let Some(tier) = &self.shared {
+                shared.push((tier.redis_key(&self.source, &call.view, key), row));
+            }
             self.entries.insert(
-                (call.view.clone(), key.clone()),
+                k,
                 Entry {
                     features: call.features.clone(),
                     row: row.clone(),
                     fetched_at,
+                    invalidated: false,
                 },
             );
+        }
+        if let Some(tier) = &self.shared {
+            let entries = shared
+                .into_iter()
+                .map(|(key, row)| (key, &call.features[..], row))
+                .collect();
+            tier.put(entries, wall).await;
         }
     }
 }
@@ -614,6 +841,7 @@ mod tests {
             max_bytes: 1 << 20,
             max_background_calls: 4,
             refresh_ahead: None,
+            shared: None,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct RawConfig {
     /// The training log; off when absent.
     #[serde(default)]
     pub training_log: Option<RawTrainingLog>,
+    /// Plaid webhooks (`POST /webhooks/plaid` on the admin port); off when absent.
+    #[serde(default)]
+    pub plaid_webhooks: Option<RawPlaidWebhooks>,
     /// Traces; off when absent.
     #[serde(default)]
     pub telemetry: RawTelemetry,
@@ -81,6 +84,19 @@ pub struct RawTraces {
     /// How long one export may take, e.g. `"5s"` (the default).
     #[serde(default)]
     pub export_timeout: Option<String>,
+}
+
+/// `[plaid_webhooks]`: accept Plaid's webhooks and refresh the cached views of the Items they
+/// name (see `crate::webhooks`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlaidWebhooks {
+    /// The `plaid` source whose cache the webhooks refresh; its `base_url` and credentials
+    /// fetch the verification keys.
+    pub source: String,
+    /// Oldest `iat` (issue time of the webhook's JWT) accepted. Default "5m", as Plaid advises.
+    #[serde(default)]
+    pub max_age: Option<String>,
 }
 
 /// `[entities.NAME]`.
@@ -160,6 +176,30 @@ pub struct RawCache {
     /// `timeout`. Default: off.
     #[serde(default)]
     pub refresh_ahead: Option<f64>,
+    /// A second tier in Redis shared by every gateway replica (`shared = { url = ... }`); none
+    /// when absent. For expensive third-party views (Plaid): one replica's call serves all.
+    #[serde(default)]
+    pub shared: Option<RawSharedTier>,
+}
+
+/// `[sources.NAME.cache.shared]`: the shared second cache tier (see `crate::shared_cache`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharedTier {
+    /// `redis://[:${PASSWORD}@]host:port[/db]` or `rediss://...`; `${NAME}` is read from the
+    /// environment when the gateway starts.
+    pub url: String,
+    /// Prepended to every Redis key. Default `"feature-gateway:"`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// How long Redis keeps an entry. Default: the cache's `max_staleness`. Freshness is still
+    /// the cache's `ttl`, reckoned from the original fetch.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Longest one Redis command may take; the request's deadline applies if earlier. A slower
+    /// or failed command is a miss. Default "20ms".
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 /// `[sources.NAME.circuit_breaker]`: stop calling a source that keeps failing.
@@ -350,6 +390,15 @@ impl Default for LimitsConfig {
 // ---------------------------------------------------------------------------------------------
 // Step 2: the validated configuration.
 
+/// `[plaid_webhooks]`, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlaidWebhooksConfig {
+    /// The `plaid` source.
+    pub source: String,
+    /// Oldest accepted `iat`.
+    pub max_age: Duration,
+}
+
 /// A validated configuration: every name resolves, every type is known.
 #[derive(Debug)]
 pub struct Config {
@@ -367,6 +416,8 @@ pub struct Config {
     pub training_log: Option<training_log::TrainingLogConfig>,
     /// Where traces are exported, when configured.
     pub traces: Option<crate::traces::TracesConfig>,
+    /// Plaid webhooks, when configured.
+    pub plaid_webhooks: Option<PlaidWebhooksConfig>,
     /// Hash of the whole file, exported as a metric label so a fleet's configs can be compared.
     pub hash: String,
 }
@@ -1049,7 +1100,45 @@ fn validate(
         .traces
         .as_ref()
         .map(|t| validate_traces(t, problems));
+    let plaid_webhooks = raw.plaid_webhooks.as_ref().and_then(|w| {
+        match sources.get(&w.source) {
+            Some(s) if s.kind == "plaid" => {}
+            Some(s) => {
+                problems.add(
+                    &["plaid_webhooks", "source"],
+                    format!("`{}` is a `{}` source, not a `plaid` one", w.source, s.kind),
+                );
+                return None;
+            }
+            None => {
+                problems.add(
+                    &["plaid_webhooks", "source"],
+                    format!("unknown source `{}`{}", w.source, known(sources.keys())),
+                );
+                return None;
+            }
+        }
+        let max_age = match w.max_age.as_deref() {
+            None => Duration::from_secs(300),
+            Some(t) => match parse_duration(t) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    problems.add(&["plaid_webhooks", "max_age"], "must be positive");
+                    return None;
+                }
+                Err(msg) => {
+                    problems.add(&["plaid_webhooks", "max_age"], msg);
+                    return None;
+                }
+            },
+        };
+        Some(PlaidWebhooksConfig {
+            source: w.source.clone(),
+            max_age,
+        })
+    });
     let config = Config {
+        plaid_webhooks,
         limits,
         entities,
         sources,
@@ -1262,6 +1351,14 @@ fn cache_policy(
         problems.add(&field("refresh_ahead"), "must be in (0, 1)");
         return None;
     }
+    let shared = match &raw.shared {
+        None => None,
+        Some(t) => {
+            let mut at = at.to_vec();
+            at.push("shared");
+            Some(shared_tier_policy(t, &at, max_staleness, problems)?)
+        }
+    };
     Some(crate::cache::CachePolicy {
         ttl,
         max_staleness,
@@ -1269,6 +1366,57 @@ fn cache_policy(
         max_bytes: raw.max_bytes.unwrap_or(64 * 1024 * 1024),
         max_background_calls: raw.max_background_calls.unwrap_or(256),
         refresh_ahead: raw.refresh_ahead,
+        shared,
+    })
+}
+
+/// Checks a cache's shared tier settings.
+fn shared_tier_policy(
+    raw: &RawSharedTier,
+    at: &[&str],
+    max_staleness: Duration,
+    problems: &mut Problems,
+) -> Option<crate::shared_cache::SharedTierPolicy> {
+    let field = |name: &'static str| -> Vec<&str> {
+        let mut path = at.to_vec();
+        path.push(name);
+        path
+    };
+    match fetcher_api::EnvTemplate::parse(&raw.url) {
+        Err(e) => {
+            problems.add(&field("url"), e.to_string());
+            return None;
+        }
+        Ok(t) => {
+            let text = t.with_stand_in("x");
+            if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+                problems.add(&field("url"), "must start with redis:// or rediss://");
+                return None;
+            }
+        }
+    }
+    let mut duration = |name: &'static str, text: Option<&str>, default: Duration| match text {
+        None => Some(default),
+        Some(t) => parse_duration(t)
+            .map_err(|msg| problems.add(&field(name), msg))
+            .ok(),
+    };
+    let ttl = duration("ttl", raw.ttl.as_deref(), max_staleness)?;
+    let timeout = duration("timeout", raw.timeout.as_deref(), Duration::from_millis(20))?;
+    for (name, zero) in [("ttl", ttl.is_zero()), ("timeout", timeout.is_zero())] {
+        if zero {
+            problems.add(&field(name), "must be positive");
+            return None;
+        }
+    }
+    Some(crate::shared_cache::SharedTierPolicy {
+        url: raw.url.clone(),
+        key_prefix: raw
+            .key_prefix
+            .clone()
+            .unwrap_or_else(|| "feature-gateway:".to_owned()),
+        ttl,
+        timeout,
     })
 }
 

@@ -12,11 +12,14 @@ use fetcher_api::{BuildError, Fetcher, Registry};
 use tokio::time::Instant;
 
 use crate::{
+    cache::{CacheControl, CacheLayer},
     config::{Config, DEFAULT_DEADLINE, FeatureRef, REQUEST_KIND},
     executor::{self, Execution, RowInput},
     plan::{self, Plan},
     request::RequestError,
-    stack::{GatewayService, SourcePolicy, gateway_stack},
+    shared_cache::SharedTier,
+    stack::{GatewayService, SourcePolicy, gateway_stack_with_cache},
+    webhooks::PlaidWebhooks,
 };
 
 /// The built-in source kinds, one line each.
@@ -55,6 +58,7 @@ pub struct Gateway {
     services: Vec<Option<GatewayService>>,
     plans: BTreeMap<String, Arc<Plan>>,
     adhoc: RwLock<HashMap<Vec<String>, Arc<Plan>>>,
+    webhooks: Option<Arc<PlaidWebhooks>>,
 }
 
 impl Gateway {
@@ -62,6 +66,7 @@ impl Gateway {
     pub async fn build(config: Config, registry: &Registry) -> Result<Gateway, BuildError> {
         let mut sources = Vec::with_capacity(config.sources.len());
         let mut services = Vec::with_capacity(config.sources.len());
+        let mut controls: HashMap<String, CacheControl> = HashMap::new();
         for source in config.sources.values() {
             let (fetcher, service) = if source.kind == REQUEST_KIND {
                 (None, None)
@@ -81,7 +86,39 @@ impl Gateway {
                     retry: source.retry.clone(),
                     hedge: source.hedge.clone(),
                 };
-                let service = gateway_stack(fetcher.clone(), &policy);
+                let mut cache =
+                    CacheLayer::new(policy.cache.as_ref(), policy.timeout, &policy.name);
+                if let Some(tier) = policy.cache.as_ref().and_then(|c| c.shared.as_ref()) {
+                    let fail = |message: String| BuildError {
+                        source_name: source.name.clone(),
+                        message,
+                    };
+                    let url = fetcher_api::EnvTemplate::parse(&tier.url)
+                        .map_err(|e| fail(format!("cache.shared.url: {e}")))?
+                        .resolve(&fetcher_api::Env::process(), |v| {
+                            std::borrow::Cow::Borrowed(v)
+                        })
+                        .map_err(|e| fail(format!("cache.shared.url: {e}")))?;
+                    let tier = SharedTier::connect(
+                        &crate::shared_cache::SharedTierPolicy {
+                            url,
+                            ..tier.clone()
+                        },
+                        &source.name,
+                    )
+                    .map_err(fail)?;
+                    if !tier.wait_connected(Duration::from_secs(2)).await {
+                        tracing::warn!(
+                            source = %source.name,
+                            "the shared cache tier is not reachable yet: lookups miss until it is"
+                        );
+                    }
+                    cache = cache.with_shared(tier);
+                }
+                if let Some(control) = cache.control() {
+                    controls.insert(source.name.clone(), control);
+                }
+                let service = gateway_stack_with_cache(cache, fetcher.clone(), &policy);
                 (Some(fetcher), Some(service))
             };
             sources.push(SourceRuntime {
@@ -108,7 +145,28 @@ impl Gateway {
             })?;
             plans.insert(fs.name.clone(), Arc::new(plan));
         }
+        let webhooks = match &config.plaid_webhooks {
+            None => None,
+            Some(settings) => {
+                let fetcher = sources
+                    .iter()
+                    .find(|s| *s.name == *settings.source)
+                    .and_then(|s| s.fetcher.clone())
+                    .ok_or_else(|| BuildError {
+                        source_name: settings.source.clone(),
+                        message: "plaid_webhooks: the source is not built".into(),
+                    })?;
+                Some(Arc::new(PlaidWebhooks::build(
+                    &config,
+                    settings,
+                    fetcher,
+                    controls.remove(&settings.source),
+                    &fetcher_api::Env::process(),
+                )?))
+            }
+        };
         Ok(Gateway {
+            webhooks,
             config,
             sources,
             services,
@@ -120,6 +178,11 @@ impl Gateway {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The Plaid webhook endpoint, when configured.
+    pub fn webhooks(&self) -> Option<&Arc<PlaidWebhooks>> {
+        self.webhooks.as_ref()
     }
 
     /// The sources, in configuration order.

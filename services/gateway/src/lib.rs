@@ -6,6 +6,8 @@
 //! - [`config`]: the configuration file; parse, then validate with no I/O.
 //! - [`plan`]: a feature service compiled into a staged DAG of view fetches.
 //! - [`cache`]: the per-source cache (TTL, stale serving, background fill), the outermost layer.
+//! - [`shared_cache`]: the cache's optional second tier in Redis, shared by every replica.
+//! - [`webhooks`]: the Plaid webhook endpoint: verification and cache invalidation.
 //! - [`resilience`]: the circuit breaker and the retry policy.
 //! - [`hedge`]: hedged requests for sources that opt in.
 //! - [`admission`]: load shedding at the gRPC server (RESOURCE_EXHAUSTED when saturated).
@@ -30,8 +32,10 @@ pub mod plan;
 pub mod request;
 pub mod resilience;
 pub mod server;
+pub mod shared_cache;
 pub mod stack;
 pub mod telemetry;
 pub mod traces;
+pub mod webhooks;
 
 pub use gateway::{Gateway, builtin_registry};

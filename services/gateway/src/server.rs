@@ -649,7 +649,15 @@ pub async fn serve(
                     std::future::ready(metrics.render())
                 }),
             )
-            .route("/healthz", get(|| std::future::ready("ok\n")));
+            .route("/healthz", get(|| std::future::ready("ok\n")))
+            // Plaid's webhooks, when configured (see `crate::webhooks`).
+            .merge(
+                gateway
+                    .webhooks()
+                    .cloned()
+                    .map(crate::webhooks::router)
+                    .unwrap_or_default(),
+            );
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {

@@ -68,14 +68,21 @@ pub struct SourcePolicy {
 
 /// The whole stack of a source as the gateway uses it: the cache over [`source_stack`].
 pub fn gateway_stack(fetcher: Arc<dyn Fetcher>, policy: &SourcePolicy) -> GatewayService {
+    let cache = CacheLayer::new(policy.cache.as_ref(), policy.timeout, &policy.name);
+    gateway_stack_with_cache(cache, fetcher, policy)
+}
+
+/// [`gateway_stack`] with a cache layer built by the caller (with a shared tier, or kept for
+/// its [`crate::cache::CacheControl`]).
+pub fn gateway_stack_with_cache(
+    cache: CacheLayer,
+    fetcher: Arc<dyn Fetcher>,
+    policy: &SourcePolicy,
+) -> GatewayService {
     let service = ServiceBuilder::new()
         // Outermost: a hit never reaches the source, its telemetry or its concurrency bound,
         // and a call it lets finish in the background is bounded by the source's own timeout.
-        .layer(CacheLayer::new(
-            policy.cache.as_ref(),
-            policy.timeout,
-            &policy.name,
-        ))
+        .layer(cache)
         .service(source_stack(fetcher, policy));
     BoxCloneSyncService::new(service)
 }

@@ -10,6 +10,14 @@
 //! - `POST /admin/plaid/faults` with a [`PlaidFaultPlan`] (Plaid-coded `fail_next`, rates).
 //! - `POST /admin/plaid/rate_limits` with a [`RateLimitPlan`]; `GET` returns the limits in force.
 //! - `GET /admin/plaid/stats` -> [`super::PlaidStats`].
+//! - `POST /admin/plaid/items/{item_id}/balance` with `{"available": 1.0, "current": 2.0}`:
+//!   the Item's checking account (its first) has these balances from now on.
+//! - `POST /admin/plaid/webhook_url` with `{"url": "http://..." | null}`: where webhooks go.
+//! - `POST /admin/plaid/items/{item_id}/webhook` with `{"webhook_type", "webhook_code", ...}`:
+//!   sends that webhook (plus `item_id`, `environment`), signed now, to the webhook URL ->
+//!   `{"ok": true, "status", "body", "sent"}` (what the receiver answered, what was sent);
+//!   400 without a URL or a type/code, 502 when the receiver cannot be reached.
+//! - `POST /admin/plaid/webhook_key/rotate` -> `{"ok": true, "kid"}`: sign with a new key.
 //!
 //! Bad bodies get a 400 naming the problem, with nothing applied. Admin calls are not counted.
 
@@ -40,6 +48,90 @@ pub(super) fn router() -> Router<Arc<Shared>> {
         .route("/admin/plaid/faults", post(faults))
         .route("/admin/plaid/rate_limits", post(set_limits).get(limits))
         .route("/admin/plaid/stats", get(stats))
+        .route("/admin/plaid/items/{item_id}/balance", post(set_balance))
+        .route("/admin/plaid/items/{item_id}/webhook", post(send_webhook))
+        .route("/admin/plaid/webhook_url", post(set_webhook_url))
+        .route("/admin/plaid/webhook_key/rotate", post(rotate_key))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalanceBody {
+    available: f64,
+    current: f64,
+}
+
+async fn set_balance(
+    State(shared): State<Arc<Shared>>,
+    Path(item_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let body: BalanceBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad_request(format!(
+                "body must be {{\"available\": NUMBER, \"current\": NUMBER}}: {e}"
+            ));
+        }
+    };
+    match shared
+        .plaid
+        .set_balance(&item_id, body.available, body.current)
+    {
+        Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(e) => not_found(e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UrlBody {
+    url: Option<String>,
+}
+
+async fn set_webhook_url(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<UrlBody>(&body) {
+        Ok(b) => {
+            shared.plaid.set_webhook_url(b.url);
+            Json(json!({"ok": true})).into_response()
+        }
+        Err(e) => bad_request(format!("body must be {{\"url\": STRING | null}}: {e}")),
+    }
+}
+
+async fn send_webhook(
+    State(shared): State<Arc<Shared>>,
+    Path(item_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let fields = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => {
+            return bad_request(
+                "body must be a JSON object with webhook_type and webhook_code".into(),
+            );
+        }
+    };
+    if shared.plaid.item_state(&item_id).is_none() {
+        return not_found(format!("unknown plaid item `{item_id}`"));
+    }
+    match shared.plaid.send_webhook(&item_id, fields).await {
+        Ok(delivery) => Json(json!({
+            "ok": true,
+            "status": delivery.status,
+            "body": delivery.body,
+            "sent": delivery.sent,
+        }))
+        .into_response(),
+        Err(e) if e.0.starts_with("cannot deliver") => {
+            json_error(StatusCode::BAD_GATEWAY, "delivery_failed", e.to_string())
+        }
+        Err(e) => bad_request(e.to_string()),
+    }
+}
+
+async fn rotate_key(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!({"ok": true, "kid": shared.plaid.rotate_webhook_key()})).into_response()
 }
 
 fn bad_request(message: String) -> Response {

@@ -1,0 +1,436 @@
+//! The shared second cache tier: a source's answers in Redis, so every gateway replica serves
+//! one upstream call's result (for expensive third-party views such as Plaid's).
+//!
+//! Opt-in per source (`[sources.NAME.cache.shared]`). The [`crate::cache`] layer looks a key up
+//! in its in-process tier first, then here, then calls the source; a source's answer is written
+//! to both. Each entry holds the row, the features it answers and the wall-clock time it was
+//! **fetched from the source**, so TTL, STALE and age are reckoned from the original fetch on
+//! every replica, not from when a replica copied it.
+//!
+//! Keys are `{key_prefix}{source}:{view}:{hex sha256 of the entity key}`: an entity key (a Plaid
+//! access token, say) never appears in Redis. Entries expire in Redis after `ttl` (default: the
+//! cache's `max_staleness`).
+//!
+//! # Failure
+//! This tier never fails a request: every command is bounded by the lesser of the tier's
+//! `timeout` and the request's deadline, is never retried or queued for a reconnection, and a
+//! failure (or an entry that does not decode) reads as a miss. Each is counted in
+//! `feature_gateway_cache_shared_errors_total{source, op}`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fetcher_api::{CellError, EntityKey, KeyPart, Record, Row, Value};
+use fred::{
+    prelude::{ClientLike, Config, Expiration, KeysInterface, Options, ReconnectPolicy, TcpConfig},
+    types::Builder,
+};
+use metrics::{Counter, counter};
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+/// `[sources.NAME.cache.shared]`, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedTierPolicy {
+    /// `redis://[:password@]host:port[/db]` (or `rediss://`), with `${NAME}` resolved.
+    pub url: String,
+    /// Prepended to every key, e.g. `"fgw:"`.
+    pub key_prefix: String,
+    /// How long Redis keeps an entry.
+    pub ttl: Duration,
+    /// Longest one Redis command may take (the request's deadline applies if earlier).
+    pub timeout: Duration,
+}
+
+/// An entry of the shared tier, as read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedEntry {
+    /// The features the row answers, in order.
+    pub features: Vec<String>,
+    /// The row.
+    pub row: Row,
+    /// When the source answered it (wall clock).
+    pub fetched_at: SystemTime,
+}
+
+impl SharedEntry {
+    /// The local (monotonic) instant of its fetch, so ages keep counting from the original
+    /// fetch; a fetch time in the future (clock skew between replicas) counts as now.
+    pub fn fetched_instant(&self, now: Instant) -> Instant {
+        let age = SystemTime::now()
+            .duration_since(self.fetched_at)
+            .unwrap_or_default();
+        now.checked_sub(age).unwrap_or(now)
+    }
+}
+
+/// A source's shared tier: one Redis client (fred multiplexes one connection).
+#[derive(Clone)]
+pub struct SharedTier {
+    client: fred::clients::Client,
+    prefix: String,
+    ttl: Duration,
+    timeout: Duration,
+    metrics: SharedMetrics,
+}
+
+impl std::fmt::Debug for SharedTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: not shown.
+        f.debug_struct("SharedTier")
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct SharedMetrics {
+    hits: Counter,
+    misses: Counter,
+    get_errors: Counter,
+    set_errors: Counter,
+    del_errors: Counter,
+}
+
+impl SharedMetrics {
+    fn new(source: &str) -> Self {
+        let lookups = "feature_gateway_cache_shared_lookups_total";
+        let errors = "feature_gateway_cache_shared_errors_total";
+        SharedMetrics {
+            hits: counter!(lookups, "source" => source.to_owned(), "outcome" => "hit"),
+            misses: counter!(lookups, "source" => source.to_owned(), "outcome" => "miss"),
+            get_errors: counter!(errors, "source" => source.to_owned(), "op" => "get"),
+            set_errors: counter!(errors, "source" => source.to_owned(), "op" => "set"),
+            del_errors: counter!(errors, "source" => source.to_owned(), "op" => "del"),
+        }
+    }
+}
+
+impl SharedTier {
+    /// A client for `policy`. Connecting goes on in the background (Redis may start after the
+    /// gateway, or be down): until it is up, every lookup is a counted miss.
+    pub fn connect(policy: &SharedTierPolicy, source: &str) -> Result<SharedTier, String> {
+        // The URL may hold a password: errors are reported by kind only.
+        let config = Config::from_url(&policy.url)
+            .map_err(|e| format!("cache.shared.url: cannot be used ({:?})", e.kind()))?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = Duration::from_secs(2);
+                c.max_command_attempts = 1;
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..TcpConfig::default()
+                };
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build()
+            .map_err(|e| {
+                format!(
+                    "cache.shared: cannot create the Redis client ({:?})",
+                    e.kind()
+                )
+            })?;
+        // The connection task runs on its own (and reconnects); its handle is not needed.
+        drop(client.connect());
+        Ok(SharedTier {
+            client,
+            prefix: policy.key_prefix.clone(),
+            ttl: policy.ttl,
+            timeout: policy.timeout,
+            metrics: SharedMetrics::new(source),
+        })
+    }
+
+    /// Waits up to `wait` for the first connection (start-up logging only).
+    pub async fn wait_connected(&self, wait: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, self.client.wait_for_connect()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The Redis key of a view's entity key (hashed: keys may be secrets).
+    pub fn redis_key(&self, source: &str, view: &str, key: &EntityKey) -> String {
+        let mut hash = Sha256::new();
+        for part in key {
+            match part {
+                KeyPart::Int64(i) => {
+                    hash.update([0u8]);
+                    hash.update(i.to_le_bytes());
+                }
+                KeyPart::String(s) => {
+                    hash.update([1u8]);
+                    hash.update((s.len() as u64).to_le_bytes());
+                    hash.update(s.as_bytes());
+                }
+            }
+        }
+        format!(
+            "{}{source}:{view}:{}",
+            self.prefix,
+            hex::encode(hash.finalize())
+        )
+    }
+
+    fn options(&self, deadline: Option<Instant>) -> Option<Options> {
+        let budget = match deadline {
+            Some(d) => d.checked_duration_since(Instant::now())?.min(self.timeout),
+            None => self.timeout,
+        };
+        if budget.is_zero() {
+            return None;
+        }
+        Some(Options {
+            fail_fast: true,
+            timeout: Some(budget),
+            max_attempts: Some(1),
+            ..Options::default()
+        })
+    }
+
+    /// Looks `keys` up (one MGET); a failure is a miss for every key.
+    pub async fn get(
+        &self,
+        keys: &[String],
+        deadline: Option<Instant>,
+    ) -> Vec<Option<SharedEntry>> {
+        let misses = || vec![None; keys.len()];
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let Some(options) = self.options(deadline) else {
+            return misses();
+        };
+        let answer: Result<Vec<Option<String>>, _> = if keys.len() == 1 {
+            self.client
+                .with_options(&options)
+                .get::<Option<String>, _>(keys[0].as_str())
+                .await
+                .map(|v| vec![v])
+        } else {
+            self.client
+                .with_options(&options)
+                .mget::<Vec<Option<String>>, _>(keys.to_vec())
+                .await
+        };
+        let texts = match answer {
+            Ok(texts) if texts.len() == keys.len() => texts,
+            Ok(_) | Err(_) => {
+                self.metrics.get_errors.increment(1);
+                return misses();
+            }
+        };
+        texts
+            .into_iter()
+            .map(|text| {
+                let entry = text.and_then(|t| match decode(&t) {
+                    Some(entry) => Some(entry),
+                    None => {
+                        self.metrics.get_errors.increment(1);
+                        None
+                    }
+                });
+                match entry {
+                    Some(_) => self.metrics.hits.increment(1),
+                    None => self.metrics.misses.increment(1),
+                }
+                entry
+            })
+            .collect()
+    }
+
+    /// Stores entries (key, features, row) fetched at `fetched_at`; failures are counted.
+    pub async fn put(&self, entries: Vec<(String, &[String], &Row)>, fetched_at: SystemTime) {
+        let Some(options) = self.options(None) else {
+            return;
+        };
+        let client = self.client.with_options(&options);
+        let expire = Expiration::PX(self.ttl.as_millis().max(1) as i64);
+        let writes = entries.into_iter().map(|(key, features, row)| {
+            let text = encode(features, row, fetched_at);
+            let client = &client;
+            let expire = expire.clone();
+            async move {
+                client
+                    .set::<(), _, _>(key, text, Some(expire), None, false)
+                    .await
+            }
+        });
+        for result in futures::future::join_all(writes).await {
+            if result.is_err() {
+                self.metrics.set_errors.increment(1);
+            }
+        }
+    }
+
+    /// Deletes keys; `false` (and counted) when Redis could not be told.
+    pub async fn delete(&self, keys: Vec<String>) -> bool {
+        if keys.is_empty() {
+            return true;
+        }
+        let Some(options) = self.options(None) else {
+            return false;
+        };
+        match self.client.with_options(&options).del::<i64, _>(keys).await {
+            Ok(_) => true,
+            Err(_) => {
+                self.metrics.del_errors.increment(1);
+                false
+            }
+        }
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn encode_value(v: &Value) -> Json {
+    match v {
+        Value::Null => json!({ "n": null }),
+        Value::Int64(i) => json!({ "i": i }),
+        Value::Double(d) => json!({ "d": d }),
+        Value::String(s) => json!({ "s": s }),
+        Value::Bool(b) => json!({ "b": b }),
+        Value::Bytes(b) => json!({ "y": hex::encode(b) }),
+        Value::Timestamp(t) => {
+            let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+            json!({ "t": [since.as_secs(), since.subsec_nanos()] })
+        }
+        Value::Int64List(l) => json!({ "il": l }),
+        Value::DoubleList(l) => json!({ "dl": l }),
+        Value::StringList(l) => json!({ "sl": l }),
+    }
+}
+
+fn decode_value(j: &Json) -> Option<Value> {
+    let (tag, v) = j.as_object()?.iter().next()?;
+    Some(match tag.as_str() {
+        "n" => Value::Null,
+        "i" => Value::Int64(v.as_i64()?),
+        // JSON has no NaN or infinity: serde_json writes them as null.
+        "d" => Value::Double(v.as_f64().unwrap_or(f64::NAN)),
+        "s" => Value::String(v.as_str()?.to_owned()),
+        "b" => Value::Bool(v.as_bool()?),
+        "y" => Value::Bytes(hex::decode(v.as_str()?).ok()?),
+        "t" => {
+            let secs = v.get(0)?.as_u64()?;
+            let nanos = u32::try_from(v.get(1)?.as_u64()?).ok()?;
+            Value::Timestamp(UNIX_EPOCH + Duration::new(secs, nanos))
+        }
+        "il" => Value::Int64List(serde_json::from_value(v.clone()).ok()?),
+        "dl" => Value::DoubleList(serde_json::from_value(v.clone()).ok()?),
+        "sl" => Value::StringList(serde_json::from_value(v.clone()).ok()?),
+        _ => return None,
+    })
+}
+
+/// The stored form: `{"v":1,"at":MS,"f":[features],"row":null|{"c":[cells],"et":MS|null}}`,
+/// a cell being an encoded value or `{"e": message}`.
+pub fn encode(features: &[String], row: &Row, fetched_at: SystemTime) -> String {
+    let row = match row {
+        Row::NotFound => Json::Null,
+        Row::Found(record) => json!({
+            "c": record.cells.iter().map(|c| match c {
+                Ok(v) => encode_value(v),
+                Err(e) => json!({ "e": e.0 }),
+            }).collect::<Vec<_>>(),
+            "et": record.event_time.map(millis),
+        }),
+    };
+    json!({ "v": 1, "at": millis(fetched_at), "f": features, "row": row }).to_string()
+}
+
+/// Reads [`encode`]'s form back; `None` for anything else.
+pub fn decode(text: &str) -> Option<SharedEntry> {
+    let j: Json = serde_json::from_str(text).ok()?;
+    if j.get("v")?.as_i64()? != 1 {
+        return None;
+    }
+    let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(j.get("at")?.as_i64()?).ok()?);
+    let features: Vec<String> = serde_json::from_value(j.get("f")?.clone()).ok()?;
+    let row = match j.get("row")? {
+        Json::Null => Row::NotFound,
+        r => {
+            let cells = r
+                .get("c")?
+                .as_array()?
+                .iter()
+                .map(|c| match c.get("e") {
+                    Some(e) => Some(Err(CellError(e.as_str()?.to_owned()))),
+                    None => decode_value(c).map(Ok),
+                })
+                .collect::<Option<Vec<_>>>()?;
+            let event_time = match r.get("et") {
+                None | Some(Json::Null) => None,
+                Some(ms) => Some(UNIX_EPOCH + Duration::from_millis(ms.as_u64()?)),
+            };
+            Row::Found(Record { cells, event_time })
+        }
+    };
+    Some(SharedEntry {
+        features,
+        row,
+        fetched_at: at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_with_their_fetch_time() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let features = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let row = Row::Found(Record {
+            cells: vec![
+                Ok(Value::Double(12.5)),
+                Err(CellError("ITEM_LOGIN_REQUIRED".into())),
+                Ok(Value::StringList(vec!["x".into()])),
+            ],
+            event_time: Some(UNIX_EPOCH + Duration::from_millis(1_600_000_000_000)),
+        });
+        let entry = decode(&encode(&features, &row, at)).unwrap();
+        assert_eq!(
+            entry,
+            SharedEntry {
+                features: features.clone(),
+                row,
+                fetched_at: at
+            }
+        );
+        let entry = decode(&encode(&features, &Row::NotFound, at)).unwrap();
+        assert_eq!(entry.row, Row::NotFound);
+        for v in [
+            Value::Null,
+            Value::Int64(-3),
+            Value::Bool(true),
+            Value::Bytes(vec![0, 255]),
+            Value::Timestamp(UNIX_EPOCH + Duration::new(5, 7)),
+            Value::Int64List(vec![1, 2]),
+            Value::DoubleList(vec![0.5]),
+        ] {
+            assert_eq!(decode_value(&encode_value(&v)), Some(v));
+        }
+        assert!(decode("{\"v\":2}").is_none());
+        assert!(decode("not json").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ages_count_from_the_original_fetch() {
+        let now = Instant::now();
+        let entry = SharedEntry {
+            features: vec![],
+            row: Row::NotFound,
+            fetched_at: SystemTime::now() - Duration::from_secs(30),
+        };
+        let age = now.duration_since(entry.fetched_instant(now));
+        assert!(
+            age >= Duration::from_secs(30) && age < Duration::from_secs(31),
+            "{age:?}"
+        );
+    }
+}
