@@ -514,7 +514,46 @@ impl TestCertificates {
         ]);
     }
 
+    /// Issues a client certificate `NAME.pem` / `NAME.key` for the DNS name `dns_name`, signed
+    /// by `ca` (`"ca"`, or `"other-ca"` for one no server here trusts); returns (cert, key).
+    pub fn issue_client(&self, name: &str, dns_name: &str, ca: &str) -> (PathBuf, PathBuf) {
+        self.issue_by(
+            name,
+            dns_name,
+            &format!("extendedKeyUsage = clientAuth\nsubjectAltName = DNS:{dns_name}\n"),
+            ca,
+        );
+        (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        )
+    }
+
+    /// Issues a server certificate `NAME.pem` / `NAME.key` for `localhost` and `127.0.0.1`,
+    /// signed by `ca`; returns (cert, key).
+    pub fn issue_server(&self, name: &str, ca: &str) -> (PathBuf, PathBuf) {
+        self.issue_by(
+            name,
+            "localhost",
+            "extendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost, IP:127.0.0.1\n",
+            ca,
+        );
+        (
+            self.dir.path().join(format!("{name}.pem")),
+            self.dir.path().join(format!("{name}.key")),
+        )
+    }
+
+    /// The directory holding every file.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn issue(&self, name: &str, common_name: &str, extensions: &str) {
+        self.issue_by(name, common_name, extensions, "ca");
+    }
+
+    fn issue_by(&self, name: &str, common_name: &str, extensions: &str, ca: &str) {
         let config = self.config(
             name,
             common_name,
@@ -542,9 +581,9 @@ impl TestCertificates {
             "-in",
             &format!("{name}.csr"),
             "-CA",
-            "ca.pem",
+            &format!("{ca}.pem"),
             "-CAkey",
-            "ca.key",
+            &format!("{ca}.key"),
             "-CAcreateserial",
             "-out",
             &format!("{name}.pem"),

@@ -59,6 +59,20 @@ pub struct RawConfig {
     /// Traces; off when absent.
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// `[server]`: TLS on the gRPC port.
+    #[serde(default)]
+    pub server: RawServer,
+    /// `[auth]`: callers, what each may read, their rates; everyone may call when absent.
+    #[serde(default)]
+    pub auth: Option<crate::auth::RawAuth>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    /// `[server.tls]`: TLS (and mutual TLS) on the gRPC port; plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<crate::tls::RawTls>,
 }
 
 /// `[telemetry]`.
@@ -372,6 +386,21 @@ pub struct LimitsConfig {
     /// with RESOURCE_EXHAUSTED (load shedding) instead of queueing past their deadlines.
     /// Health and reflection are never refused. Default: 512 per CPU core.
     pub max_in_flight: Option<usize>,
+    /// Longest deadline a feature service may have (a request never runs longer than its
+    /// feature service's deadline, whatever its caller's timeout). Default 10s.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_deadline: Duration,
+}
+
+/// `max_deadline` as a duration string such as `"10s"`.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for LimitsConfig {
@@ -383,6 +412,7 @@ impl Default for LimitsConfig {
             max_features_per_request: 1000,
             max_message_bytes: 4 * 1024 * 1024,
             max_in_flight: None,
+            max_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -416,6 +446,10 @@ pub struct Config {
     pub training_log: Option<training_log::TrainingLogConfig>,
     /// Where traces are exported, when configured.
     pub traces: Option<crate::traces::TracesConfig>,
+    /// TLS on the gRPC port, when configured.
+    pub tls: Option<crate::tls::TlsConfig>,
+    /// The callers allowed, when `[auth]` is configured.
+    pub auth: Option<Vec<crate::auth::CallerConfig>>,
     /// Plaid webhooks, when configured.
     pub plaid_webhooks: Option<PlaidWebhooksConfig>,
     /// Hash of the whole file, exported as a metric label so a fleet's configs can be compared.
@@ -1024,6 +1058,17 @@ fn validate(
                     problems.add(&["feature_services", name, "deadline"], "must be positive");
                     DEFAULT_DEADLINE
                 }
+                Ok(d) if d > limits.max_deadline => {
+                    problems.add(
+                        &["feature_services", name, "deadline"],
+                        format!(
+                            "{} is longer than `[limits] max_deadline` ({})",
+                            t,
+                            humantime::format_duration(limits.max_deadline)
+                        ),
+                    );
+                    limits.max_deadline
+                }
                 Ok(d) => d,
                 Err(msg) => {
                     problems.add(&["feature_services", name, "deadline"], msg);
@@ -1137,6 +1182,25 @@ fn validate(
             max_age,
         })
     });
+    let tls = raw
+        .server
+        .tls
+        .as_ref()
+        .map(|t| validate_tls(t, base_dir, problems));
+    let auth = raw.auth.as_ref().map(|a| {
+        let names = feature_services.keys().cloned().collect();
+        let read = |file: &str| {
+            let path = base_dir.join(file);
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+        };
+        let (callers, found) = crate::auth::validate(a, read, &names);
+        for (path, message) in found {
+            let path: Vec<&str> = path.iter().map(String::as_str).collect();
+            problems.add(&path, message);
+        }
+        callers
+    });
     let config = Config {
         plaid_webhooks,
         limits,
@@ -1146,6 +1210,8 @@ fn validate(
         feature_services,
         training_log,
         traces,
+        tls,
+        auth,
         hash: short_hash(text.as_bytes()),
     };
 
@@ -1261,6 +1327,40 @@ fn validate_training_log(
             .pii_salt_env
             .clone()
             .unwrap_or_else(|| training_log::DEFAULT_PII_SALT_ENV.to_owned()),
+    }
+}
+
+/// Validates `[server.tls]`.
+fn validate_tls(
+    raw: &crate::tls::RawTls,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> crate::tls::TlsConfig {
+    const AT: [&str; 2] = ["server", "tls"];
+    let reload_interval = match raw.reload_interval.as_deref().map(parse_duration) {
+        None => crate::tls::DEFAULT_RELOAD_INTERVAL,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            problems.add(&[AT[0], AT[1], "reload_interval"], "must be positive");
+            crate::tls::DEFAULT_RELOAD_INTERVAL
+        }
+        Some(Err(msg)) => {
+            problems.add(&[AT[0], AT[1], "reload_interval"], msg);
+            crate::tls::DEFAULT_RELOAD_INTERVAL
+        }
+    };
+    if raw.require_client_cert.is_some() && raw.client_ca.is_none() {
+        problems.add(
+            &[AT[0], AT[1], "require_client_cert"],
+            "needs `client_ca` (the CA client certificates are checked against)",
+        );
+    }
+    crate::tls::TlsConfig {
+        cert: base_dir.join(&raw.cert),
+        key: base_dir.join(&raw.key),
+        client_ca: raw.client_ca.as_ref().map(|c| base_dir.join(c)),
+        require_client_cert: raw.require_client_cert.unwrap_or(true),
+        reload_interval,
     }
 }
 

@@ -17,11 +17,14 @@
 //! - [`gateway`]: the built gateway (sources connected, plans compiled).
 //! - [`server`]: the gRPC service, health, reflection, admin port and graceful shutdown.
 //! - [`telemetry`]: every metric and log line, as typed events.
+//! - [`auth`]: callers by bearer token or mTLS identity, what each may read, their rates.
+//! - [`tls`]: TLS and mutual TLS on the gRPC port, certificates reloaded on change.
 //! - [`traces`]: the log subscriber, and OpenTelemetry traces over OTLP with W3C propagation.
 //! - [`demo`]: the embedded demo deployment.
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -35,6 +38,7 @@ pub mod server;
 pub mod shared_cache;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod traces;
 pub mod webhooks;
 

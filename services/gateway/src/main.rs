@@ -60,6 +60,9 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// Print the salted hash of a bearer token for `[auth.callers.NAME] token_hash`. The token is
+    /// read from standard input (one line), so it stays out of shell history.
+    HashToken,
     /// Load precomputed features from a CSV file into the Redis view that serves them, exactly
     /// as the gateway reads them back. Exit code 3 when some rows were bad (each is listed).
     Materialize {
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Validate { file } => validate(&file),
+        Command::HashToken => hash_token(),
         Command::Serve { config, listen } => run(&config, &listen, json_logs),
         Command::Materialize {
             config,
@@ -191,6 +195,21 @@ fn main() -> ExitCode {
             run(&dir.join("demo.toml"), &listen, json_logs)
         }
     }
+}
+
+fn hash_token() -> ExitCode {
+    let mut token = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut token) {
+        eprintln!("error: cannot read the token from standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let token = token.trim_end_matches(['\r', '\n']);
+    if token.is_empty() {
+        eprintln!("error: no token on standard input");
+        return ExitCode::from(2);
+    }
+    println!("{}", gateway::auth::TokenHash::make(token));
+    ExitCode::SUCCESS
 }
 
 fn validate(file: &Path) -> ExitCode {
@@ -396,6 +415,12 @@ fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(tls) = &gateway.config().tls
+            && let Err(e) = gateway::tls::server_config(tls)
+        {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         telemetry::started(&hash);
         let training_log = match start_training_log(&gateway) {
             Ok(log) => log,

@@ -29,6 +29,14 @@ pub enum RequestError {
     /// The caller's deadline leaves no time to serve anything.
     #[error("the deadline leaves no time to serve the request")]
     DeadlineExceeded,
+    /// The authenticated caller may not read this feature service (empty: ad-hoc requests).
+    #[error("feature_service: caller `{caller}` may not read {}", if .feature_service.is_empty() { "ad-hoc feature refs".to_owned() } else { format!("feature service `{}`", .feature_service) })]
+    PermissionDenied {
+        /// The caller's name.
+        caller: String,
+        /// What it asked for.
+        feature_service: String,
+    },
 }
 
 impl RequestError {
@@ -46,6 +54,7 @@ impl RequestError {
             RequestError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
             RequestError::UnknownFeatureService(_) => tonic::Code::NotFound,
             RequestError::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            RequestError::PermissionDenied { .. } => tonic::Code::PermissionDenied,
         }
     }
 }
@@ -53,6 +62,24 @@ impl RequestError {
 impl From<RequestError> for tonic::Status {
     fn from(e: RequestError) -> Self {
         tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Refuses `feature_service` (empty: an ad-hoc request) to a caller not allowed to read it.
+/// Without `[auth]` there is no caller and everything is allowed.
+pub fn authorize(
+    caller: Option<&crate::auth::Caller>,
+    feature_service: &str,
+) -> Result<(), RequestError> {
+    match caller {
+        Some(c) if !c.0.may_read(feature_service) => {
+            crate::telemetry::auth_refused("permission_denied");
+            Err(RequestError::PermissionDenied {
+                caller: c.0.name.to_string(),
+                feature_service: feature_service.to_owned(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -32,7 +32,7 @@ use crate::{
     executor::{CacheUse, RowInput, Served, Status as FeatureStatus},
     gateway::{Gateway, request_deadline},
     plan::Plan,
-    request::{RequestError, parse_grpc_timeout, row_input},
+    request::{self, RequestError, parse_grpc_timeout, row_input},
     telemetry::{self, ServiceMetrics},
     traces,
 };
@@ -104,12 +104,15 @@ impl FeatureServiceImpl {
     async fn get_features_inner(
         &self,
         mut req: v1::GetFeaturesRequest,
+        caller: Option<crate::auth::Caller>,
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesResponse, RequestError> {
         let request_id = request_id(std::mem::take(&mut req.request_id));
         let span = tracing::Span::current();
         span.record("request_id", request_id.as_str());
+        // Before anything else is looked at: a caller learns nothing of what it may not read.
+        request::authorize(caller.as_ref(), &req.feature_service)?;
         let plan = self.gateway.resolve(&req.feature_service, &req.features)?;
         span.record("feature_service", plan_label(&plan));
         let deadline = request_deadline(arrival, plan.deadline, client_timeout)
@@ -148,6 +151,7 @@ impl FeatureServiceImpl {
     async fn get_features_batch_inner(
         &self,
         mut req: v1::GetFeaturesBatchRequest,
+        caller: Option<crate::auth::Caller>,
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesBatchResponse, RequestError> {
@@ -155,6 +159,7 @@ impl FeatureServiceImpl {
         let span = tracing::Span::current();
         span.record("request_id", request_id.as_str());
         span.record("rows", req.rows.len());
+        request::authorize(caller.as_ref(), &req.feature_service)?;
         let plan = self.gateway.resolve(&req.feature_service, &req.features)?;
         span.record("feature_service", plan_label(&plan));
         let limits = &self.gateway.config().limits;
@@ -409,11 +414,14 @@ impl FeatureService for FeatureServiceImpl {
         let arrival = Instant::now();
         let span = traces::request_span("GetFeatures", request.metadata());
         let timeout = client_timeout(request.metadata());
+        let caller = request.extensions().get::<crate::auth::Caller>().cloned();
         let req = request.into_inner();
         let metrics = self.metrics(&req.feature_service).clone();
-        let result =
-            traces::scope_request(span.clone(), self.get_features_inner(req, arrival, timeout))
-                .await;
+        let result = traces::scope_request(
+            span.clone(),
+            self.get_features_inner(req, caller, arrival, timeout),
+        )
+        .await;
         finish("GetFeatures", &metrics, arrival, &span, result)
     }
 
@@ -424,11 +432,12 @@ impl FeatureService for FeatureServiceImpl {
         let arrival = Instant::now();
         let span = traces::request_span("GetFeaturesBatch", request.metadata());
         let timeout = client_timeout(request.metadata());
+        let caller = request.extensions().get::<crate::auth::Caller>().cloned();
         let req = request.into_inner();
         let metrics = self.metrics(&req.feature_service).clone();
         let result = traces::scope_request(
             span.clone(),
-            self.get_features_batch_inner(req, arrival, timeout),
+            self.get_features_batch_inner(req, caller, arrival, timeout),
         )
         .await;
         finish("GetFeaturesBatch", &metrics, arrival, &span, result)
@@ -436,12 +445,15 @@ impl FeatureService for FeatureServiceImpl {
 
     async fn list_feature_services(
         &self,
-        _request: Request<v1::ListFeatureServicesRequest>,
+        request: Request<v1::ListFeatureServicesRequest>,
     ) -> Result<Response<v1::ListFeatureServicesResponse>, Status> {
+        let caller = request.extensions().get::<crate::auth::Caller>();
         let feature_services = self
             .gateway
             .plans()
             .values()
+            // A caller sees the feature services it may read.
+            .filter(|p| caller.is_none_or(|c| c.0.may_read(&p.name)))
             .map(|p| v1::FeatureServiceSummary {
                 name: p.name.clone(),
                 description: p.description.clone(),
@@ -457,7 +469,11 @@ impl FeatureService for FeatureServiceImpl {
         &self,
         request: Request<v1::DescribeFeatureServiceRequest>,
     ) -> Result<Response<v1::DescribeFeatureServiceResponse>, Status> {
+        let caller = request.extensions().get::<crate::auth::Caller>().cloned();
         let name = request.into_inner().name;
+        if !name.is_empty() {
+            request::authorize(caller.as_ref(), &name)?;
+        }
         let plan = self
             .gateway
             .plans()
@@ -609,6 +625,11 @@ pub async fn serve(
     training_log: Option<TrainingLog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // TLS files are read before anything is served: a bad certificate stops the start.
+    let tls = match &gateway.config().tls {
+        Some(config) => Some(crate::tls::TlsAcceptor::new(config.clone())?),
+        None => None,
+    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -693,21 +714,48 @@ pub async fn serve(
         .limits
         .max_in_flight
         .unwrap_or_else(admission::default_max_in_flight);
-    let result = tonic::transport::Server::builder()
+    let authenticator = gateway
+        .config()
+        .auth
+        .as_ref()
+        .map(|callers| Arc::new(crate::auth::Authenticator::new(callers)));
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        // Outermost: a saturated gateway refuses feature calls at once (RESOURCE_EXHAUSTED)
-        // rather than queueing them past their deadlines; health and reflection pass.
+        // Outermost: who is calling, and is it within its rate? Refused callers take no
+        // capacity from the others. Health checks pass.
+        .layer(tower::util::option_layer(
+            authenticator.clone().map(crate::auth::AuthLayer::new),
+        ))
+        // Then a saturated gateway refuses feature calls at once (RESOURCE_EXHAUSTED) rather
+        // than queueing them past their deadlines; health and reflection pass.
         .layer(AdmissionLayer::new(max_in_flight))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(features)
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY small responses wait on delayed ACKs (~40 ms each).
-            TcpIncoming::from(grpc).with_nodelay(Some(true)),
-            grpc_stop,
-        )
-        .await;
+        .add_service(features);
+    let (result, reload_task) = match tls {
+        Some(acceptor) => {
+            let reload = tokio::spawn(acceptor.clone().watch());
+            let incoming = crate::tls::incoming(grpc, acceptor, authenticator);
+            let result = router
+                .serve_with_incoming_shutdown(incoming, grpc_stop)
+                .await;
+            (result, Some(reload))
+        }
+        None => {
+            let result = router
+                .serve_with_incoming_shutdown(
+                    // Without TCP_NODELAY small responses wait on delayed ACKs (~40 ms each).
+                    TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                    grpc_stop,
+                )
+                .await;
+            (result, None)
+        }
+    };
+    if let Some(task) = reload_task {
+        task.abort();
+    }
     health_task.abort();
     metrics_upkeep.abort();
     signal_task.abort();

@@ -29,6 +29,9 @@ pub mod names {
     pub const FETCHES_IN_FLIGHT: &str = "feature_gateway_source_fetches_in_flight";
     /// Counter: failure log lines held back by the rate limit of repeated errors.
     pub const LOG_LINES_SUPPRESSED: &str = "feature_gateway_log_lines_suppressed_total";
+    /// Counter: calls refused before any work by authentication, by reason
+    /// (`unauthenticated`, `rate_limited`, `permission_denied`).
+    pub const REQUESTS_REFUSED: &str = "feature_gateway_requests_refused_total";
     /// Gauge: 1, labelled with the version and the configuration's hash.
     pub const BUILD_INFO: &str = "feature_gateway_build_info";
     /// Gauge: 1 while a source's health check passes, 0 while it fails.
@@ -333,6 +336,11 @@ impl ServiceMetrics {
             }
         }
     }
+}
+
+/// A call was refused by authentication, a caller's rate limit, or its permissions.
+pub fn auth_refused(reason: &'static str) {
+    counter!(names::REQUESTS_REFUSED, "reason" => reason).increment(1);
 }
 
 /// A cache whose size the scrape reports: `(entries, estimated bytes)`.

@@ -453,3 +453,39 @@ fn hedging_refresh_ahead_and_shedding_settings_are_checked() {
     let config = load(&format!("[limits]\nmax_in_flight = 64\n{BASE}")).unwrap();
     assert_eq!(config.limits.max_in_flight, Some(64));
 }
+
+#[test]
+fn security_settings_are_checked_with_their_positions() {
+    // A feature service may not outlive `[limits] max_deadline`.
+    let text = format!("{BASE}\n[limits]\nmax_deadline = \"10ms\"\n");
+    assert_one_error(&text, &["feature_services.model.deadline", "max_deadline"]);
+
+    let config = load(&format!(
+        "{BASE}\n[server.tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nclient_ca = \"ca.pem\"\n\
+         [auth.callers.scorer]\ntoken_hash = \"{}\"\nfeature_services = [\"model\"]\n\
+         rate_limit = 100.0\n",
+        crate::auth::TokenHash::make("t")
+    ))
+    .unwrap();
+    let tls = config.tls.unwrap();
+    assert!(tls.require_client_cert);
+    assert_eq!(tls.cert, Path::new("/nonexistent/s.pem"));
+    let callers = config.auth.unwrap();
+    assert_eq!(callers[0].rate_limit, Some((100.0, 100.0)));
+    assert!(callers[0].may_read("model") && !callers[0].may_read("other"));
+
+    let errors = errors(&format!(
+        "{BASE}\n[server.tls]\ncert = \"s.pem\"\nkey = \"s.key\"\nrequire_client_cert = false\n\
+         [auth.callers.scorer]\ntoken_hash = \"secret-in-plain-text\"\n\
+         feature_services = [\"nope\"]\n"
+    ));
+    let text = errors.join("\n");
+    for expected in [
+        "server.tls.require_client_cert",
+        "auth.callers.scorer.token_hash",
+        "auth.callers.scorer.feature_services",
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    assert!(!text.contains("secret-in-plain-text"), "{text}");
+}
