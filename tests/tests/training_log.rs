@@ -707,13 +707,17 @@ async fn kafka_receives_every_vector_as_served_keyed_by_request_id() {
             m
         },
     );
-    assert_eq!(per_partition.len(), PARTITIONS as usize, "{per_partition:?}");
+    assert_eq!(
+        per_partition.len(),
+        PARTITIONS as usize,
+        "{per_partition:?}"
+    );
     // Nothing is written to the Parquet directory by the Kafka sink.
     assert!(!dep.log_dir().exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stopped_broker_spools_and_delivers_after_it_is_back() {
+async fn a_stopped_kafka_broker_spools_and_delivers_after_it_is_back() {
     let mut broker = kafka_broker().await;
     let dep = Deployment::new(&kafka_section(&broker));
     let mut gw = dep.start();

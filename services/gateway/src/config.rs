@@ -1066,9 +1066,10 @@ fn validate_training_log(
     }
     match raw.dir.as_deref() {
         Some("") => problems.add(&[AT, "dir"], "must name a directory"),
-        None if sink == training_log::SinkConfig::Parquet => {
-            problems.add(&[AT], "the parquet sink needs `dir`, the directory of its files")
-        }
+        None if sink == training_log::SinkConfig::Parquet => problems.add(
+            &[AT],
+            "the parquet sink needs `dir`, the directory of its files",
+        ),
         None if raw.spool_dir.is_none() => problems.add(
             &[AT],
             "the kafka sink needs `spool_dir` (or `dir`, beside which the spool goes)",
@@ -1178,7 +1179,10 @@ fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> training_log::kafk
     const AT: &str = "training_log";
     const K: &str = "kafka";
     if raw.brokers.is_empty() {
-        problems.add(&[AT, K], "`brokers` must list at least one broker, \"host:port\"");
+        problems.add(
+            &[AT, K],
+            "`brokers` must list at least one broker, \"host:port\"",
+        );
     }
     for b in &raw.brokers {
         let ok = b
@@ -1214,8 +1218,11 @@ fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> training_log::kafk
         Some(n) => n,
         None => kafka::DEFAULT_BATCH_RECORDS,
     };
-    let mut duration = |field: &str, value: &Option<String>, default: Duration, zero_ok: bool| {
-        match value.as_deref().map(parse_duration) {
+    let mut duration =
+        |field: &str, value: &Option<String>, default: Duration, zero_ok: bool| match value
+            .as_deref()
+            .map(parse_duration)
+        {
             None => default,
             Some(Ok(d)) if zero_ok || !d.is_zero() => d,
             Some(Ok(_)) => {
@@ -1226,8 +1233,7 @@ fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> training_log::kafk
                 problems.add(&[AT, K, field], msg);
                 default
             }
-        }
-    };
+        };
     let linger = duration("linger", &raw.linger, kafka::DEFAULT_LINGER, true);
     let delivery_timeout = duration(
         "delivery_timeout",
@@ -1523,5 +1529,111 @@ nope = 0.5
         assert!(err.errors.iter().all(|e| e.position.is_some()), "{err}");
         let err = load("[views.user.features.age]\ntype = \"int64\"\npii = \"yes\"\n").unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn the_kafka_sink_is_configured_with_defaults() {
+        let config = load(
+            "[training_log]\nsink = \"kafka\"\nspool_dir = \"spool\"\n\
+             [training_log.kafka]\nbrokers = [\"127.0.0.1:9092\"]\ntopic = \"fg.log\"\n",
+        )
+        .unwrap();
+        let t = config.training_log.unwrap();
+        assert_eq!(t.spool_dir, Path::new("/etc/fg/spool"));
+        let training_log::SinkConfig::Kafka(k) = &t.sink else {
+            panic!("{:?}", t.sink)
+        };
+        use training_log::kafka;
+        assert_eq!(k.brokers, ["127.0.0.1:9092"]);
+        assert_eq!(k.topic, "fg.log");
+        assert_eq!(k.partition, None);
+        assert_eq!(k.batch_records, kafka::DEFAULT_BATCH_RECORDS);
+        assert_eq!(k.linger, kafka::DEFAULT_LINGER);
+        assert_eq!(k.delivery_timeout, kafka::DEFAULT_DELIVERY_TIMEOUT);
+        assert_eq!(k.compression, kafka::KafkaCompression::Snappy);
+        assert_eq!(k.client_id, "feature-gateway");
+        // Parquet stays the default sink.
+        let t = load("[training_log]\ndir = \"log\"\n")
+            .unwrap()
+            .training_log
+            .unwrap();
+        assert_eq!(t.sink, training_log::SinkConfig::Parquet);
+    }
+
+    #[test]
+    fn every_bad_kafka_field_is_reported_with_its_path() {
+        let err = load(
+            r#"
+[training_log]
+sink = "kafka"
+
+[training_log.kafka]
+brokers = ["nope", "h:1"]
+topic = "bad topic"
+partition = -1
+batch_records = 0
+linger = "soon"
+delivery_timeout = "0s"
+compression = "lz4"
+acks = 1
+"#,
+        )
+        .unwrap_err();
+        let paths: Vec<_> = err.errors.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "training_log",
+            "training_log.kafka.brokers",
+            "training_log.kafka.topic",
+            "training_log.kafka.partition",
+            "training_log.kafka.batch_records",
+            "training_log.kafka.linger",
+            "training_log.kafka.delivery_timeout",
+            "training_log.kafka.compression",
+            "training_log.kafka.acks",
+        ] {
+            assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+        }
+        assert_eq!(
+            paths
+                .iter()
+                .filter(|p| **p == "training_log.kafka.brokers")
+                .count(),
+            1,
+            "h:1 is fine: {err}"
+        );
+        assert!(err.errors.iter().all(|e| e.position.is_some()), "{err}");
+        assert!(err.to_string().contains("spool_dir"), "{err}");
+
+        for (text, path, message) in [
+            (
+                "sink = \"s3\"\ndir = \"log\"\n",
+                "training_log.sink",
+                "not a sink",
+            ),
+            (
+                "sink = \"kafka\"\ndir = \"log\"\n",
+                "training_log.sink",
+                "needs a [training_log.kafka]",
+            ),
+            (
+                "dir = \"log\"\n[training_log.kafka]\nbrokers = [\"h:1\"]\ntopic = \"t\"\n",
+                "training_log.kafka",
+                "only read with sink",
+            ),
+            (
+                "sink = \"kafka\"\ndir = \"log\"\n[training_log.kafka]\n",
+                "training_log.kafka",
+                "`topic`",
+            ),
+            ("rotate_bytes = 5\n", "training_log", "needs `dir`"),
+        ] {
+            let err = load(&format!("[training_log]\n{text}")).unwrap_err();
+            assert!(
+                err.errors
+                    .iter()
+                    .any(|e| e.path == path && e.message.contains(message)),
+                "{path}: {message} not in {err}"
+            );
+        }
     }
 }

@@ -222,8 +222,10 @@ pub fn kafka_record(schema: &LogSchema, record: &Record) -> rskafka::record::Rec
         key: Some(record.request_id.as_bytes().to_vec()),
         value: Some(encode(schema, record)),
         headers,
+        // Whole milliseconds: Kafka's precision, and rskafka computes a batch's timestamp deltas
+        // by truncating the difference, which sub-millisecond parts would skew by one.
         timestamp: Utc
-            .timestamp_micros(record.served_at_us)
+            .timestamp_millis_opt(record.served_at_us.div_euclid(1000))
             .single()
             .unwrap_or_default(),
     }
@@ -393,9 +395,10 @@ impl KafkaSink {
             let mut sizes: BTreeMap<i32, usize> = BTreeMap::new();
             for (schema, record) in records {
                 let r = kafka_record(schema, record);
-                let p = self.config.partition.unwrap_or_else(|| {
-                    partition_for_key(record.request_id.as_bytes(), conn.count)
-                });
+                let p = self
+                    .config
+                    .partition
+                    .unwrap_or_else(|| partition_for_key(record.request_id.as_bytes(), conn.count));
                 let size = r.approximate_size() + 64;
                 let chunks = requests.entry(p).or_default();
                 let used = sizes.entry(p).or_default();
@@ -470,8 +473,15 @@ impl Sink for KafkaSink {
     }
 
     fn take_due(&mut self, all: bool) -> Vec<KafkaBatch> {
-        let due = all || self.opened.is_some_and(|t| t.elapsed() >= self.config.linger);
-        if due { self.take().into_iter().collect() } else { Vec::new() }
+        let due = all
+            || self
+                .opened
+                .is_some_and(|t| t.elapsed() >= self.config.linger);
+        if due {
+            self.take().into_iter().collect()
+        } else {
+            Vec::new()
+        }
     }
 
     async fn deliver(&mut self, batch: &KafkaBatch) -> Result<(), String> {
@@ -631,7 +641,7 @@ mod tests {
         r.context.truncate(1);
         let k = kafka_record(&schema, &r);
         assert_eq!(k.key.as_deref(), Some(&b"req-1/0"[..]));
-        assert_eq!(k.timestamp.timestamp_micros(), r.served_at_us);
+        assert_eq!(k.timestamp.timestamp_millis(), r.served_at_us / 1000);
         assert_eq!(k.headers["schema-version"], b"1");
         assert_eq!(k.headers["content-type"], CONTENT_TYPE.as_bytes());
         assert_eq!(decode(k.value.as_deref().unwrap()).unwrap().1, r);

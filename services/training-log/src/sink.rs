@@ -309,7 +309,10 @@ impl Sink for ParquetSink {
 
     fn push(&mut self, schema: &Arc<LogSchema>, record: Record) -> Option<OpenFile> {
         let date = utc_date(record.served_at_us);
-        let key = (format!("{}@{}", schema.def.feature_service, schema.id), date);
+        let key = (
+            format!("{}@{}", schema.def.feature_service, schema.id),
+            date,
+        );
         let file = self.open.entry(key.clone()).or_insert_with(|| OpenFile {
             schema: schema.clone(),
             date: key.1.clone(),
@@ -356,8 +359,7 @@ impl Sink for ParquetSink {
         records: SpooledRecords,
         written: &mut dyn FnMut(&str, u64),
     ) -> Result<(), String> {
-        let mut groups: BTreeMap<(String, String), (Arc<LogSchema>, Vec<Record>)> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<(String, String), (Arc<LogSchema>, Vec<Record>)> = BTreeMap::new();
         for (schema, record) in records {
             let key = (schema.id.clone(), utc_date(record.served_at_us));
             groups

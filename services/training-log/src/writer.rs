@@ -180,9 +180,7 @@ impl TrainingLog {
                         let parts = (writer_spool, spool_dir, writer_observer);
                         match (parquet, kafka) {
                             (Some(p), _) => rt.block_on(Writer::new(p, parts).run(rx, close_rx)),
-                            (None, Some(k)) => {
-                                rt.block_on(Writer::new(k, parts).run(rx, close_rx))
-                            }
+                            (None, Some(k)) => rt.block_on(Writer::new(k, parts).run(rx, close_rx)),
                             (None, None) => {}
                         }
                     }
