@@ -8,6 +8,7 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
 
   python3 loadtest/bench.py overhead            # the gateway's own overhead (release build)
   python3 loadtest/bench.py redis               # a Redis-only feature vector
+  python3 loadtest/bench.py training-log        # logging off vs Parquet vs Kafka
   python3 loadtest/bench.py all --smoke         # seconds-long runs proving the benchmarks work
 
 `overhead` serves the embedded demo's 20-feature `fraud_v1` vector (static tables and request
@@ -17,6 +18,13 @@ baseline of the gRPC health check RPC of the same server (the gRPC floor of this
 `redis` materializes a population of users into a Redis server it starts, serves an 8-feature
 Redis-only feature service with random keys, and sets it beside two baselines: the gateway's
 health RPC under the same load tool, and `redis-benchmark -t get` at the same concurrency.
+
+`training-log` serves the demo's `fraud_v1` vector from three gateways running side by side: one
+with no training log (the baseline), one logging to Parquet files (the demo's settings), and one
+logging to a Kafka topic on a single-node broker the script starts (tests/kafka/lib, from
+`.ci/setup`) and stops after. fg-load drives each in turn, round after round, and the report
+gives each one's throughput and p99 and their ratios to logging off, with the records each log
+delivered, spooled and dropped.
 
 Each scenario is driven by two load tools: fg-load (loadtest/src/main.rs: the generated client,
 requests built in advance, one thread) and ghz (what users run). On 2 cores the tool shares the
@@ -442,6 +450,150 @@ def redis_benchmark(port: int, concurrency: int, seconds: float) -> dict:
             "count": n, "errors": 0, "codes": {}}
 
 
+class KafkaBroker:
+    """A single-node KRaft Kafka broker on free loopback ports, from tests/kafka/lib; stopped by
+    stop(). The same setup as the tests' harness (tests/src/kafka.rs)."""
+
+    LIBS = ROOT / "tests" / "kafka" / "lib"
+    JVM = ["-Xmx512m", "-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+
+    def __init__(self, workdir: Path):
+        if not (self.LIBS / ".pom.sha256").exists():
+            sys.exit("the Kafka broker's jars are missing: run `bash .ci/setup` (tests/kafka/setup.sh)")
+        self.port, controller = free_port(), free_port()
+        props = workdir / "server.properties"
+        props.write_text(
+            "process.roles=broker,controller\nnode.id=1\n"
+            f"controller.quorum.voters=1@127.0.0.1:{controller}\n"
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}\n"
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}\n"
+            "controller.listener.names=CONTROLLER\n"
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+            "inter.broker.listener.name=PLAINTEXT\n"
+            f"log.dirs={workdir / 'kafka-data'}\nnum.partitions=1\n"
+            "offsets.topic.replication.factor=1\ntransaction.state.log.replication.factor=1\n"
+            "transaction.state.log.min.isr=1\n")
+        cp = ["-cp", f"{self.LIBS}/*"]
+        subprocess.run(["java", *self.JVM, *cp, "kafka.tools.StorageTool", "format", "-t",
+                        "ZmVhdHVyZS1nYXRld2F5LQ", "-c", str(props)],
+                       check=True, capture_output=True)
+        self.log = open(workdir / "kafka.log", "w")
+        self.proc = subprocess.Popen(["java", *self.JVM, *cp, "kafka.Kafka", str(props)],
+                                     stdout=self.log, stderr=self.log)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if self.proc.poll() is not None:
+                sys.exit(f"the kafka broker exited; see {workdir / 'kafka.log'}")
+            time.sleep(0.2)
+        else:
+            self.stop()
+            sys.exit("the kafka broker did not start")
+
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def create_topic(self, topic: str, partitions: int):
+        subprocess.run(["java", "-cp", f"{self.LIBS}/*", str(ROOT / "tests" / "kafka" / "CreateTopic.java"),
+                        self.bootstrap(), topic, str(partitions)], check=True, capture_output=True)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def log_counts(gw: Gateway) -> dict:
+    """The training log's record counters of a gateway."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://{gw.admin}/metrics", timeout=5).read().decode()
+    counts = {"written": 0.0, "spooled": 0.0, "dropped": 0.0}
+    for line in text.splitlines():
+        for key in counts:
+            name = f"feature_gateway_training_log_records_{key}_total"
+            if line.startswith(name) and line[len(name)] in "{ ":
+                counts[key] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def training_log(args) -> str:
+    bindir = build(release=not args.smoke)
+    seconds = 2.0 if args.smoke else float(args.seconds)
+    rounds = 1 if args.smoke else args.rounds
+    fraud = ["--scenario", "features", "--feature-service", "fraud_v1",
+             "--entity", "user_id=u_{5}:10000", "--entity", "card_id=c_{5}:10000",
+             "--entity", "merchant_id=m_{4}:2000",
+             "--context", "amount=129.99", "--context", "currency=USD", "--context", "channel=ecom"]
+    modes = ("off", "parquet", "kafka")
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        tmp = Path(tmp)
+        demo = Gateway(bindir, ["demo", "--dir", str(tmp / "demo")], tmp)
+        demo.stop()
+        base = (tmp / "demo" / "demo.toml").read_text().split("\n[training_log]")[0]
+        broker = KafkaBroker(tmp)
+        gws = {}
+        try:
+            broker.create_topic("training-log", 1)
+            sections = {
+                "off": "",
+                # The demo's own settings: Parquet files committed every 10 seconds.
+                "parquet": '[training_log]\ndir = "log"\nrotate_interval = "10s"\n',
+                "kafka": '[training_log]\nsink = "kafka"\nspool_dir = "kafka-spool"\n'
+                         '[training_log.kafka]\n'
+                         f'brokers = ["{broker.bootstrap()}"]\ntopic = "training-log"\n',
+            }
+            for mode in modes:
+                (tmp / "demo" / f"{mode}.toml").write_text(f"{base}\n{sections[mode]}")
+                wd = tmp / mode
+                wd.mkdir()
+                gws[mode] = Gateway(bindir, ["serve", "--config", str(tmp / "demo" / f"{mode}.toml")], wd)
+            for mode in modes:  # warm-up: connections, caches, the Kafka client's connection
+                run_fg_load(bindir, gws[mode].grpc, fraud, args.concurrency, 1.0)
+            runs = {m: [] for m in modes}
+            for _ in range(rounds):
+                for mode in modes:
+                    runs[mode].append(measure(gws[mode], lambda: run_fg_load(bindir, gws[mode].grpc, fraud, args.concurrency, seconds)))
+            time.sleep(1.5)  # the last batches and files are delivered (Parquet: at its rotation)
+            counts = {m: log_counts(gws[m]) for m in modes}
+            rss = {m: gws[m].rss_mb() for m in modes}
+        finally:
+            for gw in gws.values():
+                gw.stop()
+            broker.stop()
+    lines = ["# Training log: throughput and latency with logging off, to Parquet, to Kafka", ""]
+    lines += header("training-log", args, seconds, rounds)
+    lines += ["Three gateways serve the demo's `fraud_v1` (20 features, static tables and request "
+              "context) side by side; fg-load drives each in turn. Parquet: the demo's settings "
+              "(default queue and rotation size, files committed every 10 s). Kafka: default "
+              "settings (batches of up to 1,000 records or 20 ms, Snappy, acks=all) to a "
+              "single-node broker on this machine.", ""]
+    lines += table("fg-load, GetFeatures fraud_v1", [
+        ("logging off (baseline)", runs["off"]),
+        ("Parquet files", runs["parquet"]),
+        ("Kafka topic", runs["kafka"]),
+    ])
+    off_rps, off_p99 = median_of(runs["off"], "rps"), median_of(runs["off"], "p99")
+    for mode, name in (("parquet", "Parquet"), ("kafka", "Kafka")):
+        rps, p99 = median_of(runs[mode], "rps"), median_of(runs[mode], "p99")
+        lines.append(f"- {name}: throughput **{rps / off_rps:.0%}** of logging off (target: at least 90%), "
+                     f"p99 **{p99 - off_p99:+.3f} ms** (target: under +0.2 ms), "
+                     f"gateway CPU per request {median_of(runs[mode], 'cpu_us') / median_of(runs['off'], 'cpu_us'):.2f}x")
+    lines += [""]
+    served = {m: sum(r["count"] for r in runs[m]) for m in modes}
+    lines += ["| log | requests served (measured) | records written | spooled | dropped | gateway peak RSS (MB) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for mode in modes:
+        c = counts[mode]
+        lines.append(f"| {mode} | {served[mode]} | {c['written']:.0f} | {c['spooled']:.0f} | {c['dropped']:.0f} | {rss[mode]:.0f} |")
+    lines += ["", "Records written include the warm-up's; Parquet's last open file is committed "
+              "at its 10 s rotation or at shutdown, after the counts are read.", ""]
+    lines += failures([r for v in runs.values() for r in v])
+    return "\n".join(lines), None
+
+
 def feature_statuses(gw: Gateway) -> str:
     import urllib.request
     text = urllib.request.urlopen(f"http://{gw.admin}/metrics", timeout=5).read().decode()
@@ -453,7 +605,7 @@ def feature_statuses(gw: Gateway) -> str:
     return ", ".join(counts) or "none"
 
 
-BENCHMARKS = {"overhead": overhead, "redis": redis}
+BENCHMARKS = {"overhead": overhead, "redis": redis, "training-log": training_log}
 
 
 def main():

@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "featuregateway/v1/feature_service.proto",
         "featuregateway/v1/fetcher.proto",
+        "featuregateway/v1/training_log.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

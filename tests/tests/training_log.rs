@@ -1,4 +1,5 @@
-//! End-to-end: the training log of the real binary, read back from its Parquet files.
+//! End-to-end: the training log of the real binary, read back from its Parquet files, or from a
+//! real Kafka broker's topic for the Kafka sink.
 //!
 //! The gateway serves the demo's tables from a configuration written per test (the demo's, with
 //! its own `[training_log]` section), so each test owns its log and spool directories across
@@ -17,7 +18,7 @@ use std::{
 };
 
 use proto::v1::{self, FeatureStatus};
-use tests::{GatewayProcess, d, map, s};
+use tests::{GatewayProcess, d, kafka::KafkaBroker, map, s};
 use training_log::{
     Cell, Record, Value,
     training_set::{log_files, read_column_text, read_records},
@@ -616,4 +617,223 @@ fn python_float_hex(x: f64) -> String {
         "0x{lead}.{mantissa:013x}p{}{e}",
         if e >= 0 { "+" } else { "" }
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Kafka sink, against a real broker (tests/src/kafka.rs).
+
+const TOPIC: &str = "training-log";
+/// Partitions of the test topic: more than one, to check records go where their key says.
+const PARTITIONS: i32 = 3;
+
+/// The `[training_log]` settings of the Kafka sink on `broker`: short timeouts, so an outage is
+/// noticed in a second.
+fn kafka_section(broker: &KafkaBroker) -> String {
+    format!(
+        "sink = \"kafka\"\n[training_log.kafka]\nbrokers = [\"{}\"]\ntopic = \"{TOPIC}\"\n\
+         linger = \"10ms\"\ndelivery_timeout = \"1s\"\n",
+        broker.bootstrap()
+    )
+}
+
+/// Every record on the topic, decoded, after checking its key, headers and partition. Returns
+/// the records and how many request ids appear more than once (each copy identical).
+async fn kafka_records(broker: &KafkaBroker) -> (Vec<Record>, usize) {
+    let mut by_id: HashMap<String, Record> = HashMap::new();
+    let mut records = Vec::new();
+    let mut duplicates = 0;
+    for (partition, r) in broker.read_all(TOPIC).await {
+        let key = String::from_utf8(r.record.key.clone().unwrap()).unwrap();
+        let (msg, record) = training_log::kafka::decode(r.record.value.as_deref().unwrap())
+            .unwrap_or_else(|e| panic!("{key}: the value does not decode: {e}"));
+        assert_eq!(key, record.request_id, "keyed by request_id");
+        assert_eq!(msg.feature_service, "fraud_v1");
+        assert_eq!(msg.definition_hash.len(), 16);
+        assert_eq!(
+            partition,
+            training_log::kafka::partition_for_key(key.as_bytes(), PARTITIONS),
+            "{key}: partition by key"
+        );
+        assert_eq!(r.record.headers["schema-version"], b"1");
+        assert_eq!(
+            r.record.headers["content-type"],
+            training_log::kafka::CONTENT_TYPE.as_bytes()
+        );
+        assert_eq!(
+            r.record.timestamp.timestamp_millis(),
+            record.served_at_us.div_euclid(1000)
+        );
+        match by_id.get(&key) {
+            Some(first) => {
+                assert_eq!(first, &record, "{key}: a duplicate is an identical copy");
+                duplicates += 1;
+            }
+            None => {
+                by_id.insert(key, record.clone());
+                records.push(record);
+            }
+        }
+    }
+    (records, duplicates)
+}
+
+async fn kafka_broker() -> KafkaBroker {
+    let broker = KafkaBroker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    broker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_receives_every_vector_as_served_keyed_by_request_id() {
+    let broker = kafka_broker().await;
+    let dep = Deployment::new(&kafka_section(&broker));
+    let mut gw = dep.start();
+    let mut answers = send(&gw, "single", REQUESTS).await;
+    answers.extend(send_batches(&gw, "batch", BATCHES, BATCH_ROWS).await);
+    stop(&mut gw);
+    assert!(gw.log().contains("training log flushed"), "{}", gw.log());
+
+    let (records, duplicates) = kafka_records(&broker).await;
+    assert_eq!(duplicates, 0, "no failure, no duplicate");
+    let seen = check_records(&records, &answers);
+    assert_all_logged(&seen, &answers);
+    assert_eq!(records.len(), answers.len(), "nothing but what was served");
+    assert_eq!(dep.spooled(), 0);
+    // Records spread over the partitions by key.
+    let per_partition = broker.read_all(TOPIC).await.into_iter().fold(
+        HashMap::<i32, usize>::new(),
+        |mut m, (p, _)| {
+            *m.entry(p).or_default() += 1;
+            m
+        },
+    );
+    assert_eq!(
+        per_partition.len(),
+        PARTITIONS as usize,
+        "{per_partition:?}"
+    );
+    // Nothing is written to the Parquet directory by the Kafka sink.
+    assert!(!dep.log_dir().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_kafka_broker_spools_and_delivers_after_it_is_back() {
+    let mut broker = kafka_broker().await;
+    let dep = Deployment::new(&kafka_section(&broker));
+    let mut gw = dep.start();
+    let before = timed_send(&gw, "before", 300).await;
+    eventually_async("the first records on the topic", || async {
+        kafka_records(&broker).await.0.len() == 300
+    })
+    .await;
+
+    broker.stop();
+    let during = timed_send(&gw, "outage", 500).await;
+    eventually("every outage record to be spooled", || dep.spooled() == 500).await;
+    assert_eq!(
+        metric(&gw, "feature_gateway_training_log_sink_up").await,
+        0.0
+    );
+    // Serving never waits on the broker: no request took anywhere near the 1 s produce timeout,
+    // and the latency order is unchanged (printed for the record, not asserted: machines vary).
+    let (p50_before, max_before) = latency_summary(&before.1);
+    let (p50_during, max_during) = latency_summary(&during.1);
+    eprintln!(
+        "latency before the outage p50 {p50_before:?} max {max_before:?}; \
+         during it p50 {p50_during:?} max {max_during:?}"
+    );
+    assert!(max_during < Duration::from_millis(900), "{max_during:?}");
+
+    broker.restart().await;
+    eventually("the spool to be replayed", || dep.spooled() == 0).await;
+    assert_eq!(
+        metric(&gw, "feature_gateway_training_log_records_replayed_total").await,
+        500.0
+    );
+    assert_eq!(
+        metric(&gw, "feature_gateway_training_log_sink_up").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&gw, "feature_gateway_training_log_records_dropped_total").await,
+        0.0
+    );
+    stop(&mut gw);
+    let (records, duplicates) = kafka_records(&broker).await;
+    let mut answers = before.0;
+    answers.extend(during.0);
+    let seen = check_records(&records, &answers);
+    assert_all_logged(&seen, &answers);
+    assert_eq!(records.len(), 800);
+    // At-least-once: a batch in flight when the broker died may have been written without its
+    // acknowledgement reaching the gateway, and is sent again. Never more than one batch.
+    assert!(duplicates <= 300, "{duplicates} duplicates");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_spooled_while_kafka_is_down_are_delivered_by_the_next_gateway() {
+    let mut broker = kafka_broker().await;
+    let dep = Deployment::new(&kafka_section(&broker));
+    broker.stop();
+    let mut gw = dep.start();
+    let answers = send(&gw, "down", 300).await;
+    // A clean shutdown with the broker down keeps every record in the spool.
+    stop(&mut gw);
+    assert_eq!(dep.spooled(), 300);
+
+    broker.restart().await;
+    let mut gw = dep.start();
+    eventually("the spool to be replayed at start", || dep.spooled() == 0).await;
+    stop(&mut gw);
+    let (records, duplicates) = kafka_records(&broker).await;
+    assert_eq!(duplicates, 0);
+    let seen = check_records(&records, &answers);
+    assert_all_logged(&seen, &answers);
+    assert_eq!(records.len(), 300);
+}
+
+/// [`send`], also returning each request's latency as the caller saw it.
+async fn timed_send(gw: &GatewayProcess, prefix: &str, n: usize) -> (Answers, Vec<Duration>) {
+    let mut client = gw.client().await;
+    let mut answers = Answers::new();
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = std::time::Instant::now();
+        let response = client
+            .get_features(v1::GetFeaturesRequest {
+                request_id: format!("{prefix}-{i}"),
+                feature_service: "fraud_v1".into(),
+                entities: entity_map(i),
+                context: context(i),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        latencies.push(started.elapsed());
+        answers.insert(
+            response.request_id.clone(),
+            answer(i, &response.values, &response.statuses),
+        );
+    }
+    (answers, latencies)
+}
+
+fn latency_summary(latencies: &[Duration]) -> (Duration, Duration) {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    (sorted[sorted.len() / 2], sorted[sorted.len() - 1])
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
 }

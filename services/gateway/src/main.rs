@@ -361,7 +361,14 @@ fn start_training_log(
         schemas,
         Arc::new(telemetry::TrainingLogTelemetry::new()),
     )?;
-    tracing::info!(dir = %config.dir.display(), spool = %config.spool_dir.display(), "training log on");
+    match &config.sink {
+        training_log::SinkConfig::Parquet => {
+            tracing::info!(dir = %config.dir.display(), spool = %config.spool_dir.display(), "training log on")
+        }
+        training_log::SinkConfig::Kafka(k) => {
+            tracing::info!(brokers = %k.brokers.join(","), topic = %k.topic, spool = %config.spool_dir.display(), "training log on, to kafka")
+        }
+    }
     Ok(Some(log))
 }
 

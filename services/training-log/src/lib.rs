@@ -1,11 +1,13 @@
 //! The training log: every feature vector the gateway serves, exactly as served, written to
-//! Parquet files that pandas, pyarrow, DuckDB and Spark read as they are, and the
-//! `training-set` join that turns those files plus a labels file into a training set.
+//! Parquet files that pandas, pyarrow, DuckDB and Spark read as they are (or to a Kafka topic,
+//! for gateways on more than one machine), and the `training-set` join that turns those files
+//! plus a labels file into a training set.
 //!
 //! # Layout
 //! - [`schema`]: the versioned record schema: which columns a feature service's files have.
 //! - [`record`]: one logged vector, in a form the writer, the spool and tests share.
 //! - [`sink`]: Parquet files, partitioned by feature service and date, committed by rename.
+//! - [`kafka`]: the Kafka sink and its protobuf message, acknowledged by the broker.
 //! - [`spool`]: the append-only local overflow, replayed when the sink recovers or at start.
 //! - [`writer`]: [`TrainingLog`], the handle serving submits to, and its writer thread.
 //! - [`training_set`]: joining logs with labels.
@@ -18,9 +20,10 @@
 //! still in the memory queue or in a file not yet committed are lost (at most one rotation's
 //! worth per open file); spooled records are replayed at the next start, exactly once (a replayed
 //! segment's files have deterministic names, so a replay interrupted after some of them were
-//! committed skips those on the next try).
+//! committed skips those on the next try). The Kafka sink is at-least-once: see [`kafka`].
 #![forbid(unsafe_code)]
 
+pub mod kafka;
 pub mod record;
 pub mod schema;
 pub mod sink;
@@ -47,10 +50,22 @@ pub enum PiiMode {
     Drop,
 }
 
+/// Where the log's records go.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum SinkConfig {
+    /// Parquet files under [`TrainingLogConfig::dir`].
+    #[default]
+    Parquet,
+    /// A Kafka topic.
+    Kafka(kafka::KafkaConfig),
+}
+
 /// The validated `[training_log]` section (see the gateway's configuration reference).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainingLogConfig {
-    /// Root directory of the Parquet files.
+    /// The sink.
+    pub sink: SinkConfig,
+    /// Root directory of the Parquet files (the Parquet sink's).
     pub dir: PathBuf,
     /// A file is committed once its records reach about this many bytes (uncompressed estimate;
     /// the file on disk is smaller). Also bounds the memory an open file holds.

@@ -9,9 +9,11 @@
 //! nothing (a leftover temporary file is removed, or swept by [`sweep_temporaries`] at start).
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use arrow_array::{
@@ -29,8 +31,11 @@ use parquet::{
 };
 
 use crate::{
-    record::{Cell, Record},
+    TrainingLogConfig,
+    record::{Cell, Record, utc_date},
     schema::{LogSchema, SCHEMA_KEY, VERSION_KEY},
+    spool::SpooledRecords,
+    writer::{Batch, Sink},
 };
 
 /// Rows per Arrow batch handed to the Parquet writer: bounds the memory of the columns built.
@@ -259,6 +264,120 @@ pub fn sweep_temporaries(root: &Path) {
                 }
             }
         }
+    }
+}
+
+/// The Parquet sink: one open file per (schema, date), committed by [`write_file`].
+#[derive(Debug)]
+pub(crate) struct ParquetSink {
+    dir: PathBuf,
+    rotate_bytes: u64,
+    rotate_interval: Duration,
+    /// Open files by (schema key, date).
+    open: BTreeMap<(String, String), OpenFile>,
+}
+
+/// The records of one file to be.
+#[derive(Debug)]
+pub(crate) struct OpenFile {
+    schema: Arc<LogSchema>,
+    date: String,
+    records: Vec<Record>,
+    bytes: usize,
+    opened: tokio::time::Instant,
+}
+
+impl Batch for OpenFile {
+    fn groups(&self) -> Vec<(&LogSchema, &[Record])> {
+        vec![(&*self.schema, &self.records)]
+    }
+}
+
+impl ParquetSink {
+    pub(crate) fn new(config: &TrainingLogConfig) -> ParquetSink {
+        ParquetSink {
+            dir: config.dir.clone(),
+            rotate_bytes: config.rotate_bytes,
+            rotate_interval: config.rotate_interval,
+            open: BTreeMap::new(),
+        }
+    }
+}
+
+impl Sink for ParquetSink {
+    type Batch = OpenFile;
+
+    fn push(&mut self, schema: &Arc<LogSchema>, record: Record) -> Option<OpenFile> {
+        let date = utc_date(record.served_at_us);
+        let key = (
+            format!("{}@{}", schema.def.feature_service, schema.id),
+            date,
+        );
+        let file = self.open.entry(key.clone()).or_insert_with(|| OpenFile {
+            schema: schema.clone(),
+            date: key.1.clone(),
+            records: Vec::new(),
+            bytes: 0,
+            opened: tokio::time::Instant::now(),
+        });
+        file.bytes += record.size();
+        file.records.push(record);
+        if file.bytes as u64 >= self.rotate_bytes {
+            self.open.remove(&key)
+        } else {
+            None
+        }
+    }
+
+    fn take_due(&mut self, all: bool) -> Vec<OpenFile> {
+        let due: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, f)| all || f.opened.elapsed() >= self.rotate_interval)
+            .map(|(k, _)| k.clone())
+            .collect();
+        due.iter().filter_map(|k| self.open.remove(k)).collect()
+    }
+
+    async fn deliver(&mut self, file: &OpenFile) -> Result<(), String> {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let name = file_name(&file.schema, &format!("{now_ms}-{}", &unique[..12]));
+        let path = write_file(&self.dir, &file.schema, &file.date, &name, &file.records)?;
+        tracing::debug!(file = %path.display(), records = file.records.len(), "training log file committed");
+        Ok(())
+    }
+
+    /// Each (schema, date) group of a segment becomes one file named after the segment, and one
+    /// that exists already is not written again: a replay interrupted by a crash never
+    /// duplicates.
+    async fn replay(
+        &mut self,
+        segment: &str,
+        records: SpooledRecords,
+        written: &mut dyn FnMut(&str, u64),
+    ) -> Result<(), String> {
+        let mut groups: BTreeMap<(String, String), (Arc<LogSchema>, Vec<Record>)> = BTreeMap::new();
+        for (schema, record) in records {
+            let key = (schema.id.clone(), utc_date(record.served_at_us));
+            groups
+                .entry(key)
+                .or_insert_with(|| (schema, Vec::new()))
+                .1
+                .push(record);
+        }
+        for ((_, date), (schema, records)) in &groups {
+            let name = file_name(schema, &format!("spool-{segment}"));
+            let target = partition_dir(&self.dir, &schema.def.feature_service, date).join(&name);
+            if target.exists() {
+                continue;
+            }
+            write_file(&self.dir, schema, date, &name, records)?;
+            written(&schema.def.feature_service, records.len() as u64);
+        }
+        Ok(())
     }
 }
 

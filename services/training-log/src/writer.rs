@@ -4,20 +4,23 @@
 //! [`TrainingLog::submit`] never blocks on the sink: it applies the PII policy and `try_send`s
 //! into a bounded queue; when the queue is full (or the log is closing) the record is appended to
 //! the spool instead (a buffered append to a local file). One writer thread, with its own small
-//! runtime so file I/O never occupies the serving runtime, batches records into one open file per
-//! (schema, date) and commits it by rename when it reaches `rotate_bytes` or `rotate_interval`.
+//! runtime so file and network I/O never occupy the serving runtime, hands records to the
+//! configured [`Sink`]: the Parquet sink ([`crate::sink`]) batches them into one open file per
+//! (schema, date) and commits it by rename when it reaches `rotate_bytes` or `rotate_interval`;
+//! the Kafka sink ([`crate::kafka`]) batches them into produce requests and waits for the
+//! broker's acknowledgement.
 //!
 //! # Failure
-//! A commit that fails (disk full, directory gone or read-only) spools that file's records and
-//! marks the sink down: records then go straight to the spool until a retry ([`RETRY_INTERVAL`])
-//! replays the spool successfully. Whatever the spool cannot keep is reported to the
+//! A delivery that fails (disk full, directory gone or read-only, broker down or slow) spools
+//! that batch's records and marks the sink down: records then go straight to the spool until a
+//! retry ([`RETRY_INTERVAL`]) replays the spool successfully. Whatever the spool cannot keep is reported to the
 //! [`Observer`] as dropped, with the reason.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     path::Path,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use tokio::{
@@ -26,17 +29,18 @@ use tokio::{
 };
 
 use crate::{
-    PiiMode, TrainingLogConfig, TrainingLogError,
-    record::{Cell, Record, utc_date},
+    PiiMode, SinkConfig, TrainingLogConfig, TrainingLogError,
+    kafka::KafkaSink,
+    record::{Cell, Record},
     schema::{LogSchema, SchemaDef},
-    sink,
-    spool::{Spool, read_segment},
+    sink::{self, ParquetSink},
+    spool::{Spool, SpooledRecords, read_segment},
 };
 
 /// How long after a sink failure the writer tries the sink again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the writer checks for files due for rotation and for a spool to replay.
-const TICK: Duration = Duration::from_millis(200);
+pub(crate) const TICK: Duration = Duration::from_millis(200);
 /// Most records taken from the queue at once.
 const RECV_BATCH: usize = 512;
 
@@ -121,8 +125,10 @@ impl TrainingLog {
             let path = path.to_owned();
             move |source| TrainingLogError::Io { path, source }
         };
-        std::fs::create_dir_all(&config.dir).map_err(io(&config.dir))?;
-        sink::sweep_temporaries(&config.dir);
+        if config.sink == SinkConfig::Parquet {
+            std::fs::create_dir_all(&config.dir).map_err(io(&config.dir))?;
+            sink::sweep_temporaries(&config.dir);
+        }
         let spool = Arc::new(
             Spool::open(&config.spool_dir, config.spool_max_bytes)
                 .map_err(io(&config.spool_dir))?,
@@ -154,22 +160,30 @@ impl TrainingLog {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (close_tx, close_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
-        let writer = Writer {
-            open: BTreeMap::new(),
-            down_until: None,
-            is_down: false,
-            spool: spool.clone(),
-            observer: observer.clone(),
-            config,
+        let spool_dir = config.spool_dir.clone();
+        let kafka = match &config.sink {
+            SinkConfig::Parquet => None,
+            SinkConfig::Kafka(k) => Some(KafkaSink::new(k.clone())),
         };
+        let parquet = kafka.is_none().then(|| ParquetSink::new(&config));
+        let (writer_spool, writer_observer) = (spool.clone(), observer.clone());
         std::thread::Builder::new()
             .name("training-log".into())
             .spawn(move || {
+                // Its own runtime, with I/O for the Kafka client: the sink never occupies the
+                // serving runtime.
                 match tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
+                    .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(writer.run(rx, close_rx)),
+                    Ok(rt) => {
+                        let parts = (writer_spool, spool_dir, writer_observer);
+                        match (parquet, kafka) {
+                            (Some(p), _) => rt.block_on(Writer::new(p, parts).run(rx, close_rx)),
+                            (None, Some(k)) => rt.block_on(Writer::new(k, parts).run(rx, close_rx)),
+                            (None, None) => {}
+                        }
+                    }
                     Err(e) => tracing::error!("training log writer cannot start its runtime: {e}"),
                 }
                 let _ = done_tx.send(());
@@ -277,32 +291,71 @@ fn spool_records(
     }
 }
 
+/// One kind of sink: where the writer delivers records. The writer owns everything around it
+/// (the queue, the spool, the down/up state, the observer); a sink buffers, delivers durably,
+/// and replays spool segments. Every method runs on the writer's own thread and runtime.
+pub(crate) trait Sink {
+    /// What the sink delivers at once: a file's records, a produce batch.
+    type Batch: Batch;
+    /// How often the writer asks for batches due by time.
+    fn tick(&self) -> Duration {
+        TICK
+    }
+    /// Buffers one record; returns a batch it made due (a full file or batch).
+    fn push(&mut self, schema: &Arc<LogSchema>, record: Record) -> Option<Self::Batch>;
+    /// Takes the batches due by time, or every buffered record if `all`.
+    fn take_due(&mut self, all: bool) -> Vec<Self::Batch>;
+    /// Delivers a batch: `Ok` only once it is durable (file committed, broker acknowledged).
+    async fn deliver(&mut self, batch: &Self::Batch) -> Result<(), String>;
+    /// Delivers a spool segment's records (named by `segment`, the segment's file stem),
+    /// calling `written(feature_service, records)` as parts of it are delivered; `Ok` once all
+    /// of it is, when the segment may be removed.
+    async fn replay(
+        &mut self,
+        segment: &str,
+        records: SpooledRecords,
+        written: &mut dyn FnMut(&str, u64),
+    ) -> Result<(), String>;
+}
+
+/// The records of a batch, by schema, for the spool and the observer.
+pub(crate) trait Batch {
+    /// Each schema's records.
+    fn groups(&self) -> Vec<(&LogSchema, &[Record])>;
+}
+
 /// The writer thread's state.
-struct Writer {
-    config: TrainingLogConfig,
-    /// Open files by (schema key, date).
-    open: BTreeMap<(String, String), OpenFile>,
+struct Writer<S> {
+    sink: S,
     /// While set and in the future, the sink is not tried.
     down_until: Option<Instant>,
     is_down: bool,
     spool: Arc<Spool>,
+    spool_dir: std::path::PathBuf,
     observer: Arc<dyn Observer>,
 }
 
-struct OpenFile {
-    schema: Arc<LogSchema>,
-    date: String,
-    records: Vec<Record>,
-    bytes: usize,
-    opened: Instant,
-}
+impl<S: Sink> Writer<S> {
+    fn new(
+        sink: S,
+        (spool, spool_dir, observer): (Arc<Spool>, std::path::PathBuf, Arc<dyn Observer>),
+    ) -> Writer<S> {
+        Writer {
+            sink,
+            down_until: None,
+            is_down: false,
+            spool,
+            spool_dir,
+            observer,
+        }
+    }
 
-impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Envelope>, mut close: oneshot::Receiver<()>) {
-        self.replay();
-        let mut tick = tokio::time::interval(TICK);
+        self.replay().await;
+        let mut tick = tokio::time::interval(self.sink.tick());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(RECV_BATCH);
+        let mut last_replay = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -312,14 +365,18 @@ impl Writer {
                     if n == 0 {
                         break;
                     }
-                    for envelope in buf.drain(..) {
-                        self.accept(envelope);
+                    for envelope in std::mem::take(&mut buf) {
+                        self.accept(envelope).await;
                     }
                 }
                 _ = tick.tick() => {
-                    self.rotate(false);
-                    if self.sink_may_be_tried() && self.spool.bytes() > 0 {
-                        self.replay();
+                    self.rotate(false).await;
+                    if self.sink_may_be_tried()
+                        && self.spool.bytes() > 0
+                        && last_replay.elapsed() >= TICK
+                    {
+                        last_replay = Instant::now();
+                        self.replay().await;
                     }
                 }
             }
@@ -328,13 +385,13 @@ impl Writer {
         // Refuse new records (they are spooled by `submit`), then take every queued one.
         rx.close();
         while let Some(envelope) = rx.recv().await {
-            self.accept(envelope);
+            self.accept(envelope).await;
         }
         self.observer.queue_depth(0);
         self.down_until = None;
-        self.rotate(true);
+        self.rotate(true).await;
         if self.spool.bytes() > 0 && !self.is_down {
-            self.replay();
+            self.replay().await;
         }
         tracing::info!("training log flushed");
     }
@@ -343,7 +400,7 @@ impl Writer {
         self.down_until.is_none_or(|t| Instant::now() >= t)
     }
 
-    fn accept(&mut self, envelope: Envelope) {
+    async fn accept(&mut self, envelope: Envelope) {
         if !self.sink_may_be_tried() {
             spool_records(
                 &self.spool,
@@ -354,83 +411,42 @@ impl Writer {
             );
             return;
         }
-        let date = utc_date(envelope.record.served_at_us);
-        let key = (
-            format!(
-                "{}@{}",
-                envelope.schema.def.feature_service, envelope.schema.id
-            ),
-            date,
-        );
-        let file = self.open.entry(key.clone()).or_insert_with(|| OpenFile {
-            schema: envelope.schema.clone(),
-            date: key.1.clone(),
-            records: Vec::new(),
-            bytes: 0,
-            opened: Instant::now(),
-        });
-        file.bytes += envelope.record.size();
-        file.records.push(envelope.record);
-        if file.bytes as u64 >= self.config.rotate_bytes {
-            self.commit(&key);
+        if let Some(batch) = self.sink.push(&envelope.schema, envelope.record) {
+            self.deliver(batch).await;
         }
     }
 
-    /// Commits the files due (all of them if `all`).
-    fn rotate(&mut self, all: bool) {
-        let due: Vec<_> = self
-            .open
-            .iter()
-            .filter(|(_, f)| all || f.opened.elapsed() >= self.config.rotate_interval)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            self.commit(&key);
+    /// Delivers the batches due (all of them if `all`).
+    async fn rotate(&mut self, all: bool) {
+        for batch in self.sink.take_due(all) {
+            self.deliver(batch).await;
         }
     }
 
-    fn commit(&mut self, key: &(String, String)) {
-        let Some(file) = self.open.remove(key) else {
-            return;
+    /// Delivers `batch`, or spools it when the sink is down or fails.
+    async fn deliver(&mut self, batch: S::Batch) {
+        let result = if self.sink_may_be_tried() {
+            self.sink.deliver(&batch).await
+        } else {
+            Err(String::new())
         };
-        if !self.sink_may_be_tried() {
-            spool_records(
-                &self.spool,
-                &*self.observer,
-                &file.schema,
-                &file.records,
-                "sink_down",
-            );
-            return;
-        }
-        let now_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let unique = uuid::Uuid::new_v4().simple().to_string();
-        let name = sink::file_name(&file.schema, &format!("{now_ms}-{}", &unique[..12]));
-        match sink::write_file(
-            &self.config.dir,
-            &file.schema,
-            &file.date,
-            &name,
-            &file.records,
-        ) {
-            Ok(path) => {
-                tracing::debug!(file = %path.display(), records = file.records.len(), "training log file committed");
+        let reason = match result {
+            Ok(()) => {
                 self.sink_ok();
-                self.observer
-                    .written(&file.schema.def.feature_service, file.records.len() as u64);
+                for (schema, records) in batch.groups() {
+                    self.observer
+                        .written(&schema.def.feature_service, records.len() as u64);
+                }
+                return;
             }
+            Err(e) if e.is_empty() => "sink_down",
             Err(e) => {
                 self.sink_failed(&e);
-                spool_records(
-                    &self.spool,
-                    &*self.observer,
-                    &file.schema,
-                    &file.records,
-                    "sink_error",
-                );
+                "sink_error"
             }
+        };
+        for (schema, records) in batch.groups() {
+            spool_records(&self.spool, &*self.observer, schema, records, reason);
         }
     }
 
@@ -443,6 +459,7 @@ impl Writer {
     }
 
     fn sink_failed(&mut self, error: &str) {
+        tracing::debug!("training log sink failed: {error}");
         self.down_until = Some(Instant::now() + RETRY_INTERVAL);
         if !self.is_down {
             self.is_down = true;
@@ -450,14 +467,13 @@ impl Writer {
         }
     }
 
-    /// Replays the spool's segments, oldest first, stopping at the first sink failure. Each
-    /// (schema, date) group of a segment becomes one file named after the segment, and one that
-    /// exists already is not written again: a replay interrupted by a crash never duplicates.
-    fn replay(&mut self) {
+    /// Replays the spool's segments, oldest first, stopping at the first sink failure; a
+    /// segment is removed once the sink has delivered all of it.
+    async fn replay(&mut self) {
         let segments = match self.spool.seal() {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(dir = %self.config.spool_dir.display(), "cannot list the training log spool: {e}");
+                tracing::warn!(dir = %self.spool_dir.display(), "cannot list the training log spool: {e}");
                 return;
             }
         };
@@ -481,40 +497,22 @@ impl Writer {
                 .and_then(|s| s.to_str())
                 .unwrap_or("segment")
                 .to_owned();
-            let mut groups: BTreeMap<(String, String), (Arc<LogSchema>, Vec<Record>)> =
-                BTreeMap::new();
-            for (schema, record) in records {
-                let key = (schema.id.clone(), utc_date(record.served_at_us));
-                groups
-                    .entry(key)
-                    .or_insert_with(|| (schema, Vec::new()))
-                    .1
-                    .push(record);
-            }
             let mut replayed = 0;
-            for ((_, date), (schema, records)) in &groups {
-                let name = sink::file_name(schema, &format!("spool-{stem}"));
-                let target =
-                    sink::partition_dir(&self.config.dir, &schema.def.feature_service, date)
-                        .join(&name);
-                if target.exists() {
-                    continue;
-                }
-                match sink::write_file(&self.config.dir, schema, date, &name, records) {
-                    Ok(_) => {
-                        self.sink_ok();
-                        self.observer
-                            .written(&schema.def.feature_service, records.len() as u64);
-                        replayed += records.len() as u64;
-                    }
-                    Err(e) => {
-                        self.sink_failed(&e);
-                        return;
-                    }
-                }
-            }
+            let observer = self.observer.clone();
+            let result = self
+                .sink
+                .replay(&stem, records, &mut |feature_service, n| {
+                    observer.written(feature_service, n);
+                    replayed += n;
+                })
+                .await;
             if replayed > 0 {
+                self.sink_ok();
                 self.observer.replayed(replayed);
+            }
+            if let Err(e) = result {
+                self.sink_failed(&e);
+                return;
             }
             if let Err(e) = self.spool.remove(&segment) {
                 tracing::warn!(segment = %segment.display(), "cannot remove a replayed spool segment: {e}");

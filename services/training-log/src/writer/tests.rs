@@ -89,13 +89,14 @@ fn record(id: &str) -> Record {
 
 fn config(tmp: &tempfile::TempDir) -> TrainingLogConfig {
     TrainingLogConfig {
+        sink: crate::SinkConfig::Parquet,
         dir: tmp.path().join("log"),
         rotate_bytes: DEFAULT_ROTATE_BYTES,
         rotate_interval: Duration::from_secs(3600),
         queue_capacity: 1024,
         spool_dir: tmp.path().join("spool"),
         spool_max_bytes: 1 << 30,
-        sample: BTreeMap::new(),
+        sample: std::collections::BTreeMap::new(),
         pii: PiiMode::Hash,
         pii_salt_env: "UNUSED".into(),
     }
