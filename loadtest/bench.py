@@ -503,6 +503,17 @@ def redis_benchmark(port: int, concurrency: int, seconds: float) -> dict:
             "count": n, "errors": 0, "codes": {}}
 
 
+def fetch_outcomes(gw: Gateway) -> str:
+    """Source calls by source and outcome (`ok` or an error class), from the gateway's metrics."""
+    counts = {}
+    for line in gw.metrics().splitlines():
+        if line.startswith("feature_gateway_source_fetches_total{"):
+            source = line.split('source="')[1].split('"')[0]
+            outcome = line.split('outcome="')[1].split('"')[0]
+            counts.setdefault(source, []).append(f"{outcome}={float(line.rsplit(' ', 1)[1]):.0f}")
+    return "; ".join(f"{source}: {', '.join(v)}" for source, v in sorted(counts.items())) or "none"
+
+
 def feature_statuses(gw: Gateway) -> str:
     import urllib.request
     text = urllib.request.urlopen(f"http://{gw.admin}/metrics", timeout=5).read().decode()
@@ -936,6 +947,7 @@ def fraud(args) -> tuple[str, str]:
 
             warm_rss = gw.rss_mb()
             warm_statuses = feature_statuses(gw)
+            warm_fetches = fetch_outcomes(gw)
             gw.stop()
             gw = None
 
@@ -945,6 +957,7 @@ def fraud(args) -> tuple[str, str]:
             b_background = gw.counter("feature_gateway_cache_background_calls_total", source="plaid")
             plaid_stats = fake.call("GET", "/admin/plaid/stats")
             cold_rss = gw.rss_mb()
+            cold_fetches = fetch_outcomes(gw)
         finally:
             for thing in (gw, fake, redis_server, pg):
                 if thing:
@@ -1038,7 +1051,9 @@ def fraud(args) -> tuple[str, str]:
               f"{100 * batch['rps'] / median_of(d['fg_feat'], 'rps'):.1f}x the single-row closed loop's rows/s.",
               f"- gateway peak RSS: {warm_rss:.0f} MB (warm gateway, after (a), (c), (d)); {cold_rss:.0f} MB "
               "(cold gateway after (b)).",
-              f"- statuses served by the warm gateway (all runs): {warm_statuses}", ""]
+              f"- statuses served by the warm gateway (all runs): {warm_statuses}",
+              f"- source calls by outcome, warm gateway (all runs): {warm_fetches}",
+              f"- source calls by outcome, cold gateway ((b)): {cold_fetches}", ""]
     lines += failures([r for v in d.values() for r in v if r is not None] + [a["fg_feat"], a["ghz_feat"], batch])
 
     plot = svg_plot("fraud_full_v1: latency by percentile (fg-load)", [

@@ -186,7 +186,7 @@ fn main() {
         Variant::CompactMoka => {
             let cache: moka::sync::Cache<Box<str>, Compact> = moka::sync::Cache::builder()
                 .max_capacity(1 << 36)
-                .weigher(|_: &Box<str>, _: &Compact| 100)
+                .weigher(|_, _: &Compact| 100)
                 .build();
             for i in 0..args.entries {
                 cache.insert(

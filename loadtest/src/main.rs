@@ -388,7 +388,10 @@ impl Tally {
 
     fn record(&mut self, since: Instant, result: Result<Answer, tonic::Status>) {
         let done = Instant::now();
-        let us = done.duration_since(since).as_micros().min(u128::from(u32::MAX)) as u64;
+        let us = done
+            .duration_since(since)
+            .as_micros()
+            .min(u128::from(u32::MAX)) as u64;
         let late = self.late_us.is_some_and(|limit| us > limit);
         self.max_us = self.max_us.max(us);
         self.late += u64::from(late);
