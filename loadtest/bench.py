@@ -9,6 +9,8 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
   python3 loadtest/bench.py overhead            # the gateway's own overhead (release build)
   python3 loadtest/bench.py redis               # a Redis-only feature vector
   python3 loadtest/bench.py training-log        # logging off vs Parquet vs Kafka
+  python3 loadtest/bench.py fraud               # the full fraud service: load, cold start, outage
+  python3 loadtest/bench.py memory              # resident memory with 1M cached entries
   python3 loadtest/bench.py all --smoke         # seconds-long runs proving the benchmarks work
 
 `overhead` serves the embedded demo's 20-feature `fraud_v1` vector (static tables and request
@@ -25,6 +27,18 @@ logging to a Kafka topic on a single-node broker the script starts (tests/kafka/
 `.ci/setup`) and stops after. fg-load drives each in turn, round after round, and the report
 gives each one's throughput and p99 and their ratios to logging off, with the records each log
 delivered, spooled and dropped.
+
+`fraud` serves a 26-feature fraud service over Redis (materialized population), PostgreSQL (a
+throwaway cluster started here, tables loaded with COPY), the fake internal API and the fake
+Plaid (services/fake-upstreams, Plaid at its documented seconds-long latency) and the request
+context, with random keys: (a) warm caches at a fixed 1,000 req/s, (b) cold caches, (c) Redis
+SIGKILLed for 10 s mid-run and restarted with its data (timeline, recovery time), (d) saturation
+at a fixed concurrency and 100-row batches; beside the health RPC at the same rate or
+concurrency and redis-benchmark GET.
+
+`memory` fills a Redis view's in-process cache with one million distinct keys and reports the
+gateway's resident memory against the same pass on a gateway without a cache, and the cost per
+entry and per cached value.
 
 Each scenario is driven by two load tools: fg-load (loadtest/src/main.rs: the generated client,
 requests built in advance, one thread) and ghz (what users run). On 2 cores the tool shares the
@@ -63,7 +77,7 @@ def find_ghz() -> str:
 
 def build(release: bool) -> Path:
     args = ["cargo", "build", "--quiet", "-p", "gateway", "--bin", "feature-gateway",
-            "-p", "loadtest", "--bin", "fg-load"]
+            "-p", "loadtest", "--bin", "fg-load", "--bin", "cache-mem", "-p", "fake-upstreams", "--bin", "fake-upstreams"]
     if release:
         args.append("--release")
     subprocess.run(args, cwd=ROOT, check=True)
@@ -80,9 +94,9 @@ def free_port() -> int:
 class Gateway:
     """A feature-gateway process on loopback ports it picks; stopped by stop()."""
 
-    def __init__(self, bindir: Path, args: list[str], workdir: Path):
-        self.log = open(workdir / "gateway.log", "w")
-        env = dict(os.environ, RUST_LOG="warn")
+    def __init__(self, bindir: Path, args: list[str], workdir: Path, env: dict | None = None):
+        self.log = open(workdir / "gateway.log", "a")
+        env = dict(os.environ, RUST_LOG="warn", **(env or {}))
         self.proc = subprocess.Popen(
             [str(bindir / "feature-gateway"), *args,
              "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
@@ -112,33 +126,60 @@ class Gateway:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmHWM") -> float:
+        """Peak resident memory (VmHWM), or the current one with field="VmRSS", in MiB."""
         try:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
         except OSError:
             pass
         return float("nan")
 
+    def metrics(self) -> str:
+        import urllib.request
+        return urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=5).read().decode()
+
+    def counter(self, name: str, **labels) -> float:
+        """The sum of a Prometheus counter's series whose labels include `labels`."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
 
 class RedisServer:
-    """redis-server on a free loopback port, no persistence; stopped by stop()."""
+    """redis-server on a free loopback port, no automatic persistence; stopped by stop().
+
+    kill() takes a snapshot (SAVE) and SIGKILLs the server; start() brings it back on the same
+    port, loading the snapshot, as a restarted production Redis reloads its data."""
 
     def __init__(self, workdir: Path):
         self.port = free_port()
+        self.workdir = workdir
+        self.start()
+
+    def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
+             "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(200):
+        for _ in range(600):
             ping = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
                                   capture_output=True, text=True)
             if ping.stdout.strip() == "PONG":
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
         self.stop()
         sys.exit("redis-server did not start")
+
+    def kill(self):
+        subprocess.run(["redis-cli", "-p", str(self.port), "save"], check=True, capture_output=True)
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -147,11 +188,13 @@ class RedisServer:
 
 
 def run_ghz(ghz_bin: str, target: str, call: str, data: Path | None, concurrency: int,
-            seconds: float) -> dict:
+            seconds: float, rps: int | None = None) -> dict:
     args = [ghz_bin, "--insecure", "--call", call, "-c", str(concurrency), "-z", f"{seconds}s",
             "--connections", "1", "--duration-stop", "wait", "-O", "json"]
     if data:
         args += ["-D", str(data)]
+    if rps:
+        args += ["--rps", str(rps)]
     out = subprocess.run(args + [target], capture_output=True, text=True, check=True).stdout
     report = json.loads(out)
     lat = {p["percentage"]: p["latency"] / 1e6 for p in report.get("latencyDistribution") or []}
@@ -161,6 +204,9 @@ def run_ghz(ghz_bin: str, target: str, call: str, data: Path | None, concurrency
         "p50": lat.get(50, float("nan")),
         "p90": lat.get(90, float("nan")),
         "p99": lat.get(99, float("nan")),
+        "p999": float("nan"),  # ghz reports percentiles up to p99
+        "max_ms": report.get("slowest", 0) / 1e6,
+        "percentiles": sorted((p, ms) for p, ms in lat.items() if p >= 50),
         "count": report["count"],
         "errors": sum(v for k, v in codes.items() if k != "OK"),
         "codes": {k: v for k, v in codes.items() if k != "OK"},
@@ -169,11 +215,26 @@ def run_ghz(ghz_bin: str, target: str, call: str, data: Path | None, concurrency
 
 def run_fg_load(bindir: Path, target: str, scenario: list[str], concurrency: int,
                 seconds: float) -> dict:
-    out = subprocess.run(
-        [str(bindir / "fg-load"), "--target", target, "--concurrency", str(concurrency),
-         "--seconds", str(seconds), "--timeout-ms", "5000", *scenario],
-        capture_output=True, text=True, check=True).stdout
-    return json.loads(out)
+    out = subprocess.run(fg_load_args(bindir, target, scenario, concurrency, seconds),
+                         capture_output=True, text=True, check=True).stdout
+    return fg_load_result(out)
+
+
+def fg_load_args(bindir: Path, target: str, scenario: list[str], concurrency: int,
+                 seconds: float) -> list[str]:
+    return [str(bindir / "fg-load"), "--target", target, "--concurrency", str(concurrency),
+            "--seconds", str(seconds), "--timeout-ms", "5000", *scenario]
+
+
+def fg_load_result(out: str) -> dict:
+    result = json.loads(out)
+    # fg-load writes NaN (no successful call) as null.
+    for key in ("p50", "p90", "p99", "p999"):
+        if result.get(key) is None:
+            result[key] = float("nan")
+    result["percentiles"] = [(p, float("nan") if ms is None else ms)
+                             for p, ms in result.get("percentiles", [])]
+    return result
 
 
 def measure(gw: Gateway, run) -> dict:
@@ -351,7 +412,7 @@ features = ["user_stats:*"]
 """
 
 
-def write_users(path: Path, population: int):
+def write_users(path: Path, population: int, width: int = 6):
     import random
     rng = random.Random(42)
     countries = ["US", "GB", "DE", "FR", "BR", "IN"]
@@ -360,7 +421,7 @@ def write_users(path: Path, population: int):
                 "distinct_merchants_7d,failed_logins_24h,last_country,risk_score\n")
         for i in range(population):
             c24 = rng.randrange(60)
-            f.write(f"u_{i:06d},{rng.randrange(c24 + 1)},{c24},{rng.random() * 5000:.2f},"
+            f.write(f"u_{i:0{width}d},{rng.randrange(c24 + 1)},{c24},{rng.random() * 5000:.2f},"
                     f"{rng.random() * 300:.2f},{rng.randrange(30)},{rng.randrange(5)},"
                     f"{rng.choice(countries)},{rng.random():.4f}\n")
 
@@ -594,6 +655,17 @@ def training_log(args) -> str:
     return "\n".join(lines), None
 
 
+def fetch_outcomes(gw: Gateway) -> str:
+    """Source calls by source and outcome (`ok` or an error class), from the gateway's metrics."""
+    counts = {}
+    for line in gw.metrics().splitlines():
+        if line.startswith("feature_gateway_source_fetches_total{"):
+            source = line.split('source="')[1].split('"')[0]
+            outcome = line.split('outcome="')[1].split('"')[0]
+            counts.setdefault(source, []).append(f"{outcome}={float(line.rsplit(' ', 1)[1]):.0f}")
+    return "; ".join(f"{source}: {', '.join(v)}" for source, v in sorted(counts.items())) or "none"
+
+
 def feature_statuses(gw: Gateway) -> str:
     import urllib.request
     text = urllib.request.urlopen(f"http://{gw.admin}/metrics", timeout=5).read().decode()
@@ -605,7 +677,715 @@ def feature_statuses(gw: Gateway) -> str:
     return ", ".join(counts) or "none"
 
 
-BENCHMARKS = {"overhead": overhead, "redis": redis, "training-log": training_log}
+# ---------------------------------------------------------------------------------------------
+# fraud: the full fraud feature service over Redis, PostgreSQL, the internal API, Plaid and the
+# request, under load, cold start and a Redis outage.
+
+FRAUD_CONFIG = """
+[entities.user_id]
+type = "string"
+[entities.device_id]
+type = "string"
+[entities.merchant_id]
+type = "string"
+[entities.plaid_access_token]
+type = "string"
+from = "linked_items:access_token"
+description = "The user's Plaid access token, read from PostgreSQL"
+
+[sources.online]
+kind = "redis"
+url = "redis://127.0.0.1:{redis_port}"
+pool_size = 4
+timeout = "30ms"
+
+[sources.db]
+kind = "postgres"
+url = "postgres://bench@127.0.0.1:{pg_port}/bench"
+pool_size = 8
+timeout = "30ms"
+
+[sources.internal]
+kind = "http"
+base_url = "{fake}"
+timeout = "20ms"
+[sources.internal.cache]
+ttl = "5m"
+max_staleness = "1h"
+negative_ttl = "5m"
+max_bytes = 67108864
+
+[sources.plaid]
+kind = "plaid"
+base_url = "{fake}"
+client_id = "${{PLAID_CLIENT_ID}}"
+secret = "${{PLAID_SECRET}}"
+request_timeout = "15s"
+timeout = "15s"
+max_concurrent_requests = 64
+[sources.plaid.cache]
+ttl = "10m"
+max_staleness = "6h"
+negative_ttl = "10m"
+max_bytes = 134217728
+max_background_calls = 256
+
+[sources.request]
+kind = "request"
+
+[views.user_stats]
+source = "online"
+entities = ["user_id"]
+key = "user_stats:{{user_id}}"
+[views.user_stats.features]
+txn_count_1h = {{ type = "int64" }}
+txn_count_24h = {{ type = "int64" }}
+txn_amount_24h = {{ type = "double" }}
+avg_amount_30d = {{ type = "double" }}
+distinct_merchants_7d = {{ type = "int64" }}
+failed_logins_24h = {{ type = "int64" }}
+last_country = {{ type = "string" }}
+risk_score = {{ type = "double" }}
+
+[views.accounts]
+source = "db"
+entities = ["user_id"]
+query = "SELECT kyc_level, account_age_days, credit_limit, segment FROM accounts WHERE user_id = $1"
+[views.accounts.features]
+kyc_level = {{ type = "int64" }}
+account_age_days = {{ type = "int64" }}
+credit_limit = {{ type = "double" }}
+segment = {{ type = "string" }}
+
+[views.linked_items]
+source = "db"
+entities = ["user_id"]
+query = "SELECT access_token FROM linked_items WHERE user_id = $1"
+features = {{ access_token = {{ type = "string" }} }}
+
+[views.device]
+source = "internal"
+entities = ["device_id"]
+path = "/v1/devices/{{device_id}}/reputation"
+[views.device.features]
+risk_score = {{ type = "double" }}
+is_emulator = {{ type = "bool" }}
+accounts_seen_30d = {{ type = "int64" }}
+
+[views.merchant]
+source = "internal"
+entities = ["merchant_id"]
+path = "/v1/merchants/{{merchant_id}}/risk"
+fields = {{ fraud_score = "/scores/fraud" }}
+[views.merchant.features]
+risk_tier = {{ type = "string" }}
+chargeback_rate = {{ type = "double" }}
+fraud_score = {{ type = "double" }}
+
+[views.plaid_balance]
+source = "plaid"
+entities = ["plaid_access_token"]
+endpoint = "balance"
+[views.plaid_balance.features]
+available_total = {{ type = "double" }}
+utilisation = {{ type = "double" }}
+account_count = {{ type = "int64" }}
+
+[views.plaid_item]
+source = "plaid"
+entities = ["plaid_access_token"]
+endpoint = "item"
+[views.plaid_item.features]
+has_error = {{ type = "bool" }}
+hours_since_last_successful_update = {{ type = "double" }}
+
+[views.txn]
+source = "request"
+[views.txn.features]
+amount = {{ type = "double" }}
+currency = {{ type = "string" }}
+channel = {{ type = "string" }}
+
+[feature_services.fraud_full_v1]
+description = "Card fraud over Redis, PostgreSQL, the internal API, Plaid and the request"
+deadline = "{deadline_ms}ms"
+features = [
+  "txn:*", "user_stats:*", "accounts:*", "device:*", "merchant:*",
+  "plaid_balance:*", "plaid_item:*",
+]
+
+[limits]
+max_batch_rows = 1000
+"""
+
+# Plaid's documented /accounts/balance/get latency (plaid-contract.md): ~3 s median, 11 s p95.
+# /item/get has no documented figure: it reads Plaid's own records, so a few hundred ms is
+# assumed. The internal APIs are another team's services on the same network.
+PLAID_SHAPE = {
+    "plaid_accounts_balance_get": {"latency": {"kind": "lognormal", "median_ms": 3000, "p95_ms": 11000}},
+    "plaid_item_get": {"latency": {"kind": "lognormal", "median_ms": 300, "p95_ms": 1000}},
+    "device_reputation": {"latency": {"kind": "lognormal", "median_ms": 2, "p95_ms": 8}},
+    "merchant_risk": {"latency": {"kind": "lognormal", "median_ms": 2, "p95_ms": 8}},
+}
+# Plaid's production limits for the two endpoints used (plaid-contract.md), restored after the
+# warm-up, which calls every Item once much faster than any production client would.
+PLAID_LIMITS = {"window_ms": 60_000, "routes": {
+    "plaid_accounts_balance_get": {"per_item": 5, "per_client": 1200},
+    "plaid_item_get": {"per_item": 15, "per_client": 5000},
+}}
+PLAID_CLIENT = {"PLAID_CLIENT_ID": "bench-client", "PLAID_SECRET": "bench-secret"}
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL 15 cluster: initdb in a temporary directory owned by the postgres
+    user (initdb and postgres refuse to run as root), on a free loopback port, trust auth for
+    role `bench`, database `bench`. stop() shuts it down at once; the directory goes with the
+    caller's temporary directory."""
+
+    BIN = Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self, workdir: Path):
+        if not (self.BIN / "postgres").exists():
+            sys.exit(f"PostgreSQL 15 is not installed ({self.BIN}): apt-get install postgresql")
+        self.dir = workdir / "pg"
+        self.dir.mkdir()
+        self.data = self.dir / "data"
+        as_root = os.geteuid() == 0
+        self.prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+        if as_root:
+            subprocess.run(["chown", "postgres:postgres", str(self.dir)], check=True)
+        subprocess.run(self.prefix + [str(self.BIN / "initdb"), "-D", str(self.data), "-U", "bench",
+                                      "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C",
+                                      "--no-instructions"], check=True, capture_output=True)
+        for _ in range(5):
+            self.port = free_port()
+            options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.dir} "
+                       "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+            started = subprocess.run(
+                self.prefix + [str(self.BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"),
+                               "-o", options, "-w", "-t", "30", "start"], capture_output=True, text=True)
+            if started.returncode == 0:
+                self.psql("postgres", "CREATE DATABASE bench")
+                return
+        sys.exit(f"PostgreSQL did not start: {(self.dir / 'log').read_text()[-2000:]}")
+
+    def psql(self, database: str, sql: str, stdin: Path | None = None) -> str:
+        args = [str(self.BIN / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                "-h", "127.0.0.1", "-p", str(self.port), "-U", "bench", "-d", database, "-c", sql]
+        f = open(stdin) if stdin else None
+        try:
+            done = subprocess.run(args, stdin=f or subprocess.DEVNULL, capture_output=True, text=True)
+        finally:
+            if f:
+                f.close()
+        if done.returncode != 0:
+            sys.exit(f"psql failed on `{sql}`: {done.stderr}")
+        return done.stdout
+
+    def stop(self):
+        subprocess.run(self.prefix + [str(self.BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                                      "stop"], capture_output=True)
+
+
+class FakeUpstreams:
+    """The fake internal APIs and fake Plaid (services/fake-upstreams) on a free loopback port."""
+
+    def __init__(self, bindir: Path, population: int, workdir: Path):
+        self.log = open(workdir / "fake-upstreams.log", "w")
+        env = dict(os.environ, RUST_LOG="warn", FAKE_PLAID_CLIENT_ID=PLAID_CLIENT["PLAID_CLIENT_ID"],
+                   FAKE_PLAID_SECRET=PLAID_CLIENT["PLAID_SECRET"])
+        self.proc = subprocess.Popen(
+            [str(bindir / "fake-upstreams"), "--listen", "127.0.0.1:0", "--population", str(population)],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        line = self.proc.stdout.readline()
+        if not line.startswith("fake-upstreams listening on "):
+            self.stop()
+            sys.exit("fake-upstreams did not start")
+        self.url = line.split()[-1]
+        host, port = self.url.removeprefix("http://").split(":")
+        import http.client
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=10)
+
+    def call(self, method: str, path: str, body=None) -> dict:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        self.conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+        response = self.conn.getresponse()
+        data = json.loads(response.read() or b"{}")
+        if response.status != 200:
+            sys.exit(f"fake-upstreams {method} {path}: {response.status} {data}")
+        return data
+
+    def access_tokens(self, n: int) -> list[str]:
+        return [self.call("GET", f"/admin/plaid/users/{i}")["access_token"] for i in range(n)]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def write_fraud_tables(tmp: Path, users: int, tokens: list[str]) -> tuple[Path, Path]:
+    """accounts(user_id, kyc_level, account_age_days, credit_limit, segment) for every user and
+    linked_items(user_id, access_token) for the first len(tokens) users, as CSV for COPY."""
+    import random
+    rng = random.Random(7)
+    accounts, linked = tmp / "accounts.csv", tmp / "linked_items.csv"
+    segments = ["basic", "gold", "platinum", "student"]
+    with open(accounts, "w") as f:
+        for i in range(users):
+            limit = "" if rng.random() < 0.1 else f"{rng.choice([500, 1000, 2500, 5000, 10000])}.00"
+            f.write(f"u_{i:06d},{rng.randrange(3)},{rng.randrange(3650)},{limit},{rng.choice(segments)}\n")
+    with open(linked, "w") as f:
+        for i, token in enumerate(tokens):
+            f.write(f"u_{i:06d},{token}\n")
+    return accounts, linked
+
+
+def fraud_scenario(users: int, devices: int, merchants: int) -> list[str]:
+    return ["--scenario", "features", "--feature-service", "fraud_full_v1",
+            "--entity", f"user_id=u_{{6}}:{users}", "--entity", f"device_id=d_{{6}}:{devices}",
+            "--entity", f"merchant_id=m_{{5}}:{merchants}",
+            "--context", "amount=129.99", "--context", "currency=USD", "--context", "channel=ecom"]
+
+
+def fraud_ghz_data(path: Path, users: int, devices: int, merchants: int):
+    key = lambda prefix, width, n: ('{"string_value":"' + prefix + '{{printf "%0' + str(width) +
+                                    'd" (randomInt 0 ' + str(n) + ')}}"}')
+    path.write_text(
+        '{"feature_service":"fraud_full_v1","entities":{'
+        f'"user_id":{key("u_", 6, users)},"device_id":{key("d_", 6, devices)},'
+        f'"merchant_id":{key("m_", 5, merchants)}}},'
+        '"context":{"amount":{"double_value":129.99},"currency":{"string_value":"USD"},'
+        '"channel":{"string_value":"ecom"}}}')
+
+
+def fmt_ms(x) -> str:
+    return "—" if x is None or x != x else f"{x:.3f}"
+
+
+def run_table(rows: list[tuple[str, dict]]) -> list[str]:
+    """One row per run: throughput, percentiles, max, CPU, errors."""
+    lines = ["| run | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | gateway CPU/req µs | requests | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows:
+        cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else "—"
+        errors = f"{r['errors']}" + (f" ({', '.join(f'{k}={v}' for k, v in r['codes'].items())})" if r["errors"] else "")
+        lines.append(f"| {name} | {r['rps']:.0f} | {fmt_ms(r['p50'])} | {fmt_ms(r['p90'])} | {fmt_ms(r['p99'])} | "
+                     f"{fmt_ms(r.get('p999'))} | {fmt_ms(r.get('max_ms'))} | {cpu} | {r['count']} | {errors} |")
+    return lines + [""]
+
+
+def statuses_line(r: dict) -> str:
+    total = sum(r.get("statuses", {}).values()) or 1
+    return ", ".join(f"{k} {v} ({v / total:.1%})" for k, v in sorted(r.get("statuses", {}).items(), key=lambda kv: -kv[1]))
+
+
+def statuses_by_view(r: dict) -> list[str]:
+    lines = ["| view | " + " | ".join(KINDS) + " |", "|---|" + "---:|" * len(KINDS)]
+    for view, counts in sorted(r.get("statuses_by_view", {}).items()):
+        lines.append(f"| {view} | " + " | ".join(str(counts.get(k, 0)) for k in KINDS) + " |")
+    return lines + [""]
+
+
+KINDS = ["PRESENT", "NOT_FOUND", "NULL_VALUE", "STALE", "TIMED_OUT", "SOURCE_ERROR", "OUTSIDE_MAX_AGE"]
+
+
+def fraud(args) -> tuple[str, str]:
+    bindir = build(release=not args.smoke)
+    ghz_bin = find_ghz()
+    smoke = args.smoke
+    seconds = 1.0 if smoke else float(args.seconds)
+    rounds = 1 if smoke else args.rounds
+    rate = 50 if smoke else 1000
+    deadline_ms = 50
+    users = 1_000 if smoke else args.fraud_users
+    linked = users // 2            # users u_0 .. u_{linked-1} have a Plaid Item
+    devices = min(users, 10_000)
+    merchants = 2_000
+    outage = (1.0, 2.0, 2.0) if smoke else (3.0, 10.0, 5.0)  # before, Redis down, after (s)
+    fake_population = max(devices, linked, merchants)
+    scenario = fraud_scenario(users, devices, merchants)
+    health = ["--scenario", "health"]
+    call = "featuregateway.v1.FeatureService/GetFeatures"
+    notes = []
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        tmp = Path(tmp)
+        os.chmod(tmp, 0o755)  # the postgres user reaches its directory inside
+        redis_server = pg = fake = gw = None
+        try:
+            redis_server = RedisServer(tmp)
+            pg = PostgresServer(tmp)
+            fake = FakeUpstreams(bindir, fake_population, tmp)
+            started = time.time()
+            tokens = fake.access_tokens(linked)
+            accounts, linked_csv = write_fraud_tables(tmp, users, tokens)
+            pg.psql("bench", "CREATE TABLE accounts (user_id text PRIMARY KEY, kyc_level int8, "
+                             "account_age_days int8, credit_limit float8, segment text); "
+                             "CREATE TABLE linked_items (user_id text PRIMARY KEY, access_token text NOT NULL)")
+            pg.psql("bench", "COPY accounts FROM STDIN WITH (FORMAT csv)", stdin=accounts)
+            pg.psql("bench", "COPY linked_items FROM STDIN WITH (FORMAT csv)", stdin=linked_csv)
+            pg.psql("bench", "ANALYZE")
+            config = tmp / "fraud.toml"
+            config.write_text(FRAUD_CONFIG.format(redis_port=redis_server.port, pg_port=pg.port,
+                                                  fake=fake.url, deadline_ms=deadline_ms))
+            users_csv = tmp / "users.csv"
+            write_users(users_csv, users)
+            subprocess.run([str(bindir / "feature-gateway"), "materialize", "--config", str(config),
+                            "--view", "user_stats", "--input", str(users_csv)],
+                           check=True, capture_output=True, env=dict(os.environ, **PLAID_CLIENT))
+            load_s = time.time() - started
+            data = tmp / "fraud.json"
+            fraud_ghz_data(data, users, devices, merchants)
+
+            # Warm every cache: Plaid without delays or limits, each key sent in order.
+            fake.call("POST", "/admin/faults", {"time_scale": 0.0, "routes": PLAID_SHAPE})
+            fake.call("POST", "/admin/plaid/rate_limits", {"routes": {"*": {}}})
+            gw = Gateway(bindir, ["serve", "--config", str(config)], tmp, PLAID_CLIENT)
+            passes = []
+            for _ in range(6):
+                w = run_fg_load(bindir, gw.grpc, scenario + ["--sequential", "--batch-rows", "20"], 4, 120)
+                passes.append(w)
+                if not w["degraded_rows"] and not w["errors"]:
+                    break
+            notes.append(f"Warm-up: {len(passes)} sequential pass(es) over every key in batches of 20 with "
+                         "Plaid's delays and rate limits off; rows with a timed-out or failed feature in "
+                         "each pass: " + ", ".join(str(p["degraded_rows"]) for p in passes) + ". Statuses of the last pass "
+                         "by view:")
+            notes += [""] + statuses_by_view(passes[-1])
+            # From here on Plaid has its documented latency and limits.
+            fake.call("POST", "/admin/faults", {"time_scale": 1.0})
+            fake.call("POST", "/admin/plaid/rate_limits", PLAID_LIMITS)
+
+            # (a) warm caches at a fixed rate, beside the health RPC at the same rate.
+            a = {}
+            a["fg_base"] = measure(gw, lambda: run_fg_load(bindir, gw.grpc, health + ["--rps", str(rate)], 16, seconds))
+            a["fg_feat"] = measure(gw, lambda: run_fg_load(bindir, gw.grpc, scenario + ["--rps", str(rate), "--late-ms", str(deadline_ms + 5)], 16, seconds))
+            a["ghz_base"] = measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, "grpc.health.v1.Health/Check", None, 16, seconds, rate))
+            a["ghz_feat"] = measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, call, data, 16, seconds, rate))
+
+            # (c) Redis killed mid-run at a fixed rate, restarted on the same port with its data.
+            before, down, after = outage
+            load = subprocess.Popen(
+                fg_load_args(bindir, gw.grpc, scenario + ["--rps", str(rate), "--late-ms", str(deadline_ms + 5),
+                                                          "--timeline-ms", "100", "--watch-view", "user_stats"],
+                             16, before + down + after),
+                stdout=subprocess.PIPE, text=True)
+            cpu_before = gw.cpu_seconds()
+            time.sleep(before)
+            redis_server.kill()
+            killed = time.time()
+            time.sleep(max(0.0, killed + down - time.time()))
+            redis_server.start()
+            restarted = time.time()
+            out, _ = load.communicate(timeout=before + down + after + 60)
+            if load.returncode != 0:
+                sys.exit("fg-load failed during the Redis outage run")
+            c = fg_load_result(out)
+            c["cpu_us"] = (gw.cpu_seconds() - cpu_before) * 1e6 / max(c["count"], 1)
+            c_events = {"kill": killed - c["started_unix"], "restart": restarted - c["started_unix"]}
+            # (d) saturation at a fixed concurrency, alternating with the baselines; 100-row batches.
+            d = {k: [] for k in ("fg_base", "fg_feat", "ghz_base", "ghz_feat", "redis")}
+            for _ in range(rounds):
+                d["fg_base"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, health, args.concurrency, seconds)))
+                d["fg_feat"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, scenario, args.concurrency, seconds)))
+                d["ghz_base"].append(measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, "grpc.health.v1.Health/Check", None, args.concurrency, seconds)))
+                d["ghz_feat"].append(measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, call, data, args.concurrency, seconds)))
+                d["redis"].append(redis_benchmark(redis_server.port, args.concurrency, seconds))
+            batch = measure(gw, lambda: run_fg_load(bindir, gw.grpc, scenario + ["--batch-rows", "100"], args.concurrency, seconds))
+
+            warm_rss = gw.rss_mb()
+            warm_statuses = feature_statuses(gw)
+            warm_fetches = fetch_outcomes(gw)
+            gw.stop()
+            gw = None
+
+            # (b) cold caches, Plaid at its documented latency, at the same fixed rate.
+            gw = Gateway(bindir, ["serve", "--config", str(config)], tmp, PLAID_CLIENT)
+            b = measure(gw, lambda: run_fg_load(bindir, gw.grpc, scenario + ["--rps", str(rate), "--late-ms", str(deadline_ms + 5)], 16, 2 * seconds))
+            b_background = gw.counter("feature_gateway_cache_background_calls_total", source="plaid")
+            plaid_stats = fake.call("GET", "/admin/plaid/stats")
+            cold_rss = gw.rss_mb()
+            cold_fetches = fetch_outcomes(gw)
+        finally:
+            for thing in (gw, fake, redis_server, pg):
+                if thing:
+                    thing.stop()
+
+    lines = ["# Full fraud feature service: Redis + PostgreSQL + internal API + Plaid + request", ""]
+    lines += [f"`python3 loadtest/bench.py fraud{' --smoke' if smoke else ''}` on {time.strftime('%Y-%m-%d')}: "
+              f"{'debug' if smoke else 'release'} build, {os.cpu_count()} CPUs shared by the gateway, the load "
+              "tool, Redis, PostgreSQL and the fake upstreams; every figure beside a baseline measured in the "
+              "same invocation.", ""]
+    lines += [f"`fraud_full_v1`: 26 features in 7 views over 5 sources, deadline {deadline_ms} ms. Stage 1 runs "
+              "concurrently: `user_stats` (Redis hash, 8 features), `accounts` and `linked_items` (PostgreSQL "
+              "queries), `device` and `merchant` (fake internal HTTP API, cached 5 min), `txn` (request context); "
+              "stage 2: `plaid_balance` (`/accounts/balance/get`) and `plaid_item` (`/item/get`), keyed by the "
+              "access token read from PostgreSQL, cached 10 min, stale up to 6 h.", ""]
+    lines += [f"Population: {users:,} users (Redis via `feature-gateway materialize`, PostgreSQL via COPY), "
+              f"{linked:,} of them with a Plaid Item, {devices:,} devices, {merchants:,} merchants; keys drawn "
+              f"uniformly at random per request (so about half the rows have no Plaid Item: NOT_FOUND). "
+              f"Set-up took {load_s:.1f} s.", ""]
+    lines += ["Plaid's latency shape (fake Plaid, plaid-contract.md): `/accounts/balance/get` lognormal, median "
+              "3 s, p95 11 s; `/item/get` median 300 ms, p95 1 s (assumed); internal API median 2 ms, p95 8 ms. "
+              "Plaid's production rate limits apply (balance 5/Item and 1,200/client per minute).", ""]
+    lines += notes + [""]
+
+    lines += ["## (a) Warm caches at a fixed rate", ""]
+    lines += [f"Open loop at {rate:,} req/s for {seconds:g} s, latency from each call's scheduled start; "
+              "baseline: the health RPC at the same rate, same tool.", ""]
+    lines += run_table([("fg-load: health RPC (baseline)", a["fg_base"]), ("fg-load: fraud_full_v1", a["fg_feat"]),
+                        ("ghz: health RPC (baseline)", a["ghz_base"]), ("ghz: fraud_full_v1", a["ghz_feat"])])
+    fa = a["fg_feat"]
+    lines += [f"- p99 fraud_full_v1 (fg-load): **{fa['p99']:.2f} ms** (target: under 5 ms) = "
+              f"**{fa['p99'] / a['fg_base']['p99']:.1f}x** the health RPC's p99 at the same rate; "
+              f"ghz: {a['ghz_feat']['p99']:.2f} ms = {a['ghz_feat']['p99'] / a['ghz_base']['p99']:.1f}x.",
+              f"- gateway CPU per request: {fa['cpu_us']:.0f} µs vs {a['fg_base']['cpu_us']:.0f} µs for the health "
+              f"RPC ({fa['cpu_us'] / a['fg_base']['cpu_us']:.1f}x).",
+              f"- statuses: {statuses_line(fa)}", ""]
+    lines += statuses_by_view(fa)
+
+    lines += ["## (b) Cold caches, Plaid at its documented latency", ""]
+    lines += [f"A freshly started gateway (every cache empty) at {rate:,} req/s for {2 * seconds:g} s. Every "
+              f"Plaid call takes seconds, far past the {deadline_ms} ms deadline: the feature must come back "
+              "TIMED_OUT inside the deadline while the call goes on in the background and fills the cache.", ""]
+    lines += run_table([("fg-load: fraud_full_v1, cold", b)])
+    lines += [f"- slowest response: **{b['max_ms']:.1f} ms** against a deadline of {deadline_ms} ms "
+              f"(target: within deadline + 5 ms = {deadline_ms + 5} ms); responses later than that: "
+              f"**{b['late']}** of {b['count']}.",
+              f"- statuses: {statuses_line(b)}",
+              f"- Plaid calls finishing in the background to fill the cache: {b_background:.0f}; fake Plaid saw "
+              f"{json.dumps(plaid_stats.get('routes', plaid_stats))[:300]}", ""]
+    lines += statuses_by_view(b)
+
+    lines += ["## (c) Redis killed for "
+              f"{down:g} s mid-run", ""]
+    lines += [f"Warm gateway (right after (a)), open loop at {rate:,} req/s for {before + down + after:g} s. At "
+              f"t={c_events['kill']:.1f} s Redis is snapshotted (SAVE) and SIGKILLed; at "
+              f"t={c_events['restart']:.1f} s it is running again on the same port with the snapshot.", ""]
+    lines += run_table([("fg-load: fraud_full_v1, Redis outage", c)])
+    recovery = (c["last_degraded_s"] - c_events["restart"]) if c["last_degraded_s"] is not None else None
+    lines += [f"- slowest response: **{c['max_ms']:.1f} ms** (deadline {deadline_ms} ms); responses past "
+              f"deadline + 5 ms: **{c['late']}**; failed calls: {c['errors']}.",
+              f"- responses with a TIMED_OUT / SOURCE_ERROR `user_stats` (Redis) feature: {c['degraded_rows']}, first at "
+              f"t={c['first_degraded_s'] or float('nan'):.2f} s, last at t={c['last_degraded_s'] or float('nan'):.2f} s.",
+              f"- time from Redis being back to the last degraded response (error-free recovery): **"
+              + ("none degraded" if recovery is None else f"{max(recovery, 0.0):.2f} s") + "** (target: under 2 s).",
+              f"- statuses: {statuses_line(c)}", ""]
+    lines += statuses_by_view(c)
+    lines += ["Timeline (1 s buckets of completion time):", "",
+              "| t (s) | responses | Redis features degraded | failed | past deadline+5ms | max ms | event |",
+              "|---:|---:|---:|---:|---:|---:|---|"]
+    buckets: dict[int, list] = {}
+    for t, n, errors, degraded, late, max_ms in c["timeline"]:
+        b1 = buckets.setdefault(int(t + 1e-9), [0, 0, 0, 0, 0.0])
+        b1[0] += n; b1[1] += degraded; b1[2] += errors; b1[3] += late; b1[4] = max(b1[4], max_ms)
+    for sec, (n, degraded, errors, late, max_ms) in sorted(buckets.items()):
+        event = ", ".join(name for name, at in (("Redis killed", c_events["kill"]), ("Redis back", c_events["restart"]))
+                          if sec <= at < sec + 1)
+        lines.append(f"| {sec} | {n} | {degraded} | {errors} | {late} | {max_ms:.1f} | {event} |")
+    lines += [""]
+
+    lines += ["## (d) Saturation at a fixed concurrency, and 100-row batches", ""]
+    lines += [f"Closed loop, concurrency {args.concurrency}, one connection, {rounds} alternating round(s) of "
+              f"{seconds:g} s; medians over rounds.", ""]
+    for tool, base, feat in (("fg-load", "fg_base", "fg_feat"), ("ghz", "ghz_base", "ghz_feat")):
+        lines += table(tool, [("health check (baseline)", d[base]), ("GetFeatures fraud_full_v1", d[feat])])
+        lines += ratios(d[base], d[feat], "no target", "no target; the Redis-only vector's target is 60%")
+    lines += table(f"redis-benchmark -t get -c {args.concurrency} (baseline: Redis alone)", [("GET", d["redis"])])
+    lines += ["Statuses by view, fg-load closed loop (last round):", ""] + statuses_by_view(d["fg_feat"][-1])
+    lines += run_table([("fg-load: GetFeaturesBatch, 100 rows per call", batch)])
+    lines += ["Statuses by view, 100-row batches:", ""] + statuses_by_view(batch)
+    lines += [f"- the batch run serves {100 * batch['rps']:,.0f} rows/s = "
+              f"{100 * batch['rps'] / median_of(d['fg_feat'], 'rps'):.1f}x the single-row closed loop's rows/s.",
+              f"- gateway peak RSS: {warm_rss:.0f} MB (warm gateway, after (a), (c), (d)); {cold_rss:.0f} MB "
+              "(cold gateway after (b)).",
+              f"- statuses served by the warm gateway (all runs): {warm_statuses}",
+              f"- source calls by outcome, warm gateway (all runs): {warm_fetches}",
+              f"- source calls by outcome, cold gateway ((b)): {cold_fetches}", ""]
+    lines += failures([r for v in d.values() for r in v if r is not None] + [a["fg_feat"], a["ghz_feat"], batch])
+
+    plot = svg_plot("fraud_full_v1: latency by percentile (fg-load)", [
+        ("health RPC (closed loop)", d["fg_base"][-1]["percentiles"]),
+        ("fraud (closed loop)", d["fg_feat"][-1]["percentiles"]),
+        (f"health at {rate:,} req/s", a["fg_base"]["percentiles"]),
+        (f"(a) fraud warm, {rate:,} req/s", a["fg_feat"]["percentiles"]),
+        (f"(b) fraud cold, {rate:,} req/s", b["percentiles"]),
+        ("(c) fraud, Redis killed", c["percentiles"]),
+        ("(d) batch of 100 rows", batch["percentiles"]),
+    ])
+    return "\n".join(lines), plot
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: the gateway's resident memory with a million cached entries.
+
+MEMORY_CONFIG = """
+[entities.user_id]
+type = "string"
+
+[sources.online]
+kind = "redis"
+url = "redis://127.0.0.1:{port}"
+pool_size = 4
+timeout = "2s"
+{cache}
+
+[views.user_stats]
+source = "online"
+entities = ["user_id"]
+key = "user_stats:{{user_id}}"
+[views.user_stats.features]
+txn_count_1h = {{ type = "int64" }}
+txn_count_24h = {{ type = "int64" }}
+txn_amount_24h = {{ type = "double" }}
+avg_amount_30d = {{ type = "double" }}
+distinct_merchants_7d = {{ type = "int64" }}
+failed_logins_24h = {{ type = "int64" }}
+last_country = {{ type = "string" }}
+risk_score = {{ type = "double" }}
+
+[feature_services.all_8]
+deadline = "5s"
+features = ["user_stats:*"]
+
+[feature_services.one]
+deadline = "5s"
+features = ["user_stats:txn_count_1h"]
+
+[limits]
+max_batch_rows = 1000
+"""
+
+MEMORY_CACHE = """[sources.online.cache]
+ttl = "1h"
+max_staleness = "1h"
+max_bytes = 17179869184
+"""
+
+
+def weigher_estimate(view: str, key: str, cells: list[int]) -> int:
+    """What services/gateway/src/cache.rs `weigh` charges for one entry (mirrors its formula):
+    64 + the view name + (key bytes + 24) per string key part + (32 + payload) per cell."""
+    return 64 + len(view) + len(key) + 24 + sum(32 + c for c in cells)
+
+
+def memory(args) -> tuple[str, str]:
+    bindir = build(release=not args.smoke)
+    keys = 20_000 if args.smoke else args.memory_keys
+    width = len(str(keys - 1))
+    rows_per_call = 1000
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        tmp = Path(tmp)
+        server = RedisServer(tmp)
+        try:
+            users = tmp / "users.csv"
+            write_users(users, keys, width)
+            plain = tmp / "plain.toml"
+            plain.write_text(MEMORY_CONFIG.format(port=server.port, cache=""))
+            started = time.time()
+            subprocess.run([str(bindir / "feature-gateway"), "materialize", "--config", str(plain),
+                            "--view", "user_stats", "--input", str(users)], check=True, capture_output=True)
+            load_s = time.time() - started
+            cached = tmp / "cached.toml"
+            cached.write_text(MEMORY_CONFIG.format(port=server.port, cache=MEMORY_CACHE))
+            entity = f"user_id=u_{{{width}}}:{keys}"
+            for label, config, service, features in (
+                    ("no cache (baseline)", plain, "all_8", 8),
+                    ("cache, 8 features per entry", cached, "all_8", 8),
+                    ("cache, 1 feature per entry", cached, "one", 1)):
+                gw = Gateway(bindir, ["serve", "--config", str(config)], tmp)
+                try:
+                    scenario = ["--scenario", "features", "--feature-service", service, "--entity", entity]
+                    run_fg_load(bindir, gw.grpc, scenario + ["--batch-rows", "10"], 2, 0.5)  # warm-up
+                    idle = gw.rss_mb("VmRSS")
+                    fill_started = time.time()
+                    fill = run_fg_load(bindir, gw.grpc, scenario + ["--sequential", "--batch-rows", str(rows_per_call)],
+                                       2, 3600)
+                    fill_s = time.time() - fill_started
+                    rss, peak = gw.rss_mb("VmRSS"), gw.rss_mb("VmHWM")
+                    # Every key cached? Random keys again: all should be hits.
+                    hits0 = gw.counter("feature_gateway_cache_lookups_total", outcome="hit")
+                    misses0 = gw.counter("feature_gateway_cache_lookups_total", outcome="miss")
+                    check = run_fg_load(bindir, gw.grpc, scenario + ["--batch-rows", "100"], 2, 1.0)
+                    hits = gw.counter("feature_gateway_cache_lookups_total", outcome="hit") - hits0
+                    misses = gw.counter("feature_gateway_cache_lookups_total", outcome="miss") - misses0
+                    runs.append({"label": label, "features": features, "idle": idle, "rss": rss, "peak": peak,
+                                 "fill": fill, "fill_s": fill_s, "check": check, "hits": hits, "misses": misses,
+                                 "cached": config is cached})
+                finally:
+                    gw.stop()
+        finally:
+            server.stop()
+    # The same number of entries in isolation (loadtest/src/cache_mem.rs), to see where it goes.
+    parts = {}
+    for variant in ("hashmap", "moka", "moka-no-ttl", "compact-hashmap", "compact-moka"):
+        out = subprocess.run([str(bindir / "cache-mem"), "--variant", variant, "--entries", str(keys)],
+                             capture_output=True, text=True, check=True).stdout
+        parts[variant] = json.loads(out)
+
+    base = runs[0]
+    lines = ["# Gateway memory with one million cached entries", ""]
+    lines += [f"`python3 loadtest/bench.py memory{' --smoke' if args.smoke else ''}` on {time.strftime('%Y-%m-%d')}: "
+              f"{'debug' if args.smoke else 'release'} build (mimalloc). {keys:,} users materialized into Redis in "
+              f"{load_s:.1f} s (8-feature hashes). Each gateway is started fresh, then one sequential pass "
+              f"of `GetFeaturesBatch` ({rows_per_call} rows per call, 2 in flight) asks for every key once, "
+              "which fills the view's in-process cache (capacity 16 GiB, TTL 1 h: nothing is evicted); then "
+              "1 s of random keys checks that they are all cache hits. The baseline is the same pass on a "
+              "gateway without a cache, in the same invocation.", ""]
+    lines += ["| gateway | RSS idle (MB) | RSS after the pass (MB) | peak RSS (MB) | over baseline (MB) | "
+              "bytes per entry | pass (s) | rows/s | check: hits / misses |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        over = r["rss"] - base["rss"]
+        per_entry = f"{over * 1024 * 1024 / keys:.0f}" if r["cached"] else "—"
+        check = f"{r['hits']:.0f} / {r['misses']:.0f}" if r["cached"] else "—"
+        lines.append(f"| {r['label']} | {r['idle']:.0f} | {r['rss']:.0f} | {r['peak']:.0f} | "
+                     f"{over if r['cached'] else 0:.0f} | {per_entry} | {r['fill_s']:.1f} | "
+                     f"{r['fill']['rows'] / max(r['fill_s'], 1e-9):,.0f} | {check} |")
+    lines += [""]
+    full, one = runs[1], runs[2]
+    per8 = (full["rss"] - base["rss"]) * 1024 * 1024 / keys
+    per1 = (one["rss"] - base["rss"]) * 1024 * 1024 / keys
+    per_cell = (per8 - per1) / 7
+    fixed = per1 - per_cell
+    key = f"u_{0:0{width}d}"
+    est8 = weigher_estimate("user_stats", key, [0, 0, 0, 0, 0, 0, 2, 0])
+    est1 = weigher_estimate("user_stats", key, [0])
+    projected = base["rss"] + per8 * 1_000_000 / 1024 / 1024
+    lines += [f"- **RSS with {keys:,} cached 8-feature entries: {full['rss']:.0f} MB** (target for one million: "
+              f"under 150 MB); {per8:.0f} bytes per entry over the uncached baseline"
+              + (f", so one million entries need about {projected:.0f} MB." if keys != 1_000_000 else "."),
+              f"- Linear fit over the two cached runs: about **{fixed:.0f} bytes per entry whatever it holds** "
+              f"(key, cache bookkeeping, the entry itself) plus **{per_cell:.0f} bytes per feature value**.",
+              f"- The cache's weigher charges {est8} bytes for an 8-feature entry and {est1} for a 1-feature one: "
+              f"it under-counts the real cost by {per8 / est8:.1f}x and {per1 / est1:.1f}x, so `max_bytes` "
+              "bounds about half (or less) of what the cache really takes.", ""]
+    sizes = parts["hashmap"]["size_of"]
+    lines += ["## Where it goes", "",
+              f"`cache-mem` (loadtest/src/cache_mem.rs) builds {keys:,} 8-feature entries shaped as "
+              "services/gateway/src/cache.rs stores them, in one container per process, under mimalloc, "
+              "and reports resident memory growth per entry:", "",
+              "| container and entry | bytes per entry | for 1M entries (MB) |", "|---|---:|---:|"]
+    names = {"hashmap": "HashMap, the gateway's key and entry (the representation alone)",
+             "moka": "moka with weigher and time-to-live, the gateway's key and entry (as the gateway)",
+             "moka-no-ttl": "moka without time-to-live, the gateway's key and entry",
+             "compact-hashmap": "HashMap, compact entry (`Box<str>` key, encoded row `Box<[u8]>`, u32 time)",
+             "compact-moka": "moka without time-to-live, compact entry"}
+    for variant, r in parts.items():
+        lines.append(f"| {names[variant]} | {r['bytes_per_entry']:.0f} | {r['bytes_per_entry'] * 1e6 / 1048576:.0f} |")
+    lines += ["", f"Sizes: key `(Arc<str>, Vec<KeyPart>)` {sizes['key']} B inline, entry {sizes['entry']} B, "
+              f"one cell `Result<Value, CellError>` {sizes['cell']} B (`Value` {sizes['value']} B), so 8 cells "
+              f"are a {8 * sizes['cell']} B heap block before any string payload.", ""]
+    return "\n".join(lines), ""
+
+
+BENCHMARKS = {"overhead": overhead, "redis": redis, "training-log": training_log,
+              "fraud": fraud, "memory": memory}
 
 
 def main():
@@ -617,12 +1397,18 @@ def main():
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--population", type=int, default=100_000,
                         help="users materialized for the redis benchmark")
+    parser.add_argument("--fraud-users", type=int, default=10_000,
+                        help="users of the fraud benchmark (half with a Plaid Item)")
+    parser.add_argument("--memory-keys", type=int, default=1_000_000,
+                        help="distinct keys cached by the memory benchmark")
     args = parser.parse_args()
     names = sorted(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     OUT.mkdir(parents=True, exist_ok=True)
     failed = False
     for name in names:
+        started = time.time()
         report, plot = BENCHMARKS[name](args)
+        print(f"[{name}: {time.time() - started:.0f} s]", file=sys.stderr)
         suffix = "-smoke" if args.smoke else ""
         if plot:
             (OUT / f"{name}{suffix}.svg").write_text(plot + "\n")

@@ -11,10 +11,25 @@
 //! open loop (`--rps`: calls started on a fixed schedule whatever the answers, each latency
 //! measured from its scheduled start, so a stall shows in the percentiles instead of silently
 //! slowing the load).
+//!
+//! Besides latency percentiles (of successful calls) it reports what a resilience benchmark
+//! needs: the slowest call of all (failed ones too) and how many took longer than `--late-ms`;
+//! the feature statuses served, by kind and by view; how many responses held a `TIMED_OUT` or
+//! `SOURCE_ERROR` feature ("degraded") and when the first and last of them completed; and, with
+//! `--timeline-ms`, the same counts per time bucket, so a script that breaks an upstream
+//! mid-run can line its own clock (`started_unix`) up with what the clients saw.
+//!
+//! `--sequential` walks the keys in order once (`0..COUNT` of every `--entity`) instead of
+//! drawing them at random, building each request when it is sent: for warming or filling a
+//! cache with every key of a population, however large.
 
 use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use clap::{Parser, ValueEnum};
@@ -72,7 +87,7 @@ fn parse_context(text: &str) -> Result<(String, v1::Value), String> {
 }
 
 /// Load a feature-gateway with one kind of call.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 struct Args {
     /// The gateway's gRPC address, e.g. 127.0.0.1:50051.
     #[arg(long)]
@@ -104,6 +119,19 @@ struct Args {
     /// Open loop: start this many calls per second on a fixed schedule.
     #[arg(long)]
     rps: Option<f64>,
+    /// Count calls (failed ones too) that take longer than this many milliseconds.
+    #[arg(long)]
+    late_ms: Option<f64>,
+    /// Report counts per time bucket of this many milliseconds (by completion time).
+    #[arg(long)]
+    timeline_ms: Option<u64>,
+    /// Walk the keys in order, once, instead of at random (ends early when every key was sent).
+    #[arg(long)]
+    sequential: bool,
+    /// Count a row as degraded only for a TIMED_OUT / SOURCE_ERROR feature of this view
+    /// (default: of any view).
+    #[arg(long)]
+    watch_view: Option<String>,
 }
 
 fn string(s: String) -> v1::Value {
@@ -112,57 +140,104 @@ fn string(s: String) -> v1::Value {
     }
 }
 
-/// Requests with random keys, built before the clock starts.
-fn feature_requests(args: &Args, n: usize) -> Vec<v1::GetFeaturesRequest> {
+/// One request row whose keys are numbered `pick(entity)`.
+fn row(args: &Args, mut pick: impl FnMut(&EntitySpec) -> u64) -> v1::EntityRow {
+    v1::EntityRow {
+        entities: args
+            .entities
+            .iter()
+            .map(|e| {
+                let n = pick(e);
+                let key = format!("{}{n:0width$}", e.prefix, width = e.width);
+                (e.name.clone(), string(key))
+            })
+            .collect(),
+        context: args.context.iter().cloned().collect(),
+    }
+}
+
+/// Rows with random keys, built before the clock starts.
+fn random_rows(args: &Args, n: usize) -> Vec<v1::EntityRow> {
     let mut rng = SmallRng::seed_from_u64(7);
     (0..n)
-        .map(|_| v1::GetFeaturesRequest {
-            feature_service: args.feature_service.clone(),
-            entities: args
-                .entities
-                .iter()
-                .map(|e| {
-                    let n = rng.random_range(0..e.count);
-                    let key = format!("{}{n:0width$}", e.prefix, width = e.width);
-                    (e.name.clone(), string(key))
-                })
-                .collect(),
-            context: args.context.iter().cloned().collect(),
-            ..Default::default()
-        })
+        .map(|_| row(args, |e| rng.random_range(0..e.count)))
         .collect()
 }
 
-/// The calls of a run, built before the clock starts.
+fn single(feature_service: &str, row: v1::EntityRow) -> v1::GetFeaturesRequest {
+    v1::GetFeaturesRequest {
+        feature_service: feature_service.to_owned(),
+        entities: row.entities,
+        context: row.context,
+        ..Default::default()
+    }
+}
+
+fn batch(feature_service: &str, rows: Vec<v1::EntityRow>) -> v1::GetFeaturesBatchRequest {
+    v1::GetFeaturesBatchRequest {
+        feature_service: feature_service.to_owned(),
+        rows,
+        ..Default::default()
+    }
+}
+
+/// The calls of a run: built before the clock starts, or (sequential) as they are sent.
 enum Calls {
     Health,
     Features(Vec<v1::GetFeaturesRequest>),
     Batch(Vec<v1::GetFeaturesBatchRequest>),
+    /// Keys in order: call `i` holds keys `i * rows .. (i + 1) * rows`, each modulo its count.
+    Sequential {
+        args: Box<Args>,
+        rows: usize,
+        batch: bool,
+        calls: usize,
+    },
+}
+
+/// What a call answered: the feature names and each row's statuses.
+struct Answer {
+    names: Vec<String>,
+    rows: Vec<Vec<i32>>,
 }
 
 impl Calls {
     fn prepare(args: &Args) -> Calls {
+        let service = args.feature_service.as_str();
         match (args.scenario, args.batch_rows) {
             (Scenario::Health, _) => Calls::Health,
-            (Scenario::Features, None) => Calls::Features(feature_requests(args, 4096)),
+            (Scenario::Features, rows) if args.sequential => {
+                let per_call = rows.unwrap_or(1).max(1);
+                let keys = args.entities.iter().map(|e| e.count).max().unwrap_or(1) as usize;
+                Calls::Sequential {
+                    args: Box::new(args.clone()),
+                    rows: per_call,
+                    batch: rows.is_some(),
+                    calls: keys.div_ceil(per_call),
+                }
+            }
+            (Scenario::Features, None) => Calls::Features(
+                random_rows(args, 4096)
+                    .into_iter()
+                    .map(|r| single(service, r))
+                    .collect(),
+            ),
             (Scenario::Features, Some(n)) => {
-                let rows = feature_requests(args, 64 * n.max(1));
+                let rows = random_rows(args, 64 * n.max(1));
                 Calls::Batch(
                     rows.chunks(n.max(1))
-                        .map(|chunk| v1::GetFeaturesBatchRequest {
-                            feature_service: args.feature_service.clone(),
-                            rows: chunk
-                                .iter()
-                                .map(|r| v1::EntityRow {
-                                    entities: r.entities.clone(),
-                                    context: r.context.clone(),
-                                })
-                                .collect(),
-                            ..Default::default()
-                        })
+                        .map(|chunk| batch(service, chunk.to_vec()))
                         .collect(),
                 )
             }
+        }
+    }
+
+    /// How many calls make one pass, if the run ends after one.
+    fn limit(&self) -> Option<usize> {
+        match self {
+            Calls::Sequential { calls, .. } => Some(*calls),
+            _ => None,
         }
     }
 
@@ -172,7 +247,22 @@ impl Calls {
         channel: &Channel,
         i: usize,
         timeout: Duration,
-    ) -> Result<(), tonic::Status> {
+    ) -> Result<Answer, tonic::Status> {
+        let mut client = FeatureServiceClient::new(channel.clone());
+        let one = |r: tonic::Response<v1::GetFeaturesResponse>| {
+            let r = r.into_inner();
+            Answer {
+                names: r.feature_names,
+                rows: vec![r.statuses],
+            }
+        };
+        let many = |r: tonic::Response<v1::GetFeaturesBatchResponse>| {
+            let r = r.into_inner();
+            Answer {
+                names: r.feature_names,
+                rows: r.rows.into_iter().map(|v| v.statuses).collect(),
+            }
+        };
         match self {
             Calls::Health => {
                 let mut request = tonic::Request::new(HealthCheckRequest::default());
@@ -180,46 +270,188 @@ impl Calls {
                 HealthClient::new(channel.clone())
                     .check(request)
                     .await
-                    .map(drop)
+                    .map(|_| Answer {
+                        names: Vec::new(),
+                        rows: Vec::new(),
+                    })
             }
             Calls::Features(requests) => {
                 let mut request = tonic::Request::new(requests[i % requests.len()].clone());
                 request.set_timeout(timeout);
-                FeatureServiceClient::new(channel.clone())
-                    .get_features(request)
-                    .await
-                    .map(drop)
+                client.get_features(request).await.map(one)
             }
             Calls::Batch(requests) => {
                 let mut request = tonic::Request::new(requests[i % requests.len()].clone());
                 request.set_timeout(timeout);
-                FeatureServiceClient::new(channel.clone())
-                    .get_features_batch(request)
-                    .await
-                    .map(drop)
+                client.get_features_batch(request).await.map(many)
+            }
+            Calls::Sequential {
+                args, rows, batch, ..
+            } => {
+                let first = (i * rows) as u64;
+                let mut next = first;
+                let mut make = || {
+                    let r = row(args, |e| next % e.count);
+                    next += 1;
+                    r
+                };
+                let service = args.feature_service.as_str();
+                if *batch {
+                    let all = (0..*rows).map(|_| make()).collect();
+                    let mut request = tonic::Request::new(self::batch(service, all));
+                    request.set_timeout(timeout);
+                    client.get_features_batch(request).await.map(many)
+                } else {
+                    let mut request = tonic::Request::new(single(service, make()));
+                    request.set_timeout(timeout);
+                    client.get_features(request).await.map(one)
+                }
             }
         }
     }
 }
 
-#[derive(Default)]
+/// Feature statuses by their number in `FeatureStatus` (0 to 7).
+const STATUSES: usize = 8;
+
+/// Whether a feature status means its source did not deliver (no value, nothing stale).
+fn degraded(status: i32) -> bool {
+    matches!(
+        v1::FeatureStatus::try_from(status),
+        Ok(v1::FeatureStatus::TimedOut | v1::FeatureStatus::SourceError)
+            | Ok(v1::FeatureStatus::Unspecified)
+            | Err(_)
+    )
+}
+
+/// Counts of one time bucket.
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    calls: u64,
+    errors: u64,
+    degraded: u64,
+    late: u64,
+    max_us: u64,
+}
+
+/// What a run saw.
 struct Tally {
+    /// When the run started (the clock of every offset below).
+    start: Instant,
+    late_us: Option<u64>,
+    bucket: Option<Duration>,
+    watch_view: Option<String>,
+    /// Whether a degraded status at each feature position counts (see `--watch-view`).
+    watched: Vec<bool>,
+    /// Latencies of successful calls.
     latencies_us: Vec<u32>,
-    errors: std::collections::BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    /// The slowest call, failed ones included.
+    max_us: u64,
+    late: u64,
+    /// Feature names of the answers (the same for every answer of one feature service).
+    names: Vec<String>,
+    /// Status counts by feature position.
+    by_position: Vec<[u64; STATUSES]>,
+    rows: u64,
+    degraded_rows: u64,
+    /// Completion offsets of the first and last call with a degraded row.
+    first_degraded: Option<Duration>,
+    last_degraded: Option<Duration>,
+    timeline: Vec<Bucket>,
 }
 
 impl Tally {
-    fn record(&mut self, since: Instant, result: Result<(), tonic::Status>) {
-        match result {
-            Ok(()) => self
-                .latencies_us
-                .push(since.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+    fn new(start: Instant, args: &Args) -> Tally {
+        Tally {
+            start,
+            late_us: args.late_ms.map(|ms| (ms * 1000.0) as u64),
+            bucket: args
+                .timeline_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            watch_view: args.watch_view.clone(),
+            watched: Vec::new(),
+            latencies_us: Vec::new(),
+            errors: BTreeMap::new(),
+            max_us: 0,
+            late: 0,
+            names: Vec::new(),
+            by_position: Vec::new(),
+            rows: 0,
+            degraded_rows: 0,
+            first_degraded: None,
+            last_degraded: None,
+            timeline: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, since: Instant, result: Result<Answer, tonic::Status>) {
+        let done = Instant::now();
+        let us = done
+            .duration_since(since)
+            .as_micros()
+            .min(u128::from(u32::MAX)) as u64;
+        let late = self.late_us.is_some_and(|limit| us > limit);
+        self.max_us = self.max_us.max(us);
+        self.late += u64::from(late);
+        let mut degraded_rows = 0;
+        let failed = match result {
+            Ok(answer) => {
+                self.latencies_us.push(us as u32);
+                if self.names.is_empty() && !answer.names.is_empty() {
+                    self.names = answer.names;
+                    self.watched = self
+                        .names
+                        .iter()
+                        .map(|name| {
+                            self.watch_view.as_deref().is_none_or(|view| {
+                                name.split_once(':').is_some_and(|(v, _)| v == view)
+                            })
+                        })
+                        .collect();
+                }
+                for statuses in &answer.rows {
+                    if self.by_position.len() < statuses.len() {
+                        self.by_position.resize(statuses.len(), [0; STATUSES]);
+                    }
+                    let mut row_degraded = false;
+                    for (position, &status) in statuses.iter().enumerate() {
+                        let kind = usize::try_from(status).unwrap_or(0).min(STATUSES - 1);
+                        self.by_position[position][kind] += 1;
+                        let watched = self.watched.get(position).copied().unwrap_or(true);
+                        row_degraded |= watched && degraded(status);
+                    }
+                    degraded_rows += u64::from(row_degraded);
+                }
+                self.rows += answer.rows.len() as u64;
+                false
+            }
             Err(status) => {
                 *self
                     .errors
                     .entry(format!("{:?}", status.code()))
-                    .or_default() += 1
+                    .or_default() += 1;
+                true
             }
+        };
+        let offset = done.duration_since(self.start);
+        if degraded_rows > 0 {
+            self.degraded_rows += degraded_rows;
+            self.first_degraded = Some(self.first_degraded.map_or(offset, |t| t.min(offset)));
+            self.last_degraded = Some(self.last_degraded.map_or(offset, |t| t.max(offset)));
+        }
+        if let Some(width) = self.bucket {
+            let index = (offset.as_micros() / width.as_micros().max(1)) as usize;
+            if self.timeline.len() <= index {
+                self.timeline.resize(index + 1, Bucket::default());
+            }
+            let b = &mut self.timeline[index];
+            b.calls += 1;
+            b.errors += u64::from(failed);
+            b.degraded += u64::from(degraded_rows > 0);
+            b.late += u64::from(late);
+            b.max_us = b.max_us.max(us);
         }
     }
 
@@ -228,20 +460,89 @@ impl Tally {
         for (code, n) in other.errors {
             *self.errors.entry(code).or_default() += n;
         }
+        self.max_us = self.max_us.max(other.max_us);
+        self.late += other.late;
+        if self.names.is_empty() {
+            self.names = other.names;
+        }
+        if self.by_position.len() < other.by_position.len() {
+            self.by_position
+                .resize(other.by_position.len(), [0; STATUSES]);
+        }
+        for (mine, theirs) in self.by_position.iter_mut().zip(other.by_position) {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
+        self.rows += other.rows;
+        self.degraded_rows += other.degraded_rows;
+        self.first_degraded = match (self.first_degraded, other.first_degraded) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_degraded = self.last_degraded.max(other.last_degraded);
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline
+                .resize(other.timeline.len(), Bucket::default());
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(other.timeline) {
+            mine.calls += theirs.calls;
+            mine.errors += theirs.errors;
+            mine.degraded += theirs.degraded;
+            mine.late += theirs.late;
+            mine.max_us = mine.max_us.max(theirs.max_us);
+        }
+    }
+
+    /// Status counts by kind (`PRESENT`, ...), over all features, and by view.
+    fn statuses(&self) -> (serde_json::Value, serde_json::Value) {
+        let name = |kind: usize| {
+            v1::FeatureStatus::try_from(kind as i32)
+                .map(|s| s.as_str_name().trim_start_matches("FEATURE_STATUS_"))
+                .unwrap_or("UNKNOWN")
+                .to_owned()
+        };
+        let mut all: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_view: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (position, counts) in self.by_position.iter().enumerate() {
+            let view = self
+                .names
+                .get(position)
+                .and_then(|n| n.split_once(':'))
+                .map_or("?", |(v, _)| v)
+                .to_owned();
+            for (kind, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                *all.entry(name(kind)).or_default() += n;
+                *by_view
+                    .entry(view.clone())
+                    .or_default()
+                    .entry(name(kind))
+                    .or_default() += n;
+            }
+        }
+        (serde_json::json!(all), serde_json::json!(by_view))
     }
 }
 
-/// Closed loop: one of `--concurrency` workers, calling back to back until `until`.
+/// Closed loop: one of `--concurrency` workers, calling back to back until `until` (or, in a
+/// sequential run, until every call of the pass was taken: `next` hands them out).
 async fn worker(
     channel: Channel,
     calls: Arc<Calls>,
     offset: usize,
+    next: Arc<AtomicUsize>,
     until: Instant,
     timeout: Duration,
+    mut tally: Tally,
 ) -> Tally {
-    let mut tally = Tally::default();
     let mut i = offset;
     while Instant::now() < until {
+        if let Some(limit) = calls.limit() {
+            i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= limit {
+                break;
+            }
+        }
         let started = Instant::now();
         let result = calls.call(&channel, i, timeout).await;
         i += 1;
@@ -257,15 +558,16 @@ async fn open_loop(
     rps: f64,
     until: Instant,
     timeout: Duration,
+    tally: Tally,
 ) -> Tally {
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tally = Arc::new(Mutex::new(tally));
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut in_flight = tokio::task::JoinSet::new();
     let mut i = 0;
     loop {
         let scheduled = ticks.tick().await.into_std();
-        if scheduled >= until {
+        if scheduled >= until || calls.limit().is_some_and(|limit| i >= limit) {
             break;
         }
         let (channel, calls, tally) = (channel.clone(), calls.clone(), tally.clone());
@@ -280,10 +582,11 @@ async fn open_loop(
         while in_flight.try_join_next().is_some() {}
     }
     while in_flight.join_next().await.is_some() {}
-    Arc::try_unwrap(tally)
-        .ok()
-        .and_then(|m| m.into_inner().ok())
-        .unwrap_or_default()
+    match Arc::try_unwrap(tally) {
+        Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
+        // Every task was joined, so this is the only reference left.
+        Err(_) => unreachable!("open-loop tasks outlived their join"),
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -297,29 +600,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .connect()
             .await?;
         let calls = Arc::new(Calls::prepare(&args));
+        let started_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         let started = Instant::now();
         let until = started + Duration::from_secs_f64(args.seconds);
         let timeout = Duration::from_millis(args.timeout_ms);
-        let mut all = Tally::default();
-        match args.rps {
-            Some(rps) => all.merge(open_loop(channel, calls, rps, until, timeout).await),
+        let mut all = match args.rps {
+            Some(rps) => {
+                let tally = Tally::new(started, &args);
+                open_loop(channel, calls, rps, until, timeout, tally).await
+            }
             None => {
+                let next = Arc::new(AtomicUsize::new(0));
                 let tasks: Vec<_> = (0..args.concurrency)
                     .map(|w| {
                         tokio::spawn(worker(
                             channel.clone(),
                             calls.clone(),
                             w * 257,
+                            next.clone(),
                             until,
                             timeout,
+                            Tally::new(started, &args),
                         ))
                     })
                     .collect();
+                let mut all = Tally::new(started, &args);
                 for task in tasks {
                     all.merge(task.await?);
                 }
+                all
             }
-        }
+        };
         let elapsed = started.elapsed().as_secs_f64();
         all.latencies_us.sort_unstable();
         let pct = |p: f64| -> f64 {
@@ -336,17 +649,48 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|&p| (p, pct(p)))
             .collect();
+        let (statuses, statuses_by_view) = all.statuses();
+        let seconds = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let width_s = all.bucket.map_or(0.0, |b| b.as_secs_f64());
+        let timeline: Vec<_> = all
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                serde_json::json!([
+                    i as f64 * width_s,
+                    b.calls,
+                    b.errors,
+                    b.degraded,
+                    b.late,
+                    b.max_us as f64 / 1000.0
+                ])
+            })
+            .collect();
         let report = serde_json::json!({
             "tool": "fg-load",
             "count": ok + errors,
             "errors": errors,
             "codes": all.errors,
             "rps": (ok + errors) as f64 / elapsed,
+            "seconds": elapsed,
             "p50": pct(50.0),
             "p90": pct(90.0),
             "p99": pct(99.0),
             "p999": pct(99.9),
             "percentiles": percentiles,
+            "max_ms": all.max_us as f64 / 1000.0,
+            "late": all.late,
+            "late_ms": args.late_ms,
+            "rows": all.rows,
+            "statuses": statuses,
+            "statuses_by_view": statuses_by_view,
+            "degraded_rows": all.degraded_rows,
+            "first_degraded_s": seconds(all.first_degraded),
+            "last_degraded_s": seconds(all.last_degraded),
+            "started_unix": started_unix,
+            "timeline_columns": ["t_s", "calls", "errors", "degraded", "late", "max_ms"],
+            "timeline": timeline,
         });
         println!("{report}");
         Ok(())
