@@ -327,13 +327,13 @@ pub struct RawTrainingLog {
     #[serde(default)]
     pub dir: Option<String>,
     /// Commit a file once its records reach about this many bytes (uncompressed estimate).
-    /// Default 64 MiB.
+    /// Default 16 MiB.
     #[serde(default)]
     pub rotate_bytes: Option<u64>,
     /// Commit a file at the latest this long after its first record, e.g. `"1m"`. Default 1m.
     #[serde(default)]
     pub rotate_interval: Option<String>,
-    /// Records held in memory for the writer; beyond it they spill to the spool. Default 65536.
+    /// Records held in memory for the writer; beyond it they spill to the spool. Default 16384.
     #[serde(default)]
     pub queue_capacity: Option<usize>,
     /// Directory of the on-disk spool (overflow and sink outages). Default `DIR.spool`.

@@ -389,8 +389,16 @@ fn assemble(
                     let shared = readers.get(fetch).map(Vec::as_slice);
                     let value = outcomes[fetch].take_cell(r, cell, shared);
                     let (state, latency, cache, cache_age) = outcomes[fetch].for_row(r);
+                    let key_unavailable = matches!(state, RowState::KeyUnavailable);
                     let max_age = plan.fetches[fetch].max_age;
                     let mut s = from_state(state, value, output.ty, max_age, now);
+                    if key_unavailable {
+                        // Say why: a dependent key missing because its source timed out or
+                        // failed is not the same, for a model or a training set, as no row.
+                        let (status, detail) = why_key_unavailable(plan, &outcomes, fetch, r, row);
+                        s.status = status;
+                        s.detail = Some(Arc::from(detail));
+                    }
                     // A value served from past its TTL says so; everything else keeps its status.
                     if cache == CacheUse::Stale && s.status == Status::Present {
                         s.status = Status::Stale;
@@ -413,6 +421,57 @@ fn assemble(
         vectors.push(vector);
     }
     vectors
+}
+
+/// Why row `r` has no key for `fetch`: the status of the first key part it lacks, followed
+/// through the fetches that key parts come from. Timeouts and failures upstream pass on as
+/// `TIMED_OUT` and `SOURCE_ERROR`; a key part that is simply absent (no row, a null value, no
+/// context value) is `NOT_FOUND`.
+fn why_key_unavailable(
+    plan: &Plan,
+    outcomes: &[Outcome],
+    fetch: usize,
+    r: usize,
+    row: &RowInput,
+) -> (Status, &'static str) {
+    for input in &plan.fetches[fetch].keys {
+        match *input {
+            KeyInput::Entity(_) => {}
+            KeyInput::Context(i) => {
+                if row.context[i]
+                    .as_ref()
+                    .and_then(Value::to_key_part)
+                    .is_none()
+                {
+                    return (Status::NotFound, "key unavailable: context value missing");
+                }
+            }
+            KeyInput::Feature { fetch: from, cell } => match outcomes[from].for_row(r).0 {
+                RowState::Failed(e) if e.class() == ErrorClass::Timeout => {
+                    return (Status::TimedOut, "key unavailable: its source timed out");
+                }
+                RowState::Failed(_) => {
+                    return (Status::SourceError, "key unavailable: its source failed");
+                }
+                RowState::KeyUnavailable => {
+                    return why_key_unavailable(plan, outcomes, from, r, row);
+                }
+                RowState::NotFound => return (Status::NotFound, "key unavailable: no row"),
+                RowState::Found(record) => {
+                    if record
+                        .cells
+                        .get(cell)
+                        .and_then(|c| c.as_ref().ok())
+                        .and_then(Value::to_key_part)
+                        .is_none()
+                    {
+                        return (Status::NotFound, "key unavailable: null key feature");
+                    }
+                }
+            },
+        }
+    }
+    (Status::NotFound, "key unavailable")
 }
 
 fn served(value: Value, status: Status, detail: Option<&str>) -> Served {

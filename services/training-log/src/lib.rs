@@ -86,12 +86,14 @@ pub struct TrainingLogConfig {
     pub pii_salt_env: String,
 }
 
-/// Default of [`TrainingLogConfig::rotate_bytes`]: 64 MiB.
-pub const DEFAULT_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default of [`TrainingLogConfig::rotate_bytes`]: 16 MiB. A file's records are held in
+/// memory until it is committed, so this bounds the writer's memory too.
+pub const DEFAULT_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 /// Default of [`TrainingLogConfig::rotate_interval`].
 pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
-/// Default of [`TrainingLogConfig::queue_capacity`].
-pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
+/// Default of [`TrainingLogConfig::queue_capacity`]: about a second at 16,000 vectors/s; a
+/// longer burst spills to the spool.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
 /// Default of [`TrainingLogConfig::spool_max_bytes`]: 1 GiB.
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// Default of [`TrainingLogConfig::pii_salt_env`].

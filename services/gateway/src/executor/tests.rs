@@ -130,6 +130,12 @@ type = "string"
 [entities.mcc]
 type = "int64"
 from = "merchants:mcc"
+[entities.slow_v]
+type = "int64"
+from = "slow:v"
+[entities.broken_v]
+type = "int64"
+from = "broken:v"
 
 [sources.mem]
 kind = "memory"
@@ -175,6 +181,18 @@ entities = ["user_id"]
 fail = "unavailable"
 features = { v = { type = "int64" } }
 
+[views.after_slow]
+source = "mem"
+entities = ["slow_v"]
+rows = { 1 = { x = 7 } }
+features = { x = { type = "int64" } }
+
+[views.after_broken]
+source = "mem"
+entities = ["broken_v"]
+rows = { 1 = { x = 7 } }
+features = { x = { type = "int64" } }
+
 [views.txn]
 source = "request"
 features = { amount = { type = "double" } }
@@ -184,6 +202,10 @@ deadline = "50ms"
 features = ["txn:amount", "users:age", "users:score", "mcc_risk:rate", "merchants:mcc", "slow:v", "broken:v"]
 [feature_services.all.defaults]
 "broken:v" = -1
+
+[feature_services.deps]
+deadline = "50ms"
+features = ["after_slow:x", "after_broken:x", "mcc_risk:rate"]
 "#;
 
 struct Setup {
@@ -332,7 +354,7 @@ async fn statuses_say_why_a_value_is_missing() {
     // No merchant, so no mcc: the dependent view reads as NOT_FOUND (its key is unavailable).
     assert_eq!(r[2][4].status, Status::NotFound);
     assert_eq!(r[2][3].status, Status::NotFound);
-    assert_eq!(r[2][3].detail.as_deref(), Some("key unavailable"));
+    assert_eq!(r[2][3].detail.as_deref(), Some("key unavailable: no row"));
     assert_eq!(r[3][1].status, Status::NotFound);
 }
 
@@ -388,4 +410,34 @@ fn distinct_keys_map_rows_to_unique_keys() {
     assert!(unique.is_empty());
     assert_eq!(row_of, [None]);
     let _ = FeatureType::Int64;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependent_key_lost_to_a_timeout_or_failure_says_so() {
+    let factory = MemoryFactory::default();
+    let mut registry = Registry::new();
+    registry.register(factory);
+    let config = config::load_str(CONFIG, "t.toml", Path::new("."), &registry).unwrap();
+    let fs = &config.feature_services["deps"];
+    let plan = plan::compile(&config, "deps", "", fs.deadline, &fs.features, &fs.defaults).unwrap();
+    let gateway = crate::Gateway::build(config, &registry).await.unwrap();
+    let services = gateway_services(&gateway);
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let execution = execute(&plan, &services, &[row("u1", "nope", None)], deadline).await;
+    let served = &execution.rows[0];
+    // The key came from a view that timed out / failed: not "no row" for a training set.
+    assert_eq!(
+        statuses(served),
+        [Status::TimedOut, Status::SourceError, Status::NotFound]
+    );
+    assert_eq!(
+        served[0].detail.as_deref(),
+        Some("key unavailable: its source timed out")
+    );
+    assert_eq!(
+        served[1].detail.as_deref(),
+        Some("key unavailable: its source failed")
+    );
+    // No merchant row, so no mcc to look the risk up by.
+    assert_eq!(served[2].detail.as_deref(), Some("key unavailable: no row"));
 }
