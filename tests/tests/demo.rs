@@ -116,7 +116,7 @@ async fn missing_rows_read_not_found_with_defaults_where_configured() {
     let tier = by_name("mcc_risk:risk_tier");
     assert_eq!(st[tier], St::NotFound);
     assert_eq!(response.values[tier], s("unknown"));
-    assert_eq!(response.metadata[tier].detail, "key unavailable");
+    assert_eq!(response.metadata[tier].detail, "key unavailable: no row");
     let meta = response.request_metadata.unwrap();
     assert_eq!(meta.deadline_ms, 30);
     assert_eq!(meta.stage_us.len(), 2);
