@@ -777,8 +777,15 @@ fn weigh(key: &Key, entry: &Entry) -> u32 {
             })
             .sum(),
     };
-    (64 + key_bytes + row_bytes).min(u32::MAX as usize) as u32
+    (ENTRY_OVERHEAD + key_bytes + row_bytes).min(u32::MAX as usize) as u32
 }
+
+/// What one entry costs beyond its key's and cells' payloads: the key's and the cells' heap
+/// blocks and their allocator rounding, the entry itself, and moka's per-entry bookkeeping
+/// (its hash table slot, access-order and expiry queue nodes). Measured by
+/// `python3 loadtest/bench.py memory` (about 450 bytes per entry plus 31 per cell, resident),
+/// so that `max_bytes` bounds what the cache really takes.
+const ENTRY_OVERHEAD: usize = 400;
 
 fn value_bytes(v: &Value) -> usize {
     32 + match v {
