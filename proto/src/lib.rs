@@ -94,16 +94,18 @@ pub fn wire_type_name(value: &v1::Value) -> &'static str {
 /// A `SystemTime` as a protobuf `Timestamp`.
 pub fn timestamp_to_wire(t: SystemTime) -> prost_types::Timestamp {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
+        // Saturating: a time from the wire can lie 2^63 seconds before the epoch, whose
+        // negation does not fit an i64.
         Ok(d) => prost_types::Timestamp {
-            seconds: d.as_secs() as i64,
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nanos: d.subsec_nanos() as i32,
         },
         Err(e) => {
             let d = e.duration();
-            let mut seconds = -(d.as_secs() as i64);
+            let mut seconds = 0i64.saturating_sub_unsigned(d.as_secs());
             let mut nanos = -(d.subsec_nanos() as i32);
             if nanos < 0 {
-                seconds -= 1;
+                seconds = seconds.saturating_sub(1);
                 nanos += 1_000_000_000;
             }
             prost_types::Timestamp { seconds, nanos }
@@ -146,6 +148,16 @@ mod tests {
             assert_eq!(Value::from(wire), value);
         }
         assert_eq!(Value::from(v1::Value { kind: None }), Value::Null);
+    }
+
+    /// Found with `fuzz/` (target `request`): a context timestamp of i64::MIN seconds was
+    /// accepted from the wire, then overflowed when converted back to send it out.
+    #[test]
+    fn the_widest_wire_timestamps_round_trip() {
+        for (seconds, nanos) in [(i64::MIN, 0), (i64::MIN, 5), (i64::MAX, 999_999_999)] {
+            let wire = prost_types::Timestamp { seconds, nanos };
+            assert_eq!(timestamp_to_wire(timestamp_from_wire(&wire)), wire);
+        }
     }
 
     #[test]

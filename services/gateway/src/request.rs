@@ -180,7 +180,8 @@ fn check_len(s: &str, limits: &LimitsConfig) -> Result<(), String> {
 /// unit: H, M, S, m, u, n).
 pub fn parse_grpc_timeout(text: &str) -> Option<std::time::Duration> {
     use std::time::Duration;
-    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    // The unit is one ASCII byte; a multi-byte last character is no unit (and no boundary).
+    let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -216,6 +217,15 @@ mod tests {
         assert_eq!(parse_grpc_timeout("10x"), None);
         assert_eq!(parse_grpc_timeout(""), None);
         assert_eq!(parse_grpc_timeout("-1m"), None);
+    }
+
+    /// Found by `fuzz/` (target `request`): a value ending in a multi-byte character split
+    /// inside it and panicked.
+    #[test]
+    fn grpc_timeout_ending_in_a_multibyte_character_is_refused() {
+        assert_eq!(parse_grpc_timeout("10.01\u{2}10.0\u{3d2}"), None);
+        assert_eq!(parse_grpc_timeout("1\u{e9}"), None);
+        assert_eq!(parse_grpc_timeout("\u{e9}"), None);
     }
 
     #[test]
