@@ -429,12 +429,12 @@ pub struct LimitsConfig {
     pub max_in_flight: Option<usize>,
     /// Longest deadline a feature service may have (a request never runs longer than its
     /// feature service's deadline, whatever its caller's timeout). Default 10s.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "duration_text")]
     pub max_deadline: Duration,
 }
 
 /// `max_deadline` as a duration string such as `"10s"`.
-mod humantime_serde_compat {
+mod duration_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
@@ -684,6 +684,29 @@ impl Problems {
             path.iter().map(|s| (*s).to_owned()).collect(),
             message.into(),
         ));
+    }
+
+    /// An optional duration field: `default` when absent; reported at `path` and replaced by
+    /// `default` when it does not parse, or is zero and `allow_zero` is false.
+    fn duration(
+        &mut self,
+        path: &[&str],
+        value: Option<&str>,
+        default: Duration,
+        allow_zero: bool,
+    ) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if allow_zero || !d.is_zero() => d,
+            Some(Ok(_)) => {
+                self.add(path, "must be positive");
+                default
+            }
+            Some(Err(msg)) => {
+                self.add(path, msg);
+                default
+            }
+        }
     }
 }
 
@@ -1344,18 +1367,12 @@ fn validate_training_log(
         training_log::DEFAULT_QUEUE_CAPACITY as u64,
         problems,
     ) as usize;
-    let rotate_interval = match raw.rotate_interval.as_deref().map(parse_duration) {
-        None => training_log::DEFAULT_ROTATE_INTERVAL,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            problems.add(&[AT, "rotate_interval"], "must be positive");
-            training_log::DEFAULT_ROTATE_INTERVAL
-        }
-        Some(Err(msg)) => {
-            problems.add(&[AT, "rotate_interval"], msg);
-            training_log::DEFAULT_ROTATE_INTERVAL
-        }
-    };
+    let rotate_interval = problems.duration(
+        &[AT, "rotate_interval"],
+        raw.rotate_interval.as_deref(),
+        training_log::DEFAULT_ROTATE_INTERVAL,
+        false,
+    );
     for (name, rate) in &raw.sample {
         if !feature_services.contains_key(name) {
             problems.add(
@@ -1417,18 +1434,12 @@ fn validate_tls(
     problems: &mut Problems,
 ) -> crate::tls::TlsConfig {
     const AT: [&str; 2] = ["server", "tls"];
-    let reload_interval = match raw.reload_interval.as_deref().map(parse_duration) {
-        None => crate::tls::DEFAULT_RELOAD_INTERVAL,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            problems.add(&[AT[0], AT[1], "reload_interval"], "must be positive");
-            crate::tls::DEFAULT_RELOAD_INTERVAL
-        }
-        Some(Err(msg)) => {
-            problems.add(&[AT[0], AT[1], "reload_interval"], msg);
-            crate::tls::DEFAULT_RELOAD_INTERVAL
-        }
-    };
+    let reload_interval = problems.duration(
+        &[AT[0], AT[1], "reload_interval"],
+        raw.reload_interval.as_deref(),
+        crate::tls::DEFAULT_RELOAD_INTERVAL,
+        false,
+    );
     if raw.require_client_cert.is_some() && raw.client_ca.is_none() {
         problems.add(
             &[AT[0], AT[1], "require_client_cert"],
@@ -1470,18 +1481,12 @@ fn validate_traces(raw: &RawTraces, problems: &mut Problems) -> crate::traces::T
             DEFAULT_SAMPLE_RATIO
         }
     };
-    let export_timeout = match raw.export_timeout.as_deref().map(parse_duration) {
-        None => DEFAULT_EXPORT_TIMEOUT,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            problems.add(&[AT[0], AT[1], "export_timeout"], "must be positive");
-            DEFAULT_EXPORT_TIMEOUT
-        }
-        Some(Err(msg)) => {
-            problems.add(&[AT[0], AT[1], "export_timeout"], msg);
-            DEFAULT_EXPORT_TIMEOUT
-        }
-    };
+    let export_timeout = problems.duration(
+        &[AT[0], AT[1], "export_timeout"],
+        raw.export_timeout.as_deref(),
+        DEFAULT_EXPORT_TIMEOUT,
+        false,
+    );
     crate::traces::TracesConfig {
         endpoint: raw.endpoint.clone(),
         sample_ratio,
@@ -1539,26 +1544,15 @@ fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> training_log::kafk
         Some(n) => n,
         None => kafka::DEFAULT_BATCH_RECORDS,
     };
-    let mut duration =
-        |field: &str, value: &Option<String>, default: Duration, zero_ok: bool| match value
-            .as_deref()
-            .map(parse_duration)
-        {
-            None => default,
-            Some(Ok(d)) if zero_ok || !d.is_zero() => d,
-            Some(Ok(_)) => {
-                problems.add(&[AT, K, field], "must be positive");
-                default
-            }
-            Some(Err(msg)) => {
-                problems.add(&[AT, K, field], msg);
-                default
-            }
-        };
-    let linger = duration("linger", &raw.linger, kafka::DEFAULT_LINGER, true);
-    let delivery_timeout = duration(
-        "delivery_timeout",
-        &raw.delivery_timeout,
+    let linger = problems.duration(
+        &[AT, K, "linger"],
+        raw.linger.as_deref(),
+        kafka::DEFAULT_LINGER,
+        true,
+    );
+    let delivery_timeout = problems.duration(
+        &[AT, K, "delivery_timeout"],
+        raw.delivery_timeout.as_deref(),
         kafka::DEFAULT_DELIVERY_TIMEOUT,
         false,
     );
