@@ -1,11 +1,13 @@
 //! [`RedisFetcher`]: one pipelined round trip per batch, decoded into typed rows.
 //!
 //! # Contract
-//! A batch is one pipeline: per key, `HMGET key <requested fields> [event time field]` plus
-//! `EXISTS key` (hash encoding: a hash that lacks every requested field is a row of nulls, a key
-//! that does not exist is no row, and only EXISTS tells them apart), or `GET key` (json). In
-//! cluster mode the client splits the pipeline by slot owner and reassembles the answers in
-//! order, so a batch may span every node. (MGET is not used for json: it cannot cross slots, and
+//! A batch is one command per key, all sent at once on one connection (the client writes every
+//! queued command in one socket write, so the batch, and other requests' commands queued at the
+//! same moment, share a round trip): `HMGET key <requested fields> [event time field]` (hash
+//! encoding) or `GET key` (json). A hash that lacks every requested field is a row of nulls and
+//! a key that does not exist is no row; HMGET answers the same for both, so for the keys whose
+//! answer holds no field at all a second round trip asks `EXISTS`. In cluster mode each command
+//! goes to its key's slot owner, so a batch may span every node. (MGET is not used for json: it cannot cross slots, and
 //! it answers nil for a key of the wrong type, which would hide the mistake as NOT_FOUND.)
 //!
 //! | what Redis holds | what the row is |
@@ -32,6 +34,7 @@ use fetcher_api::{
     Cell, CellError, FeatureType, FetchError, FetchRequest, Fetcher, Record, Row, Value,
 };
 use fred::prelude::{ClientLike, HashesInterface, KeysInterface, Pool, Value as RedisValue};
+use futures::future::join_all;
 use tokio::time::Instant;
 
 use crate::{
@@ -132,62 +135,69 @@ impl Fetcher for RedisFetcher {
             .map(|k| view.key.render(k))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| FetchError::internal(format!("view `{}`: {e}", view.name)))?;
-        let budget = self.budget(request.deadline)?;
-        let pipeline = self
+        let client = self
             .pool
             .next_connected()
-            .pipeline()
-            .with_options(&call_options(budget));
-        // Queueing in a pipeline only buffers the command; errors come with `try_all`.
-        let queued = |r: Result<(), fred::error::Error>| r.map_err(|e| classify(&e));
-        match view.encoding {
+            .with_options(&call_options(self.budget(request.deadline)?));
+        // One command per key, all sent at once: the client writes whatever is queued in one
+        // socket write, so a batch (and concurrent requests on the same connection) share a
+        // round trip.
+        let rows = match view.encoding {
             Encoding::Hash => {
                 let mut fields: Vec<&str> = wanted.iter().map(|w| w.field).collect();
                 if let Some(time) = &view.event_time_field {
                     fields.push(time);
                 }
-                for key in &keys {
-                    queued(pipeline.hmget(key.as_str(), fields.clone()).await)?;
-                    queued(pipeline.exists(key.as_str()).await)?;
+                let answers = join_all(
+                    keys.iter()
+                        .map(|key| client.hmget::<RedisValue, _, _>(key.as_str(), fields.clone())),
+                )
+                .await;
+                failed_call(&answers)?;
+                // A key whose requested fields are all missing may be a hash of nulls or no key
+                // at all; only EXISTS tells them apart, asked in a second round trip for those
+                // keys alone.
+                let unclear: Vec<usize> = answers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| all_nil(a))
+                    .map(|(i, _)| i)
+                    .collect();
+                let mut exists = vec![true; keys.len()];
+                if !unclear.is_empty() {
+                    let client = client.with_options(&call_options(self.budget(request.deadline)?));
+                    let answers = join_all(
+                        unclear
+                            .iter()
+                            .map(|&i| client.exists::<RedisValue, _>(keys[i].as_str())),
+                    )
+                    .await;
+                    failed_call(&answers)?;
+                    for (&i, answer) in unclear.iter().zip(answers) {
+                        exists[i] = matches!(answer, Ok(RedisValue::Integer(n)) if n > 0);
+                    }
                 }
+                keys.iter()
+                    .zip(answers)
+                    .zip(exists)
+                    .map(|((key, answer), exists)| {
+                        decode_hash(view, &wanted, key, Some(answer), exists)
+                    })
+                    .collect()
             }
             Encoding::Json => {
-                for key in &keys {
-                    queued(pipeline.get(key.as_str()).await)?;
-                }
+                let answers = join_all(
+                    keys.iter()
+                        .map(|key| client.get::<RedisValue, _>(key.as_str())),
+                )
+                .await;
+                failed_call(&answers)?;
+                keys.iter()
+                    .zip(answers)
+                    .map(|(key, answer)| decode_json(view, &wanted, key, Some(answer)))
+                    .collect()
             }
-        }
-        let per_key = match view.encoding {
-            Encoding::Hash => 2,
-            Encoding::Json => 1,
         };
-        let results = pipeline.try_all::<RedisValue>().await;
-        if results.len() != keys.len() * per_key {
-            // The pipeline as a whole failed (not connected, timed out).
-            return Err(match results.into_iter().find_map(Result::err) {
-                Some(e) => classify(&e),
-                None => FetchError::invalid_response("redis: the pipeline lost answers"),
-            });
-        }
-        if let Some(e) = results
-            .iter()
-            .find_map(|r| r.as_ref().err().filter(|e| is_connection_error(e)))
-        {
-            return Err(classify(e));
-        }
-        let mut results = results.into_iter();
-        let mut rows = Vec::with_capacity(keys.len());
-        for key in &keys {
-            let decoded = match view.encoding {
-                Encoding::Hash => {
-                    let fields = results.next();
-                    let exists = results.next();
-                    decode_hash(view, &wanted, key, fields, exists)
-                }
-                Encoding::Json => decode_json(view, &wanted, key, results.next()),
-            };
-            rows.push(decoded);
-        }
         Ok(rows)
     }
 
@@ -197,6 +207,23 @@ impl Fetcher for RedisFetcher {
 }
 
 type Answer = Option<Result<RedisValue, fred::error::Error>>;
+
+/// The call's error when any answer is about the connection (not connected, timed out): the
+/// whole call failed, whatever other keys answered.
+fn failed_call(answers: &[Result<RedisValue, fred::error::Error>]) -> Result<(), FetchError> {
+    match answers
+        .iter()
+        .find_map(|r| r.as_ref().err().filter(|e| is_connection_error(e)))
+    {
+        Some(e) => Err(classify(e)),
+        None => Ok(()),
+    }
+}
+
+/// Whether an HMGET answer holds no field at all.
+fn all_nil(answer: &Result<RedisValue, fred::error::Error>) -> bool {
+    matches!(answer, Ok(RedisValue::Array(values)) if values.iter().all(|v| matches!(v, RedisValue::Null)))
+}
 
 /// A row whose key holds something this view cannot read: every cell fails.
 fn unreadable(view: &CompiledView, wanted: &[Wanted<'_>], key: &str, why: &str) -> Row {
@@ -221,7 +248,7 @@ fn decode_hash(
     wanted: &[Wanted<'_>],
     key: &str,
     fields: Answer,
-    exists: Answer,
+    exists: bool,
 ) -> Row {
     let values = match fields {
         Some(Ok(RedisValue::Array(values))) => values,
@@ -236,7 +263,6 @@ fn decode_hash(
         Some(Err(e)) => return unreadable(view, wanted, key, e.details()),
         None => return unreadable(view, wanted, key, "no answer"),
     };
-    let exists = matches!(exists, Some(Ok(RedisValue::Integer(n))) if n > 0);
     if !exists && values.iter().all(|v| matches!(v, RedisValue::Null)) {
         return Row::NotFound;
     }
