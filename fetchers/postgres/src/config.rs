@@ -65,9 +65,16 @@ pub struct PostgresSourceConfig {
     pub connect_timeout: Option<ConfigDuration>,
     /// A server-side `statement_timeout` set on every connection of the pool, a backstop for
     /// fetches without a deadline (default: the server's). Fetches with a deadline are cancelled
-    /// on the server at their deadline anyway.
+    /// on the server past their deadline anyway (see `cancel_after`).
     #[serde(default)]
     pub statement_timeout: Option<ConfigDuration>,
+    /// How long a statement still running at its fetch's deadline may go on before it is
+    /// cancelled on the server (default `100ms`; `"0s"` cancels at the deadline). The fetch
+    /// answers at its deadline either way. A statement that ends within this grace gives its
+    /// connection back as it is: a cancel request costs the server a new connection, and under
+    /// load most late statements are only queued behind others and end a moment later.
+    #[serde(default)]
+    pub cancel_after: Option<ConfigDuration>,
     /// A PEM file of the root certificates to trust for the server's certificate, e.g.
     /// `"certs/db-ca.pem"` (relative to the config file). Required with `sslmode=verify-ca` and
     /// `verify-full`: no system root store is used, since a database's certificate normally comes
@@ -93,6 +100,7 @@ impl fmt::Debug for PostgresSourceConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("cancel_after", &self.cancel_after)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_client_cert_file", &self.tls_client_cert_file)
             .field("tls_client_key_file", &self.tls_client_key_file)
@@ -103,6 +111,9 @@ impl fmt::Debug for PostgresSourceConfig {
 fn default_pool_size() -> usize {
     16
 }
+
+/// The default of [`PostgresSourceConfig::cancel_after`].
+pub const DEFAULT_CANCEL_AFTER: Duration = Duration::from_millis(100);
 
 /// The default of [`PostgresSourceConfig::connect_timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -171,6 +182,7 @@ pub struct CompiledSource {
     pub pool_size: usize,
     pub connect_timeout: Duration,
     pub statement_timeout: Option<Duration>,
+    pub cancel_after: Duration,
     /// The URL's `sslmode` and the `tls_*` options.
     pub tls: TlsSettings,
 }
@@ -249,6 +261,7 @@ pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, V
             pool_size: config.pool_size,
             connect_timeout,
             statement_timeout,
+            cancel_after: config.cancel_after.map_or(DEFAULT_CANCEL_AFTER, |d| d.0),
             tls,
         })
     } else {

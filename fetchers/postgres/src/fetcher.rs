@@ -6,13 +6,17 @@
 //!   docs): one statement, one round trip, whatever the batch size.
 //! - Rows come back per key in key order: no row -> [`Row::NotFound`]; more than one ->
 //!   the first, or every cell failed, as the view's `multiple_rows` says.
-//! - The statement runs in a task of its own that owns the pooled connection. At the request's
-//!   deadline that task sends PostgreSQL a cancel request for the statement (so the server stops
-//!   working on it), waits briefly for the server to confirm the cancellation, and only then
-//!   gives the connection back to the pool. A connection whose cancellation was not confirmed is
-//!   closed instead: a cancel request still in flight could otherwise hit the next statement on
-//!   it. The task does this even when the caller stopped waiting first (the gateway's own timeout
-//!   drops the fetch at the same deadline).
+//! - The statement runs in a task of its own that owns the pooled connection; the fetch answers
+//!   at the request's deadline whatever the statement does. A statement still running then is
+//!   given `cancel_after` to end by itself (its connection then goes back to the pool as it is:
+//!   under load most late statements are only queued and end a moment later, and a cancel
+//!   request costs the server a new connection of its own). Past that, the task sends
+//!   PostgreSQL a cancel request for the statement (so the server stops working on it), waits
+//!   briefly for the server to confirm the cancellation, and only then gives the connection back
+//!   to the pool. A connection whose cancellation was not confirmed is closed instead: a cancel
+//!   request still in flight could otherwise hit the next statement on it. The task does this
+//!   even when the caller stopped waiting first (the gateway's own timeout drops the fetch at the
+//!   same deadline).
 //!
 //! # Failure classes
 //! | what happened | class | retryable |
@@ -88,6 +92,8 @@ pub struct PostgresFetcher {
     source: String,
     pool: Pool,
     connect_timeout: Duration,
+    /// How long past the deadline a statement may run before it is cancelled.
+    cancel_after: Duration,
     /// The pool's own TLS connector: a cancel request opens a new connection, which must be made
     /// as the pool's are (a server that requires TLS refuses a plain cancel request).
     tls: Connector,
@@ -111,6 +117,7 @@ impl PostgresFetcher {
         source: String,
         pool: Pool,
         connect_timeout: Duration,
+        cancel_after: Duration,
         tls: Connector,
         views: Vec<PreparedView>,
     ) -> Self {
@@ -118,6 +125,7 @@ impl PostgresFetcher {
             source,
             pool,
             connect_timeout,
+            cancel_after,
             tls,
             views: views
                 .into_iter()
@@ -153,17 +161,26 @@ impl Fetcher for PostgresFetcher {
             // No key could be bound (each is out of its placeholder's range): none can match.
             return Ok(rows);
         }
-        let result = tokio::spawn(execute(
+        let task = tokio::spawn(execute(
             self.pool.clone(),
             Arc::clone(&view.name),
             sql,
             params,
-            request.deadline,
-            self.connect_timeout,
+            Limits {
+                deadline: request.deadline,
+                connect_timeout: self.connect_timeout,
+                cancel_after: self.cancel_after,
+            },
             self.tls.clone(),
-        ))
-        .await
-        .map_err(|e| {
+        ));
+        // The answer is due at the deadline; the task goes on to end or cancel the statement.
+        let joined = match request.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, task)
+                .await
+                .map_err(|_| timed_out(&view.name))?,
+            None => task.await,
+        };
+        let result = joined.map_err(|e| {
             FetchError::internal(format!("view `{}`: the query task failed: {e}", view.name))
         })??;
 
@@ -379,18 +396,30 @@ fn record(
     Record { cells, event_time }
 }
 
-/// Runs one statement under the deadline, cancelling it on the server when the deadline passes.
-/// Owns everything it uses so it can finish the cancellation after the caller has gone.
+/// The time limits of one statement.
+struct Limits {
+    deadline: Option<Instant>,
+    connect_timeout: Duration,
+    cancel_after: Duration,
+}
+
+fn timed_out(view: &str) -> FetchError {
+    FetchError::timeout(format!(
+        "view `{view}`: the query did not finish by the deadline"
+    ))
+}
+
+/// Runs one statement under the deadline; one still running `cancel_after` past it is cancelled
+/// on the server. Owns everything it uses so it can finish after the caller has gone.
 async fn execute(
     pool: Pool,
     view: Arc<str>,
     sql: Arc<str>,
     params: Vec<Param>,
-    deadline: Option<Instant>,
-    connect_timeout: Duration,
+    limits: Limits,
     tls: Connector,
 ) -> Result<Vec<tokio_postgres::Row>, FetchError> {
-    let client = get_client(&pool, deadline, connect_timeout).await?;
+    let client = get_client(&pool, limits.deadline, limits.connect_timeout).await?;
     let cancel = client.cancel_token();
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
@@ -400,7 +429,7 @@ async fn execute(
         let statement = client.prepare_cached(&sql).await?;
         client.query(&statement, &refs).await
     });
-    let Some(deadline) = deadline else {
+    let Some(deadline) = limits.deadline else {
         return work
             .await
             .map_err(|e| classify(&format!("view `{view}`"), &e));
@@ -410,14 +439,22 @@ async fn execute(
         result = &mut work => return result.map_err(|e| classify(&format!("view `{view}`"), &e)),
         () = tokio::time::sleep_until(deadline) => {}
     }
-    // The deadline passed with the statement still running: stop it on the server.
+    // The deadline passed with the statement still running. Most late statements end a moment
+    // later: give it the grace before costing the server a cancel request.
+    if tokio::time::timeout(limits.cancel_after, &mut work)
+        .await
+        .is_ok()
+    {
+        tracing::debug!(view = %view, "statement ended after its deadline, within the grace");
+        return Err(timed_out(&view));
+    }
     let sent = tokio::time::timeout(CANCEL_GRACE, cancel.cancel_query(tls)).await;
     let ended = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
     drop(work);
     let confirmed = matches!(sent, Ok(Ok(())))
         && matches!(&ended, Ok(Err(e)) if e.code() == Some(&SqlState::QUERY_CANCELED));
     if confirmed {
-        tracing::debug!(view = %view, "statement cancelled at the deadline");
+        tracing::debug!(view = %view, "statement cancelled past its deadline");
     } else {
         // The statement finished by itself or the cancel could not be confirmed: a cancel request
         // may still reach this connection's next statement, so the connection is closed.

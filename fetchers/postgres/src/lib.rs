@@ -9,6 +9,7 @@
 //! pool_size = 16               # optional, default 16
 //! connect_timeout = "500ms"    # optional, default 2s
 //! statement_timeout = "2s"     # optional server-side backstop, default the server's
+//! cancel_after = "100ms"       # optional: grace past the deadline before a cancel, default 100ms
 //! tls_ca_file = "certs/ledger-ca.pem"   # roots for sslmode=verify-ca / verify-full
 //! # tls_client_cert_file = "certs/gateway.pem"  # optional: client certificate (mutual TLS)
 //! # tls_client_key_file = "certs/gateway.key"
@@ -204,6 +205,7 @@ impl FetcherFactory for PostgresFactory {
             source.name.clone(),
             pool,
             compiled.connect_timeout,
+            compiled.cancel_after,
             connector,
             prepared,
         )))

@@ -470,13 +470,92 @@ fn validation_needs_no_server_and_counts_placeholders() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_ending_within_the_grace_past_its_deadline_is_not_cancelled() {
+    // `late(id)` sleeps 300 ms, then records that it ran to its end.
+    let url = database(
+        "CREATE TABLE ended (id text);
+         CREATE FUNCTION late(k text) RETURNS int8 LANGUAGE plpgsql VOLATILE AS $$
+         BEGIN PERFORM pg_sleep(0.3); INSERT INTO ended VALUES (k); RETURN 1; END $$;",
+    )
+    .await;
+    let spec = source(
+        &url,
+        // One connection, so the fetch after the late one shows whether it was kept or closed.
+        r#"pool_size = 1
+cancel_after = "3s""#,
+        vec![
+            view(
+                "late",
+                &[("id", T::String)],
+                &[("v", T::Int64)],
+                r#"query = "SELECT late($1) AS v""#,
+            ),
+            view(
+                "pid",
+                &[("id", T::String)],
+                &[("pid", T::Int64)],
+                r#"query = "SELECT pg_backend_pid()::int8 AS pid WHERE $1::text IS NOT NULL""#,
+            ),
+        ],
+    );
+    let fetcher = build(&spec).await;
+    let pid = |rows: Vec<Row>| found(&rows[0]).cells[0].clone().unwrap();
+    let before = pid(fetcher
+        .fetch(request("pid", vec![s("k")], &["pid"], SECOND))
+        .await
+        .unwrap());
+
+    let started = std::time::Instant::now();
+    let err = fetcher
+        .fetch(request(
+            "late",
+            vec![s("a")],
+            &["v"],
+            Duration::from_millis(50),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Timeout, "{err}");
+    // The answer is due at the deadline, not after the statement or the grace.
+    assert!(
+        started.elapsed() < Duration::from_millis(3000),
+        "the fetch waited for the grace: {:?}",
+        started.elapsed()
+    );
+
+    // The statement runs to its end (no cancel request) and its connection serves the next fetch.
+    let observer = connect(&url).await;
+    let ended = async {
+        loop {
+            let n: i64 = observer
+                .query_one("SELECT count(*) FROM ended WHERE id = 'a'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if n == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), ended)
+        .await
+        .expect("the late statement was cancelled instead of being let end");
+    let after = pid(fetcher
+        .fetch(request("pid", vec![s("k")], &["pid"], SECOND))
+        .await
+        .unwrap());
+    assert_eq!(after, before, "the connection was kept, not closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_past_its_deadline_is_cancelled_on_the_server_and_the_pool_keeps_serving() {
     let url =
         database("CREATE TABLE slow (id text, v int8); INSERT INTO slow VALUES ('k', 1);").await;
     let spec = source(
         &url,
         // One connection: the fetch after the timeout must reuse the very connection.
-        "pool_size = 1",
+        "pool_size = 1\ncancel_after = \"0s\"",
         vec![
             view(
                 "slow",
