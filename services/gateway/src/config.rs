@@ -73,6 +73,9 @@ pub struct RawServer {
     /// `[server.tls]`: TLS (and mutual TLS) on the gRPC port; plaintext when absent.
     #[serde(default)]
     pub tls: Option<crate::tls::RawTls>,
+    /// Threads serving requests; default one per CPU (or `TOKIO_WORKER_THREADS`).
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 /// `[telemetry]`.
@@ -489,6 +492,8 @@ pub struct Config {
     pub traces: Option<crate::traces::TracesConfig>,
     /// TLS on the gRPC port, when configured.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Threads serving requests, when set (`[server] worker_threads`).
+    pub worker_threads: Option<usize>,
     /// The callers allowed, when `[auth]` is configured.
     pub auth: Option<Vec<crate::auth::CallerConfig>>,
     /// Plaid webhooks, when configured.
@@ -1251,6 +1256,10 @@ fn validate(
         .tls
         .as_ref()
         .map(|t| validate_tls(t, base_dir, problems));
+    let worker_threads = raw.server.worker_threads;
+    if worker_threads.is_some_and(|n| n == 0 || n > 1024) {
+        problems.add(&["server", "worker_threads"], "must be from 1 to 1024");
+    }
     let auth = raw.auth.as_ref().map(|a| {
         let names = feature_services.keys().cloned().collect();
         let read = |file: &str| {
@@ -1275,6 +1284,7 @@ fn validate(
         training_log,
         traces,
         tls,
+        worker_threads,
         auth,
         hash: short_hash(text.as_bytes()),
     };

@@ -489,3 +489,14 @@ fn security_settings_are_checked_with_their_positions() {
     }
     assert!(!text.contains("secret-in-plain-text"), "{text}");
 }
+
+#[test]
+fn worker_threads_is_optional_and_bounded() {
+    assert_eq!(load(BASE).unwrap().worker_threads, None);
+    let two = format!("{BASE}\n[server]\nworker_threads = 2\n");
+    assert_eq!(load(&two).unwrap().worker_threads, Some(2));
+    for bad in ["0", "5000"] {
+        let text = format!("{BASE}\n[server]\nworker_threads = {bad}\n");
+        assert_one_error(&text, &["server.worker_threads", "from 1 to 1024"]);
+    }
+}
