@@ -55,8 +55,9 @@ pub struct PostgresSourceConfig {
     /// `prefer` and `require` check the chain too, as libpq does when it has a root file. Use
     /// `verify-full` across any network you do not control.
     pub url: String,
-    /// Connections kept in the pool (default 16). A fetch holds one connection for one
-    /// statement, so this bounds the statements in flight from this source.
+    /// Connections kept in the pool (default 16), all opened at start with every statement
+    /// prepared. A fetch holds one connection for one statement, so this bounds the statements
+    /// in flight from this source.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// How long to wait for a new connection (default `2s`); a fetch further bounds it by what is

@@ -201,6 +201,17 @@ impl FetcherFactory for PostgresFactory {
             prepared.push(prepare_view(&client, spec, view).await.map_err(fail)?);
         }
         drop(client);
+        let statements: Vec<Arc<str>> = prepared
+            .iter()
+            .flat_map(|v| [Arc::clone(&v.single_sql), Arc::clone(&v.batch_sql)])
+            .collect();
+        warm(
+            &pool,
+            &statements,
+            compiled.pool_size,
+            compiled.connect_timeout,
+        )
+        .await;
         Ok(Arc::new(PostgresFetcher::new(
             source.name.clone(),
             pool,
@@ -209,6 +220,36 @@ impl FetcherFactory for PostgresFactory {
             connector,
             prepared,
         )))
+    }
+}
+
+/// Opens every connection of the pool, each with every statement prepared, so the first
+/// requests pay for neither (a new connection is a new server process, then a round trip per
+/// statement). Best effort: a connection that cannot be opened now is opened when first needed.
+async fn warm(pool: &Pool, statements: &[Arc<str>], size: usize, connect_timeout: Duration) {
+    let deadline = Instant::now() + connect_timeout;
+    let clients = futures::future::join_all(
+        (0..size).map(|_| fetcher::get_client(pool, Some(deadline), connect_timeout)),
+    )
+    .await;
+    let mut opened = 0;
+    for client in clients.iter().flatten() {
+        opened += 1;
+        for sql in statements {
+            if tokio::time::timeout_at(deadline, client.prepare_cached(sql))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    if opened < size {
+        tracing::info!(
+            opened,
+            size,
+            "postgres: not every pooled connection could be opened at start"
+        );
     }
 }
 

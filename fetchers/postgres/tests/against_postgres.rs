@@ -470,6 +470,41 @@ fn validation_needs_no_server_and_counts_placeholders() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_pool_is_opened_at_build() {
+    let url = database("CREATE TABLE t (id text, v int8); INSERT INTO t VALUES ('k', 1);").await;
+    let spec = source(
+        &url,
+        "pool_size = 3",
+        vec![view(
+            "t",
+            &[("id", T::String)],
+            &[("v", T::Int64)],
+            r#"query = "SELECT v FROM t WHERE id = $1""#,
+        )],
+    );
+    let fetcher = build(&spec).await;
+    let observer = connect(&url).await;
+    let connections: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        connections, 3,
+        "every pooled connection is open before the first fetch"
+    );
+    let rows = fetcher
+        .fetch(request("t", vec![s("k")], &["v"], SECOND))
+        .await
+        .unwrap();
+    assert_eq!(found(&rows[0]).cells[0], Ok(Value::Int64(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_ending_within_the_grace_past_its_deadline_is_not_cancelled() {
     // `late(id)` sleeps 300 ms, then records that it ran to its end.
     let url = database(
