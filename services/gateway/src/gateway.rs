@@ -294,21 +294,25 @@ impl Gateway {
 /// The most of a caller's deadline kept back for sending the answer.
 pub const MAX_DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
+/// The most of a feature service's own deadline kept back for assembling and sending the answer.
+pub const MAX_PLAN_DEADLINE_MARGIN: Duration = Duration::from_millis(1);
+
 /// The deadline of a request that arrived at `arrival`: the earlier of the plan's own and the
-/// caller's `grpc-timeout` less a margin for sending the answer back. `None` when the caller's
-/// deadline leaves no time at all.
+/// caller's `grpc-timeout`, each less a margin for sending the answer back. `None` when the
+/// caller's deadline leaves no time at all.
 pub fn request_deadline(
     arrival: Instant,
     plan_deadline: Duration,
     client_timeout: Option<Duration>,
 ) -> Option<Instant> {
-    let own = arrival + plan_deadline;
+    // The plan's deadline is when the answer is due: fetches stop a tenth of it, at most 1 ms,
+    // before (timers fire on a 1 ms tick, and the vector is assembled and sent after).
+    let own = arrival + plan_deadline - (plan_deadline / 10).min(MAX_PLAN_DEADLINE_MARGIN);
     match client_timeout {
         None => Some(own),
         Some(timeout) => {
             // Leave time to encode and send the response before the caller gives up: a tenth
-            // of its budget, at most 5 ms (timers fire on a 1 ms tick, and the answer still has
-            // to be encoded and cross the network).
+            // of its budget, at most 5 ms (the answer still has to cross the network too).
             let margin = (timeout / 10).min(MAX_DEADLINE_MARGIN);
             let budget = timeout.checked_sub(margin).filter(|b| !b.is_zero())?;
             Some(own.min(arrival + budget))
@@ -324,7 +328,13 @@ mod tests {
     async fn deadline_is_the_earlier_of_plan_and_caller() {
         let now = Instant::now();
         let ms = Duration::from_millis;
-        assert_eq!(request_deadline(now, ms(50), None), Some(now + ms(50)));
+        // The plan's own 50 ms, less 1 ms to assemble and send the answer.
+        assert_eq!(request_deadline(now, ms(50), None), Some(now + ms(49)));
+        // A tenth of a short one.
+        assert_eq!(
+            request_deadline(now, ms(5), None),
+            Some(now + ms(5) - ms(5) / 10)
+        );
         // The caller's 20 ms, less a 2 ms margin.
         assert_eq!(
             request_deadline(now, ms(50), Some(ms(20))),
@@ -338,7 +348,7 @@ mod tests {
         // The plan's 50 ms is earlier than the caller's 2 s.
         assert_eq!(
             request_deadline(now, ms(50), Some(ms(2000))),
-            Some(now + ms(50))
+            Some(now + ms(49))
         );
         // A tiny budget keeps 90% of itself.
         assert_eq!(
