@@ -4,7 +4,8 @@
 //! the fake Plaid. One Plaid call serves both replicas, with ages counted from the original
 //! fetch. A webhook signed by the fake Plaid (ES256, key from `/webhook_verification_key/get`)
 //! makes the gateway refresh the Item's balance, so the next request sees the new value on both
-//! replicas; a forged or tampered webhook is refused and changes nothing; a duplicate is
+//! replicas (the replica that received it tells the other one on the shared tier's invalidation
+//! channel); a forged or tampered webhook is refused and changes nothing; a duplicate is
 //! harmless; a rotated key is fetched once.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -311,12 +312,41 @@ async fn signed_webhooks_refresh_the_item_and_forged_ones_change_nothing() {
     assert_eq!(key_calls(&stack.plaid), 2);
     let newest = expected_available(seed, 1, Some(1.0));
     let started = Instant::now();
-    // (Replica B copied the previous value into its own tier: it serves it until its local TTL;
-    // the webhook reached A, which refreshed its tier and the shared one.)
     while double(&balance(&stack.a, &token).await.values[0]) != newest {
         assert!(started.elapsed() < Duration::from_secs(10));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Replica B copied the previous value into its own tier (its TTL is 10 minutes), and the
+    // webhook reached A only: A's invalidation, published on the shared tier's channel, makes B
+    // read the refreshed value instead of serving its copy as fresh.
+    let started = Instant::now();
+    loop {
+        let response = balance(&stack.b, &token).await;
+        if double(&response.values[0]) == newest {
+            assert_eq!(response.statuses[0], St::Present as i32);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replica B still serves its copy: {response:?}\n{}",
+            stack.b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let published = stack.a.admin_get("/metrics").await;
+    assert!(
+        published.contains(
+            "feature_gateway_cache_invalidations_total{source=\"plaid\",event=\"published\"}"
+        ),
+        "{published}"
+    );
+    let applied = stack.b.admin_get("/metrics").await;
+    assert!(
+        applied.contains(
+            "feature_gateway_cache_invalidations_total{source=\"plaid\",event=\"applied\"}"
+        ),
+        "{applied}"
+    );
     let metrics = stack.a.admin_get("/metrics").await;
     for outcome in ["refreshed", "duplicate", "superseded", "rejected"] {
         assert!(

@@ -43,7 +43,7 @@ use std::{
     convert::Infallible,
     sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use fetcher_api::{EntityKey, FetchError, FetchRequest, KeyPart, Row, Value};
@@ -52,7 +52,7 @@ use tokio::{sync::Semaphore, time::Instant};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::{
-    shared_cache::{SharedTier, SharedTierPolicy},
+    shared_cache::{SharedTier, SharedTierPolicy, part_hash},
     stack::{BoxFuture, SourceService},
     telemetry::CacheMetrics,
 };
@@ -269,36 +269,115 @@ pub struct Invalidated {
     /// Whether the shared tier could not be told (its entries may be served until they expire
     /// or are refreshed).
     pub shared_failed: bool,
+    /// Whether the other replicas were told (on the shared tier's invalidation channel).
+    pub published: bool,
     /// Entries being refreshed from the source in the background.
     pub refreshing: usize,
 }
 
 impl CacheControl {
-    /// Invalidates every entry whose key holds one of `parts`, in both tiers, and refreshes
-    /// from the source, in the background, the entries the in-process tier held. `views` are
-    /// the source's views keyed by a single entity key: their entries for `parts` are deleted
-    /// from the shared tier even when this replica does not hold them.
+    /// Invalidates every entry whose key holds one of `parts`, in both tiers and on every
+    /// replica sharing the tier, and refreshes from the source, in the background, the entries
+    /// the in-process tier held. `views` are the source's views keyed by a single entity key:
+    /// their entries for `parts` are deleted from the shared tier even when this replica does
+    /// not hold them.
     pub async fn invalidate(&self, parts: &HashSet<KeyPart>, views: &[Arc<str>]) -> Invalidated {
         let state = &self.0;
+        let also = views
+            .iter()
+            .flat_map(|view| parts.iter().map(|p| (view.clone(), vec![p.clone()])))
+            .collect();
+        let (keys, mut result) = state.invalidate_local(
+            |key| key.iter().any(|p| parts.contains(p)),
+            also,
+            Instant::now(),
+            true,
+        );
+        if let Some(shared) = &state.shared {
+            let redis_keys: Vec<String> = keys
+                .iter()
+                .map(|(view, key)| shared.redis_key(&state.source, view, key))
+                .collect();
+            result.shared = redis_keys.len();
+            result.shared_failed = !shared.delete(redis_keys).await;
+            result.published = shared.publish_invalidation(parts).await;
+        }
+        result
+    }
+
+    /// Invalidates, in the in-process tier only, every entry whose key holds a part whose
+    /// [`part_hash`] is in `hashes`: another replica's invalidation, made at `at`, whose
+    /// shared-tier keys that replica deleted and refreshes. Nothing is refreshed from the source
+    /// here (every replica doing so would multiply the upstream calls): the next request for
+    /// such a key reads the shared tier, where answers fetched after `at` are fresh.
+    pub fn invalidate_hashed(&self, hashes: &HashSet<String>, at: SystemTime) -> Invalidated {
         let now = Instant::now();
+        let ago = SystemTime::now().duration_since(at).unwrap_or_default();
+        self.0
+            .invalidate_local(
+                |key| key.iter().any(|p| hashes.contains(&part_hash(p))),
+                HashSet::new(),
+                now.checked_sub(ago).unwrap_or(now),
+                false,
+            )
+            .1
+    }
+
+    /// Applies the other replicas' invalidations to this cache, from the shared tier's channel,
+    /// for as long as the cache lives (nothing without a shared tier).
+    pub fn listen_for_invalidations(&self) {
+        let Some(shared) = &self.0.shared else {
+            return;
+        };
+        let cache = Arc::downgrade(&self.0);
+        shared.listen(move |hashes, at| match cache.upgrade() {
+            Some(state) => {
+                let done = CacheControl(state).invalidate_hashed(&hashes, at);
+                tracing::debug!(
+                    local = done.local,
+                    "cache invalidation from another replica applied"
+                );
+                true
+            }
+            None => false,
+        });
+    }
+}
+
+impl CacheState {
+    /// Marks the in-process entries whose entity key `matches` no longer fresh (each stays a
+    /// STALE fallback), keeps answers fetched before `at` for them, and for `also`, from being
+    /// fresh (calls in flight, the shared tier), and with `refresh` refreshes the held ones in
+    /// the background. Returns every key invalidated.
+    fn invalidate_local(
+        self: &Arc<Self>,
+        matches: impl Fn(&EntityKey) -> bool,
+        also: HashSet<Key>,
+        at: Instant,
+        refresh: bool,
+    ) -> (HashSet<Key>, Invalidated) {
         let mut result = Invalidated::default();
-        let held: Vec<(Key, Entry)> = state
+        let held: Vec<(Key, Entry)> = self
             .entries
             .iter()
-            .filter(|(k, _)| k.1.iter().any(|p| parts.contains(p)))
+            .filter(|(k, _)| matches(&k.1))
             .map(|(k, e)| ((*k).clone(), e))
             .collect();
-        let mut keys: HashSet<Key> = held.iter().map(|(k, _)| k.clone()).collect();
-        for view in views {
-            for part in parts {
-                keys.insert((view.clone(), vec![part.clone()]));
-            }
-        }
+        let mut keys = also;
+        keys.extend(held.iter().map(|(k, _)| k.clone()));
+        keys.extend(
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .filter(|k| matches(&k.1))
+                .cloned(),
+        );
         for key in &keys {
-            state.invalidations.insert(key.clone(), now);
+            self.invalidations.insert(key.clone(), at);
         }
         for (key, entry) in &held {
-            state.entries.insert(
+            self.entries.insert(
                 key.clone(),
                 Entry {
                     invalidated: true,
@@ -307,16 +386,8 @@ impl CacheControl {
             );
         }
         result.local = held.len();
-        if let Some(shared) = &state.shared {
-            let redis_keys: Vec<String> = keys
-                .iter()
-                .map(|(view, key)| shared.redis_key(&state.source, view, key))
-                .collect();
-            result.shared = redis_keys.len();
-            result.shared_failed = !shared.delete(redis_keys).await;
-        }
         // Refresh what this replica held, one call per view and feature list.
-        if let Some(inner) = state.inner.get() {
+        if let Some(inner) = self.inner.get().filter(|_| refresh) {
             let mut groups: RefreshGroups = BTreeMap::new();
             for ((view, key), entry) in held {
                 groups
@@ -334,13 +405,12 @@ impl CacheControl {
                     deadline: None,
                 };
                 drop(
-                    state
-                        .clone()
-                        .start_call(inner.clone(), call, state.source_timeout),
+                    self.clone()
+                        .start_call(inner.clone(), call, self.source_timeout),
                 );
             }
         }
-        result
+        (keys, result)
     }
 }
 

@@ -115,10 +115,13 @@ impl Gateway {
                     }
                     cache = cache.with_shared(tier);
                 }
-                if let Some(control) = cache.control() {
+                let control = cache.control();
+                let service = gateway_stack_with_cache(cache, fetcher.clone(), &policy);
+                if let Some(control) = control {
+                    // After the stack is built: applying an invalidation refreshes through it.
+                    control.listen_for_invalidations();
                     controls.insert(source.name.clone(), control);
                 }
-                let service = gateway_stack_with_cache(cache, fetcher.clone(), &policy);
                 (Some(fetcher), Some(service))
             };
             sources.push(SourceRuntime {

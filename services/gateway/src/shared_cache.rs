@@ -11,6 +11,17 @@
 //! access token, say) never appears in Redis. Entries expire in Redis after `ttl` (default: the
 //! cache's `max_staleness`).
 //!
+//! # Invalidations across replicas
+//! An invalidation (a Plaid webhook reaches one replica) deletes the keys from Redis and is
+//! published on the channel `{key_prefix}invalidations:{source}`; every replica subscribes to it
+//! (on a connection of its own, subscribed again after each reconnection) and invalidates its
+//! in-process tier the same way, so no replica goes on serving its local copy as fresh. The
+//! message names each key part by its SHA-256 (an access token never crosses Redis) and the
+//! replica that sent it, which ignores its own. Messages published while a replica was
+//! disconnected are lost to it: its entries then stay fresh until their TTL, as without the
+//! channel. `feature_gateway_cache_invalidations_total{source, event}` counts what was
+//! published, received, applied, malformed or lost.
+//!
 //! # Failure
 //! This tier never fails a request: every command is bounded by the lesser of the tier's
 //! `timeout` and the request's deadline, is never retried or queued for a reconnection, and a
@@ -19,12 +30,18 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::{collections::HashSet, sync::Arc};
+
 use fetcher_api::{CellError, EntityKey, KeyPart, Record, Row, Value};
 use fred::{
-    prelude::{ClientLike, Config, Expiration, KeysInterface, Options, ReconnectPolicy, TcpConfig},
+    prelude::{
+        ClientLike, Config, EventInterface, Expiration, KeysInterface, Options, PubsubInterface,
+        ReconnectPolicy, TcpConfig,
+    },
     types::Builder,
 };
 use metrics::{Counter, counter};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
@@ -64,10 +81,15 @@ impl SharedEntry {
     }
 }
 
-/// A source's shared tier: one Redis client (fred multiplexes one connection).
+/// A source's shared tier: one Redis client (fred multiplexes one connection), and one more
+/// for the invalidation channel (a subscribed connection takes no other commands).
 #[derive(Clone)]
 pub struct SharedTier {
     client: fred::clients::Client,
+    subscriber: fred::clients::Client,
+    channel: String,
+    /// This replica's id in the messages it publishes.
+    replica: Arc<str>,
     prefix: String,
     ttl: Duration,
     timeout: Duration,
@@ -91,6 +113,13 @@ struct SharedMetrics {
     get_errors: Counter,
     set_errors: Counter,
     del_errors: Counter,
+    published: Counter,
+    publish_failed: Counter,
+    received: Counter,
+    applied: Counter,
+    malformed: Counter,
+    lost: Counter,
+    subscribed: Counter,
 }
 
 impl SharedMetrics {
@@ -103,6 +132,61 @@ impl SharedMetrics {
             get_errors: counter!(errors, "source" => source.to_owned(), "op" => "get"),
             set_errors: counter!(errors, "source" => source.to_owned(), "op" => "set"),
             del_errors: counter!(errors, "source" => source.to_owned(), "op" => "del"),
+            published: invalidations(source, "published"),
+            publish_failed: invalidations(source, "publish_failed"),
+            received: invalidations(source, "received"),
+            applied: invalidations(source, "applied"),
+            malformed: invalidations(source, "malformed"),
+            lost: invalidations(source, "lost"),
+            subscribed: invalidations(source, "subscribed"),
+        }
+    }
+}
+
+fn invalidations(source: &str, event: &'static str) -> Counter {
+    counter!("feature_gateway_cache_invalidations_total", "source" => source.to_owned(), "event" => event)
+}
+
+/// An invalidation on the channel: the SHA-256 of each key part whose entries are no longer
+/// fresh, from the replica that sent it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InvalidationMessage {
+    /// The message format's version: 1.
+    pub v: u32,
+    /// The sending replica's id.
+    pub replica: String,
+    /// When the invalidation was made (Unix milliseconds).
+    pub at_ms: i64,
+    /// `part_hash` of each key part.
+    pub parts: Vec<String>,
+}
+
+impl InvalidationMessage {
+    /// The message's text, or `None` when it is not a version 1 invalidation.
+    pub fn decode(text: &str) -> Option<InvalidationMessage> {
+        serde_json::from_str::<InvalidationMessage>(text)
+            .ok()
+            .filter(|m| m.v == 1 && m.parts.iter().all(|p| p.len() == 64))
+    }
+}
+
+/// The hex SHA-256 of a key part, as invalidation messages name it.
+pub fn part_hash(part: &KeyPart) -> String {
+    let mut hash = Sha256::new();
+    hash_part(&mut hash, part);
+    hex::encode(hash.finalize())
+}
+
+fn hash_part(hash: &mut Sha256, part: &KeyPart) {
+    match part {
+        KeyPart::Int64(i) => {
+            hash.update([0u8]);
+            hash.update(i.to_le_bytes());
+        }
+        KeyPart::String(s) => {
+            hash.update([1u8]);
+            hash.update((s.len() as u64).to_le_bytes());
+            hash.update(s.as_bytes());
         }
     }
 }
@@ -114,27 +198,34 @@ impl SharedTier {
         // The URL may hold a password: errors are reported by kind only.
         let config = Config::from_url(&policy.url)
             .map_err(|e| format!("cache.shared.url: cannot be used ({:?})", e.kind()))?;
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = Duration::from_secs(2);
-                c.max_command_attempts = 1;
-                c.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build()
-            .map_err(|e| {
+        let builder = |config: Config| {
+            let mut builder = Builder::from_config(config);
+            builder
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(2);
+                    c.max_command_attempts = 1;
+                    c.tcp = TcpConfig {
+                        nodelay: Some(true),
+                        ..TcpConfig::default()
+                    };
+                })
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+            builder.build().map_err(|e| {
                 format!(
                     "cache.shared: cannot create the Redis client ({:?})",
                     e.kind()
                 )
-            })?;
+            })
+        };
+        let client = builder(config.clone())?;
+        let subscriber = builder(config)?;
         // The connection task runs on its own (and reconnects); its handle is not needed.
         drop(client.connect());
         Ok(SharedTier {
             client,
+            subscriber,
+            channel: format!("{}invalidations:{source}", policy.key_prefix),
+            replica: uuid::Uuid::new_v4().simple().to_string().into(),
             prefix: policy.key_prefix.clone(),
             ttl: policy.ttl,
             timeout: policy.timeout,
@@ -154,23 +245,112 @@ impl SharedTier {
     pub fn redis_key(&self, source: &str, view: &str, key: &EntityKey) -> String {
         let mut hash = Sha256::new();
         for part in key {
-            match part {
-                KeyPart::Int64(i) => {
-                    hash.update([0u8]);
-                    hash.update(i.to_le_bytes());
-                }
-                KeyPart::String(s) => {
-                    hash.update([1u8]);
-                    hash.update((s.len() as u64).to_le_bytes());
-                    hash.update(s.as_bytes());
-                }
-            }
+            hash_part(&mut hash, part);
         }
         format!(
             "{}{source}:{view}:{}",
             self.prefix,
             hex::encode(hash.finalize())
         )
+    }
+
+    /// Tells the other replicas that entries holding `parts` are no longer fresh; `false` (and
+    /// counted) when Redis could not be told.
+    pub async fn publish_invalidation(&self, parts: &HashSet<KeyPart>) -> bool {
+        let message = InvalidationMessage {
+            v: 1,
+            replica: self.replica.to_string(),
+            at_ms: millis(SystemTime::now()),
+            parts: parts.iter().map(part_hash).collect(),
+        };
+        let Some(options) = self.options(None) else {
+            return false;
+        };
+        let text = serde_json::to_string(&message).unwrap_or_default();
+        match self
+            .client
+            .with_options(&options)
+            .publish::<i64, _, _>(self.channel.as_str(), text)
+            .await
+        {
+            Ok(_) => {
+                self.metrics.published.increment(1);
+                true
+            }
+            Err(_) => {
+                self.metrics.publish_failed.increment(1);
+                false
+            }
+        }
+    }
+
+    /// Subscribes to the invalidation channel, in the background, and calls `apply` with the
+    /// key-part hashes and time of every other replica's message, until `apply` answers
+    /// `false` (its cache is gone); then the connection is closed.
+    pub fn listen(&self, apply: impl Fn(HashSet<String>, SystemTime) -> bool + Send + 'static) {
+        let subscriber = self.subscriber.clone();
+        let channel = self.channel.clone();
+        let replica = self.replica.clone();
+        let metrics = self.metrics.clone();
+        // Both receivers exist before the first connection, so nothing is missed.
+        let mut messages = subscriber.message_rx();
+        let mut reconnects = subscriber.reconnect_rx();
+        drop(subscriber.connect());
+        let resubscriber = subscriber.clone();
+        let resubscribe_metrics = metrics.clone();
+        let subscribing = tokio::spawn(async move {
+            // Subscribes on every (re)connection: a new connection has no subscriptions.
+            let subscribe = || async {
+                while resubscriber.subscribe(channel.as_str()).await.is_err() {
+                    if !resubscriber.is_connected() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                resubscribe_metrics.subscribed.increment(1);
+            };
+            if resubscriber.wait_for_connect().await.is_ok() {
+                subscribe().await;
+            }
+            while reconnects.recv().await.is_ok() {
+                subscribe().await;
+            }
+        });
+        let log_limit = crate::telemetry::LogLimit::new(Duration::from_secs(5));
+        tokio::spawn(async move {
+            loop {
+                let message = match messages.recv().await {
+                    Ok(message) => message,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        metrics.lost.increment(n);
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                metrics.received.increment(1);
+                let decoded = message
+                    .value
+                    .as_str()
+                    .and_then(|text| InvalidationMessage::decode(&text));
+                let Some(decoded) = decoded else {
+                    metrics.malformed.increment(1);
+                    if let Some(suppressed) = log_limit.admit() {
+                        tracing::warn!(channel = %message.channel, suppressed, "a malformed cache invalidation message was ignored");
+                    }
+                    continue;
+                };
+                if decoded.replica == *replica {
+                    continue;
+                }
+                let at = UNIX_EPOCH + Duration::from_millis(decoded.at_ms.max(0) as u64);
+                if !apply(decoded.parts.into_iter().collect(), at) {
+                    break;
+                }
+                metrics.applied.increment(1);
+            }
+            subscribing.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(1), subscriber.quit()).await;
+        });
     }
 
     fn options(&self, deadline: Option<Instant>) -> Option<Options> {
@@ -380,6 +560,43 @@ pub fn decode(text: &str) -> Option<SharedEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invalidation_messages_round_trip_and_name_parts_by_hash_only() {
+        let token = KeyPart::String("access-sandbox-secret".into());
+        let message = InvalidationMessage {
+            v: 1,
+            replica: "r1".into(),
+            at_ms: 1_700_000_000_123,
+            parts: vec![part_hash(&token), part_hash(&KeyPart::Int64(7))],
+        };
+        let text = serde_json::to_string(&message).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        assert_eq!(InvalidationMessage::decode(&text), Some(message));
+        // A string and a number that print alike are different parts.
+        assert_ne!(
+            part_hash(&KeyPart::String("7".into())),
+            part_hash(&KeyPart::Int64(7))
+        );
+        assert_eq!(part_hash(&token).len(), 64);
+    }
+
+    #[test]
+    fn malformed_invalidation_messages_decode_to_nothing() {
+        let hash = part_hash(&KeyPart::Int64(1));
+        for text in [
+            String::new(),
+            "not json".into(),
+            "{}".into(),
+            format!(r#"{{"v":2,"replica":"r","at_ms":1,"parts":["{hash}"]}}"#),
+            r#"{"v":1,"replica":"r","at_ms":1,"parts":["short"]}"#.into(),
+            format!(r#"{{"v":1,"replica":"r","parts":["{hash}"]}}"#),
+        ] {
+            assert_eq!(InvalidationMessage::decode(&text), None, "{text}");
+        }
+        let good = format!(r#"{{"v":1,"replica":"r","at_ms":1,"parts":["{hash}"]}}"#);
+        assert!(InvalidationMessage::decode(&good).is_some());
+    }
 
     #[test]
     fn entries_round_trip_with_their_fetch_time() {

@@ -459,6 +459,7 @@ impl PlaidWebhooks {
             local = done.local,
             refreshing = done.refreshing,
             shared_failed = done.shared_failed,
+            published = done.published,
             "plaid webhook: item's cached views invalidated"
         );
         Ok(json!({
@@ -466,6 +467,7 @@ impl PlaidWebhooks {
             "invalidated": done.local,
             "shared_deleted": done.shared,
             "shared_failed": done.shared_failed,
+            "published": done.published,
             "refreshing": done.refreshing,
         }))
     }
