@@ -176,6 +176,10 @@ class RedisServer:
         self.stop()
         sys.exit("redis-server did not start")
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def kill(self):
         subprocess.run(["redis-cli", "-p", str(self.port), "save"], check=True, capture_output=True)
         self.proc.kill()
@@ -237,11 +241,21 @@ def fg_load_result(out: str) -> dict:
     return result
 
 
-def measure(gw: Gateway, run) -> dict:
-    """Runs one load, adding the gateway's CPU time per request."""
+def measure(gw: Gateway, run, others: dict | None = None) -> dict:
+    """Runs one load, adding the gateway's CPU time per request, the load tool's (this script's
+    child processes that ended meanwhile) and that of each process in `others` (name -> object
+    with cpu_seconds())."""
     before = gw.cpu_seconds()
+    tool_before = os.times()
+    others_before = {name: p.cpu_seconds() for name, p in (others or {}).items()}
     result = run()
-    result["cpu_us"] = (gw.cpu_seconds() - before) * 1e6 / max(result["count"], 1)
+    count = max(result["count"], 1)
+    result["cpu_us"] = (gw.cpu_seconds() - before) * 1e6 / count
+    tool_after = os.times()
+    result["tool_cpu_us"] = ((tool_after.children_user + tool_after.children_system)
+                             - (tool_before.children_user + tool_before.children_system)) * 1e6 / count
+    for name, p in (others or {}).items():
+        result[f"{name}_cpu_us"] = (p.cpu_seconds() - others_before[name]) * 1e6 / count
     return result
 
 
@@ -458,8 +472,8 @@ def redis(args) -> str:
             run_fg_load(bindir, gw.grpc, scenario, args.concurrency, 1.0)  # warm-up
             runs = {k: [] for k in ("fg_base", "fg_feat", "ghz_base", "ghz_feat", "redis")}
             for _ in range(rounds):
-                runs["fg_base"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, health, args.concurrency, seconds)))
-                runs["fg_feat"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, scenario, args.concurrency, seconds)))
+                runs["fg_base"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, health, args.concurrency, seconds), {"redis": server}))
+                runs["fg_feat"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, scenario, args.concurrency, seconds), {"redis": server}))
                 runs["ghz_base"].append(measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, "grpc.health.v1.Health/Check", None, args.concurrency, seconds)))
                 runs["ghz_feat"].append(measure(gw, lambda: run_ghz(ghz_bin, gw.grpc, "featuregateway.v1.FeatureService/GetFeatures", data, args.concurrency, seconds)))
                 runs["redis"].append(redis_benchmark(server.port, args.concurrency, seconds))
@@ -478,6 +492,7 @@ def redis(args) -> str:
                               ("GetFeatures user_stats_v1, 8 Redis features", runs[feat])])
         lines += ratios(runs[base], runs[feat], "p99 target: under 2 ms absolute",
                         "target: at least 60%")
+    lines += cpu_split(runs["fg_base"], runs["fg_feat"])
     lines += table("fg-load, fixed rate", [(f"user_stats_v1 at a fixed {rate:,} req/s (open loop)", [fixed])])
     lines += table("redis-benchmark -t get (baseline: Redis alone)", [("GET", runs["redis"])])
     best_feast = 1090
@@ -496,6 +511,31 @@ def redis(args) -> str:
         (f"user_stats_v1 at {rate:,} req/s", fixed["percentiles"]),
     ])
     return "\n".join(lines), plot
+
+
+def cpu_split(base: list[dict], feat: list[dict]) -> list[str]:
+    """Where each request's CPU goes (fg-load closed loop), and what that bounds the ratio to."""
+    def us(runs, key):
+        return median_of(runs, key)
+    g0, t0, r0 = us(base, "cpu_us"), us(base, "tool_cpu_us"), us(base, "redis_cpu_us")
+    g1, t1, r1 = us(feat, "cpu_us"), us(feat, "tool_cpu_us"), us(feat, "redis_cpu_us")
+    # If the feature path cost the gateway no more than its health RPC does, each request would
+    # still cost the load tool's and Redis's share: the most the ratio could be on these cores.
+    ceiling = (g0 + t0 + r0) / (g0 + t1 + r1)
+    return [
+        "**CPU per request, fg-load closed loop (µs; medians over rounds)**",
+        "",
+        "| scenario | gateway | load tool (fg-load) | Redis | total |",
+        "|---|---:|---:|---:|---:|",
+        f"| health check (baseline) | {g0:.1f} | {t0:.1f} | {r0:.1f} | {g0 + t0 + r0:.1f} |",
+        f"| GetFeatures user_stats_v1 | {g1:.1f} | {t1:.1f} | {r1:.1f} | {g1 + t1 + r1:.1f} |",
+        "",
+        f"- the load tool and Redis share the gateway's {os.cpu_count()} CPUs: even a gateway whose "
+        f"feature path cost it no more than its health RPC ({g0:.1f} µs) would reach at most "
+        f"**{ceiling:.0%}** of the health RPC's throughput here; the gateway's own cost per "
+        f"request is {g1 / g0:.1f}x its health RPC's.",
+        "",
+    ]
 
 
 def redis_benchmark(port: int, concurrency: int, seconds: float) -> dict:
