@@ -357,3 +357,59 @@ async fn signed_webhooks_refresh_the_item_and_forged_ones_change_nothing() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_webhook_to_a_replica_that_never_fetched_the_item_reaches_the_one_that_did() {
+    let stack = start("e2e-relay:").await;
+    let fake = stack.plaid.plaid();
+    let seed = stack.plaid.seed();
+    let (token, item) = (fake.access_token(2), fake.item_id(2));
+    let before = expected_available(seed, 2, None);
+
+    // B fetches the Item from Plaid (so B knows its access token); A only copies B's answer
+    // from the shared tier, so A cannot tell which token the Item's webhooks are about.
+    assert_eq!(double(&balance(&stack.b, &token).await.values[0]), before);
+    assert_eq!(double(&balance(&stack.a, &token).await.values[0]), before);
+    assert_eq!(balance_calls(&stack.plaid), 1);
+
+    fake.set_balance(&item, 777.0, 800.0).unwrap();
+    let after = expected_available(seed, 2, Some(777.0));
+    assert_ne!(before, after);
+
+    // The webhook reaches A, which publishes it by the Item's id; B resolves the Item to its
+    // token, invalidates it in both tiers, refreshes it, and publishes the token's hash so A
+    // drops its copy too.
+    fake.set_webhook_url(Some(format!("http://{}/webhooks/plaid", stack.a.admin)));
+    let mut fields = serde_json::Map::new();
+    fields.insert("webhook_type".into(), json!("TRANSACTIONS"));
+    fields.insert("webhook_code".into(), json!("SYNC_UPDATES_AVAILABLE"));
+    let delivery = fake.send_webhook(&item, fields).await.unwrap();
+    assert_eq!(delivery.status, 200, "{delivery:?}\n{}", stack.a.log());
+    let answer: Value = serde_json::from_str(&delivery.body).unwrap();
+    assert_eq!(answer["invalidated"], 0, "{answer}");
+    assert_eq!(answer["published"], true, "{answer}");
+
+    for (name, gw) in [("B", &stack.b), ("A", &stack.a)] {
+        let started = Instant::now();
+        loop {
+            let response = balance(gw, &token).await;
+            if double(&response.values[0]) == after {
+                assert_eq!(response.statuses[0], St::Present as i32);
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "replica {name} still serves its copy: {response:?}\n{}",
+                gw.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let relayed = stack.b.admin_get("/metrics").await;
+    assert!(
+        relayed.contains(
+            "feature_gateway_cache_invalidations_total{source=\"plaid\",event=\"published\"}"
+        ),
+        "B relayed nothing:\n{relayed}"
+    );
+}

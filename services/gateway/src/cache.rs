@@ -43,7 +43,7 @@ use std::{
     convert::Infallible,
     sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use fetcher_api::{EntityKey, FetchError, FetchRequest, KeyPart, Row, Value};
@@ -280,8 +280,15 @@ impl CacheControl {
     /// replica sharing the tier, and refreshes from the source, in the background, the entries
     /// the in-process tier held. `views` are the source's views keyed by a single entity key:
     /// their entries for `parts` are deleted from the shared tier even when this replica does
-    /// not hold them.
-    pub async fn invalidate(&self, parts: &HashSet<KeyPart>, views: &[Arc<str>]) -> Invalidated {
+    /// not hold them. `item` names the outside object the parts belong to (a Plaid Item), so a
+    /// replica that knows more of its key parts invalidates those too (see
+    /// [`CacheControl::listen_for_invalidations`]).
+    pub async fn invalidate(
+        &self,
+        parts: &HashSet<KeyPart>,
+        views: &[Arc<str>],
+        item: Option<&str>,
+    ) -> Invalidated {
         let state = &self.0;
         let also = views
             .iter()
@@ -300,7 +307,7 @@ impl CacheControl {
                 .collect();
             result.shared = redis_keys.len();
             result.shared_failed = !shared.delete(redis_keys).await;
-            result.published = shared.publish_invalidation(parts).await;
+            result.published = shared.publish_invalidation(parts, item).await;
         }
         result
     }
@@ -324,22 +331,51 @@ impl CacheControl {
     }
 
     /// Applies the other replicas' invalidations to this cache, from the shared tier's channel,
-    /// for as long as the cache lives (nothing without a shared tier).
-    pub fn listen_for_invalidations(&self) {
+    /// for as long as the cache lives (nothing without a shared tier). A message naming an item
+    /// (a Plaid Item) is also resolved to the key parts `keys_of` knows of it: those the sender
+    /// did not name (it never fetched them itself) are invalidated here in both tiers, refreshed,
+    /// and published for the others, without the item, so nothing is relayed twice.
+    pub fn listen_for_invalidations(
+        &self,
+        keys_of: impl Fn(&str) -> Vec<KeyPart> + Send + 'static,
+        views: Vec<Arc<str>>,
+    ) {
         let Some(shared) = &self.0.shared else {
             return;
         };
         let cache = Arc::downgrade(&self.0);
-        shared.listen(move |hashes, at| match cache.upgrade() {
-            Some(state) => {
-                let done = CacheControl(state).invalidate_hashed(&hashes, at);
-                tracing::debug!(
-                    local = done.local,
-                    "cache invalidation from another replica applied"
-                );
-                true
+        shared.listen(move |message| {
+            let Some(state) = cache.upgrade() else {
+                return false;
+            };
+            let control = CacheControl(state);
+            let hashes: HashSet<String> = message.parts.into_iter().collect();
+            let at = UNIX_EPOCH + Duration::from_millis(message.at_ms.max(0) as u64);
+            let done = control.invalidate_hashed(&hashes, at);
+            tracing::debug!(
+                local = done.local,
+                "cache invalidation from another replica applied"
+            );
+            let unnamed: HashSet<KeyPart> = message
+                .item
+                .as_deref()
+                .map(&keys_of)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| !hashes.contains(&part_hash(p)))
+                .collect();
+            if !unnamed.is_empty() {
+                let views = views.clone();
+                tokio::spawn(async move {
+                    let done = control.invalidate(&unnamed, &views, None).await;
+                    tracing::debug!(
+                        local = done.local,
+                        shared = done.shared,
+                        "cache invalidation relayed for key parts only this replica knew"
+                    );
+                });
             }
-            None => false,
+            true
         });
     }
 }

@@ -119,7 +119,14 @@ impl Gateway {
                 let service = gateway_stack_with_cache(cache, fetcher.clone(), &policy);
                 if let Some(control) = control {
                     // After the stack is built: applying an invalidation refreshes through it.
-                    control.listen_for_invalidations();
+                    let views = config
+                        .views
+                        .values()
+                        .filter(|v| v.source == source.name && v.entities.len() == 1)
+                        .map(|v| Arc::from(v.name.as_str()))
+                        .collect();
+                    let known = fetcher.clone();
+                    control.listen_for_invalidations(move |item| known.keys_of(item), views);
                     controls.insert(source.name.clone(), control);
                 }
                 (Some(fetcher), Some(service))

@@ -159,6 +159,11 @@ pub struct InvalidationMessage {
     pub at_ms: i64,
     /// `part_hash` of each key part.
     pub parts: Vec<String>,
+    /// The outside object the invalidation is about (a Plaid Item's id), when the sender had
+    /// one: a replica that knows key parts of it the sender did not name invalidates them too,
+    /// in both tiers, and publishes them (without an item, so nothing is relayed twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<String>,
 }
 
 impl InvalidationMessage {
@@ -166,7 +171,11 @@ impl InvalidationMessage {
     pub fn decode(text: &str) -> Option<InvalidationMessage> {
         serde_json::from_str::<InvalidationMessage>(text)
             .ok()
-            .filter(|m| m.v == 1 && m.parts.iter().all(|p| p.len() == 64))
+            .filter(|m| {
+                m.v == 1
+                    && m.parts.iter().all(|p| p.len() == 64)
+                    && (!m.parts.is_empty() || m.item.is_some())
+            })
     }
 }
 
@@ -218,7 +227,31 @@ impl SharedTier {
             })
         };
         let client = builder(config.clone())?;
-        let subscriber = builder(config)?;
+        let subscriber = {
+            let mut builder = Builder::from_config(config);
+            builder
+                .with_connection_config(|c| {
+                    c.connection_timeout = Duration::from_secs(2);
+                    c.tcp = TcpConfig {
+                        nodelay: Some(true),
+                        // A dead subscribed connection is otherwise silent: no command of ours
+                        // runs on it to notice.
+                        keepalive: Some(
+                            socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)),
+                        ),
+                        ..TcpConfig::default()
+                    };
+                })
+                // Room for bursts of messages while one is being applied.
+                .with_performance_config(|p| p.broadcast_channel_capacity = 4096)
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+            builder.build().map_err(|e| {
+                format!(
+                    "cache.shared: cannot create the Redis client ({:?})",
+                    e.kind()
+                )
+            })?
+        };
         // The connection task runs on its own (and reconnects); its handle is not needed.
         drop(client.connect());
         Ok(SharedTier {
@@ -254,14 +287,15 @@ impl SharedTier {
         )
     }
 
-    /// Tells the other replicas that entries holding `parts` are no longer fresh; `false` (and
-    /// counted) when Redis could not be told.
-    pub async fn publish_invalidation(&self, parts: &HashSet<KeyPart>) -> bool {
+    /// Tells the other replicas that entries holding `parts` (or key parts of `item`) are no
+    /// longer fresh; `false` (and counted) when Redis could not be told.
+    pub async fn publish_invalidation(&self, parts: &HashSet<KeyPart>, item: Option<&str>) -> bool {
         let message = InvalidationMessage {
             v: 1,
             replica: self.replica.to_string(),
             at_ms: millis(SystemTime::now()),
             parts: parts.iter().map(part_hash).collect(),
+            item: item.map(str::to_owned),
         };
         let Some(options) = self.options(None) else {
             return false;
@@ -284,10 +318,10 @@ impl SharedTier {
         }
     }
 
-    /// Subscribes to the invalidation channel, in the background, and calls `apply` with the
-    /// key-part hashes and time of every other replica's message, until `apply` answers
-    /// `false` (its cache is gone); then the connection is closed.
-    pub fn listen(&self, apply: impl Fn(HashSet<String>, SystemTime) -> bool + Send + 'static) {
+    /// Subscribes to the invalidation channel, in the background, and calls `apply` with every
+    /// other replica's message, until `apply` answers `false` (its cache is gone); then the
+    /// connection is closed.
+    pub fn listen(&self, apply: impl Fn(InvalidationMessage) -> bool + Send + 'static) {
         let subscriber = self.subscriber.clone();
         let channel = self.channel.clone();
         let replica = self.replica.clone();
@@ -342,8 +376,7 @@ impl SharedTier {
                 if decoded.replica == *replica {
                     continue;
                 }
-                let at = UNIX_EPOCH + Duration::from_millis(decoded.at_ms.max(0) as u64);
-                if !apply(decoded.parts.into_iter().collect(), at) {
+                if !apply(decoded) {
                     break;
                 }
                 metrics.applied.increment(1);
@@ -569,6 +602,7 @@ mod tests {
             replica: "r1".into(),
             at_ms: 1_700_000_000_123,
             parts: vec![part_hash(&token), part_hash(&KeyPart::Int64(7))],
+            item: Some("item-1".into()),
         };
         let text = serde_json::to_string(&message).unwrap();
         assert!(!text.contains("secret"), "{text}");
@@ -591,11 +625,15 @@ mod tests {
             format!(r#"{{"v":2,"replica":"r","at_ms":1,"parts":["{hash}"]}}"#),
             r#"{"v":1,"replica":"r","at_ms":1,"parts":["short"]}"#.into(),
             format!(r#"{{"v":1,"replica":"r","parts":["{hash}"]}}"#),
+            // Neither a key part nor an item: nothing to invalidate.
+            r#"{"v":1,"replica":"r","at_ms":1,"parts":[]}"#.into(),
         ] {
             assert_eq!(InvalidationMessage::decode(&text), None, "{text}");
         }
         let good = format!(r#"{{"v":1,"replica":"r","at_ms":1,"parts":["{hash}"]}}"#);
         assert!(InvalidationMessage::decode(&good).is_some());
+        let item_only = r#"{"v":1,"replica":"r","at_ms":1,"parts":[],"item":"i"}"#;
+        assert!(InvalidationMessage::decode(item_only).is_some());
     }
 
     #[test]

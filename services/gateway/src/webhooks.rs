@@ -450,8 +450,10 @@ impl PlaidWebhooks {
         }
         let parts: HashSet<KeyPart> = self.fetcher.keys_of(&item_id).into_iter().collect();
         let done = match &self.cache {
-            Some(cache) if !parts.is_empty() => cache.invalidate(&parts, &self.views).await,
-            _ => Default::default(),
+            // Even with no key part known here (this replica never fetched the Item itself):
+            // the replicas that did hear of it by the Item's id.
+            Some(cache) => cache.invalidate(&parts, &self.views, Some(&item_id)).await,
+            None => Default::default(),
         };
         tracing::info!(
             webhook_type = %webhook.webhook_type,
