@@ -1365,6 +1365,8 @@ def memory(args) -> tuple[str, str]:
                      f"{r['fill']['rows'] / max(r['fill_s'], 1e-9):,.0f} | {check} |")
     lines += [""]
     full, one = runs[1], runs[2]
+    iso8 = parts[("store", 8)]["bytes_per_entry"]
+    iso1 = parts[("store", 1)]["bytes_per_entry"]
     per8 = (full["rss"] - base["rss"]) * 1024 * 1024 / keys
     per1 = (one["rss"] - base["rss"]) * 1024 * 1024 / keys
     per_cell = (per8 - per1) / 7
@@ -1376,15 +1378,19 @@ def memory(args) -> tuple[str, str]:
               f"- Linear fit over the two cached runs: about **{fixed:.0f} bytes per entry whatever it holds** "
               f"(key, cache bookkeeping, the entry itself) plus **{per_cell:.0f} bytes per feature value**.",
               f"- The cache's weigher (`feature_gateway_cache_bytes`) charges {full['weight'] / keys:.0f} bytes for an "
-              f"8-feature entry and {one['weight'] / keys:.0f} for a 1-feature one: "
-              f"{full['weight'] / keys / per8:.2f}x and {one['weight'] / keys / per1:.2f}x of what they really take "
-              "here, so `max_bytes` bounds the cache's real memory.", ""]
+              f"8-feature entry and {one['weight'] / keys:.0f} for a 1-feature one; the same entries take "
+              f"{iso8:.0f} and {iso1:.0f} bytes alone in a process (`cache-mem`, below): "
+              f"{full['weight'] / keys / iso8:.2f}x and {one['weight'] / keys / iso1:.2f}x, so `max_bytes` bounds "
+              "the cache's real memory. Over the uncached gateway they add less, as the cache reuses memory "
+              "the uncached pass leaves with the allocator.", ""]
     lines += ["## Where it goes", "",
               f"`cache-mem` (loadtest/src/cache_mem.rs) builds {keys:,} entries of the same view in one process, "
               "under mimalloc, and reports resident memory growth per entry, what the store's weigher charges, "
-              "and the table's own share (its slab of entry slots and its hash index, from quick_cache):", "",
+              "the table's own share (its slab of entry slots and its hash index, from quick_cache), and "
+              "the mean time of a hit on a random key, the row handed back as the cache layer serves it "
+              "(decoded from the store; cloned, as the old cache's lookup did):", "",
               "| container and entry | bytes per entry | for 1M entries (MB) | weigher's charge | "
-              "table: slab + index |", "|---|---:|---:|---:|---:|"]
+              "table: slab + index | one hit (ns) |", "|---|---:|---:|---:|---:|---:|"]
     names = {("store", 8): "the gateway's store, 8 features",
              ("store", 1): "the gateway's store, 1 feature",
              ("old-hashmap", 8): "before: the old key and entry in a plain HashMap, 8 features (no cache bookkeeping)"}
@@ -1393,7 +1399,7 @@ def memory(args) -> tuple[str, str]:
         table_share = (f"{r['slab_per_entry']:.0f} + {r['index_per_entry']:.1f}"
                        if r.get("slab_per_entry") else "—")
         lines.append(f"| {names[variant]} | {r['bytes_per_entry']:.0f} | "
-                     f"{r['bytes_per_entry'] * 1e6 / 1048576:.0f} | {weight} | {table_share} |")
+                     f"{r['bytes_per_entry'] * 1e6 / 1048576:.0f} | {weight} | {table_share} | {r['hit_ns']:.0f} |")
     lines += [""]
     return "\n".join(lines), ""
 

@@ -1,6 +1,9 @@
-//! The cache's compact binary forms: an entry's key (its shape and entity key) and its value
-//! (flags, fetch time and row) each as one byte string, so that an entry costs two small heap
-//! blocks instead of a key vector, a cell vector and a string per value.
+//! The cache's compact binary form: an entry is one byte string (one heap block) holding its key
+//! (its shape and entity key) and its value (flags, fetch time and row), instead of a key vector,
+//! a cell vector of 32-byte cells and a heap string per text value.
+//!
+//! # Entry
+//! `varint(key length)`, the key, the value.
 //!
 //! # Key
 //! `varint(shape)`, then per key part either `0, zigzag-varint(i)` (int64) or
