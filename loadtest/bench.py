@@ -1381,8 +1381,8 @@ def memory(args) -> tuple[str, str]:
               f"8-feature entry and {one['weight'] / keys:.0f} for a 1-feature one; the same entries take "
               f"{iso8:.0f} and {iso1:.0f} bytes alone in a process (`cache-mem`, below): "
               f"{full['weight'] / keys / iso8:.2f}x and {one['weight'] / keys / iso1:.2f}x, so `max_bytes` bounds "
-              "the cache's real memory. Over the uncached gateway they add less, as the cache reuses memory "
-              "the uncached pass leaves with the allocator.", ""]
+              f"the cache's real memory. (Over the uncached gateway they add {per8:.0f} and {per1:.0f} bytes, a "
+              "figure that also moves with what each pass leaves with the allocator.)", ""]
     lines += ["## Where it goes", "",
               f"`cache-mem` (loadtest/src/cache_mem.rs) builds {keys:,} entries of the same view in one process, "
               "under mimalloc, and reports resident memory growth per entry, what the store's weigher charges, "
