@@ -151,6 +151,11 @@ class Gateway:
         return total
 
 
+    def gauge(self, name: str, **labels) -> float:
+        """The sum of a Prometheus gauge's series whose labels include `labels`."""
+        return self.counter(name, **labels)
+
+
 class RedisServer:
     """redis-server on a free loopback port, no automatic persistence; stopped by stop().
 
@@ -440,6 +445,16 @@ def write_users(path: Path, population: int, width: int = 6):
                     f"{rng.choice(countries)},{rng.random():.4f}\n")
 
 
+# `redis --cached`: the same view behind the in-process cache, filled before the measured runs,
+# so every request is a cache hit (the hit path's cost, beside the same baselines).
+REDIS_CACHE = """
+[sources.online.cache]
+ttl = "1h"
+max_staleness = "1h"
+max_bytes = 1073741824
+"""
+
+
 def redis(args) -> str:
     bindir = build(release=not args.smoke)
     ghz_bin = find_ghz()
@@ -454,7 +469,7 @@ def redis(args) -> str:
         gw = None
         try:
             config = tmp / "redis.toml"
-            config.write_text(REDIS_CONFIG.format(port=server.port))
+            config.write_text(REDIS_CONFIG.format(port=server.port) + (REDIS_CACHE if args.cached else ""))
             users = tmp / "users.csv"
             write_users(users, population)
             started = time.time()
@@ -469,6 +484,8 @@ def redis(args) -> str:
             scenario = ["--scenario", "features", "--feature-service", "user_stats_v1",
                         "--entity", f"user_id=u_{{6}}:{population}"]
             health = ["--scenario", "health"]
+            if args.cached:  # every key once, in order: all later requests are hits
+                run_fg_load(bindir, gw.grpc, scenario + ["--sequential", "--batch-rows", "1000"], 2, 600)
             run_fg_load(bindir, gw.grpc, scenario, args.concurrency, 1.0)  # warm-up
             runs = {k: [] for k in ("fg_base", "fg_feat", "ghz_base", "ghz_feat", "redis")}
             for _ in range(rounds):
@@ -484,9 +501,11 @@ def redis(args) -> str:
                 gw.stop()
             server.stop()
     lines = ["# Redis-only feature vector (8 features) vs the health RPC and redis-benchmark", ""]
-    lines += header("redis", args, seconds, rounds)
+    lines += header("redis --cached" if args.cached else "redis", args, seconds, rounds)
     lines += [f"{population} users materialized with `feature-gateway materialize` in {load_s:.1f} s; "
-              "keys drawn uniformly at random.", ""]
+              "keys drawn uniformly at random."
+              + (" `--cached`: the source has an in-process cache (TTL 1 h), filled with every key before "
+                 "the measured runs, so every request is a cache hit." if args.cached else ""), ""]
     for tool, base, feat in (("fg-load", "fg_base", "fg_feat"), ("ghz", "ghz_base", "ghz_feat")):
         lines += table(tool, [("health check (baseline)", runs[base]),
                               ("GetFeatures user_stats_v1, 8 Redis features", runs[feat])])
@@ -1307,12 +1326,6 @@ max_bytes = 17179869184
 """
 
 
-def weigher_estimate(view: str, key: str, cells: list[int]) -> int:
-    """What services/gateway/src/cache.rs `weigh` charges for one entry (mirrors its formula):
-    64 + the view name + (key bytes + 24) per string key part + (32 + payload) per cell."""
-    return 64 + len(view) + len(key) + 24 + sum(32 + c for c in cells)
-
-
 def memory(args) -> tuple[str, str]:
     bindir = build(release=not args.smoke)
     keys = 20_000 if args.smoke else args.memory_keys
@@ -1354,7 +1367,9 @@ def memory(args) -> tuple[str, str]:
                     check = run_fg_load(bindir, gw.grpc, scenario + ["--batch-rows", "100"], 2, 1.0)
                     hits = gw.counter("feature_gateway_cache_lookups_total", outcome="hit") - hits0
                     misses = gw.counter("feature_gateway_cache_lookups_total", outcome="miss") - misses0
+                    weight = gw.gauge("feature_gateway_cache_bytes", source="online") if config is cached else 0
                     runs.append({"label": label, "features": features, "idle": idle, "rss": rss, "peak": peak,
+                                 "weight": weight,
                                  "fill": fill, "fill_s": fill_s, "check": check, "hits": hits, "misses": misses,
                                  "cached": config is cached})
                 finally:
@@ -1363,10 +1378,10 @@ def memory(args) -> tuple[str, str]:
             server.stop()
     # The same number of entries in isolation (loadtest/src/cache_mem.rs), to see where it goes.
     parts = {}
-    for variant in ("hashmap", "moka", "moka-no-ttl", "compact-hashmap", "compact-moka"):
-        out = subprocess.run([str(bindir / "cache-mem"), "--variant", variant, "--entries", str(keys)],
-                             capture_output=True, text=True, check=True).stdout
-        parts[variant] = json.loads(out)
+    for variant, features in (("store", 8), ("store", 1), ("old-hashmap", 8)):
+        out = subprocess.run([str(bindir / "cache-mem"), "--variant", variant, "--entries", str(keys),
+                              "--features", str(features)], capture_output=True, text=True, check=True).stdout
+        parts[(variant, features)] = json.loads(out)
 
     base = runs[0]
     lines = ["# Gateway memory with one million cached entries", ""]
@@ -1378,49 +1393,54 @@ def memory(args) -> tuple[str, str]:
               "1 s of random keys checks that they are all cache hits. The baseline is the same pass on a "
               "gateway without a cache, in the same invocation.", ""]
     lines += ["| gateway | RSS idle (MB) | RSS after the pass (MB) | peak RSS (MB) | over baseline (MB) | "
-              "bytes per entry | pass (s) | rows/s | check: hits / misses |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "bytes per entry | weigher's charge per entry | pass (s) | rows/s | check: hits / misses |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
         over = r["rss"] - base["rss"]
         per_entry = f"{over * 1024 * 1024 / keys:.0f}" if r["cached"] else "—"
+        charge = f"{r['weight'] / keys:.0f}" if r["cached"] else "—"
         check = f"{r['hits']:.0f} / {r['misses']:.0f}" if r["cached"] else "—"
         lines.append(f"| {r['label']} | {r['idle']:.0f} | {r['rss']:.0f} | {r['peak']:.0f} | "
-                     f"{over if r['cached'] else 0:.0f} | {per_entry} | {r['fill_s']:.1f} | "
+                     f"{over if r['cached'] else 0:.0f} | {per_entry} | {charge} | {r['fill_s']:.1f} | "
                      f"{r['fill']['rows'] / max(r['fill_s'], 1e-9):,.0f} | {check} |")
     lines += [""]
     full, one = runs[1], runs[2]
+    iso8 = parts[("store", 8)]["bytes_per_entry"]
+    iso1 = parts[("store", 1)]["bytes_per_entry"]
     per8 = (full["rss"] - base["rss"]) * 1024 * 1024 / keys
     per1 = (one["rss"] - base["rss"]) * 1024 * 1024 / keys
     per_cell = (per8 - per1) / 7
     fixed = per1 - per_cell
-    key = f"u_{0:0{width}d}"
-    est8 = weigher_estimate("user_stats", key, [0, 0, 0, 0, 0, 0, 2, 0])
-    est1 = weigher_estimate("user_stats", key, [0])
     projected = base["rss"] + per8 * 1_000_000 / 1024 / 1024
     lines += [f"- **RSS with {keys:,} cached 8-feature entries: {full['rss']:.0f} MB** (target for one million: "
               f"under 150 MB); {per8:.0f} bytes per entry over the uncached baseline"
               + (f", so one million entries need about {projected:.0f} MB." if keys != 1_000_000 else "."),
               f"- Linear fit over the two cached runs: about **{fixed:.0f} bytes per entry whatever it holds** "
               f"(key, cache bookkeeping, the entry itself) plus **{per_cell:.0f} bytes per feature value**.",
-              f"- The cache's weigher charges {est8} bytes for an 8-feature entry and {est1} for a 1-feature one: "
-              f"it under-counts the real cost by {per8 / est8:.1f}x and {per1 / est1:.1f}x, so `max_bytes` "
-              "bounds about half (or less) of what the cache really takes.", ""]
-    sizes = parts["hashmap"]["size_of"]
+              f"- The cache's weigher (`feature_gateway_cache_bytes`) charges {full['weight'] / keys:.0f} bytes for an "
+              f"8-feature entry and {one['weight'] / keys:.0f} for a 1-feature one; the same entries take "
+              f"{iso8:.0f} and {iso1:.0f} bytes alone in a process (`cache-mem`, below): "
+              f"{full['weight'] / keys / iso8:.2f}x and {one['weight'] / keys / iso1:.2f}x, so `max_bytes` bounds "
+              f"the cache's real memory. (Over the uncached gateway they add {per8:.0f} and {per1:.0f} bytes, a "
+              "figure that also moves with what each pass leaves with the allocator.)", ""]
     lines += ["## Where it goes", "",
-              f"`cache-mem` (loadtest/src/cache_mem.rs) builds {keys:,} 8-feature entries shaped as "
-              "services/gateway/src/cache.rs stores them, in one container per process, under mimalloc, "
-              "and reports resident memory growth per entry:", "",
-              "| container and entry | bytes per entry | for 1M entries (MB) |", "|---|---:|---:|"]
-    names = {"hashmap": "HashMap, the gateway's key and entry (the representation alone)",
-             "moka": "moka with weigher and time-to-live, the gateway's key and entry (as the gateway)",
-             "moka-no-ttl": "moka without time-to-live, the gateway's key and entry",
-             "compact-hashmap": "HashMap, compact entry (`Box<str>` key, encoded row `Box<[u8]>`, u32 time)",
-             "compact-moka": "moka without time-to-live, compact entry"}
+              f"`cache-mem` (loadtest/src/cache_mem.rs) builds {keys:,} entries of the same view in one process, "
+              "under mimalloc, and reports resident memory growth per entry, what the store's weigher charges, "
+              "the table's own share (its slab of entry slots and its hash index, from quick_cache), and "
+              "the mean time of a hit on a random key, the row handed back as the cache layer serves it "
+              "(decoded from the store; cloned, as the old cache's lookup did):", "",
+              "| container and entry | bytes per entry | for 1M entries (MB) | weigher's charge | "
+              "table: slab + index | one hit (ns) |", "|---|---:|---:|---:|---:|---:|"]
+    names = {("store", 8): "the gateway's store, 8 features",
+             ("store", 1): "the gateway's store, 1 feature",
+             ("old-hashmap", 8): "before: the old key and entry in a plain HashMap, 8 features (no cache bookkeeping)"}
     for variant, r in parts.items():
-        lines.append(f"| {names[variant]} | {r['bytes_per_entry']:.0f} | {r['bytes_per_entry'] * 1e6 / 1048576:.0f} |")
-    lines += ["", f"Sizes: key `(Arc<str>, Vec<KeyPart>)` {sizes['key']} B inline, entry {sizes['entry']} B, "
-              f"one cell `Result<Value, CellError>` {sizes['cell']} B (`Value` {sizes['value']} B), so 8 cells "
-              f"are a {8 * sizes['cell']} B heap block before any string payload.", ""]
+        weight = f"{r['weight_per_entry']:.0f}" if r.get("weight_per_entry") else "—"
+        table_share = (f"{r['slab_per_entry']:.0f} + {r['index_per_entry']:.1f}"
+                       if r.get("slab_per_entry") else "—")
+        lines.append(f"| {names[variant]} | {r['bytes_per_entry']:.0f} | "
+                     f"{r['bytes_per_entry'] * 1e6 / 1048576:.0f} | {weight} | {table_share} | {r['hit_ns']:.0f} |")
+    lines += [""]
     return "\n".join(lines), ""
 
 
@@ -1437,6 +1457,8 @@ def main():
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--population", type=int, default=100_000,
                         help="users materialized for the redis benchmark")
+    parser.add_argument("--cached", action="store_true",
+                        help="redis: serve the view from a filled in-process cache (the hit path)")
     parser.add_argument("--fraud-users", type=int, default=10_000,
                         help="users of the fraud benchmark (half with a Plaid Item)")
     parser.add_argument("--memory-keys", type=int, default=1_000_000,

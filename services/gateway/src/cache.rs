@@ -34,9 +34,16 @@
 //! already in flight for those keys from storing their older answers, and refreshes the entries
 //! it held in the background.
 //!
-//! Memory is bounded by `max_bytes` (moka's size-aware eviction, weighing each entry by an
-//! estimate of its size); entries are dropped once older than `max_staleness`. Ages use tokio's
-//! clock, so tests can pause time.
+//! Entries are stored compact ([`store`]): one heap block each, holding the key's bytes, the
+//! fetch time and the row's cells in a few bytes apiece, decoded on every hit. Memory is bounded
+//! by `max_bytes`, each entry weighed by what it really takes (its block and its share of the
+//! table). The table has no clock of its own: an entry past its useful life (the longest of
+//! `ttl`, `negative_ttl` and `max_staleness`) is dropped by the lookup that finds it, and
+//! otherwise leaves by eviction when the table is full. Ages use tokio's clock, so tests can
+//! pause time.
+
+mod codec;
+pub mod store;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -46,7 +53,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use fetcher_api::{EntityKey, FetchError, FetchRequest, KeyPart, Row, Value};
+use fetcher_api::{EntityKey, FetchError, FetchRequest, KeyPart, Row};
 use futures::{FutureExt, future::Shared};
 use tokio::{sync::Semaphore, time::Instant};
 use tower::{Layer, Service, ServiceExt};
@@ -56,6 +63,7 @@ use crate::{
     stack::{BoxFuture, SourceService},
     telemetry::CacheMetrics,
 };
+use store::{Entry, Shape, Store};
 
 /// What a source's stack answers for one key.
 #[derive(Clone, Debug, PartialEq)]
@@ -119,18 +127,12 @@ pub struct CachePolicy {
     pub shared: Option<SharedTierPolicy>,
 }
 
-/// A cached answer.
-#[derive(Clone, Debug)]
-struct Entry {
-    /// The features the row holds, in order; a request for other features misses.
-    features: Arc<[String]>,
-    row: Row,
-    fetched_at: Instant,
-    /// Invalidated (by a webhook): never fresh again, still a STALE fallback.
-    invalidated: bool,
-}
-
+/// A view's entity key, as calls in flight and invalidations are tracked.
 type Key = (Arc<str>, EntityKey);
+
+/// Most invalidated keys remembered (each only matters while an answer fetched before its
+/// invalidation may still be in flight or in the shared tier).
+const MAX_INVALIDATIONS: usize = 100_000;
 
 /// Keys to refresh, by view and feature list.
 type RefreshGroups = BTreeMap<(Arc<str>, Vec<String>), (Arc<[String]>, Vec<EntityKey>)>;
@@ -145,14 +147,14 @@ pub struct CacheLayer {
 struct CacheState {
     source: Arc<str>,
     policy: CachePolicy,
-    entries: moka::sync::Cache<Key, Entry>,
+    entries: Store,
     /// Calls in flight, by key: concurrent misses for a key join one call.
     in_flight: Mutex<HashMap<Key, Pending>>,
     background: Arc<Semaphore>,
     metrics: CacheMetrics,
     shared: Option<SharedTier>,
     /// When keys were last invalidated: older answers (in flight, or in Redis) are not fresh.
-    invalidations: moka::sync::Cache<Key, Instant>,
+    invalidations: quick_cache::sync::Cache<Key, Instant>,
     /// The source's stack under this layer, for refreshes after an invalidation.
     inner: OnceLock<SourceService>,
     source_timeout: Option<Duration>,
@@ -162,16 +164,14 @@ impl std::fmt::Debug for CacheState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheState")
             .field("policy", &self.policy)
-            .field("entries", &self.entries.entry_count())
+            .field("entries", &self.entries)
             .finish_non_exhaustive()
     }
 }
 
 impl crate::telemetry::CacheSize for CacheState {
     fn size(&self) -> (u64, u64) {
-        // Counts settle once pending maintenance has run; a scrape is rare enough to pay it.
-        self.entries.run_pending_tasks();
-        (self.entries.entry_count(), self.entries.weighted_size())
+        self.entries.size()
     }
 }
 
@@ -195,18 +195,11 @@ impl CacheLayer {
     ) -> Self {
         let state = policy.map(|policy| {
             let metrics = CacheMetrics::new(source);
-            let evictions = metrics.clone();
-            let entries = moka::sync::Cache::builder()
-                .max_capacity(policy.max_bytes)
-                .weigher(|key: &Key, entry: &Entry| weigh(key, entry))
-                // A memory bound only: which entries may be served is decided by `fetched_at`.
-                .time_to_live(policy.max_staleness.max(policy.ttl))
-                .eviction_listener(move |_, _, cause| match cause {
-                    moka::notification::RemovalCause::Size => evictions.evicted(true),
-                    moka::notification::RemovalCause::Expired => evictions.evicted(false),
-                    _ => {}
-                })
-                .build();
+            let useful_life = policy
+                .max_staleness
+                .max(policy.ttl)
+                .max(policy.negative_ttl.unwrap_or_default());
+            let entries = Store::new(policy.max_bytes, useful_life, metrics.clone());
             let state = Arc::new(CacheState {
                 source: source.into(),
                 policy: policy.clone(),
@@ -215,14 +208,7 @@ impl CacheLayer {
                 background: Arc::new(Semaphore::new(policy.max_background_calls)),
                 metrics,
                 shared: None,
-                invalidations: moka::sync::Cache::builder()
-                    .max_capacity(100_000)
-                    .time_to_live(
-                        policy.max_staleness.max(policy.ttl)
-                            + source_timeout.unwrap_or_default()
-                            + Duration::from_secs(60),
-                    )
-                    .build(),
+                invalidations: quick_cache::sync::Cache::new(MAX_INVALIDATIONS),
                 inner: OnceLock::new(),
                 source_timeout,
             });
@@ -393,14 +379,9 @@ impl CacheState {
         refresh: bool,
     ) -> (HashSet<Key>, Invalidated) {
         let mut result = Invalidated::default();
-        let held: Vec<(Key, Entry)> = self
-            .entries
-            .iter()
-            .filter(|(k, _)| matches(&k.1))
-            .map(|(k, e)| ((*k).clone(), e))
-            .collect();
+        let held = self.entries.matching_where(&matches);
         let mut keys = also;
-        keys.extend(held.iter().map(|(k, _)| k.clone()));
+        keys.extend(held.iter().map(|h| (h.view.clone(), h.key.clone())));
         keys.extend(
             self.in_flight
                 .lock()
@@ -412,25 +393,19 @@ impl CacheState {
         for key in &keys {
             self.invalidations.insert(key.clone(), at);
         }
-        for (key, entry) in &held {
-            self.entries.insert(
-                key.clone(),
-                Entry {
-                    invalidated: true,
-                    ..entry.clone()
-                },
-            );
+        for h in &held {
+            self.entries.invalidate(h);
         }
         result.local = held.len();
         // Refresh what this replica held, one call per view and feature list.
         if let Some(inner) = self.inner.get().filter(|_| refresh) {
             let mut groups: RefreshGroups = BTreeMap::new();
-            for ((view, key), entry) in held {
+            for h in held {
                 groups
-                    .entry((view, entry.features.to_vec()))
-                    .or_insert_with(|| (entry.features.clone(), Vec::new()))
+                    .entry((h.view, h.features.to_vec()))
+                    .or_insert_with(|| (h.features.clone(), Vec::new()))
                     .1
-                    .push(key);
+                    .push(h.key);
             }
             for ((view, _), (features, keys)) in groups {
                 result.refreshing += keys.len();
@@ -514,11 +489,9 @@ impl CacheState {
         let mut stale: Vec<Option<Entry>> = vec![None; request.keys.len()];
         let mut missing = Vec::new();
         let mut refresh = Vec::new();
+        let shape = self.entries.shape(&request.view, &request.features);
         for (i, key) in request.keys.iter().enumerate() {
-            let entry = self
-                .entries
-                .get(&(request.view.clone(), key.clone()))
-                .filter(|e| same_features(&e.features, &request.features));
+            let entry = shape.and_then(|shape| self.entries.get(shape, key, now));
             match entry {
                 Some(e) if self.fresh(&e, now) => {
                     if self.refresh_due(&e, now) {
@@ -543,7 +516,7 @@ impl CacheState {
         }
         if let Some(shared) = self.shared.as_ref().filter(|_| !missing.is_empty()) {
             missing = self
-                .look_up_shared(shared, &request, missing, &mut slots, &mut stale)
+                .look_up_shared(shared, &request, shape, missing, &mut slots, &mut stale)
                 .await;
         }
         if missing.is_empty() {
@@ -631,6 +604,7 @@ impl CacheState {
         &self,
         shared: &SharedTier,
         request: &FetchRequest,
+        shape: Option<Shape>,
         missing: Vec<usize>,
         slots: &mut [Option<Slot>],
         stale: &mut [Option<Entry>],
@@ -650,7 +624,6 @@ impl CacheState {
             let key = (request.view.clone(), request.keys[i].clone());
             let fetched_at = entry.fetched_instant(now);
             let local = Entry {
-                features: request.features.clone(),
                 row: entry.row,
                 fetched_at,
                 invalidated: self
@@ -659,11 +632,15 @@ impl CacheState {
                     .is_some_and(|at| at >= fetched_at),
             };
             if self.fresh(&local, now) {
+                if let Some(shape) = shape {
+                    let k = &request.keys[i];
+                    self.entries
+                        .insert(shape, k, &local.row, fetched_at, local.invalidated);
+                }
                 slots[i] = Some(Slot::Cached {
                     age: now.duration_since(fetched_at),
-                    row: local.row.clone(),
+                    row: local.row,
                 });
-                self.entries.insert(key, local);
                 continue;
             }
             let newer = stale[i].as_ref().is_none_or(|s| s.fetched_at < fetched_at);
@@ -813,6 +790,7 @@ impl CacheState {
     async fn store(&self, call: &FetchRequest, rows: &[Row], started: Instant) {
         let fetched_at = Instant::now();
         let wall = std::time::SystemTime::now();
+        let shape = self.entries.shape(&call.view, &call.features);
         let mut shared = Vec::new();
         for (key, row) in call.keys.iter().zip(rows) {
             if matches!(row, Row::NotFound) && self.policy.negative_ttl.is_none() {
@@ -825,15 +803,9 @@ impl CacheState {
             if let Some(tier) = &self.shared {
                 shared.push((tier.redis_key(&self.source, &call.view, key), row));
             }
-            self.entries.insert(
-                k,
-                Entry {
-                    features: call.features.clone(),
-                    row: row.clone(),
-                    fetched_at,
-                    invalidated: false,
-                },
-            );
+            if let Some(shape) = shape {
+                self.entries.insert(shape, key, row, fetched_at, false);
+            }
         }
         if let Some(tier) = &self.shared {
             let entries = shared
@@ -861,55 +833,12 @@ fn same_features(a: &Arc<[String]>, b: &Arc<[String]>) -> bool {
     Arc::ptr_eq(a, b) || a[..] == b[..]
 }
 
-/// An estimate of an entry's memory, in bytes, for the cache's size bound.
-fn weigh(key: &Key, entry: &Entry) -> u32 {
-    let key_bytes: usize = key.0.len()
-        + key
-            .1
-            .iter()
-            .map(|k| match k {
-                KeyPart::Int64(_) => 8,
-                KeyPart::String(s) => s.len() + 24,
-            })
-            .sum::<usize>();
-    let row_bytes = match &entry.row {
-        Row::NotFound => 0,
-        Row::Found(record) => record
-            .cells
-            .iter()
-            .map(|c| match c {
-                Ok(v) => value_bytes(v),
-                Err(e) => e.0.len() + 24,
-            })
-            .sum(),
-    };
-    (ENTRY_OVERHEAD + key_bytes + row_bytes).min(u32::MAX as usize) as u32
-}
-
-/// What one entry costs beyond its key's and cells' payloads: the key's and the cells' heap
-/// blocks and their allocator rounding, the entry itself, and moka's per-entry bookkeeping
-/// (its hash table slot, access-order and expiry queue nodes). Measured by
-/// `python3 loadtest/bench.py memory` (about 450 bytes per entry plus 31 per cell, resident),
-/// so that `max_bytes` bounds what the cache really takes.
-const ENTRY_OVERHEAD: usize = 400;
-
-fn value_bytes(v: &Value) -> usize {
-    32 + match v {
-        Value::String(s) => s.len(),
-        Value::Bytes(b) => b.len(),
-        Value::Int64List(l) => l.len() * 8,
-        Value::DoubleList(l) => l.len() * 8,
-        Value::StringList(l) => l.iter().map(|s| s.len() + 24).sum(),
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stack::{SourcePolicy, gateway_stack};
     use async_trait::async_trait;
-    use fetcher_api::{ErrorClass, Fetcher, Record};
+    use fetcher_api::{ErrorClass, Fetcher, Record, Value};
     use std::sync::Mutex;
 
     /// A source that counts its calls and keys, answers after `delay`, and fails while `failing`.
@@ -1216,6 +1145,138 @@ mod tests {
         assert!(matches!(slots[0], Slot::Cached { .. }), "{slots:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(upstream.calls.lock().unwrap().len(), 1);
+    }
+
+    fn source_policy(cache: CachePolicy) -> SourcePolicy {
+        SourcePolicy {
+            name: "s".into(),
+            kind: "test".into(),
+            timeout: Some(Duration::from_secs(1)),
+            max_concurrency: 16,
+            cache: Some(cache),
+            circuit_breaker: None,
+            retry: None,
+            hedge: None,
+        }
+    }
+
+    fn cell(slots: &[Slot], i: usize) -> Value {
+        match &slots[i] {
+            Slot::Fetched {
+                row: Row::Found(r), ..
+            }
+            | Slot::Cached {
+                row: Row::Found(r), ..
+            }
+            | Slot::Stale {
+                row: Row::Found(r), ..
+            } => r.cells[0].clone().unwrap(),
+            other => panic!("expected a row, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn invalidated_entries_are_stale_until_their_refresh_lands() {
+        let upstream = Arc::new(Upstream::default());
+        let policy = source_policy(policy(None));
+        let layer = CacheLayer::new(policy.cache.as_ref(), policy.timeout, "s");
+        let control = layer.control().unwrap();
+        let service = crate::stack::gateway_stack_with_cache(layer, upstream.clone(), &policy);
+        let f = features();
+        fetch(
+            &service,
+            request(&["k1", "k2"], &f, Duration::from_millis(50)),
+        )
+        .await;
+
+        // The value changes upstream, which answers slowly, and a webhook says so for k1.
+        *upstream.tag.lock().unwrap() = "-v2".into();
+        *upstream.delay.lock().unwrap() = Duration::from_millis(100);
+        let parts = HashSet::from([KeyPart::String("k1".into())]);
+        let done = control.invalidate(&parts, &[], None).await;
+        assert_eq!(
+            done,
+            Invalidated {
+                local: 1,
+                shared: 0,
+                shared_failed: false,
+                published: false,
+                refreshing: 1
+            }
+        );
+
+        // k1 is no longer fresh: it waits on the refresh already in flight, and past the
+        // deadline gets the old value as STALE; k2 is still a hit.
+        let slots = fetch(
+            &service,
+            request(&["k1", "k2"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        assert!(matches!(slots[0], Slot::Stale { .. }), "{slots:?}");
+        assert_eq!(cell(&slots, 0), Value::String("k1".into()));
+        assert!(matches!(slots[1], Slot::Cached { .. }), "{slots:?}");
+
+        // The refresh lands: the new value is served fresh, and the source was called only by
+        // the first request and the refresh.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert!(matches!(slots[0], Slot::Cached { .. }), "{slots:?}");
+        assert_eq!(cell(&slots, 0), Value::String("k1-v2".into()));
+        assert_eq!(*upstream.calls.lock().unwrap(), [2, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_fetched_before_an_invalidation_is_not_stored() {
+        let upstream = Arc::new(Upstream::default());
+        *upstream.delay.lock().unwrap() = Duration::from_millis(100);
+        let policy = source_policy(policy(None));
+        let layer = CacheLayer::new(policy.cache.as_ref(), policy.timeout, "s");
+        let control = layer.control().unwrap();
+        let service = crate::stack::gateway_stack_with_cache(layer, upstream.clone(), &policy);
+        let f = features();
+        let first = {
+            let service = service.clone();
+            let f = f.clone();
+            tokio::spawn(async move {
+                fetch(&service, request(&["k1"], &f, Duration::from_millis(500))).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Nothing is held yet; the view's entries are named so the shared tier would be told.
+        let parts = HashSet::from([KeyPart::String("k1".into())]);
+        let done = control.invalidate(&parts, &["v".into()], None).await;
+        assert_eq!(done.local, 0);
+        let slots = first.await.unwrap();
+        assert!(matches!(slots[0], Slot::Fetched { .. }), "{slots:?}");
+
+        // That answer may predate the change: the next request asks the source again.
+        *upstream.delay.lock().unwrap() = Duration::ZERO;
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert!(matches!(slots[0], Slot::Fetched { .. }), "{slots:?}");
+        assert_eq!(upstream.calls.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_past_max_staleness_are_dropped_by_the_lookup_that_finds_them() {
+        let upstream = Arc::new(Upstream::default());
+        let layer = CacheLayer::new(Some(&policy(None)), Some(Duration::from_secs(1)), "s");
+        let state = layer.state.clone().unwrap();
+        let policy = source_policy(policy(None));
+        let service = crate::stack::gateway_stack_with_cache(layer, upstream.clone(), &policy);
+        let f = features();
+        fetch(
+            &service,
+            request(&["k1", "k2"], &f, Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(state.entries.size().0, 2);
+        *upstream.failing.lock().unwrap() = true;
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let slots = fetch(&service, request(&["k1"], &f, Duration::from_millis(50))).await;
+        assert!(matches!(slots[0], Slot::Failed(_)), "{slots:?}");
+        // Dropped by the lookup that found it too old; k2, not looked up, waits for one (or for
+        // eviction).
+        assert_eq!(state.entries.size().0, 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -179,7 +179,8 @@ pub struct RawCache {
     /// How long a NOT_FOUND answer is remembered. Default: not remembered.
     #[serde(default)]
     pub negative_ttl: Option<String>,
-    /// Memory bound, in bytes (estimated per entry). Default 64 MiB.
+    /// Memory bound, in bytes: each entry is charged what it takes in memory (its encoded
+    /// row, key and the table's bookkeeping; about 100 bytes for 8 numbers). Default 64 MiB.
     #[serde(default)]
     pub max_bytes: Option<u64>,
     /// Most source calls finishing in the background after their request's deadline, to fill
