@@ -503,6 +503,18 @@ pub struct Config {
     pub hash: String,
 }
 
+impl Config {
+    /// The views of `source` keyed by a single entity key (those an outside event about one
+    /// key part, such as a Plaid webhook, can name).
+    pub fn single_key_views(&self, source: &str) -> Vec<std::sync::Arc<str>> {
+        self.views
+            .values()
+            .filter(|v| v.source == source && v.entities.len() == 1)
+            .map(|v| std::sync::Arc::from(v.name.as_str()))
+            .collect()
+    }
+}
+
 /// An entity key.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entity {

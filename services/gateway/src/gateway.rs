@@ -119,12 +119,7 @@ impl Gateway {
                 let service = gateway_stack_with_cache(cache, fetcher.clone(), &policy);
                 if let Some(control) = control {
                     // After the stack is built: applying an invalidation refreshes through it.
-                    let views = config
-                        .views
-                        .values()
-                        .filter(|v| v.source == source.name && v.entities.len() == 1)
-                        .map(|v| Arc::from(v.name.as_str()))
-                        .collect();
+                    let views = config.single_key_views(&source.name);
                     let known = fetcher.clone();
                     control.listen_for_invalidations(move |item| known.keys_of(item), views);
                     controls.insert(source.name.clone(), control);

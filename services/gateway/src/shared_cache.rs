@@ -207,18 +207,29 @@ impl SharedTier {
         // The URL may hold a password: errors are reported by kind only.
         let config = Config::from_url(&policy.url)
             .map_err(|e| format!("cache.shared.url: cannot be used ({:?})", e.kind()))?;
-        let builder = |config: Config| {
+        // `subscribed`: the invalidation channel's connection, which runs no command of ours
+        // after SUBSCRIBE, so only keepalive notices it is dead, and bursts of messages need room
+        // while one is applied.
+        let builder = |config: Config, subscribed: bool| {
             let mut builder = Builder::from_config(config);
             builder
                 .with_connection_config(|c| {
                     c.connection_timeout = Duration::from_secs(2);
-                    c.max_command_attempts = 1;
+                    if !subscribed {
+                        c.max_command_attempts = 1;
+                    }
                     c.tcp = TcpConfig {
                         nodelay: Some(true),
+                        keepalive: subscribed.then(|| {
+                            socket2::TcpKeepalive::new().with_time(Duration::from_secs(30))
+                        }),
                         ..TcpConfig::default()
                     };
                 })
                 .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+            if subscribed {
+                builder.with_performance_config(|p| p.broadcast_channel_capacity = 4096);
+            }
             builder.build().map_err(|e| {
                 format!(
                     "cache.shared: cannot create the Redis client ({:?})",
@@ -226,32 +237,8 @@ impl SharedTier {
                 )
             })
         };
-        let client = builder(config.clone())?;
-        let subscriber = {
-            let mut builder = Builder::from_config(config);
-            builder
-                .with_connection_config(|c| {
-                    c.connection_timeout = Duration::from_secs(2);
-                    c.tcp = TcpConfig {
-                        nodelay: Some(true),
-                        // A dead subscribed connection is otherwise silent: no command of ours
-                        // runs on it to notice.
-                        keepalive: Some(
-                            socket2::TcpKeepalive::new().with_time(Duration::from_secs(30)),
-                        ),
-                        ..TcpConfig::default()
-                    };
-                })
-                // Room for bursts of messages while one is being applied.
-                .with_performance_config(|p| p.broadcast_channel_capacity = 4096)
-                .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
-            builder.build().map_err(|e| {
-                format!(
-                    "cache.shared: cannot create the Redis client ({:?})",
-                    e.kind()
-                )
-            })?
-        };
+        let client = builder(config.clone(), false)?;
+        let subscriber = builder(config, true)?;
         // The connection task runs on its own (and reconnects); its handle is not needed.
         drop(client.connect());
         Ok(SharedTier {

@@ -380,12 +380,7 @@ impl PlaidWebhooks {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| fail(format!("cannot create the HTTP client: {e}")))?;
-        let views = config
-            .views
-            .values()
-            .filter(|v| v.source == settings.source && v.entities.len() == 1)
-            .map(|v| Arc::from(v.name.as_str()))
-            .collect();
+        let views = config.single_key_views(&settings.source);
         Ok(PlaidWebhooks {
             max_age: settings.max_age,
             keys: KeyStore {

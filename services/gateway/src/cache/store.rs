@@ -255,41 +255,6 @@ impl Store {
             .collect()
     }
 
-    /// Every entry whose entity key holds one of `parts` (a scan of the whole table).
-    pub fn matching(&self, parts: &[KeyPart]) -> Vec<Held> {
-        let wanted: Vec<Vec<u8>> = parts
-            .iter()
-            .map(|p| {
-                let mut out = Vec::new();
-                codec::put_key_part(p, &mut out);
-                out
-            })
-            .collect();
-        let shapes = self.shapes.read().unwrap_or_else(|e| e.into_inner());
-        self.table
-            .iter()
-            .filter_map(|(hash, bytes)| {
-                let (k, _) = codec::split_entry(&bytes)?;
-                let (shape, key_parts) = codec::key_parts(k)?;
-                if !key_parts
-                    .iter()
-                    .any(|p| wanted.iter().any(|w| w[..] == **p))
-                {
-                    return None;
-                }
-                let (view, features) = shapes.by_id.get(shape as usize)?.clone();
-                let (_, key) = codec::decode_key(k)?;
-                Some(Held {
-                    view,
-                    features,
-                    key,
-                    hash,
-                    bytes,
-                })
-            })
-            .collect()
-    }
-
     /// Marks `held`'s key invalidated, even if its entry was replaced since it was found (an
     /// answer that raced the invalidation is refetched rather than trusted).
     pub fn invalidate(&self, held: &Held) {
@@ -477,7 +442,8 @@ mod tests {
         s.insert(shape, &key("u2"), &found(2), now, false);
         s.insert(shape, &key("u3"), &found(3), now, false);
 
-        let held = s.matching(&[KeyPart::Int64(7), KeyPart::String("u2".into())]);
+        let wanted = [KeyPart::Int64(7), KeyPart::String("u2".into())];
+        let held = s.matching_where(|k| k.iter().any(|p| wanted.contains(p)));
         let mut keys: Vec<_> = held.iter().map(|h| h.key.clone()).collect();
         keys.sort();
         assert_eq!(keys, [pair.clone(), key("u2")]);
