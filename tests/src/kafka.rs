@@ -10,7 +10,6 @@
 //! install them; nothing here is mocked.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -35,13 +34,6 @@ pub fn kafka_libs() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kafka/lib"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind an ephemeral loopback port")
-}
-
 /// One single-node KRaft broker.
 #[derive(Debug)]
 pub struct KafkaBroker {
@@ -64,8 +56,7 @@ impl KafkaBroker {
             libs.display()
         );
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let port = free_port();
-        let controller = free_port();
+        let [port, controller] = crate::free_ports();
         let data = dir.path().join("data");
         let properties = format!(
             "process.roles=broker,controller\n\

@@ -13,6 +13,7 @@ pub mod sidecar;
 
 use std::{
     io::{BufRead, BufReader},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::OnceLock,
@@ -21,6 +22,22 @@ use std::{
 
 use proto::v1::{self, feature_service_client::FeatureServiceClient};
 use tonic::transport::Channel;
+
+/// `N` distinct TCP ports on 127.0.0.1 that nothing listens on right now. All `N` are held at
+/// once while choosing, so they differ from each other; nothing stops another process from taking
+/// one before the server binds it, so a server started on them retries on fresh ones when it
+/// finds one taken.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: [TcpListener; N] = std::array::from_fn(|_| {
+        TcpListener::bind("127.0.0.1:0").expect("cannot bind an ephemeral loopback port")
+    });
+    listeners.map(|listener| {
+        listener
+            .local_addr()
+            .expect("a bound listener has an address")
+            .port()
+    })
+}
 
 /// Path of the `feature-gateway` binary of this checkout, built on first use.
 pub fn gateway_binary() -> &'static Path {

@@ -29,7 +29,6 @@
 //! PostgreSQL 15 or `openssl` is not installed.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
@@ -172,7 +171,7 @@ impl PostgresServer {
         // A port that was free a moment ago; another process may take it first, so retry.
         let mut last_log = String::new();
         for _ in 0..5 {
-            let port = free_port();
+            let [port] = crate::free_ports();
             let log = dir.path().join(format!("postgres-{port}.log"));
             let log_file = std::fs::File::create(&log).expect("cannot create the server log");
             let child = as_postgres(&bin.join("postgres"))
@@ -418,13 +417,6 @@ fn run(command: &mut Command) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
 }
 
 /// A CA and the certificates it issued, made with the `openssl` command-line tool in a temporary

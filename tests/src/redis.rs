@@ -19,9 +19,11 @@
 
 pub use crate::postgres::TestCertificates;
 
+use crate::free_ports;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -52,13 +54,9 @@ fn executable(name: &str) -> PathBuf {
     })
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("cannot bind an ephemeral loopback port")
-}
+/// How many times a new server is started on fresh ports when the ports chosen were taken in the
+/// meantime (another test, or another process on the machine, bound them first).
+const PORT_ATTEMPTS: usize = 8;
 
 /// Sends one inline command and reads the first line of the answer, or `None` if the server does
 /// not answer (not listening yet, or still loading).
@@ -83,22 +81,43 @@ struct Process {
     tls: Option<TestCertificates>,
 }
 
-impl Process {
-    fn spawn(port: u16, extra_args: Vec<String>) -> Process {
-        Self::spawn_with(port, extra_args, None)
-    }
+/// Why a server did not start.
+enum StartFailure {
+    /// One of its ports was bound by someone else between choosing and binding it.
+    PortTaken,
+    /// Anything else: the message says what the server printed.
+    Other(String),
+}
 
-    fn spawn_with(port: u16, extra_args: Vec<String>, tls: Option<TestCertificates>) -> Process {
-        let dir = tempfile::tempdir().expect("cannot create a temporary directory for Redis");
-        let mut process = Process {
-            child: None,
-            port,
-            dir,
-            extra_args,
-            tls,
-        };
-        process.start();
-        process
+impl Process {
+    /// Starts a server on the ports `choose` returns (its port and extra arguments), choosing
+    /// again when a port turns out to be taken.
+    fn spawn_on_free_ports(
+        choose: impl Fn() -> (u16, Vec<String>),
+        tls: Option<TestCertificates>,
+    ) -> Process {
+        let mut tls = tls;
+        for attempt in 1..=PORT_ATTEMPTS {
+            let (port, extra_args) = choose();
+            let mut process = Process {
+                child: None,
+                port,
+                dir: tempfile::tempdir().expect("cannot create a temporary directory for Redis"),
+                extra_args,
+                tls: tls.take(),
+            };
+            match process.try_start() {
+                Ok(()) => return process,
+                Err(StartFailure::PortTaken) if attempt < PORT_ATTEMPTS => {
+                    tls = process.tls.take();
+                }
+                Err(StartFailure::PortTaken) => {
+                    panic!("redis-server found its ports taken {PORT_ATTEMPTS} times in a row")
+                }
+                Err(StartFailure::Other(message)) => panic!("{message}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Whether the server answers PING.
@@ -113,7 +132,20 @@ impl Process {
         }
     }
 
+    /// Starts the server on its port again (after [`Process::kill`]); panics if it does not come
+    /// up, whatever the reason, since the port cannot change under the test's clients.
     fn start(&mut self) {
+        match self.try_start() {
+            Ok(()) => {}
+            Err(StartFailure::PortTaken) => panic!(
+                "redis-server cannot bind port {}: it was taken while the server was down",
+                self.port
+            ),
+            Err(StartFailure::Other(message)) => panic!("{message}"),
+        }
+    }
+
+    fn try_start(&mut self) -> Result<(), StartFailure> {
         assert!(self.child.is_none(), "redis-server is already running");
         let log = self.dir.path().join("redis.log");
         let mut command = Command::new(executable("redis-server"));
@@ -149,7 +181,7 @@ impl Process {
         let started = Instant::now();
         loop {
             if self.answers() {
-                return;
+                return Ok(());
             }
             let exited = self
                 .child
@@ -161,19 +193,22 @@ impl Process {
                     let _ = pipe.read_to_string(&mut stderr);
                 }
                 self.child = None;
-                panic!(
-                    "redis-server on port {} exited with {status}:\n{stderr}\n{}",
-                    self.port,
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                if log.contains("Address already in use") {
+                    return Err(StartFailure::PortTaken);
+                }
+                return Err(StartFailure::Other(format!(
+                    "redis-server on port {} exited with {status}:\n{stderr}\n{log}",
+                    self.port
+                )));
             }
             if started.elapsed() > START_TIMEOUT {
                 self.kill();
-                panic!(
+                return Err(StartFailure::Other(format!(
                     "redis-server on port {} did not answer PING within {START_TIMEOUT:?}:\n{}",
                     self.port,
                     std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                )));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -203,7 +238,7 @@ impl RedisServer {
     /// Starts a server with no persistence and waits until it answers PING.
     pub fn start() -> RedisServer {
         RedisServer {
-            process: Process::spawn(free_port(), Vec::new()),
+            process: Process::spawn_on_free_ports(|| (free_ports::<1>()[0], Vec::new()), None),
         }
     }
 
@@ -214,9 +249,11 @@ impl RedisServer {
     pub fn start_tls(client_certificates: bool) -> RedisServer {
         let auth = if client_certificates { "yes" } else { "no" };
         RedisServer {
-            process: Process::spawn_with(
-                free_port(),
-                vec!["--tls-auth-clients".to_owned(), auth.to_owned()],
+            process: Process::spawn_on_free_ports(
+                || {
+                    let tls_auth = vec!["--tls-auth-clients".to_owned(), auth.to_owned()];
+                    (free_ports::<1>()[0], tls_auth)
+                },
                 Some(TestCertificates::generate()),
             ),
         }
@@ -287,10 +324,9 @@ impl RedisCluster {
             .map(|_| {
                 // The cluster bus gets its own free port: the default (port + 10000) may be taken
                 // or out of range for an ephemeral port.
-                let bus = free_port();
-                Process::spawn(
-                    free_port(),
-                    [
+                let choose = || {
+                    let [port, bus] = free_ports::<2>();
+                    let args = [
                         "--cluster-enabled",
                         "yes",
                         "--cluster-config-file",
@@ -299,10 +335,10 @@ impl RedisCluster {
                         "5000",
                         "--cluster-port",
                         &bus.to_string(),
-                    ]
-                    .map(str::to_owned)
-                    .to_vec(),
-                )
+                    ];
+                    (port, args.map(str::to_owned).to_vec())
+                };
+                Process::spawn_on_free_ports(choose, None)
             })
             .collect();
         let addresses: Vec<String> = nodes
