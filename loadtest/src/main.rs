@@ -13,7 +13,9 @@
 //! slowing the load).
 //!
 //! Besides latency percentiles (of successful calls) it reports what a resilience benchmark
-//! needs: the slowest call of all (failed ones too) and how many took longer than `--late-ms`;
+//! needs: the slowest call of all (failed ones too) and how many took longer than `--late-ms`
+//! (the first thousand listed with their completion time and, with `--include-metadata`, the time
+//! the gateway says it spent on each, which tells a slow gateway from a slow path around it);
 //! the feature statuses served, by kind and by view; how many responses held a `TIMED_OUT` or
 //! `SOURCE_ERROR` feature ("degraded") and when the first and last of them completed; and, with
 //! `--timeline-ms`, the same counts per time bucket, so a script that breaks an upstream
@@ -122,6 +124,10 @@ struct Args {
     /// Count calls (failed ones too) that take longer than this many milliseconds.
     #[arg(long)]
     late_ms: Option<f64>,
+    /// Ask for per-feature metadata (`include_metadata`), so each late call (see `--late-ms`) is
+    /// reported with the time the gateway itself says it spent (`late_calls`).
+    #[arg(long)]
+    include_metadata: bool,
     /// Report counts per time bucket of this many milliseconds (by completion time).
     #[arg(long)]
     timeline_ms: Option<u64>,
@@ -164,11 +170,16 @@ fn random_rows(args: &Args, n: usize) -> Vec<v1::EntityRow> {
         .collect()
 }
 
-fn single(feature_service: &str, row: v1::EntityRow) -> v1::GetFeaturesRequest {
+fn single(
+    feature_service: &str,
+    row: v1::EntityRow,
+    include_metadata: bool,
+) -> v1::GetFeaturesRequest {
     v1::GetFeaturesRequest {
         feature_service: feature_service.to_owned(),
         entities: row.entities,
         context: row.context,
+        include_metadata,
         ..Default::default()
     }
 }
@@ -195,10 +206,12 @@ enum Calls {
     },
 }
 
-/// What a call answered: the feature names and each row's statuses.
+/// What a call answered: the feature names, each row's statuses, and the time the gateway says
+/// it spent (`request_metadata.total_us`, absent for the health RPC).
 struct Answer {
     names: Vec<String>,
     rows: Vec<Vec<i32>>,
+    server_us: Option<i64>,
 }
 
 impl Calls {
@@ -219,7 +232,7 @@ impl Calls {
             (Scenario::Features, None) => Calls::Features(
                 random_rows(args, 4096)
                     .into_iter()
-                    .map(|r| single(service, r))
+                    .map(|r| single(service, r, args.include_metadata))
                     .collect(),
             ),
             (Scenario::Features, Some(n)) => {
@@ -252,6 +265,7 @@ impl Calls {
         let one = |r: tonic::Response<v1::GetFeaturesResponse>| {
             let r = r.into_inner();
             Answer {
+                server_us: r.request_metadata.as_ref().map(|m| m.total_us),
                 names: r.feature_names,
                 rows: vec![r.statuses],
             }
@@ -259,6 +273,7 @@ impl Calls {
         let many = |r: tonic::Response<v1::GetFeaturesBatchResponse>| {
             let r = r.into_inner();
             Answer {
+                server_us: None,
                 names: r.feature_names,
                 rows: r.rows.into_iter().map(|v| v.statuses).collect(),
             }
@@ -273,6 +288,7 @@ impl Calls {
                     .map(|_| Answer {
                         names: Vec::new(),
                         rows: Vec::new(),
+                        server_us: None,
                     })
             }
             Calls::Features(requests) => {
@@ -302,7 +318,8 @@ impl Calls {
                     request.set_timeout(timeout);
                     client.get_features_batch(request).await.map(many)
                 } else {
-                    let mut request = tonic::Request::new(single(service, make()));
+                    let mut request =
+                        tonic::Request::new(single(service, make(), args.include_metadata));
                     request.set_timeout(timeout);
                     client.get_features(request).await.map(one)
                 }
@@ -310,6 +327,9 @@ impl Calls {
         }
     }
 }
+
+/// How many late calls a run lists one by one.
+const LATE_CALLS_KEPT: usize = 1000;
 
 /// Feature statuses by their number in `FeatureStatus` (0 to 7).
 const STATUSES: usize = 8;
@@ -349,6 +369,9 @@ struct Tally {
     /// The slowest call, failed ones included.
     max_us: u64,
     late: u64,
+    /// The first [`LATE_CALLS_KEPT`] late calls: completion offset, the caller's latency and the
+    /// gateway's own time (with `--include-metadata`).
+    late_calls: Vec<(Duration, u64, Option<i64>)>,
     /// Feature names of the answers (the same for every answer of one feature service).
     names: Vec<String>,
     /// Status counts by feature position.
@@ -376,6 +399,7 @@ impl Tally {
             errors: BTreeMap::new(),
             max_us: 0,
             late: 0,
+            late_calls: Vec::new(),
             names: Vec::new(),
             by_position: Vec::new(),
             rows: 0,
@@ -395,6 +419,11 @@ impl Tally {
         let late = self.late_us.is_some_and(|limit| us > limit);
         self.max_us = self.max_us.max(us);
         self.late += u64::from(late);
+        let offset = done.duration_since(self.start);
+        if late && self.late_calls.len() < LATE_CALLS_KEPT {
+            let server_us = result.as_ref().ok().and_then(|a| a.server_us);
+            self.late_calls.push((offset, us, server_us));
+        }
         let mut degraded_rows = 0;
         let failed = match result {
             Ok(answer) => {
@@ -435,7 +464,6 @@ impl Tally {
                 true
             }
         };
-        let offset = done.duration_since(self.start);
         if degraded_rows > 0 {
             self.degraded_rows += degraded_rows;
             self.first_degraded = Some(self.first_degraded.map_or(offset, |t| t.min(offset)));
@@ -462,6 +490,9 @@ impl Tally {
         }
         self.max_us = self.max_us.max(other.max_us);
         self.late += other.late;
+        let room = LATE_CALLS_KEPT.saturating_sub(self.late_calls.len());
+        self.late_calls
+            .extend(other.late_calls.into_iter().take(room));
         if self.names.is_empty() {
             self.names = other.names;
         }
@@ -667,6 +698,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ])
             })
             .collect();
+        all.late_calls.sort_unstable_by_key(|(offset, ..)| *offset);
+        let late_calls: Vec<_> = all
+            .late_calls
+            .iter()
+            .map(|(offset, us, server_us)| {
+                serde_json::json!([
+                    offset.as_secs_f64(),
+                    *us as f64 / 1000.0,
+                    server_us.map(|s| s as f64 / 1000.0)
+                ])
+            })
+            .collect();
         let report = serde_json::json!({
             "tool": "fg-load",
             "count": ok + errors,
@@ -682,6 +725,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "max_ms": all.max_us as f64 / 1000.0,
             "late": all.late,
             "late_ms": args.late_ms,
+            "late_calls_columns": ["t_s", "ms", "gateway_ms"],
+            "late_calls": late_calls,
             "rows": all.rows,
             "statuses": statuses,
             "statuses_by_view": statuses_by_view,
