@@ -59,7 +59,7 @@ use tokio::{sync::Semaphore, time::Instant};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::{
-    shared_cache::{SharedTier, SharedTierPolicy, part_hash},
+    shared_cache::{SharedTier, SharedTierPolicy, digest_of_hash, part_digest, part_hash},
     stack::{BoxFuture, SourceService},
     telemetry::CacheMetrics,
 };
@@ -262,6 +262,12 @@ pub struct Invalidated {
 }
 
 impl CacheControl {
+    /// Indexes the in-process tier's entries by key part from now on, as invalidations look
+    /// them up (otherwise the first invalidation builds the index with a scan of every entry).
+    pub fn index_by_key_part(&self) {
+        self.0.entries.index_by_part();
+    }
+
     /// Invalidates every entry whose key holds one of `parts`, in both tiers and on every
     /// replica sharing the tier, and refreshes from the source, in the background, the entries
     /// the in-process tier held. `views` are the source's views keyed by a single entity key:
@@ -281,6 +287,7 @@ impl CacheControl {
             .flat_map(|view| parts.iter().map(|p| (view.clone(), vec![p.clone()])))
             .collect();
         let (keys, mut result) = state.invalidate_local(
+            &parts.iter().map(part_digest).collect(),
             |key| key.iter().any(|p| parts.contains(p)),
             also,
             Instant::now(),
@@ -308,6 +315,7 @@ impl CacheControl {
         let ago = SystemTime::now().duration_since(at).unwrap_or_default();
         self.0
             .invalidate_local(
+                &hashes.iter().filter_map(|h| digest_of_hash(h)).collect(),
                 |key| key.iter().any(|p| hashes.contains(&part_hash(p))),
                 HashSet::new(),
                 now.checked_sub(ago).unwrap_or(now),
@@ -373,13 +381,14 @@ impl CacheState {
     /// the background. Returns every key invalidated.
     fn invalidate_local(
         self: &Arc<Self>,
+        digests: &HashSet<u64>,
         matches: impl Fn(&EntityKey) -> bool,
         also: HashSet<Key>,
         at: Instant,
         refresh: bool,
     ) -> (HashSet<Key>, Invalidated) {
         let mut result = Invalidated::default();
-        let held = self.entries.matching_where(&matches);
+        let held = self.entries.matching_parts(digests, &matches);
         let mut keys = also;
         keys.extend(held.iter().map(|h| (h.view.clone(), h.key.clone())));
         keys.extend(

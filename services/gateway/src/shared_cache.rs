@@ -186,6 +186,20 @@ pub fn part_hash(part: &KeyPart) -> String {
     hex::encode(hash.finalize())
 }
 
+/// The first 8 bytes of [`part_hash`]'s digest, as a number: what the in-process tier indexes
+/// its entries by, so that an invalidation finds them without a scan.
+pub fn part_digest(part: &KeyPart) -> u64 {
+    let mut hash = Sha256::new();
+    hash_part(&mut hash, part);
+    let digest = hash.finalize();
+    u64::from_be_bytes(std::array::from_fn(|i| digest[i]))
+}
+
+/// [`part_digest`] of the part whose [`part_hash`] is `hex`; `None` for anything but hex.
+pub fn digest_of_hash(hex: &str) -> Option<u64> {
+    u64::from_str_radix(hex.get(..16)?, 16).ok()
+}
+
 fn hash_part(hash: &mut Sha256, part: &KeyPart) {
     match part {
         KeyPart::Int64(i) => {
@@ -600,6 +614,22 @@ mod tests {
             part_hash(&KeyPart::Int64(7))
         );
         assert_eq!(part_hash(&token).len(), 64);
+    }
+
+    #[test]
+    fn a_part_hash_names_its_digest() {
+        for part in [
+            KeyPart::String("access-sandbox-1".into()),
+            KeyPart::Int64(-7),
+        ] {
+            assert_eq!(digest_of_hash(&part_hash(&part)), Some(part_digest(&part)));
+        }
+        assert_ne!(
+            part_digest(&KeyPart::Int64(1)),
+            part_digest(&KeyPart::String("1".into()))
+        );
+        assert_eq!(digest_of_hash("not hex at all, not even sixteen"), None);
+        assert_eq!(digest_of_hash("abc"), None);
     }
 
     #[test]

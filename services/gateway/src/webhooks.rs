@@ -381,6 +381,10 @@ impl PlaidWebhooks {
             .build()
             .map_err(|e| fail(format!("cannot create the HTTP client: {e}")))?;
         let views = config.single_key_views(&settings.source);
+        if let Some(cache) = &cache {
+            // Every webhook looks entries up by key part: index them from the first insert.
+            cache.index_by_key_part();
+        }
         Ok(PlaidWebhooks {
             max_age: settings.max_age,
             keys: KeyStore {

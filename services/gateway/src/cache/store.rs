@@ -20,11 +20,22 @@
 //!   `feature_gateway_cache_evictions_total` (`expired`, `size`).
 //! - Shapes: at most [`MAX_SHAPES`] distinct (view, feature list) pairs per source; requests
 //!   for further lists (ad-hoc requests past that many) bypass this tier.
+//!
+//! # Finding entries by key part
+//! Invalidations (webhooks, other replicas' messages) name key parts, not whole keys. The first
+//! [`Store::matching_parts`] builds an index from each key part's digest
+//! ([`part_digest`]) to the entries whose key holds it, and inserts keep it from then on, so a
+//! source that is never invalidated never pays for it. The index may still name entries since
+//! evicted, expired or replaced: a lookup checks each against the table, and the index is rebuilt
+//! once it lists twice as many entries as the table holds.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::BuildHasher,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -33,7 +44,7 @@ use quick_cache::{Lifecycle, OptionsBuilder, Weighter, sync::EntryAction};
 use tokio::time::Instant;
 
 use super::codec;
-use crate::telemetry::CacheMetrics;
+use crate::{shared_cache::part_digest, telemetry::CacheMetrics};
 
 /// A (view, feature list) pair, as one store knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +86,7 @@ pub struct Entry {
     pub invalidated: bool,
 }
 
-/// An entry found by [`Store::matching`].
+/// An entry found by [`Store::matching_parts`].
 #[derive(Debug)]
 pub struct Held {
     /// Its view.
@@ -101,7 +112,81 @@ pub struct Store {
     /// Past this age an entry can serve nothing, not even as STALE.
     useful_life: Duration,
     metrics: CacheMetrics,
+    /// Whether `parts` is built (read on every insert without taking its lock).
+    indexed: AtomicBool,
+    parts: Mutex<Option<PartIndex>>,
 }
+
+/// Table keys (hashes) by the digest of each part of their entity key. See the module doc.
+/// Most parts belong to one entry (an access token, a user id), so the first entry of a part
+/// sits in a plain map of numbers and only further ones in lists: about 20 to 40 bytes per
+/// entry instead of a list per part.
+#[derive(Default)]
+struct PartIndex {
+    first: HashMap<u64, u64, foldhash::fast::RandomState>,
+    more: HashMap<u64, Vec<u64>, foldhash::fast::RandomState>,
+    /// How many (part, entry) pairs are listed.
+    listed: usize,
+}
+
+impl PartIndex {
+    fn add(&mut self, part: u64, hash: u64) {
+        match self.first.entry(part) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(hash);
+            }
+            std::collections::hash_map::Entry::Occupied(slot) => {
+                if *slot.get() == hash {
+                    return;
+                }
+                let more = self.more.entry(part).or_default();
+                if more.contains(&hash) {
+                    return;
+                }
+                more.push(hash);
+            }
+        }
+        self.listed += 1;
+    }
+
+    fn entries(&self, part: u64) -> impl Iterator<Item = u64> + '_ {
+        let first = self.first.get(&part).copied();
+        let more = self.more.get(&part).into_iter().flatten().copied();
+        first.into_iter().chain(more)
+    }
+
+    fn remove(&mut self, part: u64, hash: u64) {
+        let Some(&first) = self.first.get(&part) else {
+            return;
+        };
+        let more = self.more.get_mut(&part);
+        if first == hash {
+            match more.and_then(|m| m.pop()) {
+                Some(next) => {
+                    self.first.insert(part, next);
+                }
+                None => {
+                    self.first.remove(&part);
+                }
+            }
+        } else if let Some(more) = more
+            && let Some(i) = more.iter().position(|h| *h == hash)
+        {
+            more.swap_remove(i);
+        } else {
+            return;
+        }
+        if self.more.get(&part).is_some_and(Vec::is_empty) {
+            self.more.remove(&part);
+        }
+        self.listed -= 1;
+    }
+}
+
+/// The index is rebuilt when it lists more than this many times the table's entries (plus
+/// [`INDEX_SLACK`]): stale pairs cost memory, and a rebuild costs one scan.
+const INDEX_GROWTH: usize = 2;
+const INDEX_SLACK: usize = 4096;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,6 +233,8 @@ impl Store {
             epoch: Instant::now(),
             useful_life,
             metrics,
+            indexed: AtomicBool::new(false),
+            parts: Mutex::new(None),
         }
     }
 
@@ -230,29 +317,106 @@ impl Store {
         let hash = self.hasher.hash_one(&bytes[..]);
         let block = codec::encode_entry(&bytes, row, self.millis(fetched_at), invalidated);
         self.table.insert(hash, block);
+        if self.indexed.load(Ordering::Acquire) {
+            let digests: Vec<u64> = key.iter().map(part_digest).collect();
+            let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+            let rebuild = match parts.as_mut() {
+                Some(index) => {
+                    for digest in digests {
+                        index.add(digest, hash);
+                    }
+                    index.listed > self.table.len() * INDEX_GROWTH + INDEX_SLACK
+                }
+                None => false,
+            };
+            if rebuild {
+                *parts = Some(self.scan_parts());
+            }
+        }
     }
 
-    /// Every entry whose entity key `matches` (a scan of the whole table, decoding each key).
-    pub fn matching_where(&self, matches: impl Fn(&EntityKey) -> bool) -> Vec<Held> {
+    /// Builds the index by key part now (see [`Store::matching_parts`]); nothing if built.
+    pub fn index_by_part(&self) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.get_or_insert_with(|| self.first_index());
+    }
+
+    /// The index's first build, under `parts`' lock. Inserts index themselves from before the
+    /// scan starts (they wait for the lock), so none made during the scan is missed.
+    fn first_index(&self) -> PartIndex {
+        self.indexed.store(true, Ordering::Release);
+        self.scan_parts()
+    }
+
+    /// Every entry one of whose key parts has a digest in `digests` and whose entity key
+    /// `matches` (the digests only narrow the search: `matches` decides). The first call builds
+    /// the index by key part (one scan of the table); later ones read it.
+    pub fn matching_parts(
+        &self,
+        digests: &HashSet<u64>,
+        matches: impl Fn(&EntityKey) -> bool,
+    ) -> Vec<Held> {
+        let candidates: Vec<u64> = {
+            let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+            let index = parts.get_or_insert_with(|| self.first_index());
+            let mut found: Vec<u64> = digests.iter().flat_map(|d| index.entries(*d)).collect();
+            found.sort_unstable();
+            found.dedup();
+            found
+        };
         let shapes = self.shapes.read().unwrap_or_else(|e| e.into_inner());
-        self.table
-            .iter()
-            .filter_map(|(hash, bytes)| {
+        let mut gone = Vec::new();
+        let mut held = Vec::new();
+        for hash in candidates {
+            let decoded = self.table.peek(&hash).and_then(|bytes| {
                 let (k, _) = codec::split_entry(&bytes)?;
                 let (shape, key) = codec::decode_key(k)?;
-                if !matches(&key) {
-                    return None;
-                }
-                let (view, features) = shapes.by_id.get(shape as usize)?.clone();
-                Some(Held {
+                Some((bytes, shape, key))
+            });
+            let Some((bytes, shape, key)) = decoded else {
+                gone.push(hash);
+                continue;
+            };
+            if !matches(&key) {
+                continue;
+            }
+            if let Some((view, features)) = shapes.by_id.get(shape as usize).cloned() {
+                held.push(Held {
                     view,
                     features,
                     key,
                     hash,
                     bytes,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        if !gone.is_empty() {
+            // Evicted or expired since indexed: forget them under every digest asked about.
+            let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(index) = parts.as_mut() {
+                for digest in digests {
+                    for hash in &gone {
+                        index.remove(*digest, *hash);
+                    }
+                }
+            }
+        }
+        held
+    }
+
+    /// The index by key part of every entry now in the table (one scan, decoding each key).
+    fn scan_parts(&self) -> PartIndex {
+        let mut index = PartIndex::default();
+        for (hash, bytes) in self.table.iter() {
+            let Some((_, key)) = codec::split_entry(&bytes).and_then(|(k, _)| codec::decode_key(k))
+            else {
+                continue;
+            };
+            for part in &key {
+                index.add(part_digest(part), hash);
+            }
+        }
+        index
     }
 
     /// Marks `held`'s key invalidated, even if its entry was replaced since it was found (an
@@ -443,7 +607,7 @@ mod tests {
         s.insert(shape, &key("u3"), &found(3), now, false);
 
         let wanted = [KeyPart::Int64(7), KeyPart::String("u2".into())];
-        let held = s.matching_where(|k| k.iter().any(|p| wanted.contains(p)));
+        let held = s.matching_parts(&digests(&wanted), |k| k.iter().any(|p| wanted.contains(p)));
         let mut keys: Vec<_> = held.iter().map(|h| h.key.clone()).collect();
         keys.sort();
         assert_eq!(keys, [pair.clone(), key("u2")]);
@@ -464,6 +628,112 @@ mod tests {
         assert!(u2.invalidated);
         assert_eq!(u2.row, found(22));
         assert!(!s.get(shape, &key("u3"), now).unwrap().invalidated);
+    }
+
+    fn digests(parts: &[KeyPart]) -> HashSet<u64> {
+        parts.iter().map(part_digest).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_part_index_follows_inserts_and_forgets_what_left() {
+        let s = store(1 << 20);
+        let shape = s.shape(&"v".into(), &vec!["a".to_owned()].into()).unwrap();
+        let other = s.shape(&"w".into(), &vec!["a".to_owned()].into()).unwrap();
+        let now = Instant::now();
+        let item = KeyPart::String("item-1".into());
+        let pair = vec![KeyPart::String("u1".into()), item.clone()];
+        s.insert(shape, &pair, &found(1), now, false);
+        s.insert(other, std::slice::from_ref(&item), &found(2), now, false);
+        s.insert(shape, &key("u2"), &found(3), now, false);
+        let by_item = |s: &Store| {
+            let mut keys: Vec<_> = s
+                .matching_parts(&digests(std::slice::from_ref(&item)), |k| k.contains(&item))
+                .into_iter()
+                .map(|h| (h.view.to_string(), h.key))
+                .collect();
+            keys.sort();
+            keys
+        };
+        // The first lookup builds the index from the table.
+        assert_eq!(
+            by_item(&s),
+            [("v".into(), pair.clone()), ("w".into(), vec![item.clone()])]
+        );
+        // Entries inserted after it are indexed as they come.
+        let later = vec![KeyPart::Int64(9), item.clone()];
+        s.insert(shape, &later, &found(4), now, false);
+        assert_eq!(by_item(&s).len(), 3);
+        // A digest only narrows the search: the predicate decides.
+        assert!(
+            s.matching_parts(&digests(std::slice::from_ref(&item)), |_| false)
+                .is_empty()
+        );
+        // An entry gone from the table (dropped past its useful life) is not found, and its
+        // index pairs are forgotten.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        s.insert(shape, &later, &found(5), Instant::now(), false);
+        assert_eq!(s.get(shape, &pair, Instant::now()), None);
+        assert_eq!(
+            s.get(other, std::slice::from_ref(&item), Instant::now()),
+            None
+        );
+        assert_eq!(by_item(&s), [("v".into(), later.clone())]);
+        let listed = s.parts.lock().unwrap().as_ref().unwrap().listed;
+        // `later` under two parts, u2 under one; `pair`'s and the `w` entry's item pairs are
+        // gone (pair's "u1" pair stays until a rebuild: nothing asked for it).
+        assert_eq!(listed, 4);
+    }
+
+    #[test]
+    fn a_part_index_lists_each_pair_once() {
+        let mut index = PartIndex::default();
+        let sorted = |index: &PartIndex, part| {
+            let mut v: Vec<u64> = index.entries(part).collect();
+            v.sort_unstable();
+            v
+        };
+        for (part, hash) in [(1, 10), (1, 11), (1, 12), (1, 11), (2, 10), (2, 10)] {
+            index.add(part, hash);
+        }
+        assert_eq!(index.listed, 4);
+        assert_eq!(sorted(&index, 1), [10, 11, 12]);
+        assert_eq!(sorted(&index, 2), [10]);
+        // Removing the first of a part promotes another; removing an unknown pair is nothing.
+        index.remove(1, 10);
+        index.remove(1, 99);
+        index.remove(3, 10);
+        assert_eq!(sorted(&index, 1), [11, 12]);
+        index.remove(1, 12);
+        index.remove(1, 11);
+        index.remove(2, 10);
+        assert_eq!(index.listed, 0);
+        assert!(index.first.is_empty() && index.more.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_part_index_is_rebuilt_when_mostly_stale() {
+        // A table of room for about 100 entries, filled with thousands: most indexed pairs
+        // name evicted entries, and the index is rebuilt before it grows past its bound.
+        let s = store(100 * (ENTRY_OVERHEAD + 24));
+        let shape = s.shape(&"v".into(), &vec!["a".to_owned()].into()).unwrap();
+        let now = Instant::now();
+        assert!(s.matching_parts(&HashSet::new(), |_| true).is_empty());
+        for i in 0..20_000 {
+            s.insert(shape, &key(&format!("k{i}")), &found(i), now, false);
+        }
+        let listed = s.parts.lock().unwrap().as_ref().unwrap().listed;
+        assert!(
+            listed <= s.size().0 as usize * INDEX_GROWTH + INDEX_SLACK,
+            "{listed} pairs for {} entries",
+            s.size().0
+        );
+        // The newest entry is still found through the index.
+        let newest = [KeyPart::String("k19999".into())];
+        assert_eq!(
+            s.matching_parts(&digests(&newest), |k| k[..] == newest)
+                .len(),
+            1
+        );
     }
 
     #[tokio::test(start_paused = true)]
