@@ -299,7 +299,7 @@ impl CacheControl {
                 .map(|(view, key)| shared.redis_key(&state.source, view, key))
                 .collect();
             result.shared = redis_keys.len();
-            result.shared_failed = !shared.delete(redis_keys).await;
+            result.shared_failed = !shared.invalidate(redis_keys, SystemTime::now()).await;
             result.published = shared.publish_invalidation(parts, item).await;
         }
         result
@@ -798,7 +798,10 @@ impl CacheState {
     /// (their answer may predate the change the invalidation announced).
     async fn store(&self, call: &FetchRequest, rows: &[Row], started: Instant) {
         let fetched_at = Instant::now();
-        let wall = std::time::SystemTime::now();
+        let wall = SystemTime::now();
+        let wall_started = wall
+            .checked_sub(fetched_at.saturating_duration_since(started))
+            .unwrap_or(wall);
         let shape = self.entries.shape(&call.view, &call.features);
         let mut shared = Vec::new();
         for (key, row) in call.keys.iter().zip(rows) {
@@ -821,7 +824,7 @@ impl CacheState {
                 .into_iter()
                 .map(|(key, row)| (key, &call.features[..], row))
                 .collect();
-            tier.put(entries, wall).await;
+            tier.put(entries, wall, wall_started).await;
         }
     }
 }

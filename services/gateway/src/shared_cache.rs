@@ -11,9 +11,16 @@
 //! access token, say) never appears in Redis. Entries expire in Redis after `ttl` (default: the
 //! cache's `max_staleness`).
 //!
+//! # Newer answers win
+//! Each entry also holds when the call that answered it **started**. A write goes through a Lua
+//! script that refuses it when the key already holds an entry from a call that started later,
+//! or a tombstone from a later invalidation: a slow call can finish after a quicker, newer one
+//! (or after a webhook announced a change) and must not put its older answer back.
+//!
 //! # Invalidations across replicas
-//! An invalidation (a Plaid webhook reaches one replica) deletes the keys from Redis and is
-//! published on the channel `{key_prefix}invalidations:{source}`; every replica subscribes to it
+//! An invalidation (a Plaid webhook reaches one replica) replaces the keys in Redis with
+//! tombstones holding its time (read as misses; they expire like entries) and is published on
+//! the channel `{key_prefix}invalidations:{source}`; every replica subscribes to it
 //! (on a connection of its own, subscribed again after each reconnection) and invalidates its
 //! in-process tier the same way, so no replica goes on serving its local copy as fresh. The
 //! message names each key part by its SHA-256 (an access token never crosses Redis) and the
@@ -35,7 +42,7 @@ use std::{collections::HashSet, sync::Arc};
 use fetcher_api::{CellError, EntityKey, KeyPart, Record, Row, Value};
 use fred::{
     prelude::{
-        ClientLike, Config, EventInterface, Expiration, KeysInterface, Options, PubsubInterface,
+        ClientLike, Config, EventInterface, KeysInterface, LuaInterface, Options, PubsubInterface,
         ReconnectPolicy, TcpConfig,
     },
     types::Builder,
@@ -440,6 +447,7 @@ impl SharedTier {
             .map(|text| {
                 let entry = text.and_then(|t| match decode(&t) {
                     Some(entry) => Some(entry),
+                    None if is_tombstone(&t) => None,
                     None => {
                         self.metrics.get_errors.increment(1);
                         None
@@ -454,47 +462,78 @@ impl SharedTier {
             .collect()
     }
 
-    /// Stores entries (key, features, row) fetched at `fetched_at`; failures are counted.
-    pub async fn put(&self, entries: Vec<(String, &[String], &Row)>, fetched_at: SystemTime) {
-        let Some(options) = self.options(None) else {
-            return;
-        };
-        let client = self.client.with_options(&options);
-        let expire = Expiration::PX(self.ttl.as_millis().max(1) as i64);
-        let writes = entries.into_iter().map(|(key, features, row)| {
-            let text = encode(features, row, fetched_at);
-            let client = &client;
-            let expire = expire.clone();
-            async move {
-                client
-                    .set::<(), _, _>(key, text, Some(expire), None, false)
-                    .await
-            }
-        });
-        for result in futures::future::join_all(writes).await {
-            if result.is_err() {
-                self.metrics.set_errors.increment(1);
-            }
-        }
+    /// Stores entries (key, features, row) from a call that started at `started` and was
+    /// answered at `fetched_at`. A key holding an answer from a call that started later, or a
+    /// later invalidation, keeps it (see the module doc); failures are counted.
+    pub async fn put(
+        &self,
+        entries: Vec<(String, &[String], &Row)>,
+        fetched_at: SystemTime,
+        started: SystemTime,
+    ) {
+        let writes = entries
+            .into_iter()
+            .map(|(key, features, row)| (key, encode(features, row, fetched_at, started)));
+        let failed = self.write_newer(writes, started).await;
+        self.metrics.set_errors.increment(failed);
     }
 
-    /// Deletes keys; `false` (and counted) when Redis could not be told.
-    pub async fn delete(&self, keys: Vec<String>) -> bool {
-        if keys.is_empty() {
-            return true;
-        }
+    /// Invalidates keys as of `at`: each becomes a tombstone that no answer from a call started
+    /// before `at` replaces. `false` (and counted) when Redis could not be told.
+    pub async fn invalidate(&self, keys: Vec<String>, at: SystemTime) -> bool {
+        let tombstone = json!({ "v": 1, "inv": millis(at) }).to_string();
+        let writes = keys.into_iter().map(|key| (key, tombstone.clone()));
+        let failed = self.write_newer(writes, at).await;
+        self.metrics.del_errors.increment(failed);
+        failed == 0
+    }
+
+    /// Writes each (key, text) unless the key holds something newer than `since` (one script
+    /// call per key, all sent at once); returns how many failed.
+    async fn write_newer(
+        &self,
+        writes: impl Iterator<Item = (String, String)>,
+        since: SystemTime,
+    ) -> u64 {
+        let writes: Vec<(String, String)> = writes.collect();
         let Some(options) = self.options(None) else {
-            return false;
+            return writes.len() as u64;
         };
-        match self.client.with_options(&options).del::<i64, _>(keys).await {
-            Ok(_) => true,
-            Err(_) => {
-                self.metrics.del_errors.increment(1);
-                false
-            }
-        }
+        let client = self.client.with_options(&options);
+        let since = millis(since).to_string();
+        let ttl = self.ttl.as_millis().max(1).to_string();
+        let calls = writes.into_iter().map(|(key, text)| {
+            let client = &client;
+            let args = vec![text, since.clone(), ttl.clone()];
+            async move { client.eval::<i64, _, _, _>(WRITE_NEWER, key, args).await }
+        });
+        futures::future::join_all(calls)
+            .await
+            .iter()
+            .filter(|r| r.is_err())
+            .count() as u64
     }
 }
+
+/// Sets `KEYS[1]` to `ARGV[1]` with a time to live of `ARGV[3]` ms unless it holds an entry
+/// whose call started (`st`), or a tombstone whose invalidation happened (`inv`), after
+/// `ARGV[2]` (ms since the epoch). Entries written before `st` existed count from their fetch
+/// time (`at`). Answers 1 when written, 0 when refused. (Redis runs a script atomically; it
+/// sends the script's text each time, which suits this tier's rare writes.)
+const WRITE_NEWER: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, held = pcall(cjson.decode, current)
+  if ok and type(held) == 'table' then
+    local since = held['st'] or held['inv'] or held['at']
+    if type(since) == 'number' and since > tonumber(ARGV[2]) then
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"#;
 
 fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -541,9 +580,15 @@ fn decode_value(j: &Json) -> Option<Value> {
     })
 }
 
-/// The stored form: `{"v":1,"at":MS,"f":[features],"row":null|{"c":[cells],"et":MS|null}}`,
-/// a cell being an encoded value or `{"e": message}`.
-pub fn encode(features: &[String], row: &Row, fetched_at: SystemTime) -> String {
+/// The stored form: `{"v":1,"at":MS,"st":MS,"f":[features],"row":null|{"c":[cells],"et":MS|null}}`
+/// (`at` when the source answered, `st` when the call started), a cell being an encoded value
+/// or `{"e": message}`. An invalidation's tombstone is `{"v":1,"inv":MS}`.
+pub fn encode(
+    features: &[String],
+    row: &Row,
+    fetched_at: SystemTime,
+    started: SystemTime,
+) -> String {
     let row = match row {
         Row::NotFound => Json::Null,
         Row::Found(record) => json!({
@@ -554,7 +599,20 @@ pub fn encode(features: &[String], row: &Row, fetched_at: SystemTime) -> String 
             "et": record.event_time.map(millis),
         }),
     };
-    json!({ "v": 1, "at": millis(fetched_at), "f": features, "row": row }).to_string()
+    json!({
+        "v": 1,
+        "at": millis(fetched_at),
+        "st": millis(started),
+        "f": features,
+        "row": row,
+    })
+    .to_string()
+}
+
+/// Whether `text` is an invalidation's tombstone (a miss, not a malformed entry).
+fn is_tombstone(text: &str) -> bool {
+    serde_json::from_str::<Json>(text)
+        .is_ok_and(|j| j.get("inv").is_some() && j.get("row").is_none())
 }
 
 /// Reads [`encode`]'s form back; `None` for anything else.
@@ -665,7 +723,7 @@ mod tests {
             ],
             event_time: Some(UNIX_EPOCH + Duration::from_millis(1_600_000_000_000)),
         });
-        let entry = decode(&encode(&features, &row, at)).unwrap();
+        let entry = decode(&encode(&features, &row, at, at)).unwrap();
         assert_eq!(
             entry,
             SharedEntry {
@@ -674,7 +732,7 @@ mod tests {
                 fetched_at: at
             }
         );
-        let entry = decode(&encode(&features, &Row::NotFound, at)).unwrap();
+        let entry = decode(&encode(&features, &Row::NotFound, at, at)).unwrap();
         assert_eq!(entry.row, Row::NotFound);
         for v in [
             Value::Null,
