@@ -282,6 +282,8 @@ impl CacheControl {
         item: Option<&str>,
     ) -> Invalidated {
         let state = &self.0;
+        // Taken before the refresh calls start: the shared tier must accept their answers.
+        let wall = SystemTime::now();
         let also = views
             .iter()
             .flat_map(|view| parts.iter().map(|p| (view.clone(), vec![p.clone()])))
@@ -299,7 +301,7 @@ impl CacheControl {
                 .map(|(view, key)| shared.redis_key(&state.source, view, key))
                 .collect();
             result.shared = redis_keys.len();
-            result.shared_failed = !shared.invalidate(redis_keys, SystemTime::now()).await;
+            result.shared_failed = !shared.invalidate(redis_keys, wall).await;
             result.published = shared.publish_invalidation(parts, item).await;
         }
         result
@@ -748,7 +750,7 @@ impl CacheState {
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) {
         // Invalidations after this moment win over the call's answer.
-        let started = Instant::now();
+        let started = (Instant::now(), SystemTime::now());
         // The call keeps the spans of the fetch and request that started it, even once it goes
         // on in the background.
         tokio::spawn(crate::traces::in_request_span(async move {
@@ -796,12 +798,12 @@ impl CacheState {
 
     /// Stores a call's rows in both tiers, except for keys invalidated since the call started
     /// (their answer may predate the change the invalidation announced).
-    async fn store(&self, call: &FetchRequest, rows: &[Row], started: Instant) {
+    /// `started` is when the call started, on both clocks (the shared tier orders writes by
+    /// the wall clock).
+    async fn store(&self, call: &FetchRequest, rows: &[Row], started: (Instant, SystemTime)) {
+        let (started, wall_started) = started;
         let fetched_at = Instant::now();
         let wall = SystemTime::now();
-        let wall_started = wall
-            .checked_sub(fetched_at.saturating_duration_since(started))
-            .unwrap_or(wall);
         let shape = self.entries.shape(&call.view, &call.features);
         let mut shared = Vec::new();
         for (key, row) in call.keys.iter().zip(rows) {
