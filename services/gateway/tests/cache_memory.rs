@@ -96,8 +96,11 @@ fn the_weigher_charges_what_entries_really_take() {
             .and_then(|(r, c)| Some((r.parse::<f64>().ok()?, c.parse::<f64>().ok()?)))
             .unwrap_or_else(|| panic!("no measurement in: {stdout}"));
         eprintln!("{n} features: {real:.1} bytes per entry resident, {charged:.1} charged");
+        // Charging less than an entry takes would let the cache outgrow `max_bytes`; charging
+        // more only leaves some of it unused. 1-feature entries take 65 to 68 bytes resident
+        // and are charged 76 (the table's per-entry cost varies with how full its arrays are).
         assert!(
-            (0.85..=1.15).contains(&(charged / real)),
+            (0.9..=1.25).contains(&(charged / real)),
             "{n} features: the weigher charges {charged:.1} bytes per entry for {real:.1} resident"
         );
     }

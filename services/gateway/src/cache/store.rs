@@ -23,11 +23,11 @@
 //!
 //! # Finding entries by key part
 //! Invalidations (webhooks, other replicas' messages) name key parts, not whole keys. The first
-//! [`Store::matching_parts`] builds an index from each key part's digest
-//! ([`part_digest`]) to the entries whose key holds it, and inserts keep it from then on, so a
-//! source that is never invalidated never pays for it. The index may still name entries since
-//! evicted, expired or replaced: a lookup checks each against the table, and the index is rebuilt
-//! once it lists twice as many entries as the table holds.
+//! [`Store::matching_parts`] (or [`Store::index_by_part`]) builds an index from each key part's
+//! digest ([`part_digest`]) to the entries whose key holds it, and from then on inserts add to
+//! it and evictions and expiries remove from it, so a source that is never invalidated never
+//! pays for it. A race can leave a pair naming an entry no longer there (never the reverse): a
+//! lookup checks each entry it finds against the table and forgets what is gone.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -61,7 +61,7 @@ pub const MAX_SHAPES: usize = 4096;
 /// length, eviction state, list links: 40 bytes), its share of the hash index (a 4-byte token
 /// and a control byte per bucket, buckets at most 7/8 full and doubling as they grow: 6 to 11
 /// bytes), and what the allocator holds of the arrays the table outgrew. Measured, resident:
-/// 100 to 110 bytes for the benchmark's 8-feature entry (a 40-byte block), 70 to 78 for its
+/// 100 to 110 bytes for the benchmark's 8-feature entry (a 40-byte block), 65 to 78 for its
 /// 1-feature one (16 bytes), by `tests/cache_memory.rs` and `loadtest/src/cache_mem.rs`.
 pub const ENTRY_OVERHEAD: u64 = 60;
 
@@ -183,11 +183,6 @@ impl PartIndex {
     }
 }
 
-/// The index is rebuilt when it lists more than this many times the table's entries (plus
-/// [`INDEX_SLACK`]): stale pairs cost memory, and a rebuild costs one scan.
-const INDEX_GROWTH: usize = 2;
-const INDEX_SLACK: usize = 4096;
-
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -287,12 +282,15 @@ impl Store {
         let (flags, at) = codec::header(value)?;
         let fetched_at = self.instant(at);
         if now.saturating_duration_since(fetched_at) > self.useful_life {
-            let removed = self
-                .table
-                .remove_if(&hash, |b| b[..] == block[..])
-                .is_some();
-            if removed {
+            let removed = self.table.remove_if(&hash, |b| b[..] == block[..]);
+            if let Some((_, block)) = removed {
                 self.metrics.evicted(false);
+                if self.indexed.load(Ordering::Acquire) {
+                    let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(index) = parts.as_mut() {
+                        self.unindex(index, hash, &block);
+                    }
+                }
             }
             return None;
         }
@@ -316,22 +314,35 @@ impl Store {
         codec::encode_key(shape.id, key, &mut bytes);
         let hash = self.hasher.hash_one(&bytes[..]);
         let block = codec::encode_entry(&bytes, row, self.millis(fetched_at), invalidated);
-        self.table.insert(hash, block);
+        let mut evicted = Evicted::default();
+        self.table.insert_with_lifecycle(hash, block, &mut evicted);
         if self.indexed.load(Ordering::Acquire) {
             let digests: Vec<u64> = key.iter().map(part_digest).collect();
             let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-            let rebuild = match parts.as_mut() {
-                Some(index) => {
-                    for digest in digests {
-                        index.add(digest, hash);
-                    }
-                    index.listed > self.table.len() * INDEX_GROWTH + INDEX_SLACK
+            if let Some(index) = parts.as_mut() {
+                for digest in digests {
+                    index.add(digest, hash);
                 }
-                None => false,
-            };
-            if rebuild {
-                *parts = Some(self.scan_parts());
+                for (hash, block) in &evicted.0 {
+                    self.unindex(index, *hash, block);
+                }
             }
+        }
+    }
+
+    /// Forgets `block`'s pairs (its entry left the table), unless its key is back in the table
+    /// (inserted again meanwhile: the new entry's pairs are the same). Called under `parts`'
+    /// lock, which is always taken before the table's.
+    fn unindex(&self, index: &mut PartIndex, hash: u64, block: &[u8]) {
+        if self.table.peek(&hash).is_some() {
+            return;
+        }
+        let Some((_, key)) = codec::split_entry(block).and_then(|(k, _)| codec::decode_key(k))
+        else {
+            return;
+        };
+        for part in &key {
+            index.remove(part_digest(part), hash);
         }
     }
 
@@ -492,11 +503,17 @@ impl Weighter<u64, Box<[u8]>> for Weigh {
 #[derive(Clone, Debug)]
 struct Evictions(CacheMetrics);
 
-impl Lifecycle<u64, Box<[u8]>> for Evictions {
-    type RequestState = ();
+/// What one insert evicted, handed back once the table's lock is released (the part index, if
+/// any, forgets them).
+#[derive(Default)]
+struct Evicted(Vec<(u64, Box<[u8]>)>);
 
-    fn on_evict(&self, _: &mut (), _: u64, _: Box<[u8]>) {
+impl Lifecycle<u64, Box<[u8]>> for Evictions {
+    type RequestState = Evicted;
+
+    fn on_evict(&self, evicted: &mut Evicted, hash: u64, block: Box<[u8]>) {
         self.0.evicted(true);
+        evicted.0.push((hash, block));
     }
 }
 
@@ -668,8 +685,7 @@ mod tests {
             s.matching_parts(&digests(std::slice::from_ref(&item)), |_| false)
                 .is_empty()
         );
-        // An entry gone from the table (dropped past its useful life) is not found, and its
-        // index pairs are forgotten.
+        // Entries dropped past their useful life leave the index with the table.
         tokio::time::advance(Duration::from_secs(61)).await;
         s.insert(shape, &later, &found(5), Instant::now(), false);
         assert_eq!(s.get(shape, &pair, Instant::now()), None);
@@ -679,9 +695,8 @@ mod tests {
         );
         assert_eq!(by_item(&s), [("v".into(), later.clone())]);
         let listed = s.parts.lock().unwrap().as_ref().unwrap().listed;
-        // `later` under two parts, u2 under one; `pair`'s and the `w` entry's item pairs are
-        // gone (pair's "u1" pair stays until a rebuild: nothing asked for it).
-        assert_eq!(listed, 4);
+        // `later` under its two parts, u2 (expired, but not read yet) under one.
+        assert_eq!(listed, 3);
     }
 
     #[test]
@@ -711,29 +726,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_part_index_is_rebuilt_when_mostly_stale() {
-        // A table of room for about 100 entries, filled with thousands: most indexed pairs
-        // name evicted entries, and the index is rebuilt before it grows past its bound.
+    async fn evicted_entries_leave_the_part_index() {
+        // Room for about 100 entries, filled with thousands: the index lists what the table
+        // holds, not everything ever inserted.
         let s = store(100 * (ENTRY_OVERHEAD + 24));
         let shape = s.shape(&"v".into(), &vec!["a".to_owned()].into()).unwrap();
         let now = Instant::now();
-        assert!(s.matching_parts(&HashSet::new(), |_| true).is_empty());
+        s.index_by_part();
         for i in 0..20_000 {
             s.insert(shape, &key(&format!("k{i}")), &found(i), now, false);
         }
         let listed = s.parts.lock().unwrap().as_ref().unwrap().listed;
-        assert!(
-            listed <= s.size().0 as usize * INDEX_GROWTH + INDEX_SLACK,
-            "{listed} pairs for {} entries",
-            s.size().0
-        );
-        // The newest entry is still found through the index.
+        assert_eq!(listed, s.size().0 as usize);
+        assert!(listed < 200, "{listed}");
+        // The newest entry is found through the index, an evicted one is not.
         let newest = [KeyPart::String("k19999".into())];
         assert_eq!(
             s.matching_parts(&digests(&newest), |k| k[..] == newest)
                 .len(),
             1
         );
+        let evicted = (0..20_000)
+            .map(|i| key(&format!("k{i}")))
+            .find(|k| s.get(shape, k, now).is_none())
+            .expect("most keys were evicted");
+        assert!(s.matching_parts(&digests(&evicted), |_| true).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
