@@ -902,19 +902,7 @@ mod tests {
     }
 
     fn stack(upstream: &Arc<Upstream>, cache: CachePolicy) -> crate::stack::GatewayService {
-        gateway_stack(
-            upstream.clone(),
-            &SourcePolicy {
-                name: "s".into(),
-                kind: "test".into(),
-                timeout: Some(Duration::from_secs(1)),
-                max_concurrency: 16,
-                cache: Some(cache),
-                circuit_breaker: None,
-                retry: None,
-                hedge: None,
-            },
-        )
+        gateway_stack(upstream.clone(), &source_policy(cache))
     }
 
     fn request(keys: &[&str], features: &Arc<[String]>, budget: Duration) -> FetchRequest {

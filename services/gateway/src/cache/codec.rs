@@ -280,30 +280,9 @@ fn get_cell(input: &mut &[u8]) -> Option<Cell> {
         tag::TRUE => Value::Bool(true),
         tag::BYTES => Value::Bytes(get_bytes(input)?.to_vec()),
         tag::TIMESTAMP => Value::Timestamp(get_time(input)?),
-        tag::INT64_LIST => {
-            let n = get_len(input)?;
-            let mut l = Vec::with_capacity(n);
-            for _ in 0..n {
-                l.push(unzigzag(get_varint(input)?));
-            }
-            Value::Int64List(l)
-        }
-        tag::DOUBLE_LIST => {
-            let n = get_len(input)?;
-            let mut l = Vec::with_capacity(n);
-            for _ in 0..n {
-                l.push(get_f64(input)?);
-            }
-            Value::DoubleList(l)
-        }
-        tag::STRING_LIST => {
-            let n = get_len(input)?;
-            let mut l = Vec::with_capacity(n);
-            for _ in 0..n {
-                l.push(get_string(input)?);
-            }
-            Value::StringList(l)
-        }
+        tag::INT64_LIST => Value::Int64List(get_list(input, |i| Some(unzigzag(get_varint(i)?)))?),
+        tag::DOUBLE_LIST => Value::DoubleList(get_list(input, get_f64)?),
+        tag::STRING_LIST => Value::StringList(get_list(input, get_string)?),
         tag::CELL_ERROR => return Some(Err(CellError(get_string(input)?))),
         t if (tag::DECIMAL..tag::DECIMAL + POW10.len() as u8).contains(&t) => {
             let m = unzigzag(get_varint(input)?);
@@ -352,6 +331,16 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 fn get_bytes<'a>(input: &mut &'a [u8]) -> Option<&'a [u8]> {
     let n = get_len(input)?;
     take(input, n)
+}
+
+/// A length, then that many items read by `item`.
+fn get_list<T>(input: &mut &[u8], item: impl Fn(&mut &[u8]) -> Option<T>) -> Option<Vec<T>> {
+    let n = get_len(input)?;
+    let mut list = Vec::with_capacity(n);
+    for _ in 0..n {
+        list.push(item(input)?);
+    }
+    Some(list)
 }
 
 fn get_string(input: &mut &[u8]) -> Option<String> {

@@ -125,8 +125,6 @@ pub struct Store {
 struct PartIndex {
     first: HashMap<u64, u64, foldhash::fast::RandomState>,
     more: HashMap<u64, Vec<u64>, foldhash::fast::RandomState>,
-    /// How many (part, entry) pairs are listed.
-    listed: usize,
 }
 
 impl PartIndex {
@@ -140,13 +138,11 @@ impl PartIndex {
                     return;
                 }
                 let more = self.more.entry(part).or_default();
-                if more.contains(&hash) {
-                    return;
+                if !more.contains(&hash) {
+                    more.push(hash);
                 }
-                more.push(hash);
             }
         }
-        self.listed += 1;
     }
 
     fn entries(&self, part: u64) -> impl Iterator<Item = u64> + '_ {
@@ -173,13 +169,16 @@ impl PartIndex {
             && let Some(i) = more.iter().position(|h| *h == hash)
         {
             more.swap_remove(i);
-        } else {
-            return;
         }
         if self.more.get(&part).is_some_and(Vec::is_empty) {
             self.more.remove(&part);
         }
-        self.listed -= 1;
+    }
+
+    /// How many (part, entry) pairs are listed.
+    #[cfg(test)]
+    fn listed(&self) -> usize {
+        self.first.len() + self.more.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -285,12 +284,7 @@ impl Store {
             let removed = self.table.remove_if(&hash, |b| b[..] == block[..]);
             if let Some((_, block)) = removed {
                 self.metrics.evicted(false);
-                if self.indexed.load(Ordering::Acquire) {
-                    let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(index) = parts.as_mut() {
-                        self.unindex(index, hash, &block);
-                    }
-                }
+                self.with_index(|index| self.unindex(index, hash, &block));
             }
             return None;
         }
@@ -316,16 +310,22 @@ impl Store {
         let block = codec::encode_entry(&bytes, row, self.millis(fetched_at), invalidated);
         let mut evicted = Evicted::default();
         self.table.insert_with_lifecycle(hash, block, &mut evicted);
+        self.with_index(|index| {
+            for part in key {
+                index.add(part_digest(part), hash);
+            }
+            for (hash, block) in &evicted.0 {
+                self.unindex(index, *hash, block);
+            }
+        });
+    }
+
+    /// Runs `f` on the index by key part, if it is built.
+    fn with_index(&self, f: impl FnOnce(&mut PartIndex)) {
         if self.indexed.load(Ordering::Acquire) {
-            let digests: Vec<u64> = key.iter().map(part_digest).collect();
             let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(index) = parts.as_mut() {
-                for digest in digests {
-                    index.add(digest, hash);
-                }
-                for (hash, block) in &evicted.0 {
-                    self.unindex(index, *hash, block);
-                }
+                f(index);
             }
         }
     }
@@ -337,8 +337,7 @@ impl Store {
         if self.table.peek(&hash).is_some() {
             return;
         }
-        let Some((_, key)) = codec::split_entry(block).and_then(|(k, _)| codec::decode_key(k))
-        else {
+        let Some((_, key)) = entry_key(block) else {
             return;
         };
         for part in &key {
@@ -379,11 +378,10 @@ impl Store {
         let mut gone = Vec::new();
         let mut held = Vec::new();
         for hash in candidates {
-            let decoded = self.table.peek(&hash).and_then(|bytes| {
-                let (k, _) = codec::split_entry(&bytes)?;
-                let (shape, key) = codec::decode_key(k)?;
-                Some((bytes, shape, key))
-            });
+            let decoded = self
+                .table
+                .peek(&hash)
+                .and_then(|bytes| entry_key(&bytes).map(|(shape, key)| (bytes, shape, key)));
             let Some((bytes, shape, key)) = decoded else {
                 gone.push(hash);
                 continue;
@@ -403,14 +401,13 @@ impl Store {
         }
         if !gone.is_empty() {
             // Evicted or expired since indexed: forget them under every digest asked about.
-            let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(index) = parts.as_mut() {
+            self.with_index(|index| {
                 for digest in digests {
                     for hash in &gone {
                         index.remove(*digest, *hash);
                     }
                 }
-            }
+            });
         }
         held
     }
@@ -419,8 +416,7 @@ impl Store {
     fn scan_parts(&self) -> PartIndex {
         let mut index = PartIndex::default();
         for (hash, bytes) in self.table.iter() {
-            let Some((_, key)) = codec::split_entry(&bytes).and_then(|(k, _)| codec::decode_key(k))
-            else {
+            let Some((_, key)) = entry_key(&bytes) else {
                 continue;
             };
             for part in &key {
@@ -472,6 +468,11 @@ impl Store {
             self.epoch.checked_sub(d).unwrap_or(self.epoch)
         }
     }
+}
+
+/// The shape id and entity key of an entry's block.
+fn entry_key(block: &[u8]) -> Option<(u32, EntityKey)> {
+    codec::decode_key(codec::split_entry(block)?.0)
 }
 
 /// What an entry weighs: see [`ENTRY_OVERHEAD`].
@@ -694,7 +695,7 @@ mod tests {
             None
         );
         assert_eq!(by_item(&s), [("v".into(), later.clone())]);
-        let listed = s.parts.lock().unwrap().as_ref().unwrap().listed;
+        let listed = s.parts.lock().unwrap().as_ref().unwrap().listed();
         // `later` under its two parts, u2 (expired, but not read yet) under one.
         assert_eq!(listed, 3);
     }
@@ -710,7 +711,7 @@ mod tests {
         for (part, hash) in [(1, 10), (1, 11), (1, 12), (1, 11), (2, 10), (2, 10)] {
             index.add(part, hash);
         }
-        assert_eq!(index.listed, 4);
+        assert_eq!(index.listed(), 4);
         assert_eq!(sorted(&index, 1), [10, 11, 12]);
         assert_eq!(sorted(&index, 2), [10]);
         // Removing the first of a part promotes another; removing an unknown pair is nothing.
@@ -721,7 +722,7 @@ mod tests {
         index.remove(1, 12);
         index.remove(1, 11);
         index.remove(2, 10);
-        assert_eq!(index.listed, 0);
+        assert_eq!(index.listed(), 0);
         assert!(index.first.is_empty() && index.more.is_empty());
     }
 
@@ -736,7 +737,7 @@ mod tests {
         for i in 0..20_000 {
             s.insert(shape, &key(&format!("k{i}")), &found(i), now, false);
         }
-        let listed = s.parts.lock().unwrap().as_ref().unwrap().listed;
+        let listed = s.parts.lock().unwrap().as_ref().unwrap().listed();
         assert_eq!(listed, s.size().0 as usize);
         assert!(listed < 200, "{listed}");
         // The newest entry is found through the index, an evicted one is not.
