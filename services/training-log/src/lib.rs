@@ -6,11 +6,29 @@
 //! # Layout
 //! - [`schema`]: the versioned record schema: which columns a feature service's files have.
 //! - [`record`]: one logged vector, in a form the writer, the spool and tests share.
-//! - [`sink`]: Parquet files, partitioned by feature service and date, committed by rename.
-//! - [`kafka`]: the Kafka sink and its protobuf message, acknowledged by the broker.
 //! - [`spool`]: the append-only local overflow, replayed when the sink recovers or at start.
+//! - `sink`: the `Sink` trait the writer drives, and the timing writer and sinks share;
+//!   - `sink::parquet`: Parquet files, partitioned by feature service and date, committed by
+//!     rename;
+//!   - `sink::kafka`: the Kafka sink and its protobuf message, acknowledged by the broker
+//!     (public as [`kafka`], for its configuration and its message's decoding).
+//! - [`training_set`]: joining logs with labels (reads the Parquet sink's layout).
 //! - [`writer`]: [`TrainingLog`], the handle serving submits to, and its writer thread.
-//! - [`training_set`]: joining logs with labels.
+//!
+//! # What may import what
+//! A module imports only modules above it in this list, never one below it, so there are no
+//! import cycles (unit tests may import anything):
+//! 1. `record` and `schema`, which import nothing of the crate but the root's `PiiMode`;
+//! 2. `spool` (records and schemas);
+//! 3. `sink`; `sink::parquet` and `sink::kafka` import `sink` and what is above, never each
+//!    other;
+//! 4. `training_set` (reads the Parquet sink's layout);
+//! 5. `writer`, which drives a sink and the spool; nothing imports it.
+//!
+//! The crate root declares the modules and re-exports their public names; what it defines
+//! (configuration, errors) any module may use. What a sink and the writer both need (the retry
+//! interval, the tick, the `Sink` and `Batch` traits) is defined in `sink`, not in `writer`, for
+//! the sinks may not import the writer.
 //!
 //! # Contract
 //! Serving never waits on the log: [`TrainingLog::submit`] is a `try_send` into a bounded queue;
@@ -23,10 +41,9 @@
 //! committed skips those on the next try). The Kafka sink is at-least-once: see [`kafka`].
 #![forbid(unsafe_code)]
 
-pub mod kafka;
 pub mod record;
 pub mod schema;
-pub mod sink;
+pub(crate) mod sink;
 pub mod spool;
 pub mod training_set;
 pub mod writer;
@@ -37,6 +54,10 @@ pub use fetcher_api::{FeatureType, Value};
 pub use record::{Cell, FeatureEntry, LoggedStatus, Record};
 pub use schema::{Column, FeatureColumn, LogSchema, SCHEMA_VERSION, SchemaDef};
 pub use writer::{Observer, TrainingLog};
+
+// The Kafka sink's configuration and message format are public as `training_log::kafka`; the
+// module itself lives with the other sinks.
+pub use sink::kafka;
 
 /// How features marked `pii = true` appear in the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

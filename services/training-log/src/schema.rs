@@ -19,7 +19,7 @@
 //! Spark turn back into columns; a column of the same name would clash with them.
 //!
 //! Feature types map to Arrow as: int64 → int64, double → double, string → string, bool → bool,
-//! bytes → binary, timestamp → timestamp[ns, UTC], list<T> → list<T>. A `pii` feature's value
+//! bytes → binary, timestamp → timestamp[ns, UTC], `list<T>` → `list<T>`. A `pii` feature's value
 //! column is a string (hex salted SHA-256) in `hash` mode and absent in `drop` mode. Context is
 //! typed columns rather than one JSON column, so queries filter on it without parsing.
 //!

@@ -1,4 +1,4 @@
-//! The spool: an append-only local overflow for records the Parquet sink could not take (queue
+//! The spool: an append-only local overflow for records the sink could not take (queue
 //! full, sink failing, log closing), replayed into the sink when it works again or at the next
 //! start.
 //!

@@ -42,7 +42,7 @@ use crate::{
         SCHEMA_KEY, SchemaDef, age_column, context_column, entity_column, feature_column,
         status_column,
     },
-    sink::partition_dir,
+    sink::parquet::partition_dir,
 };
 
 /// What to build.

@@ -5,7 +5,7 @@
 //! into a bounded queue; when the queue is full (or the log is closing) the record is appended to
 //! the spool instead (a buffered append to a local file). One writer thread, with its own small
 //! runtime so file and network I/O never occupy the serving runtime, hands records to the
-//! configured [`Sink`]: the Parquet sink ([`crate::sink`]) batches them into one open file per
+//! configured `Sink`: the Parquet sink (`sink::parquet`) batches them into one open file per
 //! (schema, date) and commits it by rename when it reaches `rotate_bytes` or `rotate_interval`;
 //! the Kafka sink ([`crate::kafka`]) batches them into produce requests and waits for the
 //! broker's acknowledgement.
@@ -13,14 +13,13 @@
 //! # Failure
 //! A delivery that fails (disk full, directory gone or read-only, broker down or slow) spools
 //! that batch's records and marks the sink down: records then go straight to the spool until a
-//! retry ([`RETRY_INTERVAL`]) replays the spool successfully. Whatever the spool cannot keep is reported to the
-//! [`Observer`] as dropped, with the reason.
+//! retry (after `sink::RETRY_INTERVAL`, one second) replays the spool successfully. Whatever the
+//! spool cannot keep is reported to the [`Observer`] as dropped, with the reason.
 
 use std::{
     collections::HashMap,
     path::Path,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use tokio::{
@@ -30,17 +29,16 @@ use tokio::{
 
 use crate::{
     PiiMode, SinkConfig, TrainingLogConfig, TrainingLogError,
-    kafka::KafkaSink,
     record::{Cell, Record},
     schema::{LogSchema, SchemaDef},
-    sink::{self, ParquetSink},
-    spool::{Spool, SpooledRecords, read_segment},
+    sink::{
+        Batch, RETRY_INTERVAL, Sink, TICK,
+        kafka::KafkaSink,
+        parquet::{ParquetSink, sweep_temporaries},
+    },
+    spool::{Spool, read_segment},
 };
 
-/// How long after a sink failure the writer tries the sink again.
-pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the writer checks for files due for rotation and for a spool to replay.
-pub(crate) const TICK: Duration = Duration::from_millis(200);
 /// Most records taken from the queue at once.
 const RECV_BATCH: usize = 512;
 
@@ -127,7 +125,7 @@ impl TrainingLog {
         };
         if config.sink == SinkConfig::Parquet {
             std::fs::create_dir_all(&config.dir).map_err(io(&config.dir))?;
-            sink::sweep_temporaries(&config.dir);
+            sweep_temporaries(&config.dir);
         }
         let spool = Arc::new(
             Spool::open(&config.spool_dir, config.spool_max_bytes)
@@ -289,39 +287,6 @@ fn spool_records(
         let (why, error) = out.reason.unwrap_or(("spool_error", String::new()));
         observer.dropped(out.dropped, why, &error);
     }
-}
-
-/// One kind of sink: where the writer delivers records. The writer owns everything around it
-/// (the queue, the spool, the down/up state, the observer); a sink buffers, delivers durably,
-/// and replays spool segments. Every method runs on the writer's own thread and runtime.
-pub(crate) trait Sink {
-    /// What the sink delivers at once: a file's records, a produce batch.
-    type Batch: Batch;
-    /// How often the writer asks for batches due by time.
-    fn tick(&self) -> Duration {
-        TICK
-    }
-    /// Buffers one record; returns a batch it made due (a full file or batch).
-    fn push(&mut self, schema: &Arc<LogSchema>, record: Record) -> Option<Self::Batch>;
-    /// Takes the batches due by time, or every buffered record if `all`.
-    fn take_due(&mut self, all: bool) -> Vec<Self::Batch>;
-    /// Delivers a batch: `Ok` only once it is durable (file committed, broker acknowledged).
-    async fn deliver(&mut self, batch: &Self::Batch) -> Result<(), String>;
-    /// Delivers a spool segment's records (named by `segment`, the segment's file stem),
-    /// calling `written(feature_service, records)` as parts of it are delivered; `Ok` once all
-    /// of it is, when the segment may be removed.
-    async fn replay(
-        &mut self,
-        segment: &str,
-        records: SpooledRecords,
-        written: &mut dyn FnMut(&str, u64),
-    ) -> Result<(), String>;
-}
-
-/// The records of a batch, by schema, for the spool and the observer.
-pub(crate) trait Batch {
-    /// Each schema's records.
-    fn groups(&self) -> Vec<(&LogSchema, &[Record])>;
 }
 
 /// The writer thread's state.

@@ -8,7 +8,7 @@ use crate::{
     PiiMode,
     record::{Cell, FeatureEntry, LoggedStatus, Record},
     schema::{Column, FeatureColumn, LogSchema},
-    sink::{file_name, write_file},
+    sink::parquet::{file_name, write_file},
 };
 
 fn schema(hash: &str) -> LogSchema {

@@ -1,4 +1,7 @@
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use arrow_array::StringArray;
 use fetcher_api::FeatureType;
@@ -8,6 +11,7 @@ use crate::{
     DEFAULT_ROTATE_BYTES,
     record::{FeatureEntry, LoggedStatus},
     schema::{Column, FeatureColumn},
+    sink::parquet::{file_name, partition_dir, write_file},
     training_set::{log_files, read_parquet},
 };
 
@@ -249,16 +253,16 @@ async fn a_spool_left_by_a_crash_is_replayed_at_start_exactly_once() {
     drop(spool);
     // A previous replay committed this segment's file, then crashed before removing it.
     let stem = segment.file_stem().unwrap().to_str().unwrap();
-    sink::write_file(
+    write_file(
         &config.dir,
         &schema,
         "2023-11-14",
-        &sink::file_name(&schema, &format!("spool-{stem}")),
+        &file_name(&schema, &format!("spool-{stem}")),
         &records,
     )
     .unwrap();
     // And left a temporary file behind.
-    let partition = sink::partition_dir(&config.dir, "fs", "2023-11-14");
+    let partition = partition_dir(&config.dir, "fs", "2023-11-14");
     std::fs::write(partition.join(".half.parquet.tmp"), b"PAR1").unwrap();
     let counts = Arc::new(Counts::default());
     let log = start(&config, &counts);

@@ -1,6 +1,6 @@
 //! The Kafka sink: one Kafka record per served vector, for gateways on more than one machine.
 //!
-//! # Encoding (schema version [`SCHEMA_VERSION`])
+//! # Encoding (schema version 1)
 //! - key: the request id, UTF-8 (batch rows `<request_id>/<row>`);
 //! - value: the protobuf `featuregateway.v1.TrainingLogRecord` (`proto/featuregateway/v1/
 //!   training_log.proto`), values in the same `Value` message the gRPC responses use;
@@ -18,7 +18,7 @@
 //! Records are produced with `acks = all` (rskafka always asks for every in-sync replica), and a
 //! batch counts as delivered only once the broker has acknowledged it. A batch that fails (broker
 //! down, timeout, unknown topic) is spooled by the writer and the connection dropped; the writer
-//! tries again after [`crate::writer::RETRY_INTERVAL`] with a fresh connection and replays the
+//! tries again a second later (the sinks' retry interval) with a fresh connection and replays the
 //! spool. The guarantee is at-least-once: a replay interrupted by a crash, or a batch whose
 //! acknowledgement was lost after the broker wrote it, is produced again, so consumers may see a
 //! `request_id` twice and should de-duplicate on it; nothing acknowledged is ever lost by the
@@ -40,12 +40,12 @@ use crate::{
     PiiMode,
     record::{Cell, FeatureEntry, LoggedStatus, Record},
     schema::LogSchema,
+    sink::{Batch, Sink, TICK},
     spool::SpooledRecords,
-    writer::{Batch, Sink},
 };
 
 /// The version of the message layout (the `schema_version` field and header).
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 /// The `content-type` header of every record.
 pub const CONTENT_TYPE: &str =
     "application/x-protobuf; messageType=featuregateway.v1.TrainingLogRecord";
@@ -98,7 +98,7 @@ pub enum KafkaCompression {
 // Encoding
 
 /// The message of `record`, of the feature service `schema`.
-pub fn message(schema: &LogSchema, record: &Record) -> v1::TrainingLogRecord {
+pub(crate) fn message(schema: &LogSchema, record: &Record) -> v1::TrainingLogRecord {
     let def = &schema.def;
     let named = |cols: &[crate::schema::Column], cells: &[Cell]| {
         cols.iter()
@@ -136,7 +136,7 @@ pub fn message(schema: &LogSchema, record: &Record) -> v1::TrainingLogRecord {
 }
 
 /// The encoded value of a Kafka record.
-pub fn encode(schema: &LogSchema, record: &Record) -> Vec<u8> {
+pub(crate) fn encode(schema: &LogSchema, record: &Record) -> Vec<u8> {
     prost::Message::encode_to_vec(&message(schema, record))
 }
 
@@ -210,7 +210,7 @@ fn logged_status(status: i32) -> Result<LoggedStatus, String> {
 }
 
 /// The Kafka record of `record`.
-pub fn kafka_record(schema: &LogSchema, record: &Record) -> rskafka::record::Record {
+pub(crate) fn kafka_record(schema: &LogSchema, record: &Record) -> rskafka::record::Record {
     let headers = BTreeMap::from([
         ("content-type".to_owned(), CONTENT_TYPE.as_bytes().to_vec()),
         (
@@ -452,7 +452,7 @@ impl Sink for KafkaSink {
     type Batch = KafkaBatch;
 
     fn tick(&self) -> Duration {
-        self.config.linger.min(crate::writer::TICK)
+        self.config.linger.min(TICK)
     }
 
     fn push(&mut self, schema: &Arc<LogSchema>, record: Record) -> Option<KafkaBatch> {
@@ -514,12 +514,13 @@ impl Sink for KafkaSink {
 
 #[cfg(test)]
 mod tests {
+    use fetcher_api::FeatureType;
+
     use super::*;
     use crate::{
-        record::FeatureEntry,
         schema::{Column, FeatureColumn, SchemaDef},
+        sink::tests::schema,
     };
-    use fetcher_api::FeatureType;
 
     fn record(features: Vec<Cell>) -> Record {
         Record {
@@ -546,7 +547,7 @@ mod tests {
 
     #[test]
     fn every_type_round_trips_bit_for_bit() {
-        let schema = crate::sink::tests::schema();
+        let schema = schema();
         let mut r = record(vec![
             Cell::Int64(-3),
             Cell::Double(f64::MIN_POSITIVE.to_bits() / 3),
@@ -635,7 +636,7 @@ mod tests {
 
     #[test]
     fn kafka_records_are_keyed_by_request_id_with_headers() {
-        let schema = crate::sink::tests::schema();
+        let schema = schema();
         let mut r = record(vec![]);
         r.entities.truncate(1);
         r.context.truncate(1);

@@ -1,12 +1,17 @@
 //! The Parquet sink: files under `DIR/feature_service=<name>/date=<YYYY-MM-DD>/`, named
 //! `<definition_hash>-<schema id>-<suffix>.parquet`, so files of one schema share a prefix and
-//! never mix with another's.
+//! never mix with another's. The layout is also what [`crate::training_set`] reads.
 //!
 //! # Contract
 //! A file is written whole under a hidden temporary name (`.<name>.tmp`, which pyarrow, Spark and
 //! DuckDB's hive readers skip), synced, then renamed: a reader sees a complete file or none.
 //! [`write_file`] either commits every record it is given or returns the error and commits
 //! nothing (a leftover temporary file is removed, or swept by [`sweep_temporaries`] at start).
+//!
+//! # Failure
+//! A file that cannot be written (disk full, directory gone or read-only) fails its delivery with
+//! the path and the reason; the writer spools its records. A replayed segment's files are named
+//! after the segment, so a replay cut short and retried skips the files already committed.
 
 use std::{
     collections::BTreeMap,
@@ -34,15 +39,15 @@ use crate::{
     TrainingLogConfig,
     record::{Cell, Record, utc_date},
     schema::{LogSchema, SCHEMA_KEY, VERSION_KEY},
+    sink::{Batch, Sink},
     spool::SpooledRecords,
-    writer::{Batch, Sink},
 };
 
 /// Rows per Arrow batch handed to the Parquet writer: bounds the memory of the columns built.
 const BATCH_ROWS: usize = 8192;
 
 /// The partition directory of `feature_service` on `date`.
-pub fn partition_dir(root: &Path, feature_service: &str, date: &str) -> PathBuf {
+pub(crate) fn partition_dir(root: &Path, feature_service: &str, date: &str) -> PathBuf {
     root.join(format!("feature_service={}", escape(feature_service)))
         .join(format!("date={date}"))
 }
@@ -62,7 +67,7 @@ fn escape(value: &str) -> String {
 }
 
 /// The file name of `schema`'s records with a given suffix.
-pub fn file_name(schema: &LogSchema, suffix: &str) -> String {
+pub(crate) fn file_name(schema: &LogSchema, suffix: &str) -> String {
     format!(
         "{}-{}-{suffix}.parquet",
         schema.def.definition_hash, schema.id
@@ -70,7 +75,7 @@ pub fn file_name(schema: &LogSchema, suffix: &str) -> String {
 }
 
 /// Writes `records` (all of `schema`, all served on `date`) as `name` in their partition.
-pub fn write_file(
+pub(crate) fn write_file(
     root: &Path,
     schema: &LogSchema,
     date: &str,
@@ -118,7 +123,7 @@ fn write_tmp(tmp: &Path, schema: &LogSchema, records: &[Record]) -> Result<(), S
 }
 
 /// The Arrow batch of `records`.
-pub fn to_batch(schema: &LogSchema, records: &[Record]) -> Result<RecordBatch, String> {
+fn to_batch(schema: &LogSchema, records: &[Record]) -> Result<RecordBatch, String> {
     let def = &schema.def;
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.arrow.fields().len());
     let mut ids = StringBuilder::new();
@@ -237,7 +242,7 @@ fn cells<'a>(ty: FeatureType, cells: impl Iterator<Item = Option<&'a Cell>>) -> 
 }
 
 /// Removes temporary files a crash left in the partitions under `root`.
-pub fn sweep_temporaries(root: &Path) {
+pub(crate) fn sweep_temporaries(root: &Path) {
     let Ok(services) = std::fs::read_dir(root) else {
         return;
     };
@@ -382,39 +387,14 @@ impl Sink for ParquetSink {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::{
-        PiiMode,
-        record::{FeatureEntry, LoggedStatus},
-        schema::{Column, FeatureColumn, SchemaDef},
-    };
+mod tests {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-    pub(crate) fn schema() -> LogSchema {
-        let f = |name: &str, ty| FeatureColumn {
-            name: name.into(),
-            ty,
-            pii: false,
-        };
-        LogSchema::new(SchemaDef {
-            feature_service: "fs/1".into(),
-            definition_hash: "abc".into(),
-            entities: vec![Column {
-                name: "user_id".into(),
-                ty: FeatureType::String,
-            }],
-            context: vec![Column {
-                name: "amount".into(),
-                ty: FeatureType::Double,
-            }],
-            features: FeatureType::ALL
-                .iter()
-                .map(|ty| f(&format!("v:{}", ty.name()), *ty))
-                .collect(),
-            pii: PiiMode::Hash,
-        })
-    }
+    use super::*;
+    use crate::{
+        record::{FeatureEntry, LoggedStatus},
+        sink::tests::schema,
+    };
 
     #[test]
     fn every_type_is_written_as_its_arrow_type_and_read_back() {
