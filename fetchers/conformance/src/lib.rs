@@ -12,6 +12,12 @@
 //! - an unreachable store fails the batch with a retryable error, within the deadline.
 //!
 //! Failures panic with a message naming the case, so the suite runs inside `#[tokio::test]`.
+//!
+//! A source that cannot hold part of the dataset says so through the [`Harness`]'s opt-outs, each
+//! with the reason in the harness: [`Harness::supports_wrong_type`] (a typed store),
+//! [`Harness::feature_name`] (a fixed catalog of derived features, onto which the dataset's
+//! features are mapped by type) and [`Harness::supports_null`] (a derived feature that always has
+//! a value).
 #![forbid(unsafe_code)]
 
 use std::{
@@ -138,6 +144,65 @@ pub trait Harness: Sync {
     fn supports_wrong_type(&self) -> bool {
         true
     }
+
+    /// The source's name for the dataset's feature `feature` (default: the same name). A source
+    /// whose features are a fixed catalog derived from its store rather than stored under any
+    /// name (Plaid's) maps each dataset feature onto one of its own of the same type; the dataset
+    /// given to [`Harness::build`] and every request then use these names.
+    fn feature_name(&self, feature: &str) -> String {
+        feature.to_owned()
+    }
+
+    /// Whether the source can answer "no value" for its feature `feature` (a name as
+    /// [`Harness::feature_name`] gives it; default true). False for a feature every answer of the
+    /// store defines (Plaid's `has_error`: every `/item/get` answer says whether the Item has an
+    /// error): the null row's cell for it must then be a value of the declared type, neither null
+    /// nor an error.
+    fn supports_null(&self, feature: &str) -> bool {
+        let _ = feature;
+        true
+    }
+}
+
+/// The dataset as a harness loads it (features renamed), and which features cannot be null.
+struct Suite {
+    dataset: Dataset,
+    never_null: Vec<String>,
+}
+
+impl Suite {
+    fn new(harness: &impl Harness) -> Suite {
+        let mut dataset = dataset();
+        for (name, _) in &mut dataset.features {
+            *name = harness.feature_name(name);
+        }
+        let never_null = dataset
+            .features
+            .iter()
+            .filter(|(name, _)| !harness.supports_null(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        Suite {
+            dataset,
+            never_null,
+        }
+    }
+
+    /// The features of the dataset's `names`, by their source names.
+    fn features(&self, names: &[&str]) -> Vec<String> {
+        let standard = dataset();
+        names
+            .iter()
+            .map(|n| {
+                let i = standard
+                    .features
+                    .iter()
+                    .position(|(f, _)| f == n)
+                    .unwrap_or_else(|| panic!("no fixture feature {n}"));
+                self.dataset.features[i].0.clone()
+            })
+            .collect()
+    }
 }
 
 fn request(keys: &[&str], features: &[&str], deadline: Duration) -> FetchRequest {
@@ -175,7 +240,8 @@ fn expected(dataset: &Dataset, key: &str, features: &[&str]) -> Vec<Option<Value
         .collect()
 }
 
-fn check_row(case: &str, dataset: &Dataset, key: &str, features: &[&str], row: &Row) {
+fn check_row(case: &str, suite: &Suite, key: &str, features: &[&str], row: &Row) {
+    let dataset = &suite.dataset;
     let Row::Found(record) = row else {
         panic!("{case}: key {key:?} should be found, got {row:?}");
     };
@@ -190,6 +256,18 @@ fn check_row(case: &str, dataset: &Dataset, key: &str, features: &[&str], row: &
         .zip(&record.cells)
     {
         match (want, got) {
+            (Some(Value::Null), Ok(got)) if suite.never_null.iter().any(|f| f == feature) => {
+                let ty = dataset
+                    .features
+                    .iter()
+                    .find(|(n, _)| n == feature)
+                    .map(|(_, ty)| *ty);
+                assert!(
+                    got.feature_type().is_some() && got.feature_type() == ty,
+                    "{case}: key {key:?} feature {feature}: the source has no null for it, so \
+                     expected a value of type {ty:?}, got {got:?}"
+                );
+            }
             (Some(want), Ok(got)) => assert_eq!(
                 got, &want,
                 "{case}: key {key:?} feature {feature}: wrong value"
@@ -207,8 +285,9 @@ fn check_row(case: &str, dataset: &Dataset, key: &str, features: &[&str], row: &
 
 /// Runs every case against the fetcher `harness` builds. Panics on the first failure.
 pub async fn run(harness: &impl Harness) {
-    let dataset = dataset();
-    let fetcher = harness.build(&dataset).await;
+    let suite = Suite::new(harness);
+    let dataset = &suite.dataset;
+    let fetcher = harness.build(dataset).await;
     let all: Vec<&str> = dataset.features.iter().map(|(n, _)| n.as_str()).collect();
     let second = Duration::from_secs(5);
 
@@ -219,17 +298,18 @@ pub async fn run(harness: &impl Harness) {
         .await
         .unwrap_or_else(|e| panic!("present/null/missing: fetch failed: {e}"));
     assert_eq!(rows.len(), 3, "present/null/missing: one row per key");
-    check_row("null", &dataset, "k2", &all, &rows[0]);
+    check_row("null", &suite, "k2", &all, &rows[0]);
     assert_eq!(rows[1], Row::NotFound, "missing: an absent key is NotFound");
-    check_row("present", &dataset, "k1", &all, &rows[2]);
+    check_row("present", &suite, "k1", &all, &rows[2]);
 
     // A subset of the features, in another order.
-    let subset = ["label", "count"];
+    let subset = suite.features(&["label", "count"]);
+    let subset: Vec<&str> = subset.iter().map(String::as_str).collect();
     let rows = fetcher
         .fetch(request(&["k1"], &subset, second))
         .await
         .unwrap_or_else(|e| panic!("feature subset: fetch failed: {e}"));
-    check_row("feature subset", &dataset, "k1", &subset, &rows[0]);
+    check_row("feature subset", &suite, "k1", &subset, &rows[0]);
 
     // A mistyped value fails its own cell only.
     if harness.supports_wrong_type() {
@@ -237,8 +317,8 @@ pub async fn run(harness: &impl Harness) {
             .fetch(request(&["k3", "k1"], &all, second))
             .await
             .unwrap_or_else(|e| panic!("wrong type: the batch must not fail: {e}"));
-        check_row("wrong type", &dataset, "k3", &all, &rows[0]);
-        check_row("wrong type (other row)", &dataset, "k1", &all, &rows[1]);
+        check_row("wrong type", &suite, "k3", &all, &rows[0]);
+        check_row("wrong type (other row)", &suite, "k1", &all, &rows[1]);
     }
 
     // Batch order over many keys, missing ones interleaved.
@@ -257,7 +337,7 @@ pub async fn run(harness: &impl Harness) {
             assert_eq!(row, &Row::NotFound, "batch order: {key} is absent");
         } else {
             // Hostile keys each read their own row, proving they were bound as data.
-            check_row("batch order / hostile keys", &dataset, key, &all, row);
+            check_row("batch order / hostile keys", &suite, key, &all, row);
         }
     }
 
@@ -269,7 +349,7 @@ pub async fn run(harness: &impl Harness) {
     assert_eq!(rows, [Row::NotFound, Row::NotFound], "hostile absent keys");
 
     // An unreachable store: a retryable failure, within the deadline.
-    let Some(unreachable) = harness.build_unreachable(&dataset).await else {
+    let Some(unreachable) = harness.build_unreachable(dataset).await else {
         return;
     };
     let budget = Duration::from_millis(500);

@@ -4,6 +4,9 @@
 //! # Layout
 //! - [`internal`]: fake internal APIs of other teams (device reputation, merchant risk), with
 //!   seeded deterministic data for any id of the documented form.
+//! - [`records`]: a fake internal record API serving JSON documents a test loads
+//!   ([`FakeServer::records`]), for data of the test's choosing (nulls, mistyped fields, hostile
+//!   ids).
 //! - [`plaid`]: a fake Plaid API (`/accounts/balance/get`, `/transactions/sync`, ...) that follows
 //!   `shared/docs/plaid-contract.md`: credentials, exact error bodies, rate limits, sync cursors,
 //!   an item state machine, and seeded data for `population` users; its admin API lives under
@@ -28,6 +31,7 @@ mod admin;
 pub mod faults;
 pub mod internal;
 pub mod plaid;
+pub mod records;
 pub mod seeded;
 
 use std::{
@@ -48,18 +52,20 @@ use tokio::{sync::watch, task::JoinHandle};
 pub use faults::{FailNext, FaultError, FaultPlan, Latency, RouteFaults, RouteStats, Stats};
 
 /// Every route name faults can be set on, across all fakes.
-pub const ROUTES: [&str; internal::ROUTES.len() + plaid::ROUTES.len()] = {
+pub const ROUTES: [&str; internal::ROUTES.len() + records::ROUTES.len() + plaid::ROUTES.len()] = {
     // A const concatenation, so a fake's route list is written once, in its module.
-    let mut all = [""; internal::ROUTES.len() + plaid::ROUTES.len()];
-    let mut i = 0;
-    while i < internal::ROUTES.len() {
-        all[i] = internal::ROUTES[i];
-        i += 1;
-    }
-    let mut j = 0;
-    while j < plaid::ROUTES.len() {
-        all[i + j] = plaid::ROUTES[j];
-        j += 1;
+    let fakes: [&[&str]; 3] = [&internal::ROUTES, &records::ROUTES, &plaid::ROUTES];
+    let mut all = [""; internal::ROUTES.len() + records::ROUTES.len() + plaid::ROUTES.len()];
+    let mut n = 0;
+    let mut f = 0;
+    while f < fakes.len() {
+        let mut i = 0;
+        while i < fakes[f].len() {
+            all[n] = fakes[f][i];
+            n += 1;
+            i += 1;
+        }
+        f += 1;
     }
     all
 };
@@ -104,6 +110,8 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     /// The fake Plaid's item states, rate-limit windows and Plaid-coded faults.
     pub(crate) plaid: plaid::PlaidState,
+    /// The record API's documents.
+    pub(crate) records: records::Records,
     /// The W3C `traceparent` headers of the latest calls, oldest first.
     trace_parents: Mutex<std::collections::VecDeque<String>>,
 }
@@ -214,6 +222,7 @@ pub(crate) fn json_error(status: StatusCode, code: &str, message: String) -> Res
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(internal::router())
+        .merge(records::router())
         .merge(plaid::router())
         .merge(admin::router())
         .layer(axum::middleware::from_fn_with_state(
@@ -299,6 +308,7 @@ impl FakeServer {
             faults_changed: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
             plaid,
+            records: records::Records::default(),
             trace_parents: Mutex::default(),
         });
         let mut stop = shared.shutdown.subscribe();
@@ -352,6 +362,11 @@ impl FakeServer {
     /// The fake Plaid's controls: item states, Plaid-coded faults, rate limits, its statistics.
     pub fn plaid(&self) -> &plaid::PlaidState {
         &self.shared.plaid
+    }
+
+    /// The record API's documents: load what `GET /v1/records/...` serves (see [`records`]).
+    pub fn records(&self) -> &records::Records {
+        &self.shared.records
     }
 
     /// A snapshot of the per-route call counters.

@@ -36,7 +36,10 @@
 //! and unknown POST paths, get Plaid's 404 `NOT_FOUND`.
 //!
 //! Data come from [`data`]: a pure function of the seed and the user index, for users
-//! `0..population`.
+//! `0..population`. A test that needs Items of its own choosing imports them
+//! ([`PlaidState::import_item`]): an imported Item answers under the access token the test
+//! gives (any string: tokens are looked up as data), with the `/item/get` fields the test gives,
+//! and accounts, transactions and identity generated as for a user of its own index.
 //!
 //! # Failure
 //! Control calls ([`PlaidState`]'s methods, `/admin/plaid/...`) that name an unknown item,
@@ -195,6 +198,21 @@ pub struct PlaidFaultPlan {
     pub routes: BTreeMap<String, PlaidFaults>,
 }
 
+/// The `/item/get` fields of an imported Item ([`PlaidState::import_item`]); `None` is a null
+/// field in Plaid's answers. Times are Unix seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ItemFields {
+    /// `item.institution_id`.
+    pub institution_id: Option<String>,
+    /// `item.created_at`.
+    pub created_at: Option<i64>,
+    /// `item.consent_expiration_time`.
+    pub consent_expiration_time: Option<i64>,
+    /// `status.transactions.last_successful_update` (null anyway while transactions are
+    /// `NotReady`).
+    pub last_successful_update: Option<i64>,
+}
+
 /// What one Plaid route answered since start or the last reset. Its call count is in
 /// [`crate::Stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +265,9 @@ struct Inner {
     limiter: limits::RateLimiter,
     faults: BTreeMap<&'static str, RouteFaultState>,
     stats: BTreeMap<&'static str, PlaidRouteStats>,
+    /// Imported Items by user index (from `population` up), with their access tokens.
+    imported: HashMap<u64, ItemFields>,
+    imported_tokens: HashMap<String, u64>,
 }
 
 /// The fake Plaid's mutable state and its controls (reach it with
@@ -285,6 +306,8 @@ impl PlaidState {
                 limiter,
                 faults: BTreeMap::new(),
                 stats: BTreeMap::new(),
+                imported: HashMap::new(),
+                imported_tokens: HashMap::new(),
             }),
             webhooks: Mutex::new(webhooks::Webhooks::new(seed)),
             config,
@@ -319,7 +342,76 @@ impl PlaidState {
 
     fn user_of_item(&self, item_id: &str) -> Result<u64, FaultError> {
         data::user_for_item_id(self.seed, self.population, item_id)
+            .or_else(|| {
+                // Imported Items have indexes from the population up.
+                let inner = self.inner();
+                let bound = self.population + inner.imported.len() as u64;
+                data::user_for_item_id(self.seed, bound, item_id)
+                    .filter(|user| inner.imported.contains_key(user))
+            })
             .ok_or_else(|| FaultError(format!("unknown plaid item `{item_id}`")))
+    }
+
+    /// The user whose Item answers to `token`: a seeded user's exact token, or an imported one.
+    fn user_of_token(&self, token: &str) -> Option<u64> {
+        data::user_for_access_token(self.seed, self.population, token)
+            .or_else(|| self.inner().imported_tokens.get(token).copied())
+    }
+
+    /// Imports an Item that answers to `access_token` (any non-empty string that is not a seeded
+    /// user's token) with the `/item/get` fields `fields`; its accounts, transactions and
+    /// identity are generated as for any user, from an index of its own past the population.
+    /// Importing a token again replaces its fields and keeps its Item. Returns the Item's id,
+    /// which the other controls ([`PlaidState::set_item_state`], webhooks, ...) take as for a
+    /// seeded Item. [`crate::FakeServer::reset`] keeps imported Items (they are data) and puts
+    /// them back to healthy.
+    pub fn import_item(
+        &self,
+        access_token: &str,
+        fields: ItemFields,
+    ) -> Result<String, FaultError> {
+        if access_token.is_empty() {
+            return Err(FaultError("an imported item needs an access token".into()));
+        }
+        if data::user_for_access_token(self.seed, self.population, access_token).is_some() {
+            return Err(FaultError(
+                "that access token is a seeded user's; import under another".into(),
+            ));
+        }
+        let mut inner = self.inner();
+        let user = match inner.imported_tokens.get(access_token) {
+            Some(user) => *user,
+            None => {
+                let user = self.population + inner.imported.len() as u64;
+                inner.imported_tokens.insert(access_token.to_owned(), user);
+                user
+            }
+        };
+        inner.imported.insert(user, fields);
+        Ok(data::item_id(self.seed, user))
+    }
+
+    /// The `/item/get` view of user `user`'s Item: its imported fields, else the seeded ones.
+    fn item_info(&self, user: u64) -> ItemInfo {
+        match self.inner().imported.get(&user) {
+            Some(fields) => ItemInfo {
+                item_id: data::item_id(self.seed, user),
+                institution_id: fields.institution_id.clone(),
+                created_at: fields.created_at,
+                consent_expiration_time: fields.consent_expiration_time,
+                last_successful_update: fields.last_successful_update,
+            },
+            None => {
+                let info = data::item(self.seed, user);
+                ItemInfo {
+                    item_id: info.item_id,
+                    institution_id: Some(info.institution_id.to_owned()),
+                    created_at: Some(info.created_at),
+                    consent_expiration_time: info.consent_expiration_time,
+                    last_successful_update: Some(info.last_successful_update),
+                }
+            }
+        }
     }
 
     /// Moves an Item through the state machine. `LoginRequired` records a failed update at
@@ -513,7 +605,7 @@ impl PlaidState {
     }
 
     /// Back to the start: every Item healthy, no Plaid-coded faults, empty rate windows and
-    /// statistics, the configured rate limits.
+    /// statistics, the configured rate limits. Imported Items stay: they are data.
     pub(crate) fn reset(&self) {
         let mut inner = self.inner();
         inner.items.clear();
@@ -958,16 +1050,16 @@ fn answer(
         Some(_) => return Err(invalid_field("access_token must be a string")),
     };
     let params = Params::parse(ep, &request)?;
-    let user =
-        data::user_for_access_token(plaid.seed, shared.population, &token).ok_or_else(|| {
-            PlaidError::with_message(
-                "INVALID_ACCESS_TOKEN",
-                "could not find matching access token",
-            )
-        })?;
+    let user = plaid.user_of_token(&token).ok_or_else(|| {
+        PlaidError::with_message(
+            "INVALID_ACCESS_TOKEN",
+            "could not find matching access token",
+        )
+    })?;
     plaid.admit(ep, user, client_id)?;
     let runtime = plaid.runtime(user);
-    let item = item_json(plaid.seed, user, runtime, request_id);
+    let info = plaid.item_info(user);
+    let item = item_json(&info, runtime, request_id);
     // A login-required Item fails every data call; `/item/get` is how a client finds out why.
     if runtime.state == ItemState::LoginRequired && ep != Endpoint::ItemGet {
         return Err(PlaidError::new("ITEM_LOGIN_REQUIRED"));
@@ -975,10 +1067,11 @@ fn answer(
     let seed = plaid.seed;
     match ep {
         Endpoint::ItemGet => {
-            let info = data::item(seed, user);
             // Never a successful transactions update before the first extraction.
-            let last_successful = (runtime.state != ItemState::NotReady)
-                .then(|| crate::seeded::rfc3339(info.last_successful_update));
+            let last_successful = info
+                .last_successful_update
+                .filter(|_| runtime.state != ItemState::NotReady)
+                .map(crate::seeded::rfc3339);
             Ok(json!({
                 "item": item,
                 "status": {
@@ -1212,9 +1305,18 @@ fn selected_accounts(
     }
 }
 
+/// An Item's fields as `/item/get` shows them, seeded or imported.
+#[derive(Clone, Debug)]
+struct ItemInfo {
+    item_id: String,
+    institution_id: Option<String>,
+    created_at: Option<i64>,
+    consent_expiration_time: Option<i64>,
+    last_successful_update: Option<i64>,
+}
+
 /// The Item object shared by several responses.
-fn item_json(seed: u64, user: u64, runtime: ItemRuntime, request_id: &str) -> Value {
-    let info = data::item(seed, user);
+fn item_json(info: &ItemInfo, runtime: ItemRuntime, request_id: &str) -> Value {
     let error = (runtime.state == ItemState::LoginRequired)
         .then(|| PlaidError::new("ITEM_LOGIN_REQUIRED").body(request_id));
     json!({
@@ -1228,7 +1330,7 @@ fn item_json(seed: u64, user: u64, runtime: ItemRuntime, request_id: &str) -> Va
         "consented_products": ["auth", "balance", "identity", "transactions"],
         "consent_expiration_time": info.consent_expiration_time.map(crate::seeded::rfc3339),
         "update_type": "background",
-        "created_at": crate::seeded::rfc3339(info.created_at),
+        "created_at": info.created_at.map(crate::seeded::rfc3339),
     })
 }
 
@@ -1450,6 +1552,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn imported_items_answer_to_their_own_tokens_and_survive_a_reset() {
+        let state = PlaidState::new(3, 10, PlaidConfig::default()).expect("valid config");
+        let token = "k1' OR '1'='1";
+        let fields = ItemFields {
+            institution_id: Some("ins_x".into()),
+            ..ItemFields::default()
+        };
+        let id = state.import_item(token, fields).expect("imported");
+        assert_eq!(state.user_of_token(token), Some(10), "past the population");
+        assert_eq!(state.user_of_item(&id).ok(), Some(10));
+        assert_eq!(state.item_info(10).institution_id.as_deref(), Some("ins_x"));
+        // Importing again replaces the fields and keeps the Item.
+        let again = state
+            .import_item(token, ItemFields::default())
+            .expect("imported");
+        assert_eq!(again, id);
+        assert_eq!(state.item_info(10).institution_id, None);
+        assert!(state.import_item("", ItemFields::default()).is_err());
+        let seeded = state.access_token(3);
+        assert!(state.import_item(&seeded, ItemFields::default()).is_err());
+        assert_eq!(state.user_of_token("k1"), None);
+
+        state
+            .set_item_state(&id, ItemState::LoginRequired)
+            .expect("a known item");
+        state.reset();
+        assert_eq!(state.item_state(&id), Some(ItemState::Healthy));
+        assert_eq!(state.user_of_token(token), Some(10));
     }
 
     #[test]
