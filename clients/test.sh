@@ -2,7 +2,9 @@
 # Tests every generated client against a live gateway:
 #   1. builds the gateway (cargo build -p gateway --bin feature-gateway; honours CARGO_TARGET_DIR)
 #   2. starts `feature-gateway demo` on loopback, port 0, and reads its address from the ready line
-#   3. check-generated.sh: the checked-in Go and Python clients match proto/
+#   3. check-generated.sh: the checked-in Go and Python clients match proto/; check-docs.py: what
+#      README.md and clients/README.md tell a caller to do (status names, the ghz command, the Go
+#      package generated into another module, the Java warm-up), run against the gateway
 #   4. Go (go test -v), Java (Maven Surefire), Python (pytest -v), each with FEATURE_GATEWAY_ADDR
 #      set; each suite also runs its language's example and checks what it prints
 #   5. stops the gateway on exit, whatever happened (trap)
@@ -72,6 +74,7 @@ step() { # step NAME COMMAND...: runs COMMAND, records NAME if it fails
 }
 
 step check-generated "$clients/check-generated.sh"
+step check-docs python3 "$clients/check-docs.py"
 # -count=1: never a cached result, the gateway under test is new each run.
 step go bash -c 'cd "$1/go" && go vet ./... && go test -v -count=1 ./...' _ "$clients"
 # Not -q: it would hide Surefire's "Tests run:" summary. -ntp: no download progress noise.
@@ -89,4 +92,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "clients/test: FAILED: ${failed[*]} ($((SECONDS - start)) s)"
   exit 1
 fi
-echo "clients/test: ok: check-generated, go, java, python ($((SECONDS - start)) s)"
+echo "clients/test: ok: check-generated, check-docs, go, java, python ($((SECONDS - start)) s)"

@@ -1,5 +1,6 @@
 package dev.featuregateway.example;
 
+import static java.nio.charset.StandardCharsets.UTF_8;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
@@ -16,14 +17,24 @@ import dev.featuregateway.v1.GetFeaturesBatchResponse;
 import dev.featuregateway.v1.GetFeaturesRequest;
 import dev.featuregateway.v1.GetFeaturesResponse;
 import dev.featuregateway.v1.Value;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ClientCall;
+import io.grpc.ClientInterceptor;
+import io.grpc.ForwardingClientCall;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
+import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
 import java.util.List;
 import java.util.Map;
+import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.stream.Collectors;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.Assumptions;
@@ -58,7 +69,7 @@ class ClientTest {
 
   @BeforeAll
   static void connect() {
-    String addr = System.getProperty("FEATURE_GATEWAY_ADDR", System.getenv("FEATURE_GATEWAY_ADDR"));
+    String addr = addr();
     Assumptions.assumeTrue(
         addr != null && !addr.isEmpty(),
         "FEATURE_GATEWAY_ADDR is not set; clients/test.sh starts a gateway and sets it");
@@ -204,24 +215,120 @@ class ClientTest {
 
   @Test
   void examplePrintsTheDemoVector() throws Exception {
-    java.io.ByteArrayOutputStream out = new java.io.ByteArrayOutputStream();
-    java.io.ByteArrayOutputStream err = new java.io.ByteArrayOutputStream();
-    String addr = System.getProperty("FEATURE_GATEWAY_ADDR", System.getenv("FEATURE_GATEWAY_ADDR"));
+    ByteArrayOutputStream out = new ByteArrayOutputStream();
+    ByteArrayOutputStream err = new ByteArrayOutputStream();
     int code =
         Example.run(
-            addr,
-            "u_00042",
+            Example::openChannel,
+            addr(),
+            List.of("u_00042"),
             DEADLINE_MS,
-            new java.io.PrintStream(out, true, "UTF-8"),
-            new java.io.PrintStream(err, true, "UTF-8"));
-    assertEquals(0, code, err.toString("UTF-8"));
-    List<String> lines = out.toString("UTF-8").lines().collect(Collectors.toList());
-    assertEquals(21, lines.size(), out.toString("UTF-8"));
+            new PrintStream(out, true, UTF_8),
+            new PrintStream(err, true, UTF_8));
+    assertEquals(0, code, err.toString(UTF_8));
+    List<String> lines = out.toString(UTF_8).lines().collect(Collectors.toList());
+    assertEquals(21, lines.size(), out.toString(UTF_8));
     assertTrue(lines.get(0).startsWith("request_id "), lines.get(0));
     assertTrue(lines.get(1).startsWith("txn:amount ") && lines.get(1).contains("129.99"), lines.get(1));
     for (String line : lines.subList(1, 21)) {
       assertTrue(line.endsWith(" PRESENT"), line);
     }
+  }
+
+  /** One call as the example made it: the method, its options and its request. */
+  static final class Call {
+    final String method;
+    final CallOptions options;
+    volatile Object request;
+
+    Call(String method, CallOptions options) {
+      this.method = method;
+      this.options = options;
+    }
+  }
+
+  /**
+   * The example opens one channel for all its calls, makes its warm-up call on it first (a
+   * GetFeatures without entity keys, which the gateway refuses before calling any source or
+   * logging, with wait-for-ready and a deadline of its own), then one GetFeatures per user on the
+   * same channel, each with the caller's deadline: what clients/README.md tells a Java caller to
+   * do.
+   */
+  @Test
+  void exampleWarmsUpOnceThenReusesOneChannel() throws Exception {
+    List<Call> calls = new CopyOnWriteArrayList<>();
+    ClientInterceptor recorder =
+        new ClientInterceptor() {
+          @Override
+          public <Q, R> ClientCall<Q, R> interceptCall(
+              MethodDescriptor<Q, R> method, CallOptions options, Channel next) {
+            Call call = new Call(method.getBareMethodName(), options);
+            calls.add(call);
+            return new ForwardingClientCall.SimpleForwardingClientCall<Q, R>(
+                next.newCall(method, options)) {
+              @Override
+              public void sendMessage(Q message) {
+                call.request = message;
+                super.sendMessage(message);
+              }
+            };
+          }
+        };
+    AtomicInteger channels = new AtomicInteger();
+    ByteArrayOutputStream out = new ByteArrayOutputStream();
+    ByteArrayOutputStream err = new ByteArrayOutputStream();
+    List<String> users = List.of("u_00042", "u_unknown", "u_00001");
+    int code =
+        Example.run(
+            a -> {
+              channels.incrementAndGet();
+              return Grpc.newChannelBuilder(a, InsecureChannelCredentials.create())
+                  .intercept(recorder)
+                  .build();
+            },
+            addr(),
+            users,
+            DEADLINE_MS,
+            new PrintStream(out, true, UTF_8),
+            new PrintStream(err, true, UTF_8));
+    assertEquals(0, code, err.toString(UTF_8));
+    assertEquals(1, channels.get(), "channels opened");
+    assertEquals(
+        List.of("GetFeatures", "GetFeatures", "GetFeatures", "GetFeatures"),
+        calls.stream().map(c -> c.method).collect(Collectors.toList()));
+    Call warmUp = calls.get(0);
+    assertTrue(warmUp.options.isWaitForReady(), "the warm-up call waits for the connection");
+    assertTrue(warmUp.options.getDeadline() != null, "the warm-up call has a deadline");
+    GetFeaturesRequest warmUpRequest = (GetFeaturesRequest) warmUp.request;
+    assertEquals("fraud_v1", warmUpRequest.getFeatureService());
+    assertEquals(0, warmUpRequest.getEntitiesCount(), "the warm-up request must be refused");
+    for (int i = 1; i < calls.size(); i++) {
+      Call call = calls.get(i);
+      assertTrue(call.options.getDeadline() != null, "GetFeatures without a deadline");
+      assertTrue(
+          call.options.getDeadline().timeRemaining(TimeUnit.MILLISECONDS) <= DEADLINE_MS,
+          "GetFeatures with a deadline beyond the caller's");
+      assertTrue(!call.options.isWaitForReady(), "GetFeatures should fail fast, not wait");
+      assertEquals(
+          users.get(i - 1),
+          ((GetFeaturesRequest) call.request).getEntitiesOrThrow("user_id").getStringValue());
+    }
+    // Each user's vector, in order: u_unknown's user_profile features are NOT_FOUND.
+    List<String> lines = out.toString(UTF_8).lines().collect(Collectors.toList());
+    assertEquals(63, lines.size(), out.toString(UTF_8));
+    for (int user = 0; user < 3; user++) {
+      assertTrue(lines.get(21 * user).startsWith("request_id "), lines.get(21 * user));
+      for (int i = 0; i < 20; i++) {
+        String line = lines.get(21 * user + 1 + i);
+        String status =
+            expected(FRAUD_V1.get(i), user == 1).name().replaceFirst("^FEATURE_STATUS_", "");
+        assertTrue(line.startsWith(FRAUD_V1.get(i) + " ") && line.endsWith(" " + status), line);
+      }
+    }
+  }
+
+  static String addr() {
+    return System.getProperty("FEATURE_GATEWAY_ADDR", System.getenv("FEATURE_GATEWAY_ADDR"));
   }
 
   static EntityRow row(Map<String, Value> entities, double amount) {
