@@ -76,7 +76,7 @@ def find_ghz() -> str:
 
 
 def build(release: bool) -> Path:
-    args = ["cargo", "build", "--quiet", "-p", "gateway", "--bin", "feature-gateway",
+    args = ["cargo", "build", "--quiet", "-p", "feature-gateway", "--bin", "feature-gateway",
             "-p", "loadtest", "--bin", "fg-load", "--bin", "cache-mem", "-p", "fake-upstreams", "--bin", "fake-upstreams"]
     if release:
         args.append("--release")

@@ -9,19 +9,26 @@
 use std::{path::Path, sync::OnceLock};
 
 use fetcher_api::Registry;
-use gateway::{config, plan};
+use gateway::plan;
+use gateway_config as config;
 use libfuzzer_sys::fuzz_target;
 
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(gateway::builtin_registry)
+    REGISTRY.get_or_init(fetcher_builtin::registry)
 }
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match config::load_str(text, "fuzz.toml", Path::new("/nonexistent"), registry()) {
+    match config::load_str_checked(
+        text,
+        "fuzz.toml",
+        Path::new("/nonexistent"),
+        registry(),
+        &plan::check_all,
+    ) {
         Ok(config) => {
             for fs in config.feature_services.values() {
                 let _ = plan::compile(

@@ -13,10 +13,11 @@ use std::{collections::BTreeMap, sync::OnceLock, time::SystemTime};
 use fetcher_api::KeyPart;
 use gateway::{
     Gateway,
-    config::LimitsConfig,
     executor::RowInput,
-    request::{RequestError, parse_grpc_timeout, row_input},
+    request::{RequestError, row_input},
 };
+use gateway_config::LimitsConfig;
+use gateway_stack::parse_grpc_timeout;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use proto::v1;
@@ -44,8 +45,8 @@ fn demo() -> &'static Demo {
         let dir = tempfile::tempdir().expect("a temporary directory");
         gateway::demo::write(dir.path(), SystemTime::now()).expect("the demo tables");
         let text = format!("{}\n{LIMITS}", gateway::demo::CONFIG);
-        let registry = gateway::builtin_registry();
-        let config = gateway::config::load_str(&text, "demo.toml", dir.path(), &registry)
+        let registry = fetcher_builtin::registry();
+        let config = gateway_config::load_str(&text, "demo.toml", dir.path(), &registry)
             .expect("the demo configuration validates");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -7,7 +7,7 @@
 //! alone), in one container per run, under the same allocator (mimalloc), and prints the growth
 //! of resident memory per entry as JSON:
 //!
-//! - `store`: the gateway's own cache storage (`gateway::cache::store::Store`), filled through
+//! - `store`: the gateway's own cache storage (`gateway_stack::cache::store::Store`), filled through
 //!   the calls the cache layer makes; the report adds what its weigher charges per entry, to set
 //!   beside what the entries really take;
 //! - `old-hashmap`: the representation the cache used before, for reference: key
@@ -25,7 +25,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use clap::{Parser, ValueEnum};
 use fetcher_api::{Cell, KeyPart, Record, Row, Value};
-use gateway::{cache::store::Store, telemetry::CacheMetrics};
+use gateway_stack::{cache::store::Store, events::cache::CacheMetrics};
 use rand::{Rng, SeedableRng};
 
 #[global_allocator]

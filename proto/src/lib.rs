@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 /// Package `featuregateway.v1`: the public `FeatureService` and the sidecar `Fetcher` contract.
+pub mod server;
+
 pub mod v1 {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
     tonic::include_proto!("featuregateway.v1");

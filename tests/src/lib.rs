@@ -49,7 +49,7 @@ pub fn gateway_binary() -> &'static Path {
                 "build",
                 "--quiet",
                 "-p",
-                "gateway",
+                "feature-gateway",
                 "--bin",
                 "feature-gateway",
             ])

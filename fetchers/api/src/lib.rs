@@ -13,6 +13,9 @@
 //! - [`secret`]: `${NAME}` environment references in options ([`EnvTemplate`]) and where they are
 //!   looked up ([`Env`]), shared by every fetcher kind so that all parse, resolve and redact them
 //!   alike.
+//! - [`config`]: the configuration vocabulary shared with the gateway: [`ConfigDuration`] (a
+//!   duration written `"250ms"`) and [`Problem`] (what validation found, placed on the source or
+//!   a view and at a field inside its options).
 //! - [`options`]: parsing and compiling a source's and its views' options, the part of
 //!   `validate` and `build` every kind shares ([`validate_options`], [`build_options`]).
 //! - [`trace_context`]: the W3C Trace Context headers a fetcher sets on its outgoing calls, so a
@@ -24,6 +27,7 @@
 //! metrics are layers the gateway wraps around every fetcher in one place.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod error;
 pub mod fetcher;
 pub mod options;
@@ -34,6 +38,7 @@ pub mod tls;
 pub mod trace_context;
 pub mod value;
 
+pub use config::{ConfigDuration, Problem, Subject};
 pub use error::{ErrorClass, FetchError};
 pub use fetcher::{Cell, CellError, EntityKey, FetchRequest, Fetcher, Record, Row};
 pub use options::{build_options, validate_options};

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
-use crate::{FeatureType, Fetcher};
+use crate::{FeatureType, Fetcher, Problem};
 
 /// Options of a source or view specific to its kind: the configuration's table minus the fields
 /// the gateway itself reads. A factory deserializes them into its own typed config struct.
@@ -25,6 +25,40 @@ impl Options {
             .try_into()
             .map_err(|e: toml::de::Error| e.message().trim().to_owned())
     }
+
+    /// Deserializes the options as [`Options::parse`] does, a failure as a [`Problem`] of the
+    /// source (place it on a view with [`Problem::in_view`]). An unknown field is positioned at
+    /// that field: serde names it only in its message (``unknown field `x`, expected ...``), read
+    /// here, in the one place such messages enter, and found in the options' tables.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Problem> {
+        self.parse().map_err(|message| {
+            // Said of a kind that takes no options, where it only puzzles.
+            let message = message.replace(", there are no fields", "");
+            let path = unknown_field(&message).and_then(|field| key_path(&self.0, field));
+            path.into_iter()
+                .flatten()
+                .fold(Problem::new(message), Problem::at)
+        })
+    }
+}
+
+/// The field named by serde's "unknown field `X`" message, if it is one.
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = &message[message.find("unknown field `")? + "unknown field `".len()..];
+    Some(&rest[..rest.find('`')?])
+}
+
+/// The keys leading to `key` in `table`: itself at the top level, else inside the first nested
+/// table (depth first, in key order) holding it.
+fn key_path(table: &toml::Table, key: &str) -> Option<Vec<String>> {
+    if table.contains_key(key) {
+        return Some(vec![key.to_owned()]);
+    }
+    table.iter().find_map(|(name, value)| {
+        let mut path = key_path(value.as_table()?, key)?;
+        path.insert(0, name.clone());
+        Some(path)
+    })
 }
 
 /// An entity key of a view, as the fetcher sees it.
@@ -98,8 +132,9 @@ pub trait FetcherFactory: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 
     /// Checks the source's and its views' options without I/O. Returns every problem found,
-    /// each a message that names the view or option at fault.
-    fn validate(&self, source: &SourceSpec) -> Vec<String>;
+    /// each placed on the source or the view at fault and, where there is one, at the option
+    /// (see [`validate_options`](crate::validate_options), which does this for most kinds).
+    fn validate(&self, source: &SourceSpec) -> Vec<Problem>;
 
     /// Builds the fetcher: connects, loads, prepares. Called only on a source that validated.
     async fn build(&self, source: &SourceSpec) -> Result<Arc<dyn Fetcher>, BuildError>;

@@ -3,8 +3,9 @@
 //!
 //! Compilation is pure: [`compile_source`] and [`compile_view`] check everything that can be
 //! checked without I/O (URLs, header names, `${VAR}` syntax, templates against the view's keys,
-//! JSON pointers, batch settings) and return every problem as a message naming the option (and
-//! the view). `validate` and `build` share them, so a source that validated builds the same way.
+//! JSON pointers, batch settings) and return every problem, positioned at the option it concerns
+//! ([`Problem`]). `validate` and `build` share them, so a source that validated builds the same
+//! way.
 //! Environment variables are read only at build time, and header values never appear in a
 //! message: they may hold secrets. The `${NAME}` syntax, its parsing, resolution and redaction
 //! are [`fetcher_api::secret`]'s, shared with the other fetcher kinds; what is HTTP's is here:
@@ -12,28 +13,17 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use fetcher_api::{Env, EnvTemplate, FeatureType, KeySpec, TemplatePart, ViewSpec};
+use fetcher_api::{
+    ConfigDuration, Env, EnvTemplate, FeatureType, KeySpec, Problem, TemplatePart, ViewSpec,
+};
 use reqwest::header::{HeaderName, HeaderValue};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use url::Url;
 
 use crate::{
     decode::{self, Pointer},
     template::{BodyTemplate, Template},
 };
-
-/// A duration written the human way (`250ms`, `2s`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(ConfigDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
-    }
-}
 
 /// The source-level options of an `http` source.
 #[derive(Clone, Debug, Deserialize)]
@@ -194,8 +184,9 @@ pub struct CompiledView {
 }
 
 /// Checks a source's options.
-pub fn compile_source(config: &HttpSourceConfig) -> Result<CompiledSource, Vec<String>> {
-    let mut errors = Vec::new();
+pub fn compile_source(config: &HttpSourceConfig) -> Result<CompiledSource, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let at = |option: &str, message: String| Problem::new(message).at(option);
     match Url::parse(&config.base_url) {
         Ok(url)
             if matches!(url.scheme(), "http" | "https")
@@ -203,18 +194,22 @@ pub fn compile_source(config: &HttpSourceConfig) -> Result<CompiledSource, Vec<S
                 && url.fragment().is_none()
                 && url.username().is_empty()
                 && url.password().is_none() => {}
-        Ok(_) => errors.push(format!(
-            "base_url `{}` must be an http:// or https:// URL without credentials, query or fragment",
-            config.base_url
+        Ok(_) => problems.push(at(
+            "base_url",
+            format!(
+                "`{}` must be an http:// or https:// URL without credentials, query or fragment",
+                config.base_url
+            ),
         )),
-        Err(e) => errors.push(format!("base_url `{}`: {e}", config.base_url)),
+        Err(e) => problems.push(at("base_url", format!("`{}`: {e}", config.base_url))),
     }
     let mut headers = Vec::new();
     for (name, value) in &config.headers {
+        let at = |message: String| Problem::new(message).at("headers").at(name);
         let header = match HeaderName::from_bytes(name.as_bytes()) {
             Ok(header) => header,
             Err(_) => {
-                errors.push(format!("headers: `{name}` is not a valid header name"));
+                problems.push(at(format!("`{name}` is not a valid header name")));
                 continue;
             }
         };
@@ -227,32 +222,30 @@ pub fn compile_source(config: &HttpSourceConfig) -> Result<CompiledSource, Vec<S
                 if literal_ok {
                     headers.push((name.clone(), header, template));
                 } else {
-                    errors.push(format!(
-                        "headers.{name}: the value holds characters a header cannot carry"
-                    ));
+                    problems.push(at("the value holds characters a header cannot carry".into()));
                 }
             }
-            Err(e) => errors.push(format!("headers.{name}: {e}")),
+            Err(e) => problems.push(at(e.to_string())),
         }
     }
     if config.pool_max_idle_per_host == 0 {
         // Zero would disable keep-alive, which every request on the critical path pays for.
-        errors.push("pool_max_idle_per_host must be at least 1".into());
+        problems.push(at("pool_max_idle_per_host", "must be at least 1".into()));
     }
     if config.max_concurrent_requests == 0 {
-        errors.push("max_concurrent_requests must be at least 1".into());
+        problems.push(at("max_concurrent_requests", "must be at least 1".into()));
     }
     if let Some(path) = config.health_path.as_ref().filter(|p| !p.starts_with('/')) {
-        errors.push(format!("health_path `{path}` must start with `/`"));
+        problems.push(at("health_path", format!("`{path}` must start with `/`")));
     }
     let connect_timeout = config
         .connect_timeout
-        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+        .map_or(DEFAULT_CONNECT_TIMEOUT, ConfigDuration::get);
     if connect_timeout.is_zero() {
-        errors.push("connect_timeout must be more than zero".into());
+        problems.push(at("connect_timeout", "must be more than zero".into()));
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    if !problems.is_empty() {
+        return Err(problems);
     }
     Ok(CompiledSource {
         base_url: config.base_url.trim_end_matches('/').to_owned(),
@@ -282,19 +275,27 @@ pub fn resolve_header(
     Ok(value)
 }
 
-/// Checks a view's options against its keys and features.
-pub fn compile_view(view: &ViewSpec, config: &HttpViewConfig) -> Result<CompiledView, Vec<String>> {
-    let mut errors = Vec::new();
+/// Checks a view's options against its keys and features. The problems are the view's (its
+/// caller places them on it).
+pub fn compile_view(
+    view: &ViewSpec,
+    config: &HttpViewConfig,
+) -> Result<CompiledView, Vec<Problem>> {
+    let mut problems = Vec::new();
     let keys: &[KeySpec] = &view.keys;
-    let mut fail = |e: String| errors.push(format!("view `{}`: {e}", view.name));
+    let mut fail = |problem: Problem| problems.push(problem);
 
     let shape = match (&config.batch, &config.path) {
         (Some(_), Some(_)) => {
-            fail("set either `path` (one request per key) or `batch`, not both".into());
+            fail(Problem::new(
+                "set either `path` (one request per key) or `batch`, not both",
+            ));
             None
         }
         (None, None) => {
-            fail("`path` is required (or `batch`, for a batch endpoint)".into());
+            fail(Problem::new(
+                "`path` is required (or `batch`, for a batch endpoint)",
+            ));
             None
         }
         (None, Some(path)) => per_key_shape(config, path, keys, &mut fail),
@@ -312,32 +313,34 @@ pub fn compile_view(view: &ViewSpec, config: &HttpViewConfig) -> Result<Compiled
             Ok(pointer) => {
                 features.insert(feature.clone(), (pointer, *ty));
             }
-            Err(e) => fail(format!("fields.{feature}: {e}")),
+            Err(e) => fail(Problem::new(e).at("fields").at(feature)),
         }
     }
     for feature in config.fields.keys() {
         if !view.features.iter().any(|(f, _)| f == feature) {
-            fail(format!(
-                "fields.{feature}: the view has no feature `{feature}`"
-            ));
+            fail(
+                Problem::new(format!("the view has no feature `{feature}`"))
+                    .at("fields")
+                    .at(feature),
+            );
         }
     }
     let event_time = match config.event_time_pointer.as_deref().map(Pointer::parse) {
         None => None,
         Some(Ok(pointer)) => Some(pointer),
         Some(Err(e)) => {
-            fail(format!("event_time_pointer: {e}"));
+            fail(Problem::new(e).at("event_time_pointer"));
             None
         }
     };
     match shape {
-        Some(shape) if errors.is_empty() => Ok(CompiledView {
+        Some(shape) if problems.is_empty() => Ok(CompiledView {
             name: view.name.clone(),
             shape,
             features,
             event_time,
         }),
-        _ => Err(errors),
+        _ => Err(problems),
     }
 }
 
@@ -345,22 +348,22 @@ fn per_key_shape(
     config: &HttpViewConfig,
     path: &str,
     keys: &[KeySpec],
-    fail: &mut impl FnMut(String),
+    fail: &mut impl FnMut(Problem),
 ) -> Option<Shape> {
-    let path = check_path("path", path, fail).and_then(|p| {
-        Template::parse(p, keys)
-            .map_err(|e| fail(format!("path: {e}")))
-            .ok()
-    });
+    let at_path = |message: String| Problem::new(message).at("path");
+    let path = check_path(path)
+        .map_err(|e| fail(at_path(e)))
+        .ok()
+        .and_then(|p| Template::parse(p, keys).map_err(|e| fail(at_path(e))).ok());
     let query = compile_query(config, keys, fail);
     let body = match (&config.body, config.method) {
         (None, _) => None,
         (Some(_), Method::Get) => {
-            fail("`body` needs method = \"POST\"".into());
+            fail(Problem::new("needs method = \"POST\"").at("body"));
             None
         }
         (Some(body), Method::Post) => BodyTemplate::parse(body, keys)
-            .map_err(|e| fail(format!("body: {e}")))
+            .map_err(|e| fail(Problem::new(e).at("body")))
             .ok(),
     };
     Some(Shape::PerKey {
@@ -375,36 +378,50 @@ fn batch_shape(
     config: &HttpViewConfig,
     batch: &BatchConfig,
     keys: &[KeySpec],
-    fail: &mut impl FnMut(String),
+    fail: &mut impl FnMut(Problem),
 ) -> Option<Shape> {
+    let at = |option: &str, message: String| Problem::new(message).at("batch").at(option);
     let mut ok = true;
     if keys.len() != 1 {
-        fail(format!(
-            "batch needs a view with exactly one entity key, this one has {}",
-            keys.len()
-        ));
+        fail(
+            Problem::new(format!(
+                "needs a view with exactly one entity key, this one has {}",
+                keys.len()
+            ))
+            .at("batch"),
+        );
         ok = false;
     }
     if config.body.is_some() || config.method != Method::Get {
         // The batch body and method are fixed by the batch contract.
-        fail("`method` and `body` do not apply to a batch view".into());
+        fail(Problem::new(
+            "`method` and `body` do not apply to a batch view",
+        ));
         ok = false;
     }
-    let path =
-        check_path("batch.path", &batch.path, fail).and_then(|p| match Template::parse(p, keys) {
+    let path = match check_path(&batch.path) {
+        Err(e) => {
+            fail(at("path", e));
+            None
+        }
+        Ok(p) => match Template::parse(p, keys) {
             Ok(t) if !t.has_placeholders() => Some(p.to_owned()),
             Ok(_) => {
-                fail("batch.path cannot hold placeholders: the keys go in the body".into());
+                fail(at(
+                    "path",
+                    "cannot hold placeholders: the keys go in the body".into(),
+                ));
                 None
             }
             Err(e) => {
-                fail(format!("batch.path: {e}"));
+                fail(at("path", e));
                 None
             }
-        });
+        },
+    };
     let query = compile_query(config, keys, fail).and_then(|query| {
         if query.iter().any(|(_, t)| t.has_placeholders()) {
-            fail("query values of a batch view cannot hold placeholders".into());
+            fail(Problem::new("the values of a batch view cannot hold placeholders").at("query"));
             return None;
         }
         Some(
@@ -415,18 +432,18 @@ fn batch_shape(
         )
     });
     if batch.keys_field.is_empty() {
-        fail("batch.keys_field cannot be empty".into());
+        fail(at("keys_field", "cannot be empty".into()));
         ok = false;
     }
     if batch.max_keys == 0 {
-        fail("batch.max_keys must be at least 1".into());
+        fail(at("max_keys", "must be at least 1".into()));
         ok = false;
     }
     let results_pointer = Pointer::parse(&batch.results_pointer)
-        .map_err(|e| fail(format!("batch.results_pointer: {e}")))
+        .map_err(|e| fail(at("results_pointer", e)))
         .ok();
     let key_pointer = Pointer::parse(&batch.key_pointer)
-        .map_err(|e| fail(format!("batch.key_pointer: {e}")))
+        .map_err(|e| fail(at("key_pointer", e)))
         .ok();
     if !ok {
         return None;
@@ -442,29 +459,24 @@ fn batch_shape(
 }
 
 /// A path must be an absolute path with no query, fragment or dot segment of its own.
-fn check_path<'a>(option: &str, path: &'a str, fail: &mut impl FnMut(String)) -> Option<&'a str> {
+fn check_path(path: &str) -> Result<&str, String> {
     if !path.starts_with('/') {
-        fail(format!("{option} `{path}` must start with `/`"));
-        None
+        Err(format!("`{path}` must start with `/`"))
     } else if path.contains(['?', '#']) {
-        fail(format!(
-            "{option} `{path}` cannot hold `?` or `#`: put parameters in `query`"
-        ));
-        None
+        Err(format!(
+            "`{path}` cannot hold `?` or `#`: put parameters in `query`"
+        ))
     } else if path.split('/').any(|s| s == "." || s == "..") {
-        fail(format!(
-            "{option} `{path}` cannot hold `.` or `..` segments"
-        ));
-        None
+        Err(format!("`{path}` cannot hold `.` or `..` segments"))
     } else {
-        Some(path)
+        Ok(path)
     }
 }
 
 fn compile_query(
     config: &HttpViewConfig,
     keys: &[KeySpec],
-    fail: &mut impl FnMut(String),
+    fail: &mut impl FnMut(Problem),
 ) -> Option<Vec<(String, Template)>> {
     let mut query = Vec::new();
     let mut ok = true;
@@ -472,7 +484,7 @@ fn compile_query(
         match Template::parse(value, keys) {
             Ok(t) => query.push((name.clone(), t)),
             Err(e) => {
-                fail(format!("query.{name}: {e}"));
+                fail(Problem::new(e).at("query").at(name));
                 ok = false;
             }
         }

@@ -48,10 +48,10 @@ pub mod template;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fetcher_api::{BuildError, Env, Fetcher, FetcherFactory, SourceSpec};
+use fetcher_api::{BuildError, Env, Fetcher, FetcherFactory, Problem, SourceSpec};
 use reqwest::header::HeaderMap;
 
-pub use config::{BatchConfig, ConfigDuration, HttpSourceConfig, HttpViewConfig, Method};
+pub use config::{BatchConfig, HttpSourceConfig, HttpViewConfig, Method};
 pub use fetcher::HttpFetcher;
 
 /// Builds `http` fetchers.
@@ -81,7 +81,7 @@ impl FetcherFactory for HttpFactory {
         "http"
     }
 
-    fn validate(&self, source: &SourceSpec) -> Vec<String> {
+    fn validate(&self, source: &SourceSpec) -> Vec<Problem> {
         fetcher_api::validate_options(source, config::compile_source, config::compile_view)
     }
 
@@ -117,7 +117,7 @@ impl FetcherFactory for HttpFactory {
 
 #[cfg(test)]
 mod tests {
-    use fetcher_api::{FeatureType, KeySpec, Options, ViewSpec};
+    use fetcher_api::{FeatureType, KeySpec, Options, ViewSpec, config::join};
 
     use super::*;
 
@@ -216,22 +216,25 @@ mod tests {
                 ),
             ],
         );
-        let errors = HttpFactory::new().validate(&spec);
-        let text = errors.join("\n");
+        let problems = HttpFactory::new().validate(&spec);
+        let text = join(&problems, "\n");
         // The source's options fail to parse as a whole (the duration), so fix that and check the
         // rest separately.
-        assert!(text.contains("invalid duration `soon`"), "{text}");
+        assert!(
+            text.contains("`soon` is not a duration like \"20ms\" or \"5s\""),
+            "{text}"
+        );
         let expected = [
-            "view `unknown`: unknown field `colour`",
+            "view `unknown`: colour: unknown field `colour`",
             "view `placeholder`: path: unknown placeholder `{user_id}`",
-            "view `relative`: path `v1/{device_id}` must start with `/`",
-            "view `dots`: path `/v1/../{device_id}` cannot hold `.` or `..` segments",
+            "view `relative`: path: `v1/{device_id}` must start with `/`",
+            "view `dots`: path: `/v1/../{device_id}` cannot hold `.` or `..` segments",
             "view `neither`: `path` is required",
-            "view `get_body`: `body` needs method = \"POST\"",
+            "view `get_body`: body: needs method = \"POST\"",
             "view `pointer`: fields.risk: `scores/risk` is not a JSON pointer",
             "view `pointer`: fields.nope: the view has no feature `nope`",
-            "view `batch`: batch.path cannot hold placeholders",
-            "view `batch`: batch.max_keys must be at least 1",
+            "view `batch`: batch.path: cannot hold placeholders",
+            "view `batch`: batch.max_keys: must be at least 1",
             "view `method`: unknown variant `DELETE`",
         ];
         for e in expected {
@@ -244,15 +247,22 @@ mod tests {
                pool_max_idle_per_host = 0"#,
             vec![],
         );
-        let text = HttpFactory::new().validate(&spec).join("\n");
+        let problems = HttpFactory::new().validate(&spec);
+        let text = join(&problems, "\n");
         for e in [
-            "base_url `ftp://x` must be an http:// or https:// URL",
-            "headers: `bad header` is not a valid header name",
+            "base_url: `ftp://x` must be an http:// or https:// URL",
+            "headers.bad header: `bad header` is not a valid header name",
             "headers.Authorization: `${A-B}` is not an environment variable reference",
-            "pool_max_idle_per_host must be at least 1",
+            "pool_max_idle_per_host: must be at least 1",
         ] {
             assert!(text.contains(e), "missing `{e}` in:\n{text}");
         }
+        let header = problems
+            .iter()
+            .find(|p| p.message().contains("not a valid header name"))
+            .expect("a bad header name");
+        assert_eq!(header.field(), ["headers", "bad header"]);
+        assert_eq!(header.view_name(), None);
     }
 
     #[tokio::test]

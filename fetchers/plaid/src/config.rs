@@ -2,14 +2,14 @@
 //!
 //! [`compile_source`] and [`compile_view`] check everything that needs no I/O (the URL, the
 //! `${NAME}` syntax of the credentials, durations, each view's endpoint, keys and declared
-//! features against what the endpoint provides) and return every problem as a message naming
-//! the option and the view. `validate` and `build` share them. Credentials are read from the
+//! features against what the endpoint provides) and return every problem, positioned at the
+//! option it concerns ([`Problem`]). `validate` and `build` share them. Credentials are read from the
 //! environment only at build time and never appear in a message or in `Debug` output.
 
 use std::{collections::BTreeMap, time::Duration};
 
-use fetcher_api::{EnvTemplate, FeatureType, ViewSpec};
-use serde::{Deserialize, Deserializer};
+use fetcher_api::{ConfigDuration, EnvTemplate, FeatureType, Problem, ViewSpec};
+use serde::Deserialize;
 use url::Url;
 
 use crate::features::{self, Endpoint};
@@ -22,19 +22,6 @@ pub const PRODUCTION_URL: &str = "https://production.plaid.com";
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default bound on opening a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A duration written the human way (`250ms`, `2s`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(ConfigDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
-    }
-}
 
 /// The source-level options of a `plaid` source.
 #[derive(Clone, Deserialize)]
@@ -173,8 +160,9 @@ pub struct CompiledView {
 }
 
 /// Checks a source's options.
-pub fn compile_source(config: &PlaidSourceConfig) -> Result<CompiledSource, Vec<String>> {
-    let mut errors = Vec::new();
+pub fn compile_source(config: &PlaidSourceConfig) -> Result<CompiledSource, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let at = |option: &str, message: String| Problem::new(message).at(option);
     match Url::parse(&config.base_url) {
         Ok(url)
             if matches!(url.scheme(), "http" | "https")
@@ -182,68 +170,78 @@ pub fn compile_source(config: &PlaidSourceConfig) -> Result<CompiledSource, Vec<
                 && url.fragment().is_none()
                 && url.username().is_empty()
                 && url.password().is_none() => {}
-        Ok(_) => errors.push(format!(
-            "base_url `{}` must be an http:// or https:// URL without credentials, query or fragment",
-            config.base_url
+        Ok(_) => problems.push(at(
+            "base_url",
+            format!(
+                "`{}` must be an http:// or https:// URL without credentials, query or fragment",
+                config.base_url
+            ),
         )),
-        Err(e) => errors.push(format!("base_url `{}`: {e}", config.base_url)),
+        Err(e) => problems.push(at("base_url", format!("`{}`: {e}", config.base_url))),
     }
     let client_id = EnvTemplate::parse(&config.client_id)
-        .map_err(|e| errors.push(format!("client_id: {e}")))
+        .map_err(|e| problems.push(at("client_id", e.to_string())))
         .ok();
     let secret = match EnvTemplate::parse(&config.secret) {
         Ok(t) if t.env_names().next().is_none() => {
             // The message never repeats the value.
-            errors.push(
-                "secret must reference an environment variable (e.g. \"${PLAID_SECRET}\"), \
-                 not hold the secret itself"
+            problems.push(at(
+                "secret",
+                "must reference an environment variable (e.g. \"${PLAID_SECRET}\"), not hold \
+                 the secret itself"
                     .into(),
-            );
+            ));
             None
         }
         Ok(t) => Some(t),
         Err(e) => {
-            errors.push(format!("secret: {e}"));
+            problems.push(at("secret", e.to_string()));
             None
         }
     };
     let request_timeout = config
         .request_timeout
-        .map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0);
+        .map_or(DEFAULT_REQUEST_TIMEOUT, ConfigDuration::get);
     let connect_timeout = config
         .connect_timeout
-        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+        .map_or(DEFAULT_CONNECT_TIMEOUT, ConfigDuration::get);
     if request_timeout.is_zero() {
-        errors.push("request_timeout must be more than zero".into());
+        problems.push(at("request_timeout", "must be more than zero".into()));
     }
     if connect_timeout.is_zero() {
-        errors.push("connect_timeout must be more than zero".into());
+        problems.push(at("connect_timeout", "must be more than zero".into()));
     }
     if config.max_concurrent_requests == 0 {
-        errors.push("max_concurrent_requests must be at least 1".into());
+        problems.push(at("max_concurrent_requests", "must be at least 1".into()));
     }
     if !(1..=500).contains(&config.transactions_page_size) {
-        errors.push(format!(
-            "transactions_page_size must be from 1 to 500 (Plaid's bounds), got {}",
-            config.transactions_page_size
+        problems.push(at(
+            "transactions_page_size",
+            format!(
+                "must be from 1 to 500 (Plaid's bounds), got {}",
+                config.transactions_page_size
+            ),
         ));
     }
     if config.transactions_max_pages == 0 {
-        errors.push("transactions_max_pages must be at least 1".into());
+        problems.push(at("transactions_max_pages", "must be at least 1".into()));
     }
     let as_of = match config.as_of.as_deref().map(crate::time::parse_datetime) {
         None => None,
         Some(Some(t)) => Some(t),
         Some(None) => {
-            errors.push(format!(
-                "as_of `{}` is not an RFC 3339 date-time (e.g. 2025-06-01T12:00:00Z)",
-                config.as_of.as_deref().unwrap_or_default()
+            problems.push(at(
+                "as_of",
+                format!(
+                    "`{}` is not an RFC 3339 date-time (e.g. 2025-06-01T12:00:00Z)",
+                    config.as_of.as_deref().unwrap_or_default()
+                ),
             ));
             None
         }
     };
     match (client_id, secret) {
-        (Some(client_id), Some(secret)) if errors.is_empty() => Ok(CompiledSource {
+        (Some(client_id), Some(secret)) if problems.is_empty() => Ok(CompiledSource {
             base_url: config.base_url.trim_end_matches('/').to_owned(),
             client_id,
             secret,
@@ -254,31 +252,35 @@ pub fn compile_source(config: &PlaidSourceConfig) -> Result<CompiledSource, Vec<
             max_pages: config.transactions_max_pages,
             as_of,
         }),
-        _ => Err(errors),
+        _ => Err(problems),
     }
 }
 
-/// Checks a view's options against its keys and declared features.
+/// Checks a view's options against its keys and declared features. The problems are the view's
+/// (its caller places them on it).
 pub fn compile_view(
     view: &ViewSpec,
     config: &PlaidViewConfig,
-) -> Result<CompiledView, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut fail = |e: String| errors.push(format!("view `{}`: {e}", view.name));
+) -> Result<CompiledView, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut fail = |problem: Problem| problems.push(problem);
     let key_index = |name: &str| view.keys.iter().position(|k| k.name == name);
 
     let token_key = match &config.access_token {
         None if view.keys.is_empty() => {
-            fail("needs an entity key holding the Plaid access token".into());
+            fail(Problem::new(
+                "needs an entity key holding the Plaid access token",
+            ));
             None
         }
         None => Some(0),
         Some(name) => {
             let index = key_index(name);
             if index.is_none() {
-                fail(format!(
-                    "access_token: `{name}` is not an entity key of the view"
-                ));
+                fail(
+                    Problem::new(format!("`{name}` is not an entity key of the view"))
+                        .at("access_token"),
+                );
             }
             index
         }
@@ -286,63 +288,64 @@ pub fn compile_view(
     if let Some(key) = token_key.map(|i| &view.keys[i])
         && key.ty != FeatureType::String
     {
-        fail(format!(
+        fail(Problem::new(format!(
             "the access token key `{}` must be a string entity, not {}",
             key.name, key.ty
-        ));
+        )));
     }
 
     let mut user = Vec::new();
     if config.endpoint == Endpoint::IdentityMatch {
         if config.user.is_empty() {
-            fail("identity_match needs `user`: which entity key holds each user field".into());
+            fail(Problem::new(
+                "identity_match needs `user`: which entity key holds each user field",
+            ));
         }
         for (field, key) in &config.user {
+            let at = |message: String| Problem::new(message).at("user").at(field);
             let Some((name, in_address)) = USER_FIELDS.iter().find(|(f, _)| f == field) else {
                 let known: Vec<_> = USER_FIELDS.iter().map(|(f, _)| *f).collect();
-                fail(format!(
-                    "user.{field}: unknown field (known: {})",
-                    known.join(", ")
-                ));
+                fail(at(format!("unknown field (known: {})", known.join(", "))));
                 continue;
             };
             match key_index(key) {
-                None => fail(format!(
-                    "user.{field}: `{key}` is not an entity key of the view"
-                )),
+                None => fail(at(format!("`{key}` is not an entity key of the view"))),
                 Some(i) if Some(i) == token_key => {
-                    fail(format!("user.{field}: `{key}` is the access token key"));
+                    fail(at(format!("`{key}` is the access token key")));
                 }
-                Some(i) if view.keys[i].ty != FeatureType::String => fail(format!(
-                    "user.{field}: the key `{key}` must be a string entity, not {}",
+                Some(i) if view.keys[i].ty != FeatureType::String => fail(at(format!(
+                    "the key `{key}` must be a string entity, not {}",
                     view.keys[i].ty
-                )),
+                ))),
                 Some(i) => user.push((*name, *in_address, i)),
             }
         }
     } else if !config.user.is_empty() {
-        fail("`user` applies only to endpoint = \"identity_match\"".into());
+        fail(Problem::new("applies only to endpoint = \"identity_match\"").at("user"));
     }
     // Every key must be used, so a key that silently changes nothing cannot be configured.
     for (i, key) in view.keys.iter().enumerate() {
         if Some(i) != token_key && !user.iter().any(|(_, _, k)| *k == i) {
-            fail(format!(
+            fail(Problem::new(format!(
                 "the entity key `{}` is neither the access token nor a `user` field",
                 key.name
-            ));
+            )));
         }
     }
     if config.currency.len() != 3 || !config.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        fail(format!(
-            "currency `{}` must be an ISO 4217 code such as USD",
-            config.currency
-        ));
+        fail(
+            Problem::new(format!(
+                "`{}` must be an ISO 4217 code such as USD",
+                config.currency
+            ))
+            .at("currency"),
+        );
     }
 
     let mut compiled = BTreeMap::new();
     for (feature, ty) in &view.features {
         match features::Feature::parse(config.endpoint, feature) {
-            None => fail(format!(
+            None => fail(Problem::new(format!(
                 "feature `{feature}` is not one the {} endpoint provides (known: {})",
                 config.endpoint.name(),
                 features::catalog(config.endpoint)
@@ -350,18 +353,18 @@ pub fn compile_view(
                     .map(|(f, t)| format!("{f}: {t}"))
                     .collect::<Vec<_>>()
                     .join(", ")
-            )),
-            Some(f) if f.ty() != *ty => fail(format!(
+            ))),
+            Some(f) if f.ty() != *ty => fail(Problem::new(format!(
                 "feature `{feature}` is {}, declared as {ty}",
                 f.ty()
-            )),
+            ))),
             Some(f) => {
                 compiled.insert(feature.clone(), f);
             }
         }
     }
     match token_key {
-        Some(token_key) if errors.is_empty() => Ok(CompiledView {
+        Some(token_key) if problems.is_empty() => Ok(CompiledView {
             name: view.name.clone(),
             endpoint: config.endpoint,
             token_key,
@@ -369,6 +372,6 @@ pub fn compile_view(
             user,
             features: compiled,
         }),
-        _ => Err(errors),
+        _ => Err(problems),
     }
 }

@@ -78,7 +78,7 @@ pub mod time;
 use std::{borrow::Cow, sync::Arc};
 
 use async_trait::async_trait;
-use fetcher_api::{BuildError, Env, EnvTemplate, Fetcher, FetcherFactory, SourceSpec};
+use fetcher_api::{BuildError, Env, EnvTemplate, Fetcher, FetcherFactory, Problem, SourceSpec};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub use config::{PlaidSourceConfig, PlaidViewConfig};
@@ -132,7 +132,7 @@ impl FetcherFactory for PlaidFactory {
         "plaid"
     }
 
-    fn validate(&self, source: &SourceSpec) -> Vec<String> {
+    fn validate(&self, source: &SourceSpec) -> Vec<Problem> {
         fetcher_api::validate_options(source, config::compile_source, config::compile_view)
     }
 
@@ -172,7 +172,7 @@ impl FetcherFactory for PlaidFactory {
 
 #[cfg(test)]
 mod tests {
-    use fetcher_api::{FeatureType, KeySpec, Options, ViewSpec};
+    use fetcher_api::{FeatureType, KeySpec, Options, ViewSpec, config::join};
 
     use super::*;
 
@@ -309,15 +309,15 @@ mod tests {
                 ),
             ],
         );
-        let text = PlaidFactory::new().validate(&spec).join("\n");
+        let text = join(&PlaidFactory::new().validate(&spec), "\n");
         for e in [
-            "base_url `ftp://x` must be an http:// or https:// URL",
+            "base_url: `ftp://x` must be an http:// or https:// URL",
             "client_id: `${A-B}` is not an environment variable reference",
-            "secret must reference an environment variable",
-            "max_concurrent_requests must be at least 1",
-            "transactions_page_size must be from 1 to 500",
-            "as_of `yesterday` is not an RFC 3339 date-time",
-            "view `unknown`: unknown field `colour`",
+            "secret: must reference an environment variable",
+            "max_concurrent_requests: must be at least 1",
+            "transactions_page_size: must be from 1 to 500",
+            "as_of: `yesterday` is not an RFC 3339 date-time",
+            "view `unknown`: colour: unknown field `colour`",
             "view `endpoint`: unknown variant `auth`",
             "view `feature`: feature `debit_count_7d` is not one the balance endpoint provides",
             "view `typed`: feature `debit_count_7d` is int64, declared as double",
@@ -327,7 +327,7 @@ mod tests {
             "view `user`: user.shoe_size: unknown field",
             "view `user`: the entity key `email` is neither the access token nor a `user` field",
             "view `nokey`: needs an entity key holding the Plaid access token",
-            "view `currency`: currency `usd` must be an ISO 4217 code",
+            "view `currency`: currency: `usd` must be an ISO 4217 code",
         ] {
             assert!(text.contains(e), "missing `{e}` in:\n{text}");
         }

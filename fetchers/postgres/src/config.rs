@@ -3,7 +3,7 @@
 //! [`compile_source`] and [`compile_view`] check everything that can be checked without a
 //! connection (the URL's shape and its `${VAR}` references, pool settings, the query's
 //! placeholders against the view's entity keys, the column and JSON path mappings against the
-//! view's features) and return every problem as a message naming the option and the view.
+//! view's features) and return every problem, positioned at the option it concerns ([`Problem`]).
 //! `validate` and `build` share them. Environment variables are read only at build time, by
 //! [`resolve_url`], and neither the URL nor a value read from the environment ever appears in a
 //! message: either may hold a password. The `${NAME}` syntax, its parsing, resolution and
@@ -17,26 +17,15 @@
 
 use std::{borrow::Cow, collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
-use fetcher_api::{Env, EnvTemplate, FeatureType, TemplateError, ViewSpec};
-use serde::{Deserialize, Deserializer};
+use fetcher_api::{
+    ConfigDuration, Env, EnvTemplate, FeatureType, Problem, TemplateError, ViewSpec,
+};
+use serde::Deserialize;
 
 use crate::{
     sql::{self, Placeholder},
     tls::{self, TlsSettings},
 };
-
-/// A duration written the human way (`250ms`, `2s`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(ConfigDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
-    }
-}
 
 /// The source-level options of a `postgres` source.
 #[derive(Clone, Deserialize)]
@@ -214,8 +203,9 @@ pub struct CompiledView {
 }
 
 /// Checks a source's options.
-pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, Vec<String>> {
-    let mut errors = Vec::new();
+pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let at = |option: &str, message: String| Problem::new(message).at(option);
     let mut sslmode = None;
     let url = match EnvTemplate::parse(&config.url) {
         Ok(template) => {
@@ -223,30 +213,33 @@ pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, V
             let (probe, mode) = tls::split_sslmode(&template.with_stand_in("x"));
             sslmode = mode;
             if !(probe.starts_with("postgres://") || probe.starts_with("postgresql://")) {
-                errors.push("url must be a postgres:// or postgresql:// URL".to_owned());
+                problems.push(at(
+                    "url",
+                    "must be a postgres:// or postgresql:// URL".into(),
+                ));
             } else if let Err(e) = tokio_postgres::Config::from_str(&probe) {
-                errors.push(format!("url: {}", url_error(&e)));
+                problems.push(at("url", url_error(&e)));
             }
             template
         }
         Err(e) => {
-            errors.push(url_template_error(&e));
+            problems.push(at("url", url_template_error(&e)));
             EnvTemplate::default()
         }
     };
     if config.pool_size == 0 {
-        errors.push("pool_size must be at least 1".to_owned());
+        problems.push(at("pool_size", "must be at least 1".into()));
     }
     let connect_timeout = config
         .connect_timeout
-        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+        .map_or(DEFAULT_CONNECT_TIMEOUT, ConfigDuration::get);
     if connect_timeout.is_zero() {
-        errors.push("connect_timeout must be more than 0".to_owned());
+        problems.push(at("connect_timeout", "must be more than 0".into()));
     }
-    let statement_timeout = config.statement_timeout.map(|d| d.0);
+    let statement_timeout = config.statement_timeout.map(ConfigDuration::get);
     if statement_timeout.is_some_and(|d| d < Duration::from_millis(1)) {
         // PostgreSQL reads 0 as "no timeout", the opposite of what was written.
-        errors.push("statement_timeout must be at least 1ms".to_owned());
+        problems.push(at("statement_timeout", "must be at least 1ms".into()));
     }
     let tls = tls::check(
         sslmode.as_deref(),
@@ -254,40 +247,42 @@ pub fn compile_source(config: &PostgresSourceConfig) -> Result<CompiledSource, V
         config.tls_client_cert_file.as_deref(),
         config.tls_client_key_file.as_deref(),
     )
-    .map_err(|e| errors.extend(e))
+    .map_err(|e| problems.extend(e))
     .unwrap_or_default();
-    if errors.is_empty() {
+    if problems.is_empty() {
         Ok(CompiledSource {
             url,
             pool_size: config.pool_size,
             connect_timeout,
             statement_timeout,
-            cancel_after: config.cancel_after.map_or(DEFAULT_CANCEL_AFTER, |d| d.0),
+            cancel_after: config
+                .cancel_after
+                .map_or(DEFAULT_CANCEL_AFTER, ConfigDuration::get),
             tls,
         })
     } else {
-        Err(errors)
+        Err(problems)
     }
 }
 
-/// Checks a view's options against the view's keys and features.
+/// Checks a view's options against the view's keys and features. The problems are the view's
+/// (its caller places them on it).
 pub fn compile_view(
     view: &ViewSpec,
     config: &PostgresViewConfig,
-) -> Result<CompiledView, Vec<String>> {
-    let at = |msg: String| format!("view `{}`: {msg}", view.name);
-    let mut errors = Vec::new();
+) -> Result<CompiledView, Vec<Problem>> {
+    let mut problems = Vec::new();
     let placeholders = if config.query.trim().is_empty() {
-        errors.push(at("query is empty".to_owned()));
+        problems.push(Problem::new("is empty").at("query"));
         Vec::new()
     } else {
         sql::check_placeholders(&config.query, view.keys.len())
-            .map_err(|e| errors.push(at(format!("query: {e}"))))
+            .map_err(|e| problems.push(Problem::new(e).at("query")))
             .unwrap_or_default()
     };
     for key in &view.keys {
         if !key.ty.is_key_type() {
-            errors.push(at(format!(
+            problems.push(Problem::new(format!(
                 "entity `{}` is {}, which cannot be bound as a key",
                 key.name, key.ty
             )));
@@ -295,26 +290,24 @@ pub fn compile_view(
     }
     let is_feature = |name: &str| view.features.iter().any(|(f, _)| f == name);
     for name in config.columns.keys() {
+        let at = |message: String| Problem::new(message).at("columns").at(name);
         if !is_feature(name) {
-            errors.push(at(format!(
-                "columns.{name}: the view has no feature `{name}`"
-            )));
+            problems.push(at(format!("the view has no feature `{name}`")));
         }
         if config.json_paths.contains_key(name) {
-            errors.push(at(format!(
+            problems.push(at(format!(
                 "feature `{name}` is in both `columns` and `json_paths`"
             )));
         }
     }
     for (name, path) in &config.json_paths {
+        let at = |message: String| Problem::new(message).at("json_paths").at(name);
         if !is_feature(name) {
-            errors.push(at(format!(
-                "json_paths.{name}: the view has no feature `{name}`"
-            )));
+            problems.push(at(format!("the view has no feature `{name}`")));
         }
         if !(path.path.is_empty() || path.path.starts_with('/')) {
-            errors.push(at(format!(
-                "json_paths.{name}: `{}` is not a JSON pointer (it starts with `/`)",
+            problems.push(at(format!(
+                "`{}` is not a JSON pointer (it starts with `/`)",
                 path.path
             )));
         }
@@ -324,7 +317,7 @@ pub fn compile_view(
         .as_deref()
         .is_some_and(|c| c.trim().is_empty())
     {
-        errors.push(at("event_time_column is empty".to_owned()));
+        problems.push(Problem::new("is empty").at("event_time_column"));
     }
     let features = view
         .features
@@ -344,7 +337,7 @@ pub fn compile_view(
             },
         })
         .collect();
-    if errors.is_empty() {
+    if problems.is_empty() {
         Ok(CompiledView {
             name: view.name.clone(),
             query: config.query.clone(),
@@ -354,7 +347,7 @@ pub fn compile_view(
             features,
         })
     } else {
-        Err(errors)
+        Err(problems)
     }
 }
 
@@ -372,12 +365,12 @@ pub fn url_error(e: &tokio_postgres::Error) -> String {
 }
 
 /// This source's wording of a bad `${NAME}` reference in the URL (unchanged from before the
-/// syntax moved to [`fetcher_api::secret`]).
+/// syntax moved to [`fetcher_api::secret`]), said of `url`.
 fn url_template_error(e: &TemplateError) -> String {
     match e {
-        TemplateError::Unclosed => "url: a `${` is not closed by `}`".to_owned(),
+        TemplateError::Unclosed => "a `${` is not closed by `}`".to_owned(),
         TemplateError::InvalidName(name) => {
-            format!("url: `${{{name}}}` is not an environment variable reference")
+            format!("`${{{name}}}` is not an environment variable reference")
         }
     }
 }
@@ -408,9 +401,9 @@ fn percent_encode(value: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fetcher_api::{KeySpec, Options};
+    use fetcher_api::{KeySpec, Options, config::join};
 
-    fn source(text: &str) -> Result<CompiledSource, Vec<String>> {
+    fn source(text: &str) -> Result<CompiledSource, Vec<Problem>> {
         let config: PostgresSourceConfig = Options(text.parse().unwrap()).parse().unwrap();
         compile_source(&config)
     }
@@ -443,11 +436,11 @@ mod tests {
                statement_timeout = "0s""#,
         )
         .unwrap_err();
-        let text = errors.join("\n");
-        assert!(text.contains("url must be a postgres://"), "{text}");
-        assert!(text.contains("pool_size must be at least 1"), "{text}");
+        let text = join(&errors, "\n");
+        assert!(text.contains("url: must be a postgres://"), "{text}");
+        assert!(text.contains("pool_size: must be at least 1"), "{text}");
         assert!(
-            text.contains("statement_timeout must be at least 1ms"),
+            text.contains("statement_timeout: must be at least 1ms"),
             "{text}"
         );
         assert!(!text.contains("hunter2"), "{text}");
@@ -455,14 +448,15 @@ mod tests {
         let errors = source(r#"url = "postgres://u:${A-B}@x/y""#).unwrap_err();
         assert_eq!(
             errors,
-            ["url: `${A-B}` is not an environment variable reference"]
+            [Problem::source("`${A-B}` is not an environment variable reference").at("url")]
         );
         let errors = source(r#"url = "postgres://u:hunter2@x/y?bogus_option=1""#).unwrap_err();
-        assert!(errors[0].contains("bogus_option"), "{errors:?}");
-        assert!(!errors[0].contains("hunter2"), "{errors:?}");
+        assert_eq!(errors[0].field(), ["url"]);
+        assert!(errors[0].message().contains("bogus_option"), "{errors:?}");
+        assert!(!errors[0].message().contains("hunter2"), "{errors:?}");
     }
 
-    fn view(keys: usize, options: &str) -> Result<CompiledView, Vec<String>> {
+    fn view(keys: usize, options: &str) -> Result<CompiledView, Vec<Problem>> {
         let spec = ViewSpec {
             name: "stats".into(),
             keys: (0..keys)
@@ -509,16 +503,22 @@ mod tests {
                json_paths = { risk = { column = "a", path = "scores" } }"#,
         )
         .unwrap_err();
-        let text = errors.join("\n");
+        // A view's compilation positions its problems inside the view's options; the view is
+        // named when they are placed on it.
+        assert!(errors.iter().all(|p| p.view_name().is_none()), "{errors:?}");
+        let text = join(&errors, "\n");
         for expected in [
-            "view `stats`: query: the query has no placeholder `$2`",
-            "view `stats`: columns.nope: the view has no feature `nope`",
-            "view `stats`: feature `risk` is in both `columns` and `json_paths`",
-            "view `stats`: json_paths.risk: `scores` is not a JSON pointer",
+            "query: the query has no placeholder `$2`",
+            "columns.nope: the view has no feature `nope`",
+            "columns.risk: feature `risk` is in both `columns` and `json_paths`",
+            "json_paths.risk: `scores` is not a JSON pointer",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }
         let errors = view(1, r#"query = "SELECT 1 WHERE $1 = $2""#).unwrap_err();
-        assert!(errors[0].contains("`$2` has no entity key"), "{errors:?}");
+        assert!(
+            errors[0].message().contains("`$2` has no entity key"),
+            "{errors:?}"
+        );
     }
 }

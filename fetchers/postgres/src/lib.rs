@@ -88,16 +88,16 @@ use std::{collections::HashMap, str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use fetcher_api::{BuildError, Env, FeatureType, Fetcher, FetcherFactory, SourceSpec, ViewSpec};
+use fetcher_api::{
+    BuildError, Env, FeatureType, Fetcher, FetcherFactory, Problem, SourceSpec, ViewSpec,
+};
 use tokio::time::Instant;
 use tokio_postgres::{
     config::Host,
     types::{Kind, Type},
 };
 
-pub use config::{
-    ConfigDuration, JsonPath, MultipleRows, PostgresSourceConfig, PostgresViewConfig,
-};
+pub use config::{JsonPath, MultipleRows, PostgresSourceConfig, PostgresViewConfig};
 pub use fetcher::PostgresFetcher;
 
 use crate::{
@@ -135,7 +135,7 @@ impl FetcherFactory for PostgresFactory {
         "postgres"
     }
 
-    fn validate(&self, source: &SourceSpec) -> Vec<String> {
+    fn validate(&self, source: &SourceSpec) -> Vec<Problem> {
         fetcher_api::validate_options(source, config::compile_source, config::compile_view)
     }
 

@@ -30,7 +30,7 @@
 
 use std::{fmt, path::PathBuf, sync::Arc};
 
-use fetcher_api::tls;
+use fetcher_api::{Problem, tls};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::{
@@ -59,6 +59,7 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// The mode named `text`; the error is said of the URL, which holds it.
     fn parse(text: &str) -> Result<SslMode, String> {
         Ok(match text {
             "disable" => SslMode::Disable,
@@ -68,14 +69,14 @@ impl SslMode {
             "verify-full" => SslMode::VerifyFull,
             "allow" => {
                 return Err(
-                    "url: sslmode=allow is not supported; use prefer (TLS when the \
-                            server offers it) or disable"
+                    "sslmode=allow is not supported; use prefer (TLS when the server offers \
+                     it) or disable"
                         .to_owned(),
                 );
             }
             other => {
                 return Err(format!(
-                    "url: sslmode `{other}` is not one of disable, prefer, require, verify-ca, \
+                    "sslmode `{other}` is not one of disable, prefer, require, verify-ca, \
                      verify-full"
                 ));
             }
@@ -144,18 +145,20 @@ pub fn split_sslmode(url: &str) -> (String, Option<String>) {
     (url, mode)
 }
 
-/// Checks the mode (from the URL) against the `tls_*` options, without reading any file.
+/// Checks the mode (from the URL) against the `tls_*` options, without reading any file. A
+/// problem with the mode, or one that a `tls_*` option does not cure by being set, is the URL's.
 pub fn check(
     sslmode: Option<&str>,
     ca_file: Option<&str>,
     client_cert_file: Option<&str>,
     client_key_file: Option<&str>,
-) -> Result<TlsSettings, Vec<String>> {
-    let mut errors = Vec::new();
+) -> Result<TlsSettings, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let at = |option: &str, message: String| Problem::new(message).at(option);
     let mode = match sslmode.map(SslMode::parse).transpose() {
         Ok(mode) => mode.unwrap_or_default(),
         Err(e) => {
-            errors.push(e);
+            problems.push(at("url", e));
             SslMode::default()
         }
     };
@@ -165,39 +168,49 @@ pub fn check(
         ("tls_client_key_file", client_key_file),
     ] {
         if value.is_some_and(|v| v.trim().is_empty()) {
-            errors.push(format!("{name} is empty"));
+            problems.push(at(name, "is empty".into()));
         } else if value.is_some() && mode == SslMode::Disable {
-            errors.push(format!(
-                "{name} has no effect with sslmode=disable: remove it or set another sslmode"
+            problems.push(at(
+                name,
+                "has no effect with sslmode=disable: remove it or set another sslmode".into(),
             ));
         }
     }
     if mode.verifies() && ca_file.is_none() {
-        errors.push(format!(
-            "tls_ca_file is required with sslmode={mode}: the server's certificate is checked \
-             against the roots it holds (no system root store is used)"
+        problems.push(at(
+            "url",
+            format!(
+                "tls_ca_file is required with sslmode={mode}: the server's certificate is \
+                 checked against the roots it holds (no system root store is used)"
+            ),
         ));
     }
     let client_cert = match (client_cert_file, client_key_file) {
         (Some(cert), Some(key)) => Some((cert.to_owned(), key.to_owned())),
         (None, None) => None,
         (Some(_), None) => {
-            errors.push("tls_client_cert_file needs tls_client_key_file (its private key)".into());
+            problems.push(at(
+                "tls_client_cert_file",
+                "needs tls_client_key_file (its private key)".into(),
+            ));
             None
         }
         (None, Some(_)) => {
-            errors.push("tls_client_key_file needs tls_client_cert_file (its certificate)".into());
+            problems.push(at(
+                "tls_client_key_file",
+                "needs tls_client_cert_file (its certificate)".into(),
+            ));
             None
         }
     };
-    if errors.is_empty() {
+    if problems.is_empty() {
         Ok(TlsSettings {
             mode,
             ca_file: ca_file.map(str::to_owned),
             client_cert,
         })
     } else {
-        Err(errors)
+        Err(problems)
     }
 }
 
@@ -373,6 +386,8 @@ impl ServerCertVerifier for NoCheck {
 
 #[cfg(test)]
 mod tests {
+    use fetcher_api::config::join;
+
     use super::*;
 
     #[test]
@@ -400,32 +415,32 @@ mod tests {
         assert_eq!(ok.mode, SslMode::VerifyFull);
         assert_eq!(check(None, None, None, None).unwrap().mode, SslMode::Prefer);
 
-        let text = |r: Result<TlsSettings, Vec<String>>| r.unwrap_err().join("\n");
+        let text = |r: Result<TlsSettings, Vec<Problem>>| join(&r.unwrap_err(), "\n");
         let e = text(check(Some("verify-ca"), None, None, None));
         assert!(
-            e.contains("tls_ca_file is required with sslmode=verify-ca"),
+            e.contains("url: tls_ca_file is required with sslmode=verify-ca"),
             "{e}"
         );
         let e = text(check(Some("disable"), Some("ca.pem"), None, None));
         assert!(
-            e.contains("tls_ca_file has no effect with sslmode=disable"),
+            e.contains("tls_ca_file: has no effect with sslmode=disable"),
             "{e}"
         );
         let e = text(check(Some("require"), None, Some("c.pem"), None));
         assert!(
-            e.contains("tls_client_cert_file needs tls_client_key_file"),
+            e.contains("tls_client_cert_file: needs tls_client_key_file"),
             "{e}"
         );
         let e = text(check(Some("require"), None, None, Some("k.pem")));
         assert!(
-            e.contains("tls_client_key_file needs tls_client_cert_file"),
+            e.contains("tls_client_key_file: needs tls_client_cert_file"),
             "{e}"
         );
         let e = text(check(Some("allow"), None, None, None));
-        assert!(e.contains("sslmode=allow is not supported"), "{e}");
+        assert!(e.contains("url: sslmode=allow is not supported"), "{e}");
         let e = text(check(Some("bogus"), Some(" "), None, None));
-        assert!(e.contains("sslmode `bogus`"), "{e}");
-        assert!(e.contains("tls_ca_file is empty"), "{e}");
+        assert!(e.contains("url: sslmode `bogus`"), "{e}");
+        assert!(e.contains("tls_ca_file: is empty"), "{e}");
     }
 
     #[test]

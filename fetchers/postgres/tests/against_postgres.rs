@@ -457,14 +457,14 @@ fn validation_needs_no_server_and_counts_placeholders() {
             ),
         ],
     );
-    let text = factory.validate(&spec).join("\n");
-    assert!(text.contains("unknown field `colour`"), "{text}");
+    let text = fetcher_api::config::join(&factory.validate(&spec), "\n");
+    assert!(text.contains("colour: unknown field `colour`"), "{text}");
     assert!(
         text.contains("view `two_keys`: query: the query has no placeholder `$2`"),
         "{text}"
     );
     assert!(
-        text.contains("view `unknown`: unknown field `mode`"),
+        text.contains("view `unknown`: mode: unknown field `mode`"),
         "{text}"
     );
 }

@@ -4,8 +4,8 @@
 //! Compilation is pure: [`compile_source`] and [`compile_view`] check everything that can be
 //! checked without I/O (the URL's shape and `${VAR}` syntax, the mode's companions, the key
 //! template against the view's entities, the field map against its features) and return every
-//! problem as a message naming the option (and the view). `validate`, `build` and `materialize`
-//! share them, so what validated is what runs and what is written is what is read.
+//! problem, positioned at the option it concerns ([`Problem`]). `validate`, `build` and
+//! `materialize` share them, so what validated is what runs and what is written is what is read.
 //!
 //! The URL may hold a password, so no message ever quotes it: environment variables are resolved
 //! only at build time ([`resolve_url`]), and their values never reach a message or a log. The
@@ -15,9 +15,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use fetcher_api::{EntityKey, Env, EnvTemplate, FeatureType, KeySpec, ViewSpec};
+use fetcher_api::{
+    ConfigDuration, EntityKey, Env, EnvTemplate, FeatureType, KeySpec, Problem, ViewSpec,
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// Default for [`RedisSourceConfig::pool_size`].
 pub const DEFAULT_POOL_SIZE: usize = 4;
@@ -25,19 +27,6 @@ pub const DEFAULT_POOL_SIZE: usize = 4;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default for [`RedisSourceConfig::command_timeout`].
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A duration written the human way (`250ms`, `2s`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(ConfigDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
-    }
-}
 
 /// How the Redis deployment is reached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -281,12 +270,13 @@ pub struct CompiledView {
 }
 
 /// Checks a source's options.
-pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<String>> {
-    let mut errors = Vec::new();
+pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut fail = |option: &str, message: String| problems.push(Problem::new(message).at(option));
     let url = match EnvTemplate::parse(&config.url) {
         Ok(template) => Some(template),
         Err(e) => {
-            errors.push(format!("url: {e}"));
+            fail("url", e.to_string());
             None
         }
     };
@@ -298,45 +288,55 @@ pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<
                 tls = is_tls;
                 shape_ok = true;
             }
-            Err(e) => errors.push(format!("url: {e}")),
+            Err(e) => fail("url", e),
         }
     }
     let mut nodes = Vec::new();
     for node in &config.nodes {
         match parse_host_port(node) {
             Some(parsed) => nodes.push(parsed),
-            None => errors.push(format!("nodes: `{node}` is not a `host:port` address")),
+            None => fail("nodes", format!("`{node}` is not a `host:port` address")),
         }
     }
     match (config.mode, &config.sentinel_service_name) {
         (Mode::Standalone, _) if !config.nodes.is_empty() => {
-            errors.push("nodes: only `cluster` and `sentinel` modes use more nodes".into());
+            fail(
+                "nodes",
+                "only `cluster` and `sentinel` modes use more nodes".into(),
+            );
         }
         (Mode::Sentinel, None) => {
-            errors.push("sentinel_service_name is required in `sentinel` mode".into());
+            // Said where sentinel mode is chosen: the missing option has no place to point at.
+            fail(
+                "mode",
+                "sentinel_service_name is required in `sentinel` mode".into(),
+            );
         }
         (Mode::Sentinel, Some(name)) if name.is_empty() => {
-            errors.push("sentinel_service_name cannot be empty".into());
+            fail("sentinel_service_name", "cannot be empty".into());
         }
         (Mode::Standalone | Mode::Cluster, Some(_)) => {
-            errors.push("sentinel_service_name applies only to `sentinel` mode".into());
+            fail(
+                "sentinel_service_name",
+                "applies only to `sentinel` mode".into(),
+            );
         }
         _ => {}
     }
     if config.pool_size == 0 {
-        errors.push("pool_size must be at least 1".into());
+        fail("pool_size", "must be at least 1".into());
     }
     let connect_timeout = config
         .connect_timeout
-        .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+        .map_or(DEFAULT_CONNECT_TIMEOUT, ConfigDuration::get);
     if connect_timeout.is_zero() {
-        errors.push("connect_timeout must be more than zero".into());
+        fail("connect_timeout", "must be more than zero".into());
     }
     let command_timeout = config
         .command_timeout
-        .map_or(DEFAULT_COMMAND_TIMEOUT, |d| d.0);
+        .map_or(DEFAULT_COMMAND_TIMEOUT, ConfigDuration::get);
     if command_timeout.is_zero() {
-        errors.push("command_timeout must be more than zero".into());
+        fail("command_timeout", "must be more than zero".into());
     }
     for (name, value) in [
         ("tls_ca_file", &config.tls_ca_file),
@@ -344,28 +344,35 @@ pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<
         ("tls_client_key_file", &config.tls_client_key_file),
     ] {
         if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            errors.push(format!("{name} is empty"));
+            fail(name, "is empty".into());
         } else if value.is_some() && shape_ok && !tls {
             // Only said when the URL parsed: a bad URL already has its own message.
-            errors.push(format!(
-                "{name} applies only to TLS connections: use a rediss:// URL"
-            ));
+            fail(
+                name,
+                "applies only to TLS connections: use a rediss:// URL".into(),
+            );
         }
     }
     let tls_client_cert = match (&config.tls_client_cert_file, &config.tls_client_key_file) {
         (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
         (None, None) => None,
         (Some(_), None) => {
-            errors.push("tls_client_cert_file needs tls_client_key_file (its private key)".into());
+            fail(
+                "tls_client_cert_file",
+                "needs tls_client_key_file (its private key)".into(),
+            );
             None
         }
         (None, Some(_)) => {
-            errors.push("tls_client_key_file needs tls_client_cert_file (its certificate)".into());
+            fail(
+                "tls_client_key_file",
+                "needs tls_client_cert_file (its certificate)".into(),
+            );
             None
         }
     };
     match url {
-        Some(url) if errors.is_empty() => Ok(CompiledSource {
+        Some(url) if problems.is_empty() => Ok(CompiledSource {
             url,
             tls,
             mode: config.mode,
@@ -377,31 +384,30 @@ pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<
             tls_ca_file: config.tls_ca_file.clone(),
             tls_client_cert,
         }),
-        _ => Err(errors),
+        _ => Err(problems),
     }
 }
 
-/// Checks a view's options against its keys and features.
+/// Checks a view's options against its keys and features. The problems are the view's (its
+/// caller places them on it).
 pub fn compile_view(
     view: &ViewSpec,
     config: &RedisViewConfig,
-) -> Result<CompiledView, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut fail = |e: String| errors.push(format!("view `{}`: {e}", view.name));
+) -> Result<CompiledView, Vec<Problem>> {
+    let mut problems = Vec::new();
     if view.keys.is_empty() {
-        fail("a redis view needs at least one entity".into());
+        problems.push(Problem::new("a redis view needs at least one entity"));
     }
     let key = KeyTemplate::parse(&config.key, &view.keys)
-        .map_err(|e| fail(format!("key: {e}")))
+        .map_err(|e| problems.push(Problem::new(e).at("key")))
         .ok();
     for (feature, field) in &config.fields {
+        let at = |message: String| Problem::new(message).at("fields").at(feature);
         if !view.features.iter().any(|(f, _)| f == feature) {
-            fail(format!(
-                "fields.{feature}: the view has no feature `{feature}`"
-            ));
+            problems.push(at(format!("the view has no feature `{feature}`")));
         }
         if field.is_empty() {
-            fail(format!("fields.{feature}: the field name cannot be empty"));
+            problems.push(at("the field name cannot be empty".into()));
         }
     }
     let features: BTreeMap<String, (String, FeatureType)> = view
@@ -413,23 +419,24 @@ pub fn compile_view(
         })
         .collect();
     if let Some(time) = &config.event_time_field {
+        let at = |message: String| Problem::new(message).at("event_time_field");
         if time.is_empty() {
-            fail("event_time_field cannot be empty".into());
+            problems.push(at("cannot be empty".into()));
         } else if let Some((feature, _)) = features.iter().find(|(_, (field, _))| field == time) {
-            fail(format!(
-                "event_time_field `{time}` is also the field of feature `{feature}`"
-            ));
+            problems.push(at(format!(
+                "`{time}` is also the field of feature `{feature}`"
+            )));
         }
     }
     match key {
-        Some(key) if errors.is_empty() => Ok(CompiledView {
+        Some(key) if problems.is_empty() => Ok(CompiledView {
             name: view.name.clone(),
             key,
             encoding: config.encoding,
             features,
             event_time_field: config.event_time_field.clone(),
         }),
-        _ => Err(errors),
+        _ => Err(problems),
     }
 }
 

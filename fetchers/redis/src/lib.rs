@@ -54,9 +54,9 @@ pub mod materialize;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fetcher_api::{BuildError, Env, Fetcher, FetcherFactory, SourceSpec};
+use fetcher_api::{BuildError, Env, Fetcher, FetcherFactory, Problem, SourceSpec};
 
-pub use config::{ConfigDuration, Encoding, Mode, RedisSourceConfig, RedisViewConfig};
+pub use config::{Encoding, Mode, RedisSourceConfig, RedisViewConfig};
 pub use fetcher::RedisFetcher;
 pub use materialize::{
     MaterializeError, MaterializeOptions, MaterializeReport, Progress, materialize,
@@ -89,7 +89,7 @@ impl FetcherFactory for RedisFactory {
         "redis"
     }
 
-    fn validate(&self, source: &SourceSpec) -> Vec<String> {
+    fn validate(&self, source: &SourceSpec) -> Vec<Problem> {
         fetcher_api::validate_options(source, config::compile_source, config::compile_view)
     }
 

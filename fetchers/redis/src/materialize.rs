@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fetcher_api::{EntityKey, Env, FeatureType, KeyPart, SourceSpec, Value};
+use fetcher_api::{EntityKey, Env, FeatureType, KeyPart, Problem, SourceSpec, Value, config::join};
 use fred::prelude::{
     ClientLike, Expiration, HashesInterface, KeysInterface, Pool, Value as RedisValue,
 };
@@ -291,9 +291,8 @@ fn compile(
     source: &SourceSpec,
     view: &str,
 ) -> Result<(CompiledSource, CompiledView), MaterializeError> {
-    let fail = |e: Vec<String>| MaterializeError::Config(e.join("; "));
-    let source_config: RedisSourceConfig =
-        source.options.parse().map_err(MaterializeError::Config)?;
+    let fail = |problems: Vec<Problem>| MaterializeError::Config(join(&problems, "; "));
+    let source_config: RedisSourceConfig = source.options.decode().map_err(|p| fail(vec![p]))?;
     let compiled_source = config::compile_source(&source_config).map_err(fail)?;
     let view_spec = source
         .views
@@ -307,11 +306,10 @@ fn compile(
                 known.join(", ")
             ))
         })?;
-    let view_config: RedisViewConfig = view_spec
-        .options
-        .parse()
-        .map_err(|e| MaterializeError::Config(format!("view `{view}`: {e}")))?;
-    let compiled_view = config::compile_view(view_spec, &view_config).map_err(fail)?;
+    let in_view =
+        |problems: Vec<Problem>| fail(problems.into_iter().map(|p| p.in_view(view)).collect());
+    let view_config: RedisViewConfig = view_spec.options.decode().map_err(|p| in_view(vec![p]))?;
+    let compiled_view = config::compile_view(view_spec, &view_config).map_err(in_view)?;
     Ok((compiled_source, compiled_view))
 }
 

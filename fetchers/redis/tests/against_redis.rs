@@ -654,7 +654,7 @@ async fn the_password_comes_from_the_environment_and_is_never_shown() {
             "key = \"v:{id}\"",
         )],
     );
-    let errors = RedisFactory::new().validate(&literal).join("\n");
+    let errors = fetcher_api::config::join(&RedisFactory::new().validate(&literal), "\n");
     assert!(
         errors.contains("must come from the environment") && !errors.contains("hunter2"),
         "{errors}"
@@ -695,17 +695,17 @@ fn validation_names_every_bad_option() {
             ),
         ],
     );
-    let text = RedisFactory::new().validate(&spec).join("\n");
+    let text = fetcher_api::config::join(&RedisFactory::new().validate(&spec), "\n");
     for e in [
         "url: must start with redis:// or rediss://",
-        "sentinel_service_name is required",
-        "pool_size must be at least 1",
+        "mode: sentinel_service_name is required",
+        "pool_size: must be at least 1",
         "nodes: `nope` is not a `host:port` address",
         "view `a`: key: unknown placeholder `{user}`",
         "view `b`: unknown variant `xml`",
-        "view `c`: unknown field `colour`",
+        "view `c`: colour: unknown field `colour`",
         "view `d`: fields.m: the view has no feature `m`",
-        "view `d`: event_time_field `n` is also the field of feature `n`",
+        "view `d`: event_time_field: `n` is also the field of feature `n`",
     ] {
         assert!(text.contains(e), "missing `{e}` in:\n{text}");
     }
@@ -1170,13 +1170,13 @@ async fn a_certificate_from_another_ca_fails_the_build_clearly() {
         "url = \"redis://127.0.0.1:1\"\ntls_ca_file = \"ca.pem\"\ntls_client_key_file = \"k.pem\"",
         Vec::new(),
     );
-    let errors = factory.validate(&spec).join("\n");
+    let errors = fetcher_api::config::join(&factory.validate(&spec), "\n");
     assert!(
-        errors.contains("tls_ca_file applies only to TLS connections: use a rediss:// URL"),
+        errors.contains("tls_ca_file: applies only to TLS connections: use a rediss:// URL"),
         "{errors}"
     );
     assert!(
-        errors.contains("tls_client_key_file needs tls_client_cert_file"),
+        errors.contains("tls_client_key_file: needs tls_client_cert_file"),
         "{errors}"
     );
 }

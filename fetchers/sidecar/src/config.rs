@@ -1,28 +1,15 @@
 //! The options of a `sidecar` source and of its views, and their pure compilation.
 //!
 //! [`compile_source`] and [`compile_view`] check everything that can be checked without I/O (one
-//! of `address` and `unix_socket`, the address's form, durations) and return every problem as a
-//! message naming the option. `validate` and `build` share them, so a source that validated
-//! builds the same way.
+//! of `address` and `unix_socket`, the address's form, durations) and return every problem,
+//! positioned at the option it concerns ([`Problem`]). `validate` and `build` share them, so a
+//! source that validated builds the same way.
 
 use std::{path::PathBuf, time::Duration};
 
-use fetcher_api::{SourceSpec, ViewSpec};
-use serde::{Deserialize, Deserializer};
+use fetcher_api::{ConfigDuration, Problem, SourceSpec, ViewSpec};
+use serde::Deserialize;
 use tonic::transport::Uri;
-
-/// A duration written the human way (`250ms`, `2s`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigDuration(pub Duration);
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map(ConfigDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
-    }
-}
 
 /// The source-level options of a `sidecar` source. Exactly one of `address` and `unix_socket`.
 #[derive(Clone, Debug, Deserialize)]
@@ -101,36 +88,38 @@ pub struct CompiledSource {
 pub fn compile_source(
     source: &SourceSpec,
     config: &SidecarSourceConfig,
-) -> Result<CompiledSource, Vec<String>> {
-    let mut errors = Vec::new();
+) -> Result<CompiledSource, Vec<Problem>> {
+    let mut problems = Vec::new();
     let target = match (&config.address, &config.unix_socket) {
         (Some(_), Some(_)) => {
-            errors.push("set one of `address` and `unix_socket`, not both".to_owned());
+            problems.push(Problem::new(
+                "set one of `address` and `unix_socket`, not both",
+            ));
             None
         }
         (None, None) => {
-            errors.push(
-                "missing `address` (e.g. \"http://127.0.0.1:7001\") or `unix_socket`".to_owned(),
-            );
+            problems.push(Problem::new(
+                "missing `address` (e.g. \"http://127.0.0.1:7001\") or `unix_socket`",
+            ));
             None
         }
         (Some(address), None) => match parse_address(address) {
             Ok(uri) => Some(Target::Tcp(uri)),
             Err(e) => {
-                errors.push(format!("`address`: {e}"));
+                problems.push(Problem::new(e).at("address"));
                 None
             }
         },
         (None, Some(path)) if path.trim().is_empty() => {
-            errors.push("`unix_socket`: empty path".to_owned());
+            problems.push(Problem::new("empty path").at("unix_socket"));
             None
         }
         (None, Some(path)) => Some(Target::Unix(source.resolve_path(path))),
     };
     let mut duration = |name: &str, value: Option<ConfigDuration>, default: Duration| {
-        let d = value.map_or(default, |d| d.0);
+        let d = value.map_or(default, ConfigDuration::get);
         if d.is_zero() {
-            errors.push(format!("`{name}` must be more than zero"));
+            problems.push(Problem::new("must be more than zero").at(name));
         }
         d
     };
@@ -150,13 +139,13 @@ pub fn compile_source(
         DEFAULT_KEEPALIVE_TIMEOUT,
     );
     match target {
-        Some(target) if errors.is_empty() => Ok(CompiledSource {
+        Some(target) if problems.is_empty() => Ok(CompiledSource {
             target,
             connect_timeout,
             keepalive_interval,
             keepalive_timeout,
         }),
-        _ => Err(errors),
+        _ => Err(problems),
     }
 }
 
@@ -188,12 +177,12 @@ fn parse_address(address: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
-/// The sidecar's name for `view`.
-pub fn compile_view(view: &ViewSpec, config: &SidecarViewConfig) -> Result<String, String> {
+/// The sidecar's name for `view`. The problems are the view's (its caller places them on it).
+pub fn compile_view(view: &ViewSpec, config: &SidecarViewConfig) -> Result<String, Vec<Problem>> {
     match &config.remote_view {
         None => Ok(view.name.clone()),
         Some(name) if name.trim().is_empty() => {
-            Err(format!("view `{}`: `remote_view` is empty", view.name))
+            Err(vec![Problem::new("is empty").at("remote_view")])
         }
         Some(name) => Ok(name.clone()),
     }
@@ -245,11 +234,18 @@ mod tests {
         );
         let errors = compile_source(&s, &c).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("not both"));
-        assert!(errors[1].contains("keepalive_timeout"));
+        assert!(errors[0].message().contains("not both"));
+        assert_eq!(
+            errors[1].to_string(),
+            "keepalive_timeout: must be more than zero"
+        );
 
         let (s, c) = spec("");
-        assert!(compile_source(&s, &c).unwrap_err()[0].contains("missing `address`"));
+        assert!(
+            compile_source(&s, &c).unwrap_err()[0]
+                .message()
+                .contains("missing `address`")
+        );
         for (address, expected) in [
             ("https://127.0.0.1:7001", "TLS"),
             ("127.0.0.1:7001", "http://"),
@@ -259,7 +255,11 @@ mod tests {
         ] {
             let (s, c) = spec(&format!("address = {address:?}"));
             let errors = compile_source(&s, &c).unwrap_err();
-            assert!(errors[0].contains(expected), "{address}: {errors:?}");
+            assert_eq!(errors[0].field(), ["address"]);
+            assert!(
+                errors[0].message().contains(expected),
+                "{address}: {errors:?}"
+            );
         }
     }
 
@@ -277,7 +277,7 @@ mod tests {
             options
                 .parse::<SidecarSourceConfig>()
                 .unwrap_err()
-                .contains("invalid duration `soon`")
+                .contains("`soon` is not a duration like \"20ms\" or \"5s\"")
         );
     }
 }

@@ -46,11 +46,11 @@ pub mod wire;
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
-use fetcher_api::{BuildError, Fetcher, FetcherFactory, SourceSpec};
+use fetcher_api::{BuildError, Fetcher, FetcherFactory, Problem, SourceSpec};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-pub use config::{CompiledSource, ConfigDuration, SidecarSourceConfig, SidecarViewConfig, Target};
+pub use config::{CompiledSource, SidecarSourceConfig, SidecarViewConfig, Target};
 pub use fetcher::SidecarFetcher;
 
 /// Builds `sidecar` fetchers.
@@ -63,42 +63,26 @@ impl FetcherFactory for SidecarFactory {
         "sidecar"
     }
 
-    fn validate(&self, source: &SourceSpec) -> Vec<String> {
-        let mut errors = Vec::new();
-        match source.options.parse::<SidecarSourceConfig>() {
-            Err(e) => errors.push(e),
-            Ok(config) => {
-                if let Err(e) = config::compile_source(source, &config) {
-                    errors.extend(e);
-                }
-            }
-        }
-        for view in &source.views {
-            match view.options.parse::<SidecarViewConfig>() {
-                Err(e) => errors.push(format!("view `{}`: {e}", view.name)),
-                Ok(config) => {
-                    if let Err(e) = config::compile_view(view, &config) {
-                        errors.push(e);
-                    }
-                }
-            }
-        }
-        errors
+    fn validate(&self, source: &SourceSpec) -> Vec<Problem> {
+        fetcher_api::validate_options(
+            source,
+            |config| config::compile_source(source, config),
+            config::compile_view,
+        )
     }
 
     async fn build(&self, source: &SourceSpec) -> Result<Arc<dyn Fetcher>, BuildError> {
-        let fail = |message: String| BuildError::new(source, message);
-        let config: SidecarSourceConfig = source.options.parse().map_err(fail)?;
-        let compiled = config::compile_source(source, &config).map_err(|e| fail(e.join("; ")))?;
-        let mut views = HashMap::with_capacity(source.views.len());
-        for view in &source.views {
-            let options: SidecarViewConfig = view
-                .options
-                .parse()
-                .map_err(|e| fail(format!("view `{}`: {e}", view.name)))?;
-            let remote = config::compile_view(view, &options).map_err(fail)?;
-            views.insert(view.name.clone(), remote);
-        }
+        let (compiled, remote_views) = fetcher_api::build_options(
+            source,
+            |config| config::compile_source(source, config),
+            config::compile_view,
+        )?;
+        let views: HashMap<String, String> = source
+            .views
+            .iter()
+            .map(|view| view.name.clone())
+            .zip(remote_views)
+            .collect();
         let channel = channel(&compiled);
         Ok(Arc::new(SidecarFetcher::new(
             source.name.clone(),
@@ -174,15 +158,20 @@ mod tests {
         let good = source(r#"unix_socket = "/x.sock""#, r#"remote_view = "b""#);
         assert!(SidecarFactory.validate(&good).is_empty());
         let bad = source(r#"port = 7001"#, r#"remote_veiw = "b""#);
-        let errors = SidecarFactory.validate(&bad);
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("port"), "{errors:?}");
-        assert!(errors[1].starts_with("view `balances`") && errors[1].contains("remote_veiw"));
+        let problems = SidecarFactory.validate(&bad);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].view_name(), None);
+        assert_eq!(problems[0].field(), ["port"]);
+        assert_eq!(problems[1].view_name(), Some("balances"));
+        assert_eq!(problems[1].field(), ["remote_veiw"]);
         let bad = source(
             r#"address = "http://127.0.0.1:7001""#,
             r#"remote_view = """#,
         );
-        assert!(SidecarFactory.validate(&bad)[0].contains("`remote_view` is empty"));
+        assert_eq!(
+            SidecarFactory.validate(&bad)[0].to_string(),
+            "view `balances`: remote_view: is empty"
+        );
     }
 
     #[tokio::test]

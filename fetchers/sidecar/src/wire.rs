@@ -13,7 +13,7 @@
 //! [`FetchError::message`]). The client bounds their length, since they come from another
 //! process.
 
-use std::time::SystemTime;
+use std::{error::Error as _, time::SystemTime};
 
 use fetcher_api::{
     Cell, CellError, EntityKey, ErrorClass, FetchError, KeyPart, Record, Row, Value,
@@ -68,6 +68,12 @@ pub fn fetch_error_from_status(status: &Status, target: &str, deadline_passed: b
         Code::Unavailable => (ErrorClass::Unavailable, true),
         Code::DeadlineExceeded => (ErrorClass::Timeout, true),
         Code::Cancelled if deadline_passed => (ErrorClass::Timeout, true),
+        // The call failed on our side of the hop, not with an answer of the sidecar (tonic keeps
+        // the transport's error as the status's source): the connection went away under the
+        // call, as when the sidecar crashed. It may be made again, on a new connection.
+        Code::Cancelled | Code::Unknown if status.source().is_some() => {
+            (ErrorClass::Unavailable, true)
+        }
         // Cancelled by the sidecar (e.g. it is shutting down): a transient failure.
         Code::Cancelled => (ErrorClass::Unavailable, false),
         Code::ResourceExhausted => (ErrorClass::RateLimited, true),
@@ -183,6 +189,27 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_call_cut_off_by_the_transport_is_unavailable_and_retryable() {
+        // What tonic makes of a connection that broke under the call: UNKNOWN, with the cause.
+        let cut = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(cut.code(), Code::Unknown);
+        let error = fetch_error_from_status(&cut, "http://127.0.0.1:1", false);
+        assert_eq!(
+            (error.class(), error.retryable()),
+            (ErrorClass::Unavailable, true)
+        );
+        // The same code as the sidecar's own answer is its failure, not the transport's.
+        let answered =
+            fetch_error_from_status(&Status::unknown("boom"), "http://127.0.0.1:1", false);
+        assert_eq!(
+            (answered.class(), answered.retryable()),
+            (ErrorClass::Internal, false)
+        );
+    }
 
     #[test]
     fn every_class_survives_the_hop_with_its_retryability() {

@@ -28,7 +28,7 @@ use std::{
 use async_trait::async_trait;
 use fetcher_api::{
     BuildError, EntityKey, FeatureType, FetchError, FetchRequest, Fetcher, FetcherFactory, KeyPart,
-    Record, Row, SourceSpec, Value, ViewSpec,
+    Problem, Record, Row, SourceSpec, Value, ViewSpec,
 };
 use foldhash::HashMap;
 use serde::Deserialize;
@@ -39,7 +39,7 @@ use serde::Deserialize;
 pub struct StaticSourceConfig {}
 
 /// The view-level options of a view on a `static` source.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticViewConfig {
     /// The file to load, relative to the configuration file. Its format follows its extension:
@@ -63,50 +63,59 @@ impl FetcherFactory for StaticFactory {
         "static"
     }
 
-    fn validate(&self, source: &SourceSpec) -> Vec<String> {
-        let mut errors = Vec::new();
-        if let Err(e) = source.options.parse::<StaticSourceConfig>() {
-            errors.push(e);
-        }
-        for view in &source.views {
-            match view.options.parse::<StaticViewConfig>() {
-                Err(e) => errors.push(format!("view `{}`: {e}", view.name)),
-                Ok(config) => {
-                    if let Some(columns) = &config.key_columns
-                        && columns.len() != view.keys.len()
-                    {
-                        errors.push(format!(
-                            "view `{}`: key_columns has {} columns for {} entity keys",
-                            view.name,
-                            columns.len(),
-                            view.keys.len()
-                        ));
-                    }
-                    if Format::of(Path::new(&config.path)).is_none() {
-                        errors.push(format!(
-                            "view `{}`: path `{}` must end in .csv, .jsonl or .ndjson",
-                            view.name, config.path
-                        ));
-                    }
-                }
-            }
-        }
-        errors
+    fn validate(&self, source: &SourceSpec) -> Vec<Problem> {
+        fetcher_api::validate_options(source, compile_source, compile_view)
     }
 
     async fn build(&self, source: &SourceSpec) -> Result<Arc<dyn Fetcher>, BuildError> {
+        let ((), configs) = fetcher_api::build_options(source, compile_source, compile_view)?;
         let mut tables = HashMap::default();
-        for view in &source.views {
-            let config: StaticViewConfig = view
-                .options
-                .parse()
-                .map_err(|e| BuildError::new(source, format!("view `{}`: {e}", view.name)))?;
+        for (view, config) in source.views.iter().zip(configs) {
             let path = source.resolve_path(&config.path);
             let table = Table::load(view, &config, &path)
                 .map_err(|e| BuildError::new(source, format!("view `{}`: {e}", view.name)))?;
             tables.insert(view.name.clone(), table);
         }
         Ok(Arc::new(StaticFetcher { tables }))
+    }
+}
+
+/// Checks a source's options (there are none to check).
+fn compile_source(_: &StaticSourceConfig) -> Result<(), Vec<Problem>> {
+    Ok(())
+}
+
+/// Checks a view's options against its entity keys.
+fn compile_view(
+    view: &ViewSpec,
+    config: &StaticViewConfig,
+) -> Result<StaticViewConfig, Vec<Problem>> {
+    let mut problems = Vec::new();
+    if let Some(columns) = &config.key_columns
+        && columns.len() != view.keys.len()
+    {
+        problems.push(
+            Problem::new(format!(
+                "{} columns for {} entity keys",
+                columns.len(),
+                view.keys.len()
+            ))
+            .at("key_columns"),
+        );
+    }
+    if Format::of(Path::new(&config.path)).is_none() {
+        problems.push(
+            Problem::new(format!(
+                "`{}` must end in .csv, .jsonl or .ndjson",
+                config.path
+            ))
+            .at("path"),
+        );
+    }
+    if problems.is_empty() {
+        Ok(config.clone())
+    } else {
+        Err(problems)
     }
 }
 
@@ -467,11 +476,24 @@ mod tests {
             vec![
                 view("m.parquet", ""),
                 view("m.csv", "key_columns = [\"a\", \"b\"]\nsheet = 1"),
+                view("m.csv", "key_columns = [\"a\", \"b\"]"),
             ],
         );
-        let errors = StaticFactory.validate(&spec);
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("must end in .csv"), "{errors:?}");
-        assert!(errors[1].contains("unknown field `sheet`"), "{errors:?}");
+        let problems = StaticFactory.validate(&spec);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(
+            problems[0].to_string(),
+            "view `merchants`: path: `m.parquet` must end in .csv, .jsonl or .ndjson"
+        );
+        assert_eq!(problems[1].view_name(), Some("merchants"));
+        assert_eq!(problems[1].field(), ["sheet"]);
+        assert!(
+            problems[1].message().starts_with("unknown field `sheet`"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            problems[2].to_string(),
+            "view `merchants`: key_columns: 2 columns for 1 entity keys"
+        );
     }
 }

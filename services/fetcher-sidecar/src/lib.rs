@@ -2,7 +2,7 @@
 //! contract of `proto/featuregateway/v1/fetcher.proto`, for a gateway's `sidecar` source.
 //!
 //! This is how e.g. the Plaid fetcher runs beside the gateway holding the Plaid secrets: the
-//! sidecar's configuration (the gateway's own format, loaded with [`gateway::config::load`])
+//! sidecar's configuration (the gateway's own format, loaded with [`gateway_config::load`])
 //! has the real sources and their `${SECRET}` references, resolved from the sidecar's
 //! environment; the gateway's configuration has a `sidecar` source pointing here, and never sees
 //! them.
@@ -10,7 +10,7 @@
 //! # Contract
 //! - [`Host::build`] builds the chosen sources (by default every source but `request` ones) with
 //!   the built-in factories, each wrapped in the gateway's own source stack
-//!   ([`gateway::stack::source_stack`]), so a source's `timeout` and `max_concurrency` hold here
+//!   ([`gateway_stack::source_stack`]), so a source's `timeout` and `max_concurrency` hold here
 //!   as they would in the gateway.
 //! - A `FetchRequest` names a view; it goes to the source serving it. Unknown view ->
 //!   NOT_FOUND naming it; a feature the view does not have, or a key of the wrong arity or type
@@ -39,10 +39,8 @@ use std::{
 
 use fetcher_api::{FeatureType, FetchRequest, KeySpec, Registry};
 use fetcher_sidecar::wire::{key_part_from_wire, row_to_wire, status_from_fetch_error};
-use gateway::{
-    config::{Config, REQUEST_KIND},
-    stack::{SourcePolicy, SourceService, source_stack},
-};
+use gateway_config::{Config, REQUEST_KIND, SourceConfig};
+use gateway_stack::{SourceService, source_stack};
 use proto::v1::{self, fetcher_server::FetcherServer};
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -133,18 +131,15 @@ impl Host {
             let name: Arc<str> = source.name.as_str().into();
             let service = source_stack(
                 fetcher,
-                &SourcePolicy {
-                    name: name.clone(),
-                    kind: source.kind.as_str().into(),
-                    timeout: source.timeout,
-                    max_concurrency: source.max_concurrency,
-                    // Caching, circuit breaking, retries and hedging are the gateway's: a sidecar
-                    // answers what its source says now, and doing them on both sides would
-                    // multiply calls.
+                // Caching, circuit breaking, retries and hedging are the gateway's: a sidecar
+                // answers what its source says now, and doing them on both sides would multiply
+                // calls.
+                &SourceConfig {
                     cache: None,
                     circuit_breaker: None,
                     retry: None,
                     hedge: None,
+                    ..source.clone()
                 },
             );
             for view in &source.spec.views {
@@ -244,7 +239,7 @@ impl v1::fetcher_server::Fetcher for Host {
             .metadata()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(gateway::request::parse_grpc_timeout)
+            .and_then(gateway_stack::parse_grpc_timeout)
             .map(|timeout| Instant::now() + timeout);
         let (view, fetch) = self.fetch_request(request.into_inner(), deadline)?;
         let view_name = fetch.view.clone();
@@ -296,7 +291,7 @@ impl Listener {
     /// What the ready line prints: `grpc=ADDR` or `unix=PATH`.
     pub fn describe(&self) -> String {
         match self {
-            Listener::Tcp(l) => format!("grpc={}", gateway::server::local_addr(l)),
+            Listener::Tcp(l) => format!("grpc={}", proto::server::local_addr(l)),
             Listener::Unix(_, path) => format!("unix={}", path.display()),
         }
     }

@@ -13,7 +13,7 @@ use std::{io::Write, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Ar
 
 use clap::{ArgGroup, Parser, ValueEnum};
 use fetcher_sidecar_host::{Host, Listener, serve};
-use gateway::{builtin_registry, config, server::shutdown_signal};
+use proto::server::shutdown_signal;
 
 /// Hosts feature-gateway fetchers in their own process, behind the gRPC Fetcher contract.
 #[derive(Debug, Parser)]
@@ -49,8 +49,8 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     // HTTP and TLS clients use rustls with the ring provider, as in the gateway.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let registry = builtin_registry();
-    let config = match config::load(&cli.config, &registry) {
+    let registry = fetcher_builtin::registry();
+    let config = match gateway_config::load(&cli.config, &registry) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");

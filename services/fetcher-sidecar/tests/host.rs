@@ -19,7 +19,6 @@ use fetcher_api::{
 };
 use fetcher_sidecar::{CompiledSource, SidecarFactory, Target};
 use fetcher_sidecar_host::{Host, Listener, serve};
-use gateway::{builtin_registry, config};
 use proto::v1::{self, fetcher_client::FetcherClient};
 use tokio::sync::oneshot;
 
@@ -65,8 +64,8 @@ features = {{ risk_score = {{ type = "double" }} }}
 "#,
         base = fake.base_url()
     );
-    let registry = builtin_registry();
-    let config = config::load_str(&text, "sidecar.toml", dir.path(), &registry).unwrap();
+    let registry = fetcher_builtin::registry();
+    let config = gateway_config::load_str(&text, "sidecar.toml", dir.path(), &registry).unwrap();
     let host = Arc::new(Host::build(&config, &registry, &[]).await.unwrap());
     assert_eq!(host.views().collect::<Vec<_>>(), ["device", "merchants"]);
     let socket = dir.path().join("fetcher.sock");

@@ -22,10 +22,9 @@ use tokio::sync::Semaphore;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
-use crate::{
-    stack::BoxFuture,
-    telemetry::{AdmissionMetrics, METHODS},
-};
+use gateway_stack::BoxFuture;
+
+use crate::telemetry::{AdmissionMetrics, METHODS};
 
 /// In-flight feature requests allowed per CPU core when `[limits] max_in_flight` is not set.
 pub const DEFAULT_IN_FLIGHT_PER_CORE: usize = 512;

@@ -134,8 +134,8 @@ mod tests {
     fn demo_config_validates_and_tables_load() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), SystemTime::now()).unwrap();
-        let registry = crate::gateway::builtin_registry();
-        let config = crate::config::load(&dir.path().join("demo.toml"), &registry).unwrap();
+        let registry = fetcher_builtin::registry();
+        let config = gateway_config::load(&dir.path().join("demo.toml"), &registry).unwrap();
         assert_eq!(config.feature_services["fraud_v1"].features.len(), 20);
         let users = std::fs::read_to_string(dir.path().join("users.csv")).unwrap();
         assert_eq!(users.lines().count(), USERS + 1);

@@ -20,10 +20,11 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tracing::Instrument;
 
+use gateway_stack::{GatewayService, Slot};
+
 use crate::{
-    cache::Slot,
     plan::{KeyInput, Origin, Plan},
-    stack::GatewayService,
+    status::Status,
 };
 
 /// One row's inputs, validated against the plan (see [`crate::request`]).
@@ -33,44 +34,6 @@ pub struct RowInput {
     pub entities: Vec<KeyPart>,
     /// One optional value per `plan.context`, in order, already of the declared type.
     pub context: Vec<Option<Value>>,
-}
-
-/// Why a feature has the value it has (the wire's `FeatureStatus`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Status {
-    Present,
-    NotFound,
-    NullValue,
-    OutsideMaxAge,
-    TimedOut,
-    SourceError,
-    Stale,
-}
-
-impl Status {
-    /// Every status, in wire order.
-    pub const ALL: [Status; 7] = [
-        Status::Present,
-        Status::NotFound,
-        Status::NullValue,
-        Status::OutsideMaxAge,
-        Status::TimedOut,
-        Status::SourceError,
-        Status::Stale,
-    ];
-
-    /// A lowercase name, for metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Present => "present",
-            Status::NotFound => "not_found",
-            Status::NullValue => "null_value",
-            Status::OutsideMaxAge => "outside_max_age",
-            Status::TimedOut => "timed_out",
-            Status::SourceError => "source_error",
-            Status::Stale => "stale",
-        }
-    }
 }
 
 /// One served feature.

@@ -4,6 +4,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::Path,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -11,27 +12,21 @@ use std::{
 use fetcher_api::{BuildError, Fetcher, Registry};
 use tokio::time::Instant;
 
+use gateway_config::{Config, ConfigErrors, DEFAULT_DEADLINE, FeatureRef, REQUEST_KIND};
+use gateway_stack::{CacheControl, CacheLayer, GatewayService, stack_with_cache};
+
 use crate::{
-    cache::{CacheControl, CacheLayer},
-    config::{Config, DEFAULT_DEADLINE, FeatureRef, REQUEST_KIND},
     executor::{self, Execution, RowInput},
     plan::{self, Plan},
     request::RequestError,
-    shared_cache::SharedTier,
-    stack::{GatewayService, SourcePolicy, gateway_stack_with_cache},
     webhooks::PlaidWebhooks,
 };
 
-/// The built-in source kinds, one line each.
-pub fn builtin_registry() -> Registry {
-    let mut registry = Registry::new();
-    registry.register(fetcher_static::StaticFactory);
-    registry.register(fetcher_http::HttpFactory::new());
-    registry.register(fetcher_redis::RedisFactory::new());
-    registry.register(fetcher_postgres::PostgresFactory::new());
-    registry.register(fetcher_sidecar::SidecarFactory);
-    registry.register(fetcher_plaid::PlaidFactory::new());
-    registry
+/// Reads, parses and validates the configuration at `path` (no I/O beyond reading it), then
+/// plans every feature service, which finds dependency cycles: every problem at once, each at its
+/// line and column. What `serve` and `validate` load.
+pub fn load_config(path: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
+    gateway_config::load_checked(path, registry, &plan::check_all)
 }
 
 /// A source as the running gateway holds it.
@@ -76,47 +71,14 @@ impl Gateway {
                     message: e.to_string(),
                 })?;
                 let fetcher = factory.build(&source.spec).await?;
-                let policy = SourcePolicy {
-                    name: source.name.as_str().into(),
-                    kind: source.kind.as_str().into(),
-                    timeout: source.timeout,
-                    max_concurrency: source.max_concurrency,
-                    cache: source.cache.clone(),
-                    circuit_breaker: source.circuit_breaker.clone(),
-                    retry: source.retry.clone(),
-                    hedge: source.hedge.clone(),
-                };
-                let mut cache =
-                    CacheLayer::new(policy.cache.as_ref(), policy.timeout, &policy.name);
-                if let Some(tier) = policy.cache.as_ref().and_then(|c| c.shared.as_ref()) {
-                    let fail = |message: String| BuildError {
+                let cache = CacheLayer::for_source(source)
+                    .await
+                    .map_err(|message| BuildError {
                         source_name: source.name.clone(),
                         message,
-                    };
-                    let url = fetcher_api::EnvTemplate::parse(&tier.url)
-                        .map_err(|e| fail(format!("cache.shared.url: {e}")))?
-                        .resolve(&fetcher_api::Env::process(), |v| {
-                            std::borrow::Cow::Borrowed(v)
-                        })
-                        .map_err(|e| fail(format!("cache.shared.url: {e}")))?;
-                    let tier = SharedTier::connect(
-                        &crate::shared_cache::SharedTierPolicy {
-                            url,
-                            ..tier.clone()
-                        },
-                        &source.name,
-                    )
-                    .map_err(fail)?;
-                    if !tier.wait_connected(Duration::from_secs(2)).await {
-                        tracing::warn!(
-                            source = %source.name,
-                            "the shared cache tier is not reachable yet: lookups miss until it is"
-                        );
-                    }
-                    cache = cache.with_shared(tier);
-                }
+                    })?;
                 let control = cache.control();
-                let service = gateway_stack_with_cache(cache, fetcher.clone(), &policy);
+                let service = stack_with_cache(cache, fetcher.clone(), source);
                 if let Some(control) = control {
                     // After the stack is built: applying an invalidation refreshes through it.
                     let views = config.single_key_views(&source.name);

@@ -1,45 +1,54 @@
-//! feature-gateway: given entity keys and the name of a model's feature set, fetch every
-//! feature from the sources that hold them, inside the caller's deadline, and answer with one
-//! ordered, typed vector and a status per feature.
+//! feature-gateway's serving core: given entity keys and the name of a model's feature set,
+//! fetch every feature from the sources that hold them, inside the caller's deadline, and answer
+//! with one ordered, typed vector and a status per feature.
+//!
+//! The configuration is `gateway-config`'s, each source sits behind `gateway-stack`'s tower
+//! stack, and the source kinds come from a `fetcher_api::Registry` (`fetcher-builtin`'s). The
+//! `feature-gateway` binary (its own crate) runs this.
 //!
 //! # Layout
-//! - [`config`]: the configuration file; parse, then validate with no I/O.
 //! - [`plan`]: a feature service compiled into a staged DAG of view fetches.
-//! - [`cache`]: the per-source cache (TTL, stale serving, background fill), the outermost layer.
-//! - [`shared_cache`]: the cache's optional second tier in Redis, shared by every replica.
-//! - [`webhooks`]: the Plaid webhook endpoint: verification and cache invalidation.
-//! - [`resilience`]: the circuit breaker and the retry policy.
-//! - [`hedge`]: hedged requests for sources that opt in.
-//! - [`admission`]: load shedding at the gRPC server (RESOURCE_EXHAUSTED when saturated).
-//! - [`stack`]: the tower layers every source sits behind (deadline, bulkhead, telemetry).
 //! - [`executor`]: runs a plan for a batch of rows and assembles the vectors and statuses.
 //! - [`request`]: checks a request's inputs; the table from request errors to gRPC codes.
-//! - [`gateway`]: the built gateway (sources connected, plans compiled).
+//! - [`gateway`]: the built gateway (sources connected behind their stacks, plans compiled).
 //! - [`server`]: the gRPC service, health, reflection, admin port and graceful shutdown.
-//! - [`telemetry`]: every metric and log line, as typed events.
+//! - [`admission`]: load shedding at the gRPC server (RESOURCE_EXHAUSTED when saturated).
 //! - [`auth`]: callers by bearer token or mTLS identity, what each may read, their rates.
 //! - [`tls`]: TLS and mutual TLS on the gRPC port, certificates reloaded on change.
+//! - [`webhooks`]: the Plaid webhook endpoint: verification and cache invalidation.
+//! - [`telemetry`]: the server's metrics and log lines, as typed events.
 //! - [`traces`]: the log subscriber, and OpenTelemetry traces over OTLP with W3C propagation.
+//! - [`status`], [`peer`]: the feature status, and who is at the other end of a connection.
 //! - [`demo`]: the embedded demo deployment.
+//!
+//! # What may import what
+//! A module imports only modules above it in this order (a test module may import anything):
+//! 1. leaves, which import no module of this crate: [`status`], [`peer`], [`traces`];
+//! 2. [`telemetry`] (imports `status`);
+//! 3. [`plan`]; then [`executor`] (plan, status); then [`request`] (plan, executor, auth's
+//!    `Caller`, telemetry);
+//! 4. [`auth`] (peer, telemetry), then [`tls`] (auth, peer); [`admission`] (telemetry);
+//!    [`webhooks`];
+//! 5. [`gateway`] (plan, executor, request, webhooks);
+//! 6. [`server`] (everything above); [`demo`] (gateway).
+//!
+//! `auth` sits below `request` only through [`auth::Caller`], a plain value. Nothing here is
+//! imported by `gateway-config` or `gateway-stack`.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod auth;
-pub mod cache;
-pub mod config;
 pub mod demo;
 pub mod executor;
 pub mod gateway;
-pub mod hedge;
+pub mod peer;
 pub mod plan;
 pub mod request;
-pub mod resilience;
 pub mod server;
-pub mod shared_cache;
-pub mod stack;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod traces;
 pub mod webhooks;
 
-pub use gateway::{Gateway, builtin_registry};
+pub use gateway::{Gateway, load_config};

@@ -15,7 +15,7 @@ use std::{
 
 use fetcher_api::{FeatureType, Value};
 
-use crate::config::{Config, EntityFrom, FeatureRef, REQUEST_KIND, short_hash};
+use gateway_config::{Config, EntityFrom, FeatureRef, REQUEST_KIND, short_hash};
 
 /// The compiled form of a feature service (or of an ad-hoc list of feature refs).
 #[derive(Debug)]
@@ -129,6 +129,20 @@ pub enum KeyInput {
 /// Checks that `features` can be planned (no dependency cycles, consistent context types).
 pub fn check(config: &Config, features: &[FeatureRef]) -> Result<(), String> {
     compile(config, "", "", Duration::ZERO, features, &HashMap::new()).map(drop)
+}
+
+/// Every feature service of `config` that cannot be planned, as the configuration loader's
+/// [`gateway_config::Check`] reports it: at `feature_services.NAME`.
+pub fn check_all(config: &Config) -> Vec<(Vec<String>, String)> {
+    config
+        .feature_services
+        .values()
+        .filter_map(|fs| {
+            check(config, &fs.features)
+                .err()
+                .map(|msg| (vec!["feature_services".to_owned(), fs.name.clone()], msg))
+        })
+        .collect()
 }
 
 /// Compiles a plan. Names must already resolve (the configuration validated).
@@ -380,4 +394,53 @@ fn definition_hash(
         ));
     }
     short_hash(canonical.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn dependency_cycles_are_refused() {
+        let text = r#"
+[entities.a]
+type = "string"
+from = "va:b_of_a"
+[entities.b]
+type = "string"
+from = "vb:a_of_b"
+[sources.t]
+kind = "static"
+[views.va]
+source = "t"
+entities = ["b"]
+path = "a.csv"
+features = { b_of_a = { type = "string" } }
+[views.vb]
+source = "t"
+entities = ["a"]
+path = "b.csv"
+features = { a_of_b = { type = "string" } }
+[feature_services.m]
+features = ["va:b_of_a"]
+"#;
+        let errors = gateway_config::load_str_checked(
+            text,
+            "test.toml",
+            Path::new("/nonexistent"),
+            &fetcher_builtin::registry(),
+            &check_all,
+        )
+        .expect_err("a cycle is refused");
+        // Placed like the loader's own problems: at the feature service, with its line.
+        assert_eq!(errors.errors.len(), 1, "{errors}");
+        let text = errors.to_string();
+        assert!(
+            text.starts_with("test.toml:20:19: feature_services.m: "),
+            "{text}"
+        );
+        assert!(text.contains("cycle: va -> vb -> va"), "{text}");
+    }
 }

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use fetcher_api::{FeatureType, KeyPart, Value};
 use proto::{v1, wire_type_name};
 
-use crate::{config::LimitsConfig, executor::RowInput, plan::Plan};
+use gateway_config::LimitsConfig;
+
+use crate::{executor::RowInput, plan::Plan};
 
 /// Why a request is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -176,57 +178,9 @@ fn check_len(s: &str, limits: &LimitsConfig) -> Result<(), String> {
     }
 }
 
-/// Parses a `grpc-timeout` header value (`"100m"`: an ASCII integer of at most 8 digits and a
-/// unit: H, M, S, m, u, n).
-pub fn parse_grpc_timeout(text: &str) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    // The unit is one ASCII byte; a multi-byte last character is no unit (and no boundary).
-    let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
-        assert_eq!(
-            parse_grpc_timeout("99999999n"),
-            Some(Duration::from_nanos(99_999_999))
-        );
-        assert_eq!(parse_grpc_timeout("123456789m"), None);
-        assert_eq!(parse_grpc_timeout("m"), None);
-        assert_eq!(parse_grpc_timeout("10x"), None);
-        assert_eq!(parse_grpc_timeout(""), None);
-        assert_eq!(parse_grpc_timeout("-1m"), None);
-    }
-
-    /// Found by `fuzz/` (target `request`): a value ending in a multi-byte character split
-    /// inside it and panicked.
-    #[test]
-    fn grpc_timeout_ending_in_a_multibyte_character_is_refused() {
-        assert_eq!(parse_grpc_timeout("10.01\u{2}10.0\u{3d2}"), None);
-        assert_eq!(parse_grpc_timeout("1\u{e9}"), None);
-        assert_eq!(parse_grpc_timeout("\u{e9}"), None);
-    }
 
     #[test]
     fn errors_map_to_grpc_codes_and_name_the_field() {

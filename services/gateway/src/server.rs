@@ -10,7 +10,6 @@
 use std::{
     collections::HashMap,
     future::Future,
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -26,14 +25,17 @@ use tonic::{Request, Response, Status, metadata::MetadataMap, transport::server:
 use tonic_health::{ServingStatus, server::HealthReporter};
 use training_log::{Cell, FeatureEntry, LoggedStatus, TrainingLog};
 
+use gateway_config::{Config, FeatureRef};
+use gateway_stack::{events::cache::refresh_cache_sizes, parse_grpc_timeout, span};
+
 use crate::{
     admission::{self, AdmissionLayer},
-    config::{Config, FeatureRef},
-    executor::{CacheUse, RowInput, Served, Status as FeatureStatus},
+    executor::{CacheUse, RowInput, Served},
     gateway::{Gateway, request_deadline},
     plan::Plan,
-    request::{self, RequestError, parse_grpc_timeout, row_input},
-    telemetry::{self, ServiceMetrics},
+    request::{self, RequestError, row_input},
+    status::Status as FeatureStatus,
+    telemetry::ServiceMetrics,
     traces,
 };
 
@@ -417,7 +419,7 @@ impl FeatureService for FeatureServiceImpl {
         let caller = request.extensions().get::<crate::auth::Caller>().cloned();
         let req = request.into_inner();
         let metrics = self.metrics(&req.feature_service).clone();
-        let result = traces::scope_request(
+        let result = span::scope_request(
             span.clone(),
             self.get_features_inner(req, caller, arrival, timeout),
         )
@@ -435,7 +437,7 @@ impl FeatureService for FeatureServiceImpl {
         let caller = request.extensions().get::<crate::auth::Caller>().cloned();
         let req = request.into_inner();
         let metrics = self.metrics(&req.feature_service).clone();
-        let result = traces::scope_request(
+        let result = span::scope_request(
             span.clone(),
             self.get_features_batch_inner(req, caller, arrival, timeout),
         )
@@ -587,7 +589,11 @@ impl HealthWatch {
                 });
             let ok = result.is_ok();
             if self.up[i] != Some(ok) {
-                telemetry::source_health(&source.name, ok, result.as_ref().err());
+                gateway_stack::events::source::source_health(
+                    &source.name,
+                    ok,
+                    result.as_ref().err(),
+                );
                 self.up[i] = Some(ok);
             }
             all_required_up &= ok || !source.required;
@@ -666,7 +672,7 @@ pub async fn serve(
             .route(
                 "/metrics",
                 get(move || {
-                    telemetry::refresh_cache_sizes();
+                    refresh_cache_sizes();
                     std::future::ready(metrics.render())
                 }),
             )
@@ -768,34 +774,4 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     result.map_err(Into::into)
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::error!("cannot listen for SIGTERM: {e}");
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-/// The address a listener is bound to, for the ready line.
-pub fn local_addr(listener: &TcpListener) -> String {
-    listener
-        .local_addr()
-        .map_or_else(|_| "?".to_owned(), |a: SocketAddr| a.to_string())
 }

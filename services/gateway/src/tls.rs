@@ -12,8 +12,6 @@
 
 use std::{
     io,
-    net::SocketAddr,
-    path::PathBuf,
     pin::Pin,
     sync::{Arc, RwLock},
     task::{Context, Poll},
@@ -25,54 +23,21 @@ use rustls::{
     pki_types::{PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
-use serde::Deserialize;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
 };
 use tonic::transport::server::Connected;
 
-use crate::auth::{Authenticator, PeerIdentity};
+use gateway_config::TlsConfig;
+
+use crate::{
+    auth::Authenticator,
+    peer::{PeerIdentity, TlsConnectInfo},
+};
 
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `[server.tls]`.
-#[derive(Debug, Deserialize)]
-pub struct RawTls {
-    /// The server's certificate chain (PEM).
-    pub cert: String,
-    /// Its private key (PEM, PKCS#8, PKCS#1 or SEC1).
-    pub key: String,
-    /// Clients must present a certificate issued by this CA (PEM): mutual TLS.
-    #[serde(default)]
-    pub client_ca: Option<String>,
-    /// With `client_ca`: `true` (default) refuses clients without a certificate; `false`
-    /// accepts them (they then need a bearer token).
-    #[serde(default)]
-    pub require_client_cert: Option<bool>,
-    /// How often the files are checked for changes, e.g. `"10s"` (the default).
-    #[serde(default)]
-    pub reload_interval: Option<String>,
-}
-
-/// `[server.tls]`, validated.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TlsConfig {
-    /// Certificate chain file.
-    pub cert: PathBuf,
-    /// Private key file.
-    pub key: PathBuf,
-    /// Client CA file, for mutual TLS.
-    pub client_ca: Option<PathBuf>,
-    /// Refuse clients without a certificate.
-    pub require_client_cert: bool,
-    /// How often the files are checked.
-    pub reload_interval: Duration,
-}
-
-/// Default `reload_interval`.
-pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Builds the rustls configuration of `config` from its files.
 pub fn server_config(config: &TlsConfig) -> Result<ServerConfig, String> {
@@ -189,15 +154,6 @@ fn stamps(config: &TlsConfig) -> Vec<Option<SystemTime>> {
     .flatten()
     .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
     .collect()
-}
-
-/// What the server knows of a TLS connection, in every request's extensions.
-#[derive(Clone, Copy, Debug)]
-pub struct TlsConnectInfo {
-    /// The peer's address.
-    pub remote: Option<SocketAddr>,
-    /// The caller its client certificate identifies, if any.
-    pub identity: PeerIdentity,
 }
 
 /// A handshaken connection.

@@ -15,7 +15,7 @@
 //! Span attributes are configuration names, counts, statuses and error classes; never entity
 //! keys, option values or secrets.
 
-use std::time::Duration;
+use gateway_config::TracesConfig;
 
 use opentelemetry::{
     propagation::{Extractor, TextMapPropagator},
@@ -32,26 +32,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt,
 };
-
-/// `[telemetry.traces]`, validated.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TracesConfig {
-    /// The OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`.
-    pub endpoint: String,
-    /// Fraction of requests without a sampled parent that are traced.
-    pub sample_ratio: f64,
-    /// The `service.name` resource attribute.
-    pub service_name: String,
-    /// How long one export may take.
-    pub export_timeout: Duration,
-}
-
-/// Default `service.name`.
-pub const DEFAULT_SERVICE_NAME: &str = "feature-gateway";
-/// Default fraction of root requests traced: on a hot path, one in a hundred is plenty.
-pub const DEFAULT_SAMPLE_RATIO: f64 = 0.01;
-/// Default export timeout.
-pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The installed trace exporter; flushes and stops it when dropped.
 #[derive(Debug, Default)]
@@ -106,8 +86,11 @@ pub fn init(json: bool, traces: Option<&TracesConfig>) -> Result<TracesGuard, Tr
         Some(config) => {
             let provider = provider(config)?;
             let tracer = provider.tracer("feature-gateway");
-            // The gateway's own spans only: fetchers' and libraries' are not part of the tree.
-            let targets = Targets::new().with_target("gateway", tracing::Level::DEBUG);
+            // The gateway's own spans only (its serving core and the stack every source sits
+            // behind): fetchers' and libraries' are not part of the tree.
+            let targets = Targets::new()
+                .with_target("gateway", tracing::Level::DEBUG)
+                .with_target("gateway_stack", tracing::Level::DEBUG);
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_filter(targets);
@@ -170,32 +153,6 @@ pub fn request_span(method: &'static str, metadata: &MetadataMap) -> tracing::Sp
         let _ = span.set_parent(parent);
     }
     span
-}
-
-tokio::task_local! {
-    /// The span of the request a task serves.
-    static REQUEST: tracing::Span;
-}
-
-/// Runs `future` (a request's handling, inside `span`) so that work it spawns can carry the
-/// request's span: see [`in_request_span`].
-pub async fn scope_request<F: std::future::Future>(span: tracing::Span, future: F) -> F::Output {
-    REQUEST
-        .scope(span.clone(), tracing::Instrument::instrument(future, span))
-        .await
-}
-
-/// Wraps `future`, about to be spawned as its own task, so that it runs inside the current
-/// span *and* the span of the request that spawns it. Log lines keep their request id even
-/// when the current span is a trace-only (DEBUG) one that the log does not show.
-pub fn in_request_span<F: std::future::Future>(
-    future: F,
-) -> tracing::instrument::Instrumented<tracing::instrument::Instrumented<F>> {
-    use tracing::Instrument;
-    let request = REQUEST
-        .try_with(Clone::clone)
-        .unwrap_or_else(|_| tracing::Span::none());
-    future.in_current_span().instrument(request)
 }
 
 /// Reads W3C Trace Context headers from gRPC metadata.

@@ -51,10 +51,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::{
-    cache::CacheControl,
-    config::{Config, PlaidWebhooksConfig},
-};
+use gateway_config::{Config, PlaidWebhooksConfig};
+use gateway_stack::CacheControl;
 
 /// How far in the future an `iat` may be (clocks differ).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -352,8 +350,8 @@ impl PlaidWebhooks {
             .ok_or_else(|| fail("unknown source".into()))?;
         let options: fetcher_plaid::PlaidSourceConfig =
             source.spec.options.parse().map_err(fail)?;
-        let compiled =
-            fetcher_plaid::config::compile_source(&options).map_err(|e| fail(e.join("; ")))?;
+        let compiled = fetcher_plaid::config::compile_source(&options)
+            .map_err(|e| fail(fetcher_api::config::join(&e, "; ")))?;
         let credential = |name: &str, template: &fetcher_api::EnvTemplate| {
             let text = template
                 .resolve(env, |v| Cow::Borrowed(v))

@@ -1,7 +1,7 @@
 // Command example fetches the demo's fraud_v1 feature vector from a running feature-gateway and
 // prints one line per feature: name, value, status.
 //
-//	cargo run --release -p gateway -- demo          # in another terminal
+//	cargo run --release -p feature-gateway -- demo          # in another terminal
 //	go run ./cmd/example -addr 127.0.0.1:50051 -user u_00042
 package main
 

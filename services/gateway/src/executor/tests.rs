@@ -2,11 +2,12 @@
 //! registry is the extension point any embedder uses), with tokio's paused clock for deadlines.
 
 use super::*;
-use crate::{config, plan};
+use crate::plan;
 use async_trait::async_trait;
 use fetcher_api::{
     BuildError, CellError, FeatureType, FetchError, Fetcher, FetcherFactory, Registry, SourceSpec,
 };
+use gateway_config as config;
 use std::{
     path::Path,
     sync::{Arc, Mutex},
@@ -30,7 +31,7 @@ impl FetcherFactory for MemoryFactory {
     fn kind(&self) -> &'static str {
         "memory"
     }
-    fn validate(&self, _: &SourceSpec) -> Vec<String> {
+    fn validate(&self, _: &SourceSpec) -> Vec<fetcher_api::Problem> {
         Vec::new()
     }
     async fn build(&self, source: &SourceSpec) -> Result<Arc<dyn Fetcher>, BuildError> {
@@ -210,7 +211,7 @@ features = ["after_slow:x", "after_broken:x", "mcc_risk:rate"]
 
 struct Setup {
     plan: Plan,
-    services: Vec<Option<crate::stack::GatewayService>>,
+    services: Vec<Option<gateway_stack::GatewayService>>,
     calls: Arc<Mutex<Vec<(String, usize)>>>,
 }
 
@@ -232,23 +233,17 @@ async fn setup() -> Setup {
     }
 }
 
-fn gateway_services(gateway: &crate::Gateway) -> Vec<Option<crate::stack::GatewayService>> {
+fn gateway_services(gateway: &crate::Gateway) -> Vec<Option<gateway_stack::GatewayService>> {
     gateway
         .sources()
         .iter()
         .map(|s| {
             s.fetcher.clone().map(|f| {
-                crate::stack::gateway_stack(
+                gateway_stack::stack(
                     f,
-                    &crate::stack::SourcePolicy {
-                        name: s.name.clone(),
-                        kind: s.kind.clone(),
-                        timeout: None,
+                    &gateway_config::SourceConfig {
                         max_concurrency: 16,
-                        cache: None,
-                        circuit_breaker: None,
-                        retry: None,
-                        hedge: None,
+                        ..gateway_config::SourceConfig::new(&s.name, &s.kind)
                     },
                 )
             })

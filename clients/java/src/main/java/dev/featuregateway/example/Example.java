@@ -23,7 +23,7 @@ import java.util.function.Function;
  * deadline.
  *
  * <pre>
- *   cargo run --release -p gateway -- demo        # in another terminal
+ *   cargo run --release -p feature-gateway -- demo        # in another terminal
  *   mvn -q compile exec:java -Dexec.args="127.0.0.1:50051 u_00042 u_00001"
  * </pre>
  */

@@ -1,0 +1,120 @@
+//! The command line: the subcommands and their flags (clap).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A real-time feature-serving gateway.
+#[derive(Debug, Parser)]
+#[command(name = "feature-gateway", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FEATURE_GATEWAY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Listen {
+    /// Address of the gRPC server.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Address of the admin HTTP server (GET /metrics in Prometheus text format, GET /healthz).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the feature services of a configuration file.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        listen: Listen,
+    },
+    /// Check a configuration file without connecting to anything; exit code 2 on errors.
+    Validate {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Print the salted hash of a bearer token for `[auth.callers.NAME] token_hash`. The token is
+    /// read from standard input (one line), so it stays out of shell history.
+    HashToken,
+    /// Load precomputed features from a CSV file into the Redis view that serves them, exactly
+    /// as the gateway reads them back. Exit code 3 when some rows were bad (each is listed).
+    Materialize(MaterializeArgs),
+    /// Join the training log with a labels file into a Parquet training set: one row per
+    /// labelled request, the features exactly as served, their statuses, then the labels.
+    TrainingSet(TrainingSetArgs),
+    /// Serve the embedded demo (a fraud model's features from local tables): no database needed.
+    Demo {
+        /// Write the demo's configuration and tables here and keep them (default: a temporary
+        /// directory removed on exit).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        listen: Listen,
+    },
+}
+
+/// The flags of `materialize`.
+#[derive(Debug, clap::Args)]
+pub struct MaterializeArgs {
+    /// The configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The view to load (its source must be of kind `redis`).
+    #[arg(long)]
+    pub view: String,
+    /// The CSV file: the view's entity columns, then one column per feature.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Expire every written key after this long, e.g. "7d".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    /// Check every row, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rows per pipelined round trip.
+    #[arg(long, default_value_t = 1000)]
+    pub chunk_rows: usize,
+}
+
+/// The flags of `trainingset`.
+#[derive(Debug, clap::Args)]
+pub struct TrainingSetArgs {
+    /// The training log's directory (`[training_log] dir`).
+    #[arg(long)]
+    pub logs: PathBuf,
+    /// The labels: CSV with a header, or `.parquet`; a `request_id` column, then label
+    /// columns (label time included).
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// The feature service whose vectors to use.
+    #[arg(long)]
+    pub feature_service: String,
+    /// Only vectors served under this definition hash (needed when the logs hold several).
+    #[arg(long)]
+    pub definition_hash: Option<String>,
+    /// Only vectors served at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub from: Option<std::time::SystemTime>,
+    /// Only vectors served before this time (RFC 3339).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub to: Option<std::time::SystemTime>,
+    /// Leave out rows in which some feature was not PRESENT.
+    #[arg(long)]
+    pub present_only: bool,
+    /// The Parquet file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}

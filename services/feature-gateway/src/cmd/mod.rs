@@ -1,0 +1,8 @@
+//! One file per subcommand, each a `run` returning `Result<(), Failure>`.
+
+pub mod demo;
+pub mod hash_token;
+pub mod materialize;
+pub mod serve;
+pub mod training_set;
+pub mod validate;

@@ -1,0 +1,112 @@
+//! `feature-gateway serve --config FILE`: load the configuration, build every source behind its
+//! stack, start the training log, and serve gRPC and the admin port until SIGTERM or Ctrl-C.
+
+use std::{path::Path, sync::Arc};
+
+use gateway::{Gateway, server, telemetry};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use training_log::{SinkConfig, TrainingLog, TrainingLogError};
+
+use crate::{cli::Listen, exit::Failure};
+
+/// Serves the configuration at `config_path` until a shutdown signal.
+pub fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> Result<(), Failure> {
+    let registry = fetcher_builtin::registry();
+    let config = gateway::load_config(config_path, &registry).map_err(Failure::NotStarted)?;
+    let metrics = install_metrics()
+        .map_err(|e| Failure::run(format!("cannot install the metrics recorder: {e}")))?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::run(format!("cannot start the runtime: {e}")))?;
+    // Inside the runtime: the trace exporter's gRPC channel runs on it. Shut down after
+    // `block_on`, so the last spans are exported while the runtime still runs.
+    let mut traces = runtime
+        .block_on(async { gateway::traces::init(json_logs, config.traces.as_ref()) })
+        .map_err(Failure::run)?;
+    if let Some(t) = &config.traces {
+        tracing::info!(endpoint = %t.endpoint, sample_ratio = t.sample_ratio, "traces exported over OTLP");
+    }
+    let result = runtime.block_on(async {
+        let hash = config.hash.clone();
+        let gateway = Arc::new(
+            Gateway::build(config, &registry)
+                .await
+                .map_err(Failure::run)?,
+        );
+        if let Some(tls) = &gateway.config().tls {
+            gateway::tls::server_config(tls).map_err(Failure::run)?;
+        }
+        telemetry::started(&hash);
+        let training_log =
+            start_training_log(&gateway).map_err(|e| Failure::run(format!("training log: {e}")))?;
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::run(format!("cannot listen on {addr}: {e}")))
+        };
+        let grpc = bind(listen.listen).await?;
+        let admin = bind(listen.admin_listen).await?;
+        let (grpc_addr, admin_addr) = (
+            proto::server::local_addr(&grpc),
+            proto::server::local_addr(&admin),
+        );
+        tracing::info!(grpc = %grpc_addr, admin = %admin_addr, config_hash = %hash, "serving");
+        // One machine-readable line, for scripts and tests that start the gateway on port 0.
+        println!("feature-gateway ready grpc={grpc_addr} admin={admin_addr}");
+        server::serve(
+            gateway,
+            grpc,
+            Some(admin),
+            metrics,
+            training_log,
+            proto::server::shutdown_signal(),
+        )
+        .await
+        .map_err(Failure::run)
+    });
+    traces.shutdown();
+    result
+}
+
+/// Starts the training log of `gateway`'s configuration, if it has one.
+fn start_training_log(gateway: &Gateway) -> Result<Option<TrainingLog>, TrainingLogError> {
+    let Some(config) = gateway.config().training_log.clone() else {
+        return Ok(None);
+    };
+    let schemas = gateway
+        .plans()
+        .values()
+        .map(|plan| server::log_schema(gateway.config(), plan))
+        .collect();
+    let log = TrainingLog::start(
+        config.clone(),
+        schemas,
+        Arc::new(telemetry::TrainingLogTelemetry::new()),
+    )?;
+    match &config.sink {
+        SinkConfig::Parquet => {
+            tracing::info!(dir = %config.dir.display(), spool = %config.spool_dir.display(), "training log on")
+        }
+        SinkConfig::Kafka(k) => {
+            tracing::info!(brokers = %k.brokers.join(","), topic = %k.topic, spool = %config.spool_dir.display(), "training log on, to kafka")
+        }
+    }
+    Ok(Some(log))
+}
+
+/// The Prometheus recorder, with the latency buckets on every `_seconds` histogram.
+fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".to_owned()),
+            gateway_stack::events::LATENCY_BUCKETS,
+        )?
+        .install_recorder()?;
+    Ok(handle)
+}

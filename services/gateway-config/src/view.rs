@@ -1,0 +1,74 @@
+//! `[views.NAME]`: a group of features read from one source with one key.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use fetcher_api::{FeatureType, Options};
+use serde::Deserialize;
+
+/// `[views.NAME]`: the fields every view has; everything else is its source kind's options.
+#[derive(Debug, Deserialize)]
+pub struct RawView {
+    /// The source the view reads from.
+    pub source: String,
+    /// The entities the view is keyed by, in key order. Empty for `request` views.
+    #[serde(default)]
+    pub entities: Vec<String>,
+    /// Values older than this (by the source's event time) are not served: OUTSIDE_MAX_AGE.
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// The view's features.
+    #[serde(default)]
+    pub features: BTreeMap<String, RawFeature>,
+    /// Options of the source's kind.
+    #[serde(flatten)]
+    pub options: toml::Table,
+}
+
+/// `[views.VIEW.features.NAME]`.
+#[derive(Debug, Deserialize)]
+pub struct RawFeature {
+    /// The feature's type: int64, double, string, bool, bytes, timestamp, list<int64>,
+    /// list<double>, list<string>.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Personal data: the training log hashes or drops its value (`[training_log] pii`).
+    /// Serving is unaffected. Default false.
+    #[serde(default)]
+    pub pii: bool,
+}
+
+/// A feature view.
+#[derive(Clone, Debug)]
+pub struct ViewConfig {
+    /// Its name.
+    pub name: String,
+    /// Its source's name.
+    pub source: String,
+    /// Its entity keys, in key order.
+    pub entities: Vec<String>,
+    /// Its max age.
+    pub max_age: Option<Duration>,
+    /// Free text.
+    pub description: String,
+    /// Its features by name.
+    pub features: BTreeMap<String, FeatureConfig>,
+    /// Its source-kind options, rendered canonically (part of definition hashes).
+    pub options: Options,
+}
+
+/// A feature of a view.
+#[derive(Clone, Debug)]
+pub struct FeatureConfig {
+    /// Its type.
+    pub ty: FeatureType,
+    /// Free text.
+    pub description: String,
+    /// Personal data, hashed or dropped in the training log.
+    pub pii: bool,
+}
