@@ -148,7 +148,7 @@ pub struct Config {
     /// Feature services by name.
     pub feature_services: BTreeMap<String, FeatureServiceConfig>,
     /// The training log, when configured.
-    pub training_log: Option<::training_log::TrainingLogConfig>,
+    pub training_log: Option<training_log::TrainingLogConfig>,
     /// Where traces are exported, when configured.
     pub traces: Option<TracesConfig>,
     /// TLS on the gRPC port, when configured.

@@ -40,9 +40,10 @@ impl Problems {
     }
 }
 
+/// A duration field's text, read as every fetcher kind reads its own
+/// ([`fetcher_api::ConfigDuration`]).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration like \"20ms\" or \"5s\": {e}"))
+    text.parse::<fetcher_api::ConfigDuration>().map(|d| d.0)
 }
 
 pub(crate) fn has_duplicates(items: &[String]) -> bool {

@@ -3,11 +3,121 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
 
 use crate::{feature_service::FeatureServiceConfig, problems::Problems, problems::known};
+
+/// How features marked `pii = true` appear in the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiMode {
+    /// The value column holds the hex SHA-256 of the salt and the value (a string column): rows
+    /// can still be grouped by the value, but the value is not in the log.
+    #[default]
+    Hash,
+    /// The value column is left out (status and age stay).
+    Drop,
+}
+
+/// Where the log's records go.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum SinkConfig {
+    /// Parquet files under [`TrainingLogConfig::dir`].
+    #[default]
+    Parquet,
+    /// A Kafka topic.
+    Kafka(KafkaConfig),
+}
+
+/// The validated `[training_log]` section (see the gateway's configuration reference).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainingLogConfig {
+    /// The sink.
+    pub sink: SinkConfig,
+    /// Root directory of the Parquet files (the Parquet sink's).
+    pub dir: PathBuf,
+    /// A file is committed once its records reach about this many bytes (uncompressed estimate;
+    /// the file on disk is smaller). Also bounds the memory an open file holds.
+    pub rotate_bytes: u64,
+    /// A file is committed at the latest this long after its first record.
+    pub rotate_interval: Duration,
+    /// Records the in-memory queue holds before new ones spill to the spool.
+    pub queue_capacity: usize,
+    /// Directory of the spool's segments.
+    pub spool_dir: PathBuf,
+    /// Most bytes the spool may hold; records beyond it are dropped (and counted).
+    pub spool_max_bytes: u64,
+    /// Fraction of requests logged, per feature service (default 1.0, all).
+    pub sample: BTreeMap<String, f64>,
+    /// How `pii` features are logged.
+    pub pii: PiiMode,
+    /// The environment variable holding the salt for [`PiiMode::Hash`].
+    pub pii_salt_env: String,
+}
+
+/// Default of [`TrainingLogConfig::rotate_bytes`]: 16 MiB. A file's records are held in
+/// memory until it is committed, so this bounds the writer's memory too.
+pub const DEFAULT_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Default of [`TrainingLogConfig::rotate_interval`].
+pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Default of [`TrainingLogConfig::queue_capacity`]: about a second at 16,000 vectors/s; a
+/// longer burst spills to the spool.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
+
+/// Default of [`TrainingLogConfig::spool_max_bytes`]: 1 GiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Default of [`TrainingLogConfig::pii_salt_env`].
+pub const DEFAULT_PII_SALT_ENV: &str = "FEATURE_GATEWAY_PII_SALT";
+
+/// Default of [`KafkaConfig::batch_records`].
+pub const DEFAULT_BATCH_RECORDS: usize = 1000;
+
+/// Default of [`KafkaConfig::linger`].
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(20);
+
+/// Default of [`KafkaConfig::delivery_timeout`].
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default of [`KafkaConfig::client_id`].
+pub const DEFAULT_CLIENT_ID: &str = "feature-gateway";
+
+/// The validated `[training_log.kafka]` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The topic; it must exist (the gateway does not create it).
+    pub topic: String,
+    /// All records to this partition; `None`: by key, as the Java client's default partitioner.
+    pub partition: Option<i32>,
+    /// A batch is produced once it holds this many records.
+    pub batch_records: usize,
+    /// A batch is produced at the latest this long after its first record.
+    pub linger: Duration,
+    /// Longest a produce (connection and retries included) may take before the batch is
+    /// spooled and the broker counted as down.
+    pub delivery_timeout: Duration,
+    /// Snappy-compress batches.
+    pub compression: KafkaCompression,
+    /// The client id the broker sees.
+    pub client_id: String,
+}
+
+/// Compression of produced batches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KafkaCompression {
+    /// None.
+    None,
+    /// Snappy.
+    #[default]
+    Snappy,
+}
 
 /// `[training_log]`: log every served vector to Parquet files or a Kafka topic (see the
 /// training-log crate's docs for the record schema and the Kafka message). Relative paths are
@@ -93,18 +203,18 @@ pub(crate) fn validate_training_log(
     base_dir: &Path,
     feature_services: &BTreeMap<String, FeatureServiceConfig>,
     problems: &mut Problems,
-) -> ::training_log::TrainingLogConfig {
+) -> TrainingLogConfig {
     const AT: &str = "training_log";
     let sink = match raw.sink.as_deref() {
-        None | Some("parquet") => ::training_log::SinkConfig::Parquet,
+        None | Some("parquet") => SinkConfig::Parquet,
         Some("kafka") => match &raw.kafka {
-            Some(k) => ::training_log::SinkConfig::Kafka(validate_kafka(k, problems)),
+            Some(k) => SinkConfig::Kafka(validate_kafka(k, problems)),
             None => {
                 problems.add(
                     &[AT, "sink"],
                     "sink = \"kafka\" needs a [training_log.kafka] section",
                 );
-                ::training_log::SinkConfig::Parquet
+                SinkConfig::Parquet
             }
         },
         Some(other) => {
@@ -112,10 +222,10 @@ pub(crate) fn validate_training_log(
                 &[AT, "sink"],
                 format!("`{other}` is not a sink: \"parquet\" or \"kafka\""),
             );
-            ::training_log::SinkConfig::Parquet
+            SinkConfig::Parquet
         }
     };
-    if raw.kafka.is_some() && !matches!(sink, ::training_log::SinkConfig::Kafka(_)) {
+    if raw.kafka.is_some() && !matches!(sink, SinkConfig::Kafka(_)) {
         problems.add(
             &[AT, "kafka"],
             "[training_log.kafka] is only read with sink = \"kafka\"",
@@ -123,7 +233,7 @@ pub(crate) fn validate_training_log(
     }
     match raw.dir.as_deref() {
         Some("") => problems.add(&[AT, "dir"], "must name a directory"),
-        None if sink == ::training_log::SinkConfig::Parquet => problems.add(
+        None if sink == SinkConfig::Parquet => problems.add(
             &[AT],
             "the parquet sink needs `dir`, the directory of its files",
         ),
@@ -149,25 +259,25 @@ pub(crate) fn validate_training_log(
     let rotate_bytes = positive(
         raw.rotate_bytes,
         "rotate_bytes",
-        ::training_log::DEFAULT_ROTATE_BYTES,
+        DEFAULT_ROTATE_BYTES,
         problems,
     );
     let spool_max_bytes = positive(
         raw.spool_max_bytes,
         "spool_max_bytes",
-        ::training_log::DEFAULT_SPOOL_MAX_BYTES,
+        DEFAULT_SPOOL_MAX_BYTES,
         problems,
     );
     let queue_capacity = positive(
         raw.queue_capacity.map(|q| q as u64),
         "queue_capacity",
-        ::training_log::DEFAULT_QUEUE_CAPACITY as u64,
+        DEFAULT_QUEUE_CAPACITY as u64,
         problems,
     ) as usize;
     let rotate_interval = problems.duration(
         &[AT, "rotate_interval"],
         raw.rotate_interval.as_deref(),
-        ::training_log::DEFAULT_ROTATE_INTERVAL,
+        DEFAULT_ROTATE_INTERVAL,
         false,
     );
     for (name, rate) in &raw.sample {
@@ -188,14 +298,14 @@ pub(crate) fn validate_training_log(
         }
     }
     let pii = match raw.pii.as_deref() {
-        None | Some("hash") => ::training_log::PiiMode::Hash,
-        Some("drop") => ::training_log::PiiMode::Drop,
+        None | Some("hash") => PiiMode::Hash,
+        Some("drop") => PiiMode::Drop,
         Some(other) => {
             problems.add(
                 &[AT, "pii"],
                 format!("`{other}` is not a pii mode: \"hash\" or \"drop\""),
             );
-            ::training_log::PiiMode::Hash
+            PiiMode::Hash
         }
     };
     let spool_dir = match &raw.spool_dir {
@@ -207,7 +317,7 @@ pub(crate) fn validate_training_log(
             dir.with_file_name(name)
         }
     };
-    ::training_log::TrainingLogConfig {
+    TrainingLogConfig {
         sink,
         dir,
         rotate_bytes,
@@ -220,13 +330,12 @@ pub(crate) fn validate_training_log(
         pii_salt_env: raw
             .pii_salt_env
             .clone()
-            .unwrap_or_else(|| ::training_log::DEFAULT_PII_SALT_ENV.to_owned()),
+            .unwrap_or_else(|| DEFAULT_PII_SALT_ENV.to_owned()),
     }
 }
 
 /// Validates `[training_log.kafka]`; a bad field is reported and replaced by its default.
-fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> ::training_log::kafka::KafkaConfig {
-    use ::training_log::kafka;
+fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> KafkaConfig {
     const AT: &str = "training_log";
     const K: &str = "kafka";
     if raw.brokers.is_empty() {
@@ -264,35 +373,35 @@ fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> ::training_log::ka
     let batch_records = match raw.batch_records {
         Some(0) => {
             problems.add(&[AT, K, "batch_records"], "must be at least 1");
-            kafka::DEFAULT_BATCH_RECORDS
+            DEFAULT_BATCH_RECORDS
         }
         Some(n) => n,
-        None => kafka::DEFAULT_BATCH_RECORDS,
+        None => DEFAULT_BATCH_RECORDS,
     };
     let linger = problems.duration(
         &[AT, K, "linger"],
         raw.linger.as_deref(),
-        kafka::DEFAULT_LINGER,
+        DEFAULT_LINGER,
         true,
     );
     let delivery_timeout = problems.duration(
         &[AT, K, "delivery_timeout"],
         raw.delivery_timeout.as_deref(),
-        kafka::DEFAULT_DELIVERY_TIMEOUT,
+        DEFAULT_DELIVERY_TIMEOUT,
         false,
     );
     let compression = match raw.compression.as_deref() {
-        None | Some("snappy") => kafka::KafkaCompression::Snappy,
-        Some("none") => kafka::KafkaCompression::None,
+        None | Some("snappy") => KafkaCompression::Snappy,
+        Some("none") => KafkaCompression::None,
         Some(other) => {
             problems.add(
                 &[AT, K, "compression"],
                 format!("`{other}` is not a compression: \"snappy\" or \"none\""),
             );
-            kafka::KafkaCompression::Snappy
+            KafkaCompression::Snappy
         }
     };
-    kafka::KafkaConfig {
+    KafkaConfig {
         brokers: raw.brokers.clone(),
         topic,
         partition: raw.partition,
@@ -303,7 +412,7 @@ fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> ::training_log::ka
         client_id: raw
             .client_id
             .clone()
-            .unwrap_or_else(|| kafka::DEFAULT_CLIENT_ID.to_owned()),
+            .unwrap_or_else(|| DEFAULT_CLIENT_ID.to_owned()),
     }
 }
 
@@ -311,6 +420,7 @@ fn validate_kafka(raw: &RawKafka, problems: &mut Problems) -> ::training_log::ka
 mod tests {
     use std::path::Path;
 
+    use super::*;
     use crate::{Config, ConfigErrors, load_str};
 
     const BASE: &str = r#"
@@ -352,8 +462,8 @@ features = ["user:*"]
         let t = config.training_log.unwrap();
         assert_eq!(t.dir, Path::new("/etc/fg/log"));
         assert_eq!(t.spool_dir, Path::new("/etc/fg/log.spool"));
-        assert_eq!(t.rotate_bytes, ::training_log::DEFAULT_ROTATE_BYTES);
-        assert_eq!(t.pii, ::training_log::PiiMode::Hash);
+        assert_eq!(t.rotate_bytes, DEFAULT_ROTATE_BYTES);
+        assert_eq!(t.pii, PiiMode::Hash);
         assert_eq!(t.pii_salt_env, "FEATURE_GATEWAY_PII_SALT");
     }
 
@@ -399,24 +509,23 @@ nope = 0.5
         .unwrap();
         let t = config.training_log.unwrap();
         assert_eq!(t.spool_dir, Path::new("/etc/fg/spool"));
-        let ::training_log::SinkConfig::Kafka(k) = &t.sink else {
+        let SinkConfig::Kafka(k) = &t.sink else {
             panic!("{:?}", t.sink)
         };
-        use ::training_log::kafka;
         assert_eq!(k.brokers, ["127.0.0.1:9092"]);
         assert_eq!(k.topic, "fg.log");
         assert_eq!(k.partition, None);
-        assert_eq!(k.batch_records, kafka::DEFAULT_BATCH_RECORDS);
-        assert_eq!(k.linger, kafka::DEFAULT_LINGER);
-        assert_eq!(k.delivery_timeout, kafka::DEFAULT_DELIVERY_TIMEOUT);
-        assert_eq!(k.compression, kafka::KafkaCompression::Snappy);
+        assert_eq!(k.batch_records, DEFAULT_BATCH_RECORDS);
+        assert_eq!(k.linger, DEFAULT_LINGER);
+        assert_eq!(k.delivery_timeout, DEFAULT_DELIVERY_TIMEOUT);
+        assert_eq!(k.compression, KafkaCompression::Snappy);
         assert_eq!(k.client_id, "feature-gateway");
         // Parquet stays the default sink.
         let t = load("[training_log]\ndir = \"log\"\n")
             .unwrap()
             .training_log
             .unwrap();
-        assert_eq!(t.sink, ::training_log::SinkConfig::Parquet);
+        assert_eq!(t.sink, SinkConfig::Parquet);
     }
 
     #[test]

@@ -296,7 +296,7 @@ pub(crate) fn validate(
                         format!(
                             "{} is longer than `[limits] max_deadline` ({})",
                             t,
-                            humantime::format_duration(limits.max_deadline)
+                            fetcher_api::ConfigDuration(limits.max_deadline)
                         ),
                     );
                     limits.max_deadline

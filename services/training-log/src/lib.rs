@@ -48,77 +48,22 @@ pub mod spool;
 pub mod training_set;
 pub mod writer;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 pub use fetcher_api::{FeatureType, Value};
 pub use record::{Cell, FeatureEntry, LoggedStatus, Record};
 pub use schema::{Column, FeatureColumn, LogSchema, SCHEMA_VERSION, SchemaDef};
 pub use writer::{Observer, TrainingLog};
 
+// The validated `[training_log]` section is the configuration crate's, as every section is.
+pub use gateway_config::training_log::{
+    DEFAULT_PII_SALT_ENV, DEFAULT_QUEUE_CAPACITY, DEFAULT_ROTATE_BYTES, DEFAULT_ROTATE_INTERVAL,
+    DEFAULT_SPOOL_MAX_BYTES, PiiMode, SinkConfig, TrainingLogConfig,
+};
+
 // The Kafka sink's configuration and message format are public as `training_log::kafka`; the
 // module itself lives with the other sinks.
 pub use sink::kafka;
-
-/// How features marked `pii = true` appear in the log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PiiMode {
-    /// The value column holds the hex SHA-256 of the salt and the value (a string column): rows
-    /// can still be grouped by the value, but the value is not in the log.
-    #[default]
-    Hash,
-    /// The value column is left out (status and age stay).
-    Drop,
-}
-
-/// Where the log's records go.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub enum SinkConfig {
-    /// Parquet files under [`TrainingLogConfig::dir`].
-    #[default]
-    Parquet,
-    /// A Kafka topic.
-    Kafka(kafka::KafkaConfig),
-}
-
-/// The validated `[training_log]` section (see the gateway's configuration reference).
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainingLogConfig {
-    /// The sink.
-    pub sink: SinkConfig,
-    /// Root directory of the Parquet files (the Parquet sink's).
-    pub dir: PathBuf,
-    /// A file is committed once its records reach about this many bytes (uncompressed estimate;
-    /// the file on disk is smaller). Also bounds the memory an open file holds.
-    pub rotate_bytes: u64,
-    /// A file is committed at the latest this long after its first record.
-    pub rotate_interval: Duration,
-    /// Records the in-memory queue holds before new ones spill to the spool.
-    pub queue_capacity: usize,
-    /// Directory of the spool's segments.
-    pub spool_dir: PathBuf,
-    /// Most bytes the spool may hold; records beyond it are dropped (and counted).
-    pub spool_max_bytes: u64,
-    /// Fraction of requests logged, per feature service (default 1.0, all).
-    pub sample: BTreeMap<String, f64>,
-    /// How `pii` features are logged.
-    pub pii: PiiMode,
-    /// The environment variable holding the salt for [`PiiMode::Hash`].
-    pub pii_salt_env: String,
-}
-
-/// Default of [`TrainingLogConfig::rotate_bytes`]: 16 MiB. A file's records are held in
-/// memory until it is committed, so this bounds the writer's memory too.
-pub const DEFAULT_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
-/// Default of [`TrainingLogConfig::rotate_interval`].
-pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
-/// Default of [`TrainingLogConfig::queue_capacity`]: about a second at 16,000 vectors/s; a
-/// longer burst spills to the spool.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 16_384;
-/// Default of [`TrainingLogConfig::spool_max_bytes`]: 1 GiB.
-pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
-/// Default of [`TrainingLogConfig::pii_salt_env`].
-pub const DEFAULT_PII_SALT_ENV: &str = "FEATURE_GATEWAY_PII_SALT";
 
 /// Why the training log could not start.
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,10 @@
 //! `request_id` twice and should de-duplicate on it; nothing acknowledged is ever lost by the
 //! gateway, and a clean shutdown delivers (or spools, if the broker is down) every record.
 
+pub use gateway_config::training_log::{
+    DEFAULT_BATCH_RECORDS, DEFAULT_CLIENT_ID, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_LINGER,
+    KafkaCompression, KafkaConfig,
+};
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use proto::v1;
@@ -52,47 +56,6 @@ pub const CONTENT_TYPE: &str =
 /// Uncompressed bytes of records sent in one produce request, below the broker's default
 /// `message.max.bytes` (1 MiB).
 const MAX_REQUEST_BYTES: usize = 768 * 1024;
-
-/// Default of [`KafkaConfig::batch_records`].
-pub const DEFAULT_BATCH_RECORDS: usize = 1000;
-/// Default of [`KafkaConfig::linger`].
-pub const DEFAULT_LINGER: Duration = Duration::from_millis(20);
-/// Default of [`KafkaConfig::delivery_timeout`].
-pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default of [`KafkaConfig::client_id`].
-pub const DEFAULT_CLIENT_ID: &str = "feature-gateway";
-
-/// The validated `[training_log.kafka]` section.
-#[derive(Clone, Debug, PartialEq)]
-pub struct KafkaConfig {
-    /// Bootstrap brokers, `host:port`.
-    pub brokers: Vec<String>,
-    /// The topic; it must exist (the gateway does not create it).
-    pub topic: String,
-    /// All records to this partition; `None`: by key, as the Java client's default partitioner.
-    pub partition: Option<i32>,
-    /// A batch is produced once it holds this many records.
-    pub batch_records: usize,
-    /// A batch is produced at the latest this long after its first record.
-    pub linger: Duration,
-    /// Longest a produce (connection and retries included) may take before the batch is
-    /// spooled and the broker counted as down.
-    pub delivery_timeout: Duration,
-    /// Snappy-compress batches.
-    pub compression: KafkaCompression,
-    /// The client id the broker sees.
-    pub client_id: String,
-}
-
-/// Compression of produced batches.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum KafkaCompression {
-    /// None.
-    None,
-    /// Snappy.
-    #[default]
-    Snappy,
-}
 
 // ---------------------------------------------------------------------------------------------
 // Encoding
