@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
+use end_to_end::{GatewayProcess, map, s, statuses, with_timeout};
 use fake_upstreams::{
     FakeConfig, FakeServer,
     faults::{FailNext, Latency, RouteFaults},
     internal::DEVICE_REPUTATION,
 };
 use proto::v1::{self, CacheOutcome, FeatureStatus as St};
-use tests::{GatewayProcess, map, s, statuses, with_timeout};
 
 async fn setup(ttl: &str) -> (FakeServer, GatewayProcess, tempfile::TempDir) {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();

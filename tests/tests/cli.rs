@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use tests::gateway_binary;
+use end_to_end::gateway_binary;
 
 const BAD: &str = r#"
 [entities.user_id]

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use end_to_end::{GatewayProcess, d, i, map, s, statuses, with_timeout};
 use proto::v1::{self, FeatureStatus as St};
-use tests::{GatewayProcess, d, i, map, s, statuses, with_timeout};
 
 fn fraud_request(user: &str, card: &str, merchant: &str) -> v1::GetFeaturesRequest {
     v1::GetFeaturesRequest {

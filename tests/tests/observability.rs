@@ -11,13 +11,13 @@ use std::{
     time::Duration,
 };
 
+use end_to_end::{GatewayProcess, d, map, otlp::OtlpReceiver, s, statuses};
 use fake_upstreams::{
     FakeConfig, FakeServer,
     faults::{FailNext, RouteFaults},
     internal::DEVICE_REPUTATION,
 };
 use proto::v1::{self, FeatureStatus as St};
-use tests::{GatewayProcess, d, map, otlp::OtlpReceiver, s, statuses};
 
 const SECRET: &str = "tok_live_5f3c9a1b7e2d4c6f";
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -9,13 +9,13 @@
 
 use std::time::{Duration, Instant};
 
+use end_to_end::{GatewayProcess, map, postgres::PostgresServer, s, statuses, with_timeout};
 use fake_upstreams::{
     FakeConfig, FakeServer, Latency, RouteFaults,
     plaid::{self, ItemState, PlaidConfig, RateLimitConfig, data},
     seeded::rfc3339,
 };
 use proto::v1::{self, FeatureStatus as St};
-use tests::{GatewayProcess, map, postgres::PostgresServer, s, statuses, with_timeout};
 
 const CLIENT_ID: &str = "e2e-plaid-client";
 const SECRET: &str = "e2e-plaid-s3cr3t-do-not-log";

@@ -7,15 +7,15 @@
 
 use std::time::{Duration, Instant};
 
+use end_to_end::{
+    GatewayProcess, i, map, postgres::PostgresServer, s, sidecar::SidecarProcess, statuses,
+    with_timeout,
+};
 use fake_upstreams::{
     FakeConfig, FakeServer,
     plaid::{PlaidConfig, data},
 };
 use proto::v1::{self, FeatureStatus as St};
-use tests::{
-    GatewayProcess, i, map, postgres::PostgresServer, s, sidecar::SidecarProcess, statuses,
-    with_timeout,
-};
 
 const SECRET: &str = "sidecar-only-plaid-s3cr3t";
 

@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use end_to_end::{GatewayProcess, map, redis::RedisServer, s, statuses, with_timeout};
 use fake_upstreams::{
     FakeConfig, FakeServer,
     plaid::{self, PlaidConfig, RateLimitConfig, data, webhooks::unix_now},
@@ -18,7 +19,6 @@ use fake_upstreams::{
 };
 use proto::v1::{self, FeatureStatus as St};
 use serde_json::{Value, json};
-use tests::{GatewayProcess, map, redis::RedisServer, s, statuses, with_timeout};
 
 const CLIENT_ID: &str = "e2e-webhook-client";
 const SECRET: &str = "e2e-webhook-s3cr3t";

@@ -12,6 +12,9 @@
 
 use std::time::{Duration, Instant};
 
+use end_to_end::{
+    GatewayProcess, map, postgres::PostgresServer, redis::RedisServer, s, statuses, with_timeout,
+};
 use fake_upstreams::{
     FakeConfig, FakeServer, Latency, RouteFaults,
     internal::DEVICE_REPUTATION,
@@ -19,9 +22,6 @@ use fake_upstreams::{
     seeded::rfc3339,
 };
 use proto::v1::{self, FeatureStatus as St};
-use tests::{
-    GatewayProcess, map, postgres::PostgresServer, redis::RedisServer, s, statuses, with_timeout,
-};
 
 const CLIENT_ID: &str = "e2e-resilience-client";
 const SECRET: &str = "e2e-resilience-secret";

@@ -7,8 +7,8 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
+use end_to_end::{GatewayProcess, map, postgres::TestCertificates, s};
 use proto::v1::{self, feature_service_client::FeatureServiceClient};
-use tests::{GatewayProcess, map, postgres::TestCertificates, s};
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
@@ -17,7 +17,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 fn hash_token(token: &str) -> String {
     use std::io::Write;
-    let mut child = Command::new(tests::gateway_binary())
+    let mut child = Command::new(end_to_end::gateway_binary())
         .arg("hash-token")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -10,13 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use end_to_end::{GatewayProcess, d, map, s, sidecar::SidecarProcess, statuses, with_timeout};
 use fake_upstreams::{
     FakeConfig, FakeServer,
     faults::{Latency, RouteFaults},
     internal::{DEVICE_REPUTATION, device_reputation},
 };
 use proto::v1::{self, FeatureStatus as St};
-use tests::{GatewayProcess, d, map, s, sidecar::SidecarProcess, statuses, with_timeout};
 
 /// Only the sidecar's process gets it; it must never show up on the gateway's side.
 const TOKEN: &str = "sk-sidecar-7f3a9c1e-only-in-the-sidecar";
@@ -158,7 +158,7 @@ async fn values_come_through_the_sidecar_and_the_secret_stays_there() {
     );
     assert_eq!(
         response.values[4],
-        tests::i(expected["accounts_seen_30d"].as_i64().unwrap())
+        end_to_end::i(expected["accounts_seen_30d"].as_i64().unwrap())
     );
     assert_eq!(response.metadata[2].source_kind, "sidecar");
     assert_no_secret("a response", &format!("{response:?}"));

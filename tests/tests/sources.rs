@@ -5,13 +5,13 @@
 
 use std::time::{Duration, Instant};
 
+use end_to_end::{GatewayProcess, d, map, s, statuses, with_timeout};
 use fake_upstreams::{
     FakeConfig, FakeServer,
     faults::{FailNext, Latency, RouteFaults},
     internal::{DEVICE_REPUTATION, device_reputation},
 };
 use proto::v1::{self, FeatureStatus as St};
-use tests::{GatewayProcess, d, map, s, statuses, with_timeout};
 
 fn config(fake: &FakeServer, deadline: &str) -> String {
     format!(
@@ -107,7 +107,7 @@ async fn http_source_values_are_the_upstreams() {
         d(expected["risk_score"].as_f64().unwrap())
     );
     let accounts = expected["accounts_seen_30d"].as_i64().unwrap();
-    assert_eq!(response.values[4], tests::i(accounts));
+    assert_eq!(response.values[4], end_to_end::i(accounts));
     assert_eq!(response.metadata[2].source_kind, "http");
 
     // An unknown device is NOT_FOUND (the API's 404), with the default where one is set.

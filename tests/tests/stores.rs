@@ -6,11 +6,11 @@
 
 use std::{process::Command, time::Duration};
 
-use proto::v1::{self, FeatureStatus as St};
-use tests::{
+use end_to_end::{
     GatewayProcess, d, gateway_binary, i, map, postgres::PostgresServer, redis::RedisServer, s,
     statuses, with_timeout,
 };
+use proto::v1::{self, FeatureStatus as St};
 
 fn config(redis: &RedisServer, pg_url: &str) -> String {
     format!(

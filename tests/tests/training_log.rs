@@ -17,8 +17,8 @@ use std::{
     time::Duration,
 };
 
+use end_to_end::{GatewayProcess, d, kafka::KafkaBroker, map, s};
 use proto::v1::{self, FeatureStatus};
-use tests::{GatewayProcess, d, kafka::KafkaBroker, map, s};
 use training_log::{
     Cell, Record, Value,
     training_set::{log_files, read_column_text, read_records},
@@ -482,7 +482,7 @@ async fn training_set_joins_labels_with_the_vectors_as_served() {
     std::fs::write(&labels, csv).unwrap();
 
     let run = |out: &Path, extra: &[&str]| {
-        let output = Command::new(tests::gateway_binary())
+        let output = Command::new(end_to_end::gateway_binary())
             .arg("training-set")
             .arg("--logs")
             .arg(dep.log_dir())

@@ -7,9 +7,9 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::{build, build_error, connect, i, request, s, source, view};
+use end_to_end::postgres::PostgresServer;
 use fetcher_api::{ErrorClass, FeatureType as T, FetcherFactory, KeyPart, Row, Value};
 use fetcher_postgres::PostgresFactory;
-use tests::postgres::PostgresServer;
 
 /// A fresh database on the shared server, with `setup` run in it; returns its URL.
 async fn database(setup: &str) -> String {

@@ -16,9 +16,9 @@ mod common;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use end_to_end::postgres::PostgresServer;
 use fetcher_api::{Fetcher, Value};
 use fetcher_conformance::{Dataset, ENTITY, Harness, Stored, VIEW};
-use tests::postgres::PostgresServer;
 use tokio_postgres::types::ToSql;
 
 #[derive(Clone, Copy, PartialEq)]

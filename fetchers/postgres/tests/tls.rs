@@ -1,5 +1,5 @@
 //! The `postgres` source over TLS, against real PostgreSQL servers started with `ssl=on` and a
-//! CA of their own (`tests::postgres::PostgresServer::start_tls`): `verify-full` against that CA
+//! CA of their own (`end_to_end::postgres::PostgresServer::start_tls`): `verify-full` against that CA
 //! serves and cancels over TLS, a certificate from another CA or a server without TLS fails the
 //! build with a message naming why, and a server that requires client certificates accepts the
 //! configured one.
@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::{build, build_error, request, s, source, view};
+use end_to_end::postgres::PostgresServer;
 use fetcher_api::{ErrorClass, FeatureType as T, Row, Value};
-use tests::postgres::PostgresServer;
 
 const SECOND: Duration = Duration::from_secs(5);
 

@@ -10,6 +10,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use end_to_end::redis::{RedisCluster, RedisServer};
 use fetcher_api::{
     ErrorClass, FeatureType, FetchRequest, Fetcher, FetcherFactory, KeyPart, KeySpec, Options,
     Record, Row, SourceSpec, Value, ViewSpec,
@@ -17,7 +18,6 @@ use fetcher_api::{
 use fetcher_conformance::{Dataset, Harness, Stored, VIEW};
 use fetcher_redis::{MaterializeOptions, RedisFactory, codec, materialize};
 use fred::prelude::{Client, ClientLike, Config, HashesInterface, KeysInterface, ServerConfig};
-use tests::redis::{RedisCluster, RedisServer};
 use tokio::time::Instant;
 
 // ------------------------------------------------------------------------------------------------

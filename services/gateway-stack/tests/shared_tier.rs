@@ -3,10 +3,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use end_to_end::redis::RedisServer;
 use fetcher_api::{KeyPart, Record, Row, Value};
 use gateway_config::SharedCacheConfig;
 use gateway_stack::cache::shared::{SharedTier, encode};
-use tests::redis::RedisServer;
 
 fn row(v: i64) -> Row {
     Row::Found(Record {
