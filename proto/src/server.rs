@@ -1,31 +1,39 @@
 //! What every gRPC server of the project shares (the gateway and the fetcher sidecar host): the
 //! shutdown signal and the address a listener is bound to, for the ready line.
 
-use std::net::SocketAddr;
+use std::{future::Future, net::SocketAddr, pin::Pin};
 
 use tokio::net::TcpListener;
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT, listened for from the moment of the call: a server calls it
+/// before it says it is ready, so a signal sent right after is not missed (the signal's default
+/// action would end the process without its clean shutdown). Call it inside a tokio runtime.
+pub fn shutdown_signal() -> Pin<Box<dyn Future<Output = ()> + Send>> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::error!("cannot listen for SIGTERM: {e}");
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut interrupt)) => Box::pin(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("cannot listen for SIGTERM and SIGINT: {e}");
+                Box::pin(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// The address a listener is bound to, for the ready line.

@@ -45,6 +45,10 @@ pub enum Command {
     Validate {
         /// The configuration file.
         file: PathBuf,
+        /// Do not check that the `${NAME}` variables the file names are set (for checking a file
+        /// where its secrets are not meant to exist, e.g. in CI).
+        #[arg(long)]
+        no_env: bool,
     },
     /// Print the salted hash of a bearer token for `[auth.callers.NAME] token_hash`. The token is
     /// read from standard input (one line), so it stays out of shell history.

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     // HTTP and TLS clients use rustls with the ring provider (aws-lc-rs would double the build).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
-        Command::Validate { file } => cmd::validate::run(&file),
+        Command::Validate { file, no_env } => cmd::validate::run(&file, !no_env),
         Command::HashToken => cmd::hash_token::run(),
         Command::Serve { config, listen } => cmd::serve::run(&config, &listen, json_logs),
         Command::Materialize(args) => cmd::materialize::run(&args),

@@ -92,12 +92,14 @@ fn main() -> ExitCode {
             }
         };
         let at = listener.describe();
+        // Listening for SIGTERM before the ready line, so a signal sent on it shuts down cleanly.
+        let shutdown = shutdown_signal();
         let views: Vec<_> = host.views().collect();
         tracing::info!(listen = %at, views = %views.join(","), config_hash = %config.hash, "serving");
         // One machine-readable line, for scripts and tests that start the sidecar on port 0.
         println!("fetcher-sidecar ready {at}");
         let _ = std::io::stdout().flush();
-        match serve(host, listener, shutdown_signal()).await {
+        match serve(host, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

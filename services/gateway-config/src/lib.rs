@@ -16,8 +16,8 @@
 //! - [`limits`], [`entity`], [`source`] (with [`cache`], [`breaker`], [`retry`], [`hedge`]),
 //!   [`view`], [`feature_service`]: what is served;
 //! - [`tls`], [`auth`], [`traces`], [`training_log`], [`webhooks`]: the server around it;
-//! - [`load`]: reading the file, positioned problems; [`validate`](mod@validate): the checks
-//!   that span sections (names resolve, types agree).
+//! - [`load`]: reading the file, positioned problems; [`env`]: the variables it names;
+//!   [`validate`](mod@validate): the checks that span sections (names resolve, types agree).
 //!
 //! # What may import what
 //! This crate is a leaf above `fetcher-api` (the value model, and the source kinds' own
@@ -32,6 +32,7 @@ pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod entity;
+pub mod env;
 pub mod feature_service;
 pub mod hedge;
 pub mod limits;
@@ -67,7 +68,7 @@ pub use feature_service::{DEFAULT_DEADLINE, FeatureRef, FeatureServiceConfig};
 pub use hedge::{HedgeConfig, HedgeTrigger};
 pub use limits::LimitsConfig;
 pub use load::{
-    Check, ConfigError, ConfigErrors, load, load_checked, load_str, load_str_checked, parse,
+    Check, ConfigError, ConfigErrors, Parsed, load, load_checked, load_str, load_str_checked, parse,
 };
 pub use retry::RetryConfig;
 pub use source::{DEFAULT_MAX_CONCURRENCY, SourceConfig};

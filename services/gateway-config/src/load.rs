@@ -112,8 +112,13 @@ pub fn load_str_checked(
         errors,
     };
     let document = DeTable::parse(text).map_err(|e| fail(vec![from_toml_error(text, &e)]))?;
-    let (raw, unknown) = parse(text).map_err(|e| fail(vec![from_toml_error(text, &e)]))?;
+    let Parsed {
+        raw,
+        unknown,
+        refused,
+    } = parse(text).map_err(|e| fail(vec![from_toml_error(text, &e)]))?;
     let mut problems = Problems::default();
+    problems.0.extend(refused);
     for path in unknown {
         let field = path.last().cloned().unwrap_or_default();
         problems.0.push((path, format!("unknown field `{field}`")));
@@ -139,12 +144,128 @@ pub fn load_str_checked(
     Err(fail(errors))
 }
 
-/// Parses `text` into a [`RawConfig`], returning the paths of every field it does not know.
-pub fn parse(text: &str) -> Result<(RawConfig, Vec<Vec<String>>), toml::de::Error> {
-    let mut unknown = Vec::new();
-    let deserializer = toml::Deserializer::parse(text)?;
-    let raw = serde_ignored::deserialize(deserializer, |path| unknown.push(path_segments(&path)))?;
-    Ok((raw, unknown))
+/// What [`parse`] read: the configuration as written, the paths of the fields it does not know,
+/// and the fields it had to leave out because their values do not fit their types (each with
+/// its path and why).
+#[derive(Debug)]
+pub struct Parsed {
+    /// The file as written, less the refused fields.
+    pub raw: RawConfig,
+    /// Fields no section has, by path.
+    pub unknown: Vec<Vec<String>>,
+    /// Fields whose value has the wrong type, by path, with serde's message.
+    pub refused: Vec<(Vec<String>, String)>,
+}
+
+/// Most fields of one file refused for their type before the parse gives up on the rest.
+const MAX_REFUSED: usize = 100;
+
+/// Parses `text` into a [`RawConfig`]. A value of the wrong type (`max_key_bytes = "big"`) does
+/// not stop the parse: the field is reported and left out (its default applies), and the parse
+/// goes on, so one mistyped field never hides the other problems of the file. An entry that
+/// cannot stand without the field (a source without its `kind`) is left out with it.
+pub fn parse(text: &str) -> Result<Parsed, toml::de::Error> {
+    let mut document: toml::Table = toml::from_str(text)?;
+    let mut refused: Vec<(Vec<String>, String)> = Vec::new();
+    loop {
+        let mut unknown = Vec::new();
+        let value = toml::Value::Table(document.clone());
+        match serde_ignored::deserialize(value, |path| unknown.push(path_segments(&path))) {
+            Ok(raw) => {
+                return Ok(Parsed {
+                    raw,
+                    unknown,
+                    refused,
+                });
+            }
+            Err(e) => {
+                let e: toml::de::Error = e;
+                let path = error_path(&e.to_string());
+                let message = e.message().trim().to_owned();
+                // A required field left out in an earlier round makes its entry incomplete:
+                // that entry goes too, reported once, under the field's own problem.
+                let missing_after_refusal = message.starts_with("missing field")
+                    && refused
+                        .iter()
+                        .any(|(p, _)| p.len() == path.len() + 1 && p.starts_with(&path));
+                if path.is_empty() || refused.len() >= MAX_REFUSED || !remove(&mut document, &path)
+                {
+                    return Err(e);
+                }
+                if !missing_after_refusal {
+                    refused.push((path, message));
+                }
+            }
+        }
+    }
+}
+
+/// The dotted path toml gives a value's deserialization error (``in `limits.max_key_bytes` ``),
+/// as segments: quoted keys unquoted, `[N]` indexes as their own segments.
+fn error_path(error: &str) -> Vec<String> {
+    let Some(start) = error.rfind("\nin `") else {
+        return Vec::new();
+    };
+    let rest = &error[start + "\nin `".len()..];
+    let Some(end) = rest.rfind('`') else {
+        return Vec::new();
+    };
+    let mut segments = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut chars = rest[..end].chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => current.extend(chars.next()),
+            '.' if !quoted => segments.push(std::mem::take(&mut current)),
+            '[' if !quoted => {
+                if !current.is_empty() {
+                    segments.push(std::mem::take(&mut current));
+                }
+                let index: String = chars.by_ref().take_while(|&c| c != ']').collect();
+                segments.push(index);
+                if chars.peek() == Some(&'.') {
+                    chars.next();
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        segments.push(current);
+    }
+    segments
+}
+
+/// Removes the value at `path` from `table`; false when there is none.
+fn remove(table: &mut toml::Table, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => table.remove(last).is_some(),
+        [first, rest @ ..] => table.get_mut(first).is_some_and(|v| remove_in(v, rest)),
+    }
+}
+
+/// [`remove`] below a value: a table's key, or an array's index.
+fn remove_in(value: &mut toml::Value, path: &[String]) -> bool {
+    match value {
+        toml::Value::Table(table) => remove(table, path),
+        toml::Value::Array(items) => {
+            let Some(index) = path.first().and_then(|i| i.parse::<usize>().ok()) else {
+                return false;
+            };
+            match &path[1..] {
+                [] if index < items.len() => {
+                    items.remove(index);
+                    true
+                }
+                [] => false,
+                rest => items.get_mut(index).is_some_and(|v| remove_in(v, rest)),
+            }
+        }
+        _ => false,
+    }
 }
 
 fn path_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
@@ -184,12 +305,16 @@ fn locate(root: &DeTable<'_>, path: &[String]) -> Option<Range<usize>> {
     let mut array: Option<&[toml::Spanned<DeValue<'_>>]> = None;
     let mut found = None;
     for segment in path {
+        // A segment the file does not have (a field left at its default) ends the walk: the
+        // problem is placed at the closest ancestor written.
         let value = if let Some(t) = table {
-            let (key, value) = t.iter().find(|(k, _)| k.get_ref().as_ref() == segment)?;
+            let Some((key, value)) = t.iter().find(|(k, _)| k.get_ref().as_ref() == segment) else {
+                break;
+            };
             found = Some(key.span());
             value
-        } else if let Some(items) = array {
-            let item = items.get(segment.parse::<usize>().ok()?)?;
+        } else if let Some(item) = array.and_then(|items| items.get(segment.parse::<usize>().ok()?))
+        {
             found = Some(item.span());
             item
         } else {

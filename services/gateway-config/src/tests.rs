@@ -477,3 +477,68 @@ fn worker_threads_is_optional_and_bounded() {
         assert_one_error(&text, &["server.worker_threads", "from 1 to 1024"]);
     }
 }
+
+#[test]
+fn a_mistyped_field_is_reported_with_every_other_problem() {
+    let text = format!(
+        "{BASE}
+[limits]
+max_key_bytes = \"big\"
+max_in_flight = -5
+
+[server]
+worker_threads = \"many\"
+
+[sources.broken]
+kind = \"static\"
+max_concurrency = \"lots\"
+
+[sources.kindless]
+kind = 7
+
+[views.orphan]
+source = \"nowhere\"
+features = {{ x = {{ type = \"int64\" }} }}
+"
+    );
+    let errors = load(&text).expect_err("refused");
+    let found: Vec<(String, Option<(usize, usize)>)> = errors
+        .errors
+        .iter()
+        .map(|e| (e.path.clone(), e.position))
+        .collect();
+    for path in [
+        "limits.max_key_bytes",
+        "limits.max_in_flight",
+        "server.worker_threads",
+        "sources.broken.max_concurrency",
+        "sources.kindless.kind",
+        "views.orphan.source",
+    ] {
+        let hit = found.iter().find(|(p, _)| p == path);
+        assert!(
+            hit.is_some_and(|(_, pos)| pos.is_some()),
+            "{path} in {found:?}"
+        );
+    }
+    // A refused field's entry is reported once, under the field: no "missing field" after it.
+    assert!(
+        !errors
+            .errors
+            .iter()
+            .any(|e| e.message.contains("missing field")),
+        "{errors}"
+    );
+    let message = |path: &str| {
+        errors
+            .errors
+            .iter()
+            .find(|e| e.path == path)
+            .map(|e| e.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        message("limits.max_key_bytes").contains("\"big\""),
+        "{errors}"
+    );
+}

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use fetcher_api::{BuildError, Fetcher, Registry};
+use fetcher_api::{BuildError, Env, Fetcher, Registry};
 use tokio::time::Instant;
 
 use gateway_config::{Config, ConfigErrors, DEFAULT_DEADLINE, FeatureRef, REQUEST_KIND};
@@ -23,10 +23,21 @@ use crate::{
 };
 
 /// Reads, parses and validates the configuration at `path` (no I/O beyond reading it), then
-/// plans every feature service, which finds dependency cycles: every problem at once, each at its
-/// line and column. What `serve` and `validate` load.
-pub fn load_config(path: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
-    gateway_config::load_checked(path, registry, &plan::check_all)
+/// plans every feature service, which finds dependency cycles, and, given an environment, checks
+/// that every `${NAME}` the file names is set: every problem at once, each at its line and
+/// column. What `serve`, `materialize` and `validate` load.
+pub fn load_config(
+    path: &Path,
+    registry: &Registry,
+    env: Option<&Env>,
+) -> Result<Config, ConfigErrors> {
+    gateway_config::load_checked(path, registry, &|config| {
+        let mut problems = plan::check_all(config);
+        if let Some(env) = env {
+            problems.extend(gateway_config::env::unset_variables(config, env));
+        }
+        problems
+    })
 }
 
 /// A source as the running gateway holds it.

@@ -1,13 +1,18 @@
 //! `feature-gateway materialize`: load a CSV file into the Redis view that serves it, exactly as
 //! the gateway reads it back.
 
+use fetcher_api::Env;
 use fetcher_redis::materialize::{MaterializeOptions, Progress, materialize};
 
 use crate::{cli::MaterializeArgs, exit::Failure};
 
 /// Loads `--input` into `--view`; [`Failure::BadRows`] when some rows were bad.
 pub fn run(args: &MaterializeArgs) -> Result<(), Failure> {
-    let config = gateway::load_config(&args.config, &fetcher_builtin::registry())?;
+    let config = gateway::load_config(
+        &args.config,
+        &fetcher_builtin::registry(),
+        Some(&Env::process()),
+    )?;
     let view = &args.view;
     let spec = config
         .views

@@ -3,6 +3,7 @@
 
 use std::{path::Path, sync::Arc};
 
+use fetcher_api::Env;
 use gateway::{Gateway, server, telemetry};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -13,7 +14,8 @@ use crate::{cli::Listen, exit::Failure};
 /// Serves the configuration at `config_path` until a shutdown signal.
 pub fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> Result<(), Failure> {
     let registry = fetcher_builtin::registry();
-    let config = gateway::load_config(config_path, &registry).map_err(Failure::NotStarted)?;
+    let config = gateway::load_config(config_path, &registry, Some(&Env::process()))
+        .map_err(Failure::NotStarted)?;
     let metrics = install_metrics()
         .map_err(|e| Failure::run(format!("cannot install the metrics recorder: {e}")))?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -56,19 +58,15 @@ pub fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> Result<(), F
             proto::server::local_addr(&grpc),
             proto::server::local_addr(&admin),
         );
+        // Listening for SIGTERM before saying so: a signal sent on the ready line shuts down
+        // cleanly.
+        let shutdown = proto::server::shutdown_signal();
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, config_hash = %hash, "serving");
         // One machine-readable line, for scripts and tests that start the gateway on port 0.
         println!("feature-gateway ready grpc={grpc_addr} admin={admin_addr}");
-        server::serve(
-            gateway,
-            grpc,
-            Some(admin),
-            metrics,
-            training_log,
-            proto::server::shutdown_signal(),
-        )
-        .await
-        .map_err(Failure::run)
+        server::serve(gateway, grpc, Some(admin), metrics, training_log, shutdown)
+            .await
+            .map_err(Failure::run)
     });
     traces.shutdown();
     result

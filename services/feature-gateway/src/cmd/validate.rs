@@ -1,13 +1,23 @@
 //! `feature-gateway validate FILE`: parse, validate and plan a configuration without connecting to
-//! anything; every problem at once, each at its line and column.
+//! anything; every problem at once, each at its line and column. By default an unset `${NAME}` is
+//! a problem too, as it is for `serve`; `--no-env` leaves the environment out, for checking a
+//! file where its secrets are not meant to exist (a CI job).
 
 use std::path::Path;
 
+use fetcher_api::Env;
+
 use crate::exit::Failure;
 
-/// Checks `file`; prints a summary when it is valid.
-pub fn run(file: &Path) -> Result<(), Failure> {
-    let c = gateway::load_config(file, &fetcher_builtin::registry())?;
+/// Checks `file`, and with `check_env` that every `${NAME}` it names is set here; prints a
+/// summary when it is valid.
+pub fn run(file: &Path, check_env: bool) -> Result<(), Failure> {
+    let env = Env::process();
+    let c = gateway::load_config(
+        file,
+        &fetcher_builtin::registry(),
+        check_env.then_some(&env),
+    )?;
     println!(
         "{}: ok ({} entities, {} sources, {} views, {} feature services)",
         file.display(),
