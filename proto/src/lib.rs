@@ -11,9 +11,18 @@ pub mod v1 {
     tonic::include_proto!("featuregateway.v1");
 }
 
-/// The encoded `FileDescriptorSet` of every .proto in this crate, for gRPC server reflection.
+/// The encoded `FileDescriptorSet` of every .proto in this crate.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("featuregateway_descriptor");
+
+/// The encoded `FileDescriptorSet` of `FeatureService` (its .proto and the files it imports), for
+/// the gateway's server reflection.
+pub const FEATURE_SERVICE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("feature_service_descriptor");
+
+/// The encoded `FileDescriptorSet` of `Fetcher` (its .proto and the files it imports), for the
+/// fetcher sidecar host's server reflection.
+pub const FETCHER_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fetcher_descriptor");
 
 use std::time::{Duration, SystemTime};
 
@@ -160,6 +169,63 @@ mod tests {
             let wire = prost_types::Timestamp { seconds, nanos };
             assert_eq!(timestamp_to_wire(timestamp_from_wire(&wire)), wire);
         }
+    }
+
+    /// Each service's descriptor set holds its own .proto and everything it imports (so server
+    /// reflection can answer every file a client asks for), and only those.
+    #[test]
+    fn each_service_descriptor_set_is_its_file_and_imports() {
+        let files = |set: &[u8]| -> Vec<(String, Vec<String>, Vec<String>)> {
+            let set = <prost_types::FileDescriptorSet as prost::Message>::decode(set).unwrap();
+            set.file
+                .into_iter()
+                .map(|f| {
+                    let services = f.service.iter().map(|s| s.name().to_owned()).collect();
+                    (f.name().to_owned(), f.dependency, services)
+                })
+                .collect()
+        };
+        for (set, file, expected) in [
+            (
+                FEATURE_SERVICE_DESCRIPTOR_SET,
+                "featuregateway/v1/feature_service.proto",
+                &[
+                    "google/protobuf/timestamp.proto",
+                    "featuregateway/v1/feature_service.proto",
+                ][..],
+            ),
+            (
+                FETCHER_DESCRIPTOR_SET,
+                "featuregateway/v1/fetcher.proto",
+                &[
+                    "google/protobuf/timestamp.proto",
+                    "featuregateway/v1/feature_service.proto",
+                    "featuregateway/v1/fetcher.proto",
+                ][..],
+            ),
+        ] {
+            let files = files(set);
+            let mut names: Vec<&str> = files.iter().map(|(n, ..)| n.as_str()).collect();
+            names.sort_unstable();
+            let mut expected = expected.to_vec();
+            expected.sort_unstable();
+            assert_eq!(names, expected, "{file}");
+            for (name, dependencies, _) in &files {
+                for dependency in dependencies {
+                    assert!(
+                        names.contains(&dependency.as_str()),
+                        "{name} imports {dependency}"
+                    );
+                }
+            }
+        }
+        let services =
+            |set: &[u8]| -> Vec<String> { files(set).into_iter().flat_map(|(.., s)| s).collect() };
+        assert_eq!(services(FEATURE_SERVICE_DESCRIPTOR_SET), ["FeatureService"]);
+        assert_eq!(
+            services(FETCHER_DESCRIPTOR_SET),
+            ["FeatureService", "Fetcher"]
+        );
     }
 
     #[test]

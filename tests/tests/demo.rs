@@ -412,11 +412,7 @@ async fn health_reflection_and_metrics_answer() {
         panic!("unexpected reflection answer");
     };
     let services: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    for expected in [
-        "featuregateway.v1.FeatureService",
-        "featuregateway.v1.Fetcher",
-        "grpc.health.v1.Health",
-    ] {
+    for expected in ["featuregateway.v1.FeatureService", "grpc.health.v1.Health"] {
         assert!(services.contains(&expected), "{services:?}");
     }
 

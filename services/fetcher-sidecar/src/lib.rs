@@ -18,9 +18,10 @@
 //! - A failed fetch is a gRPC error with the code of its class (see
 //!   [`fetcher_sidecar::wire::code_of`]) and the class and retryability as metadata; its message
 //!   is the fetcher's, which never holds secrets. Cell errors stay cell errors.
-//! - [`serve`] serves `featuregateway.v1.Fetcher` and `grpc.health.v1` on TCP or a Unix socket
-//!   until its shutdown future resolves, then reports NOT_SERVING, drains the calls in flight and
-//!   returns (removing the socket file).
+//! - [`serve`] serves `featuregateway.v1.Fetcher`, `grpc.health.v1` and server reflection (v1
+//!   and v1alpha, listing those services and no other) on TCP or a Unix socket until its
+//!   shutdown future resolves, then reports NOT_SERVING, drains the calls in flight and returns
+//!   (removing the socket file).
 //!
 //! # Failure
 //! Building fails on a source that cannot be built (e.g. an unset secret), naming the source and
@@ -51,7 +52,32 @@ use tonic_health::ServingStatus;
 use tower::ServiceExt;
 
 /// The gRPC service name, as `grpc.health.v1` reports it.
-pub const SERVICE_NAME: &str = "featuregateway.v1.Fetcher";
+pub const SERVICE_NAME: &str = v1::fetcher_server::SERVICE_NAME;
+
+/// The gRPC services the host serves, as server reflection lists them.
+pub const SERVED: [&str; 4] = [
+    SERVICE_NAME,
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// Server reflection (either version) over the descriptors of the services in [`SERVED`],
+/// listing those: `fetcher.proto` imports `feature_service.proto`, whose `FeatureService` is
+/// the gateway's and not listed here.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    SERVED.into_iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FETCHER_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Each version registers its own; both are served.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ),
+        |builder, name| builder.with_service_name(name),
+    )
+}
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -321,10 +347,19 @@ pub async fn serve(
     let fetcher = FetcherServer::from_arc(host)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
+    // Built from descriptors compiled into the binary: it cannot fail but by a build defect.
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the compiled-in descriptors are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the compiled-in descriptors are valid");
     let router = tonic::transport::Server::builder()
         // Notices gateways that vanished without closing their connections.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(fetcher);
     let result = match listener {
         Listener::Tcp(listener) => {

@@ -321,3 +321,60 @@ async fn a_live_socket_is_not_taken_over_but_a_stale_one_is() {
     assert!(Listener::bind_unix(&file).is_err());
     assert!(file.exists());
 }
+
+#[tokio::test]
+async fn reflection_lists_the_services_served_and_no_other() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let hosted = host().await;
+    let channel = fetcher_sidecar::channel(&CompiledSource {
+        target: Target::Unix(hosted.socket.clone()),
+        connect_timeout: Duration::from_secs(1),
+        keepalive_interval: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(5),
+    });
+    let ask = |message: MessageRequest| {
+        let mut client = ServerReflectionClient::new(channel.clone());
+        async move {
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(message),
+            };
+            let mut stream = client
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await?
+                .into_inner();
+            Ok::<_, tonic::Status>(stream.message().await?.unwrap().message_response.unwrap())
+        }
+    };
+    let MessageResponse::ListServicesResponse(list) =
+        ask(MessageRequest::ListServices(String::new()))
+            .await
+            .unwrap()
+    else {
+        panic!("not a list of services");
+    };
+    let mut listed: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    listed.sort();
+    let mut served = fetcher_sidecar_host::SERVED.to_vec();
+    served.sort();
+    assert_eq!(listed, served);
+    assert!(listed.iter().any(|s| s == "featuregateway.v1.Fetcher"));
+    // Every listed service is described; the gateway's service, whose file fetcher.proto
+    // imports, is not listed.
+    for name in served {
+        assert!(
+            ask(MessageRequest::FileContainingSymbol(name.to_owned()))
+                .await
+                .is_ok(),
+            "{name}"
+        );
+    }
+    assert!(
+        !listed
+            .iter()
+            .any(|s| s == "featuregateway.v1.FeatureService")
+    );
+}

@@ -49,12 +49,84 @@ pub struct Served {
     pub latency: Duration,
     /// Whether `value` is the configured default.
     pub default_applied: bool,
-    /// A short reason for a status other than PRESENT.
-    pub detail: Option<Arc<str>>,
+    /// A short reason for a status other than PRESENT (always set for one, never for PRESENT).
+    pub detail: Option<Detail>,
     /// Whether the value came from the cache.
     pub cache: CacheUse,
     /// Time since a cached value was fetched.
     pub cache_age: Option<Duration>,
+}
+
+/// Why a feature is not PRESENT. Assembling a vector only picks the variant (no allocation: fixed
+/// text, a message the fetch already made, or the numbers a text is made of); the text is made
+/// by [`Detail::into_text`] only for a caller that asked for metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Detail {
+    /// Fixed text.
+    Text(&'static str),
+    /// A message made while fetching: a cell's decode error, a value of the wrong type.
+    Message(String),
+    /// The source has no row for the key of `plan.fetches[fetch]`: "no row for user_id".
+    NoRow {
+        /// Index into [`Plan::fetches`].
+        fetch: usize,
+    },
+    /// The row's event time is `age` old, more than the view's `max_age`:
+    /// "event time 41d 3h ago, max_age 30d".
+    TooOld {
+        /// Time since the row's event time.
+        age: Duration,
+        /// The view's max age.
+        max_age: Duration,
+    },
+}
+
+impl Detail {
+    /// The reason as the wire's `FeatureMetadata.detail` carries it; `plan` is the plan the
+    /// feature was served by.
+    pub fn into_text(self, plan: &Plan) -> String {
+        match self {
+            Detail::Text(text) => text.to_owned(),
+            Detail::Message(message) => message,
+            Detail::NoRow { fetch } => match plan.fetches.get(fetch) {
+                Some(fetch) => format!("no row for {}", and_list(&fetch.entities)),
+                None => "no row".to_owned(),
+            },
+            Detail::TooOld { age, max_age } => format!(
+                "event time {} ago, max_age {}",
+                short_duration(age),
+                short_duration(max_age)
+            ),
+        }
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// A duration in its largest unit and the next one if not zero, truncated: `41d 3h`, `30d`,
+/// `1m 30s`, `250ms`.
+fn short_duration(d: Duration) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let secs = d.as_secs();
+    for (i, &(size, unit)) in UNITS.iter().enumerate() {
+        if secs >= size {
+            let whole = secs / size;
+            return match UNITS.get(i + 1) {
+                Some(&(next, next_unit)) if secs % size / next > 0 => {
+                    format!("{whole}{unit} {}{next_unit}", secs % size / next)
+                }
+                _ => format!("{whole}{unit}"),
+            };
+        }
+    }
+    format!("{}ms", d.as_millis())
 }
 
 /// The result of a plan run.
@@ -344,8 +416,10 @@ fn assemble(
         for output in &plan.outputs {
             let mut served = match output.origin {
                 Origin::Context(i) => match &row.context[i] {
-                    None => served(Value::Null, Status::NotFound, Some("context value missing")),
-                    Some(Value::Null) => served(Value::Null, Status::NullValue, None),
+                    None => served(Value::Null, Status::NotFound, text("context value missing")),
+                    Some(Value::Null) => {
+                        served(Value::Null, Status::NullValue, text("null in the context"))
+                    }
                     Some(v) => served(v.clone(), Status::Present, None),
                 },
                 Origin::Fetched { fetch, cell } => {
@@ -354,18 +428,18 @@ fn assemble(
                     let (state, latency, cache, cache_age) = outcomes[fetch].for_row(r);
                     let key_unavailable = matches!(state, RowState::KeyUnavailable);
                     let max_age = plan.fetches[fetch].max_age;
-                    let mut s = from_state(state, value, output.ty, max_age, now);
+                    let mut s = from_state(state, value, output.ty, fetch, max_age, now);
                     if key_unavailable {
                         // Say why: a dependent key missing because its source timed out or
                         // failed is not the same, for a model or a training set, as no row.
                         let (status, detail) = why_key_unavailable(plan, &outcomes, fetch, r, row);
                         s.status = status;
-                        s.detail = Some(Arc::from(detail));
+                        s.detail = text(detail);
                     }
                     // A value served from past its TTL says so; everything else keeps its status.
                     if cache == CacheUse::Stale && s.status == Status::Present {
                         s.status = Status::Stale;
-                        s.detail = Some(Arc::from("source failed or slow; cached value served"));
+                        s.detail = text("source failed or slow; cached value served");
                     }
                     s.latency = latency;
                     s.cache = cache;
@@ -373,6 +447,11 @@ fn assemble(
                     s
                 }
             };
+            debug_assert_eq!(
+                served.detail.is_none(),
+                served.status == Status::Present,
+                "a reason for every status but PRESENT: {served:?}"
+            );
             if served.status != Status::Present
                 && let Some(default) = &output.default
             {
@@ -400,15 +479,13 @@ fn why_key_unavailable(
     for input in &plan.fetches[fetch].keys {
         match *input {
             KeyInput::Entity(_) => {}
-            KeyInput::Context(i) => {
-                if row.context[i]
-                    .as_ref()
-                    .and_then(Value::to_key_part)
-                    .is_none()
-                {
-                    return (Status::NotFound, "key unavailable: context value missing");
+            KeyInput::Context(i) => match &row.context[i] {
+                None => return (Status::NotFound, "key unavailable: context value missing"),
+                Some(value) if value.to_key_part().is_none() => {
+                    return (Status::NotFound, "key unavailable: context value null");
                 }
-            }
+                Some(_) => {}
+            },
             KeyInput::Feature { fetch: from, cell } => match outcomes[from].for_row(r).0 {
                 RowState::Failed(e) if e.class() == ErrorClass::Timeout => {
                     return (Status::TimedOut, "key unavailable: its source timed out");
@@ -437,49 +514,66 @@ fn why_key_unavailable(
     (Status::NotFound, "key unavailable")
 }
 
-fn served(value: Value, status: Status, detail: Option<&str>) -> Served {
+/// A fixed reason.
+fn text(text: &'static str) -> Option<Detail> {
+    Some(Detail::Text(text))
+}
+
+fn served(value: Value, status: Status, detail: Option<Detail>) -> Served {
     Served {
         value,
         status,
         event_time: None,
         latency: Duration::ZERO,
         default_applied: false,
-        detail: detail.map(Arc::from),
+        detail,
         cache: CacheUse::None,
         cache_age: None,
     }
 }
 
-/// The served feature for a row's fetch state; `value` is the feature's cell when found.
+/// The served feature for a row's state in fetch `fetch`; `value` is the feature's cell when
+/// found.
 fn from_state(
     state: RowState<'_>,
     value: Option<Cell>,
     ty: fetcher_api::FeatureType,
+    fetch: usize,
     max_age: Option<Duration>,
     now: SystemTime,
 ) -> Served {
     match state {
-        RowState::KeyUnavailable => served(Value::Null, Status::NotFound, Some("key unavailable")),
+        RowState::KeyUnavailable => served(Value::Null, Status::NotFound, text("key unavailable")),
         RowState::Failed(e) if e.class() == ErrorClass::Timeout => {
-            served(Value::Null, Status::TimedOut, Some(e.class().as_str()))
+            served(Value::Null, Status::TimedOut, text(e.class().as_str()))
         }
-        RowState::Failed(e) => served(Value::Null, Status::SourceError, Some(e.class().as_str())),
-        RowState::NotFound => served(Value::Null, Status::NotFound, None),
+        RowState::Failed(e) => served(Value::Null, Status::SourceError, text(e.class().as_str())),
+        RowState::NotFound => served(Value::Null, Status::NotFound, Some(Detail::NoRow { fetch })),
         RowState::Found(record) => {
             let too_old = match (max_age, record.event_time) {
-                (Some(max_age), Some(t)) => now.duration_since(t).is_ok_and(|age| age > max_age),
-                _ => false,
+                (Some(max_age), Some(t)) => now
+                    .duration_since(t)
+                    .ok()
+                    .filter(|age| *age > max_age)
+                    .map(|age| Detail::TooOld { age, max_age }),
+                _ => None,
             };
-            let mut s = if too_old {
-                served(Value::Null, Status::OutsideMaxAge, None)
+            let mut s = if let Some(detail) = too_old {
+                served(Value::Null, Status::OutsideMaxAge, Some(detail))
             } else {
                 match value {
-                    None => served(Value::Null, Status::SourceError, Some("missing cell")),
-                    Some(Err(e)) => served(Value::Null, Status::SourceError, Some(&e.0)),
-                    Some(Ok(Value::Null)) => served(Value::Null, Status::NullValue, None),
+                    None => served(Value::Null, Status::SourceError, text("missing cell")),
+                    Some(Err(e)) => {
+                        served(Value::Null, Status::SourceError, Some(Detail::Message(e.0)))
+                    }
+                    Some(Ok(Value::Null)) => {
+                        served(Value::Null, Status::NullValue, text("null in the row"))
+                    }
                     Some(Ok(v)) => match ty.conform(v) {
                         Ok(v) => served(v, Status::Present, None),
-                        Err(e) => served(Value::Null, Status::SourceError, Some(&e)),
+                        Err(e) => {
+                            served(Value::Null, Status::SourceError, Some(Detail::Message(e)))
+                        }
                     },
                 }
             };

@@ -104,6 +104,8 @@ pub struct Fetch {
     pub types: Vec<FeatureType>,
     /// Where each part of the view's key comes from.
     pub keys: Vec<KeyInput>,
+    /// The view's entity names, one per key part, for the reasons given to callers.
+    pub entities: Vec<String>,
     /// The view's max age.
     pub max_age: Option<Duration>,
     /// The stage it runs in.
@@ -205,7 +207,8 @@ pub fn compile(
         .fetches
         .into_iter()
         .map(|f| {
-            let source = &config.sources[&config.views[&f.view].source];
+            let view = &config.views[&f.view];
+            let source = &config.sources[&view.source];
             Fetch {
                 source_name: source.name.as_str().into(),
                 source_kind: source.kind.as_str().into(),
@@ -214,6 +217,7 @@ pub fn compile(
                 types: f.features.iter().map(|(_, t)| *t).collect(),
                 features: f.features.into_iter().map(|(n, _)| n).collect(),
                 keys: f.keys,
+                entities: view.entities.clone(),
                 max_age: f.max_age,
                 stage: f.stage,
             }

@@ -386,7 +386,10 @@ fn vector(
                 } as i32,
                 fetch_latency_us: s.latency.as_micros() as i64,
                 default_applied: s.default_applied,
-                detail: s.detail.as_deref().unwrap_or_default().to_owned(),
+                // Made into text here, for a caller that asked: never on the path without.
+                detail: s
+                    .detail
+                    .map_or_else(String::new, |detail| detail.into_text(plan)),
             });
         }
         values.push(s.value.into());
@@ -621,6 +624,31 @@ impl HealthWatch {
     }
 }
 
+/// The gRPC services the gateway serves, as server reflection lists them: nothing else (the
+/// sidecar `Fetcher` contract shares the package but is served by the fetcher sidecar host).
+pub const SERVED: [&str; 4] = [
+    proto::v1::feature_service_server::SERVICE_NAME,
+    tonic_health::pb::health_server::SERVICE_NAME,
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// Server reflection (either version) over the descriptors of the services in [`SERVED`],
+/// listing those.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    SERVED.into_iter().fold(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FEATURE_SERVICE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // Each version registers its own; both are served.
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ),
+        |builder, name| builder.with_service_name(name),
+    )
+}
+
 /// Serves the gateway on `grpc` (and metrics on `admin`) until `shutdown` resolves, then drains
 /// the calls in flight, flushes `training_log` and returns.
 pub async fn serve(
@@ -637,14 +665,8 @@ pub async fn serve(
         None => None,
     };
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message = gateway.config().limits.max_message_bytes;
     let service = FeatureServiceImpl::new(gateway.clone()).with_training_log(training_log.clone());
     let features = FeatureServiceServer::new(service)

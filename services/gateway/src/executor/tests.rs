@@ -137,6 +137,9 @@ from = "slow:v"
 [entities.broken_v]
 type = "int64"
 from = "broken:v"
+[entities.order_id]
+type = "string"
+from = "context:order_id"
 
 [sources.mem]
 kind = "memory"
@@ -194,6 +197,12 @@ entities = ["broken_v"]
 rows = { 1 = { x = 7 } }
 features = { x = { type = "int64" } }
 
+[views.orders]
+source = "mem"
+entities = ["order_id"]
+rows = { o1 = { total = 12.5 } }
+features = { total = { type = "double" } }
+
 [views.txn]
 source = "request"
 features = { amount = { type = "double" } }
@@ -203,10 +212,15 @@ deadline = "50ms"
 features = ["txn:amount", "users:age", "users:score", "mcc_risk:rate", "merchants:mcc", "slow:v", "broken:v"]
 [feature_services.all.defaults]
 "broken:v" = -1
+"merchants:mcc" = 0
 
 [feature_services.deps]
 deadline = "50ms"
 features = ["after_slow:x", "after_broken:x", "mcc_risk:rate"]
+
+[feature_services.by_context]
+deadline = "50ms"
+features = ["orders:total", "txn:amount"]
 "#;
 
 struct Setup {
@@ -265,6 +279,36 @@ fn statuses(served: &[Served]) -> Vec<Status> {
     served.iter().map(|s| s.status).collect()
 }
 
+/// Each feature's reason as the wire carries it ("" for none), after checking that every status
+/// but PRESENT has one and PRESENT has none.
+fn details(plan: &Plan, served: &[Served]) -> Vec<String> {
+    served
+        .iter()
+        .map(|s| {
+            assert_eq!(
+                s.detail.is_some(),
+                s.status != Status::Present,
+                "a reason for every status but PRESENT: {s:?}"
+            );
+            s.detail
+                .clone()
+                .map_or_else(String::new, |d| d.into_text(plan))
+        })
+        .collect()
+}
+
+/// Plans feature service `name` of [`CONFIG`] and builds the executor's view of its sources.
+async fn setup_service(name: &str) -> (Plan, Vec<Option<gateway_stack::GatewayService>>) {
+    let mut registry = Registry::new();
+    registry.register(MemoryFactory::default());
+    let config = config::load_str(CONFIG, "t.toml", Path::new("."), &registry).unwrap();
+    let fs = &config.feature_services[name];
+    let plan = plan::compile(&config, name, "", fs.deadline, &fs.features, &fs.defaults).unwrap();
+    let gateway = crate::Gateway::build(config, &registry).await.unwrap();
+    let services = gateway_services(&gateway);
+    (plan, services)
+}
+
 #[tokio::test]
 async fn plan_stages_follow_dependent_keys() {
     let s = setup().await;
@@ -319,7 +363,9 @@ async fn a_slow_source_times_out_at_the_deadline_while_the_others_are_served() {
     // The default is served with the status that explains it.
     assert_eq!(served[6].value, Value::Int64(-1));
     assert!(served[6].default_applied);
-    assert_eq!(served[6].detail.as_deref(), Some("unavailable"));
+    let details = details(&s.plan, served);
+    assert_eq!(details[5], "timeout");
+    assert_eq!(details[6], "unavailable");
     assert_eq!(execution.stage_times.len(), 2);
 }
 
@@ -335,22 +381,129 @@ async fn statuses_say_why_a_value_is_missing() {
     ];
     let execution = execute(&s.plan, &s.services, &rows, deadline).await;
     let r = &execution.rows;
+    let d: Vec<Vec<String>> = r.iter().map(|row| details(&s.plan, row)).collect();
     // txn:amount missing from the context
     assert_eq!(r[0][0].status, Status::NotFound);
+    assert_eq!(d[0][0], "context value missing");
     assert_eq!(r[0][1].status, Status::Present);
     assert_eq!(r[0][2].status, Status::SourceError);
-    assert_eq!(r[0][2].detail.as_deref(), Some("undecodable"));
+    assert_eq!(d[0][2], "undecodable");
     assert_eq!(r[0][3].status, Status::NotFound);
+    assert_eq!(d[0][3], "no row for mcc");
     assert_eq!(r[1][1].status, Status::OutsideMaxAge);
     assert_eq!(r[1][1].value, Value::Null);
     assert!(r[1][1].event_time.is_some());
+    assert_eq!(d[1][1], "event time 2h ago, max_age 1h");
     assert_eq!(r[2][1].status, Status::SourceError);
+    assert_eq!(d[2][1], "expected int64, got string");
     assert_eq!(r[2][2].status, Status::NullValue);
+    assert_eq!(d[2][2], "null in the row");
     // No merchant, so no mcc: the dependent view reads as NOT_FOUND (its key is unavailable).
+    // The merchant's own feature is served its default, and the reason stays the missing row.
     assert_eq!(r[2][4].status, Status::NotFound);
+    assert!(r[2][4].default_applied);
+    assert_eq!(r[2][4].value, Value::Int64(0));
+    assert_eq!(d[2][4], "no row for merchant_id");
     assert_eq!(r[2][3].status, Status::NotFound);
-    assert_eq!(r[2][3].detail.as_deref(), Some("key unavailable: no row"));
+    assert_eq!(d[2][3], "key unavailable: no row");
     assert_eq!(r[3][1].status, Status::NotFound);
+    assert_eq!(d[3][1], "no row for user_id");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_or_value_from_the_context_says_why_it_is_missing() {
+    let (plan, services) = setup_service("by_context").await;
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let context_row = |order: Option<Value>, amount: Option<Value>| RowInput {
+        entities: Vec::new(),
+        context: plan
+            .context
+            .iter()
+            .map(|c| match c.name.as_str() {
+                "order_id" => order.clone(),
+                _ => amount.clone(),
+            })
+            .collect(),
+    };
+    let rows = [
+        context_row(Some(Value::String("o1".into())), Some(Value::Double(1.0))),
+        context_row(None, None),
+        context_row(Some(Value::Null), Some(Value::Null)),
+        context_row(Some(Value::String("o2".into())), Some(Value::Double(1.0))),
+    ];
+    let execution = execute(&plan, &services, &rows, deadline).await;
+    let r = &execution.rows;
+    let d: Vec<Vec<String>> = r.iter().map(|row| details(&plan, row)).collect();
+    assert_eq!(statuses(&r[0]), [Status::Present, Status::Present]);
+    assert_eq!(statuses(&r[1]), [Status::NotFound, Status::NotFound]);
+    assert_eq!(
+        d[1],
+        [
+            "key unavailable: context value missing",
+            "context value missing"
+        ]
+    );
+    assert_eq!(statuses(&r[2]), [Status::NotFound, Status::NullValue]);
+    assert_eq!(
+        d[2],
+        ["key unavailable: context value null", "null in the context"]
+    );
+    assert_eq!(statuses(&r[3]), [Status::NotFound, Status::Present]);
+    assert_eq!(d[3], ["no row for order_id", ""]);
+}
+
+#[test]
+fn reasons_name_every_key_and_durations_read_short() {
+    let names = |n: &[&str]| and_list(&n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+    assert_eq!(names(&[]), "");
+    assert_eq!(names(&["user_id"]), "user_id");
+    assert_eq!(names(&["user_id", "card_id"]), "user_id and card_id");
+    assert_eq!(names(&["a", "b", "c"]), "a, b and c");
+    let cases = [
+        (Duration::from_millis(250), "250ms"),
+        (Duration::from_millis(1_500), "1s"),
+        (Duration::from_secs(90), "1m 30s"),
+        (Duration::from_secs(3_600), "1h"),
+        (Duration::from_secs(30 * 86_400), "30d"),
+        (Duration::from_secs(41 * 86_400 + 3 * 3_600 + 59), "41d 3h"),
+    ];
+    for (d, text) in cases {
+        assert_eq!(short_duration(d), text);
+    }
+    let plan = Plan {
+        name: String::new(),
+        description: String::new(),
+        deadline: Duration::ZERO,
+        definition_hash: String::new(),
+        outputs: Vec::new(),
+        fetches: vec![plan::Fetch {
+            view: "v".into(),
+            source: 0,
+            source_name: "s".into(),
+            source_kind: "k".into(),
+            features: Vec::new().into(),
+            types: Vec::new(),
+            keys: Vec::new(),
+            entities: vec!["user_id".into(), "merchant_id".into()],
+            max_age: None,
+            stage: 0,
+        }],
+        stages: Vec::new(),
+        entities: Vec::new(),
+        context: Vec::new(),
+    };
+    assert_eq!(
+        Detail::NoRow { fetch: 0 }.into_text(&plan),
+        "no row for user_id and merchant_id"
+    );
+    assert_eq!(
+        Detail::TooOld {
+            age: Duration::from_secs(41 * 86_400),
+            max_age: Duration::from_secs(30 * 86_400)
+        }
+        .into_text(&plan),
+        "event time 41d ago, max_age 30d"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -409,14 +562,7 @@ fn distinct_keys_map_rows_to_unique_keys() {
 
 #[tokio::test(start_paused = true)]
 async fn a_dependent_key_lost_to_a_timeout_or_failure_says_so() {
-    let factory = MemoryFactory::default();
-    let mut registry = Registry::new();
-    registry.register(factory);
-    let config = config::load_str(CONFIG, "t.toml", Path::new("."), &registry).unwrap();
-    let fs = &config.feature_services["deps"];
-    let plan = plan::compile(&config, "deps", "", fs.deadline, &fs.features, &fs.defaults).unwrap();
-    let gateway = crate::Gateway::build(config, &registry).await.unwrap();
-    let services = gateway_services(&gateway);
+    let (plan, services) = setup_service("deps").await;
     let deadline = Instant::now() + Duration::from_millis(50);
     let execution = execute(&plan, &services, &[row("u1", "nope", None)], deadline).await;
     let served = &execution.rows[0];
@@ -426,13 +572,65 @@ async fn a_dependent_key_lost_to_a_timeout_or_failure_says_so() {
         [Status::TimedOut, Status::SourceError, Status::NotFound]
     );
     assert_eq!(
-        served[0].detail.as_deref(),
-        Some("key unavailable: its source timed out")
+        details(&plan, served),
+        [
+            "key unavailable: its source timed out",
+            "key unavailable: its source failed",
+            // No merchant row, so no mcc to look the risk up by.
+            "key unavailable: no row",
+        ]
     );
-    assert_eq!(
-        served[1].detail.as_deref(),
-        Some("key unavailable: its source failed")
+}
+
+#[tokio::test]
+async fn values_from_the_cache_past_their_ttl_say_so() {
+    let s = setup().await;
+    let fetch_of = |view: &str| {
+        s.plan
+            .fetches
+            .iter()
+            .position(|f| &*f.view == view)
+            .unwrap()
+    };
+    let (users, merchants) = (fetch_of("users"), fetch_of("merchants"));
+    let cell_of = |fetch: usize, feature: &str| {
+        s.plan.fetches[fetch]
+            .features
+            .iter()
+            .position(|f| f == feature)
+            .unwrap()
+    };
+    let mut cells = vec![Ok(Value::Null); s.plan.fetches[users].features.len()];
+    cells[cell_of(users, "age")] = Ok(Value::Int64(30));
+    let stale = |row: Row| Outcome::Ran {
+        row_of: vec![Some(0)],
+        slots: vec![Slot::Stale {
+            row,
+            age: Duration::from_secs(600),
+            error: Arc::new(FetchError::unavailable("down")),
+        }],
+        latency: Duration::from_millis(1),
+    };
+    let mut outcomes: Vec<Outcome> = s.plan.fetches.iter().map(|_| Outcome::Skipped).collect();
+    outcomes[users] = stale(Row::Found(Record {
+        cells,
+        event_time: None,
+    }));
+    outcomes[merchants] = stale(Row::NotFound);
+    let rows = assemble(
+        &s.plan,
+        &[row("u1", "m1", Some(1.0))],
+        outcomes,
+        SystemTime::now(),
     );
-    // No merchant row, so no mcc to look the risk up by.
-    assert_eq!(served[2].detail.as_deref(), Some("key unavailable: no row"));
+    let served = &rows[0];
+    let d = details(&s.plan, served);
+    // A cached value is STALE; a cached null or missing row keeps its own status and reason.
+    assert_eq!(served[1].status, Status::Stale);
+    assert_eq!(served[1].cache, CacheUse::Stale);
+    assert_eq!(d[1], "source failed or slow; cached value served");
+    assert_eq!(served[2].status, Status::NullValue);
+    assert_eq!(d[2], "null in the row");
+    assert_eq!(served[4].status, Status::NotFound);
+    assert_eq!(d[4], "no row for merchant_id");
 }
