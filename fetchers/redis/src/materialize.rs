@@ -325,37 +325,60 @@ fn encode_row(
 ) -> Result<(String, Stored), String> {
     let field = |i: usize| record.get(i).unwrap_or("");
     let column = |i: usize| headers.get(i).unwrap_or("?");
-    let key: EntityKey = view
+    // Every bad value of the row is reported, not only the first: one pass fixes the file.
+    let mut problems = Vec::new();
+    let key: Vec<Option<KeyPart>> = view
         .keys
         .iter()
         .zip(key_columns)
         .map(|(k, &i)| {
-            KeyPart::parse(k.ty, field(i)).map_err(|e| format!("column `{}`: {e}", column(i)))
+            KeyPart::parse(k.ty, field(i))
+                .map_err(|e| problems.push(format!("column `{}`: {e}", column(i))))
+                .ok()
         })
-        .collect::<Result<_, _>>()?;
-    let redis_key = compiled.key.render(&key)?;
+        .collect();
     let json = compiled.encoding == Encoding::Json;
     let mut values = Vec::with_capacity(view.features.len());
     for ((feature, ty), &i) in view.features.iter().zip(feature_columns) {
         let value = match field(i) {
             // As in pandas and Spark (and the `static` source), an empty field is null.
             "" => Value::Null,
-            text => ty
-                .parse_text(text)
-                .map_err(|e| format!("column `{}`: {e}", column(i)))?,
+            text => match ty.parse_text(text) {
+                Ok(value) => value,
+                Err(e) => {
+                    problems.push(format!("column `{}`: {e}", column(i)));
+                    continue;
+                }
+            },
         };
-        codec::check_round_trip(*ty, &value, json)
-            .map_err(|e| format!("column `{}`: cannot be stored: {e}", column(i)))?;
+        if let Err(e) = codec::check_round_trip(*ty, &value, json) {
+            problems.push(format!("column `{}`: cannot be stored: {e}", column(i)));
+            continue;
+        }
         let (stored_field, _) = &compiled.features[feature];
         values.push((stored_field.clone(), value));
     }
     let event_time = match time_column.map(field) {
         None | Some("") => None,
-        Some(text) => Some(
-            FeatureType::Timestamp
-                .parse_text(text)
-                .map_err(|e| format!("column `{}`: {e}", column(time_column.unwrap_or(0))))?,
-        ),
+        Some(text) => match FeatureType::Timestamp.parse_text(text) {
+            Ok(time) => Some(time),
+            Err(e) => {
+                problems.push(format!(
+                    "column `{}`: {e}",
+                    column(time_column.unwrap_or(0))
+                ));
+                None
+            }
+        },
+    };
+    let key: Option<EntityKey> = key.into_iter().collect();
+    let redis_key = match key.map(|key| compiled.key.render(&key)) {
+        Some(Ok(redis_key)) if problems.is_empty() => redis_key,
+        Some(Err(e)) => {
+            problems.push(e);
+            return Err(problems.join("; "));
+        }
+        _ => return Err(problems.join("; ")),
     };
     match (event_time, &compiled.event_time_field) {
         (Some(time), Some(name)) => values.push((name.clone(), time)),

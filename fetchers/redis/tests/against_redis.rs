@@ -904,7 +904,8 @@ async fn materialize_reports_bad_rows_with_line_numbers_and_writes_the_good_ones
          2,us,three,0.5,a,true,,,,x\n\
          3,us,3,0.5,\"multi\nline\",yes?,,,,x\n\
          4,us,3,0.5,a,true,,[1,,x\n\
-         5,us,3,0.5,a,true,,,,x\n",
+         5,us,3,0.5,a,true,,,,x\n\
+         six,us,many,0.5,a,maybe,,,,x\n",
     );
     let spec = materialize_spec(&standalone(&server), "hash");
     let options = MaterializeOptions {
@@ -915,10 +916,10 @@ async fn materialize_reports_bad_rows_with_line_numbers_and_writes_the_good_ones
     let report = materialize(&spec, "user", &input, &options, |p| progress.push(p))
         .await
         .unwrap();
-    assert_eq!(report.rows_read, 6);
+    assert_eq!(report.rows_read, 7);
     assert_eq!(report.rows_written, 2, "{report:?}");
     let lines: Vec<u64> = report.bad_rows.iter().map(|(l, _)| *l).collect();
-    assert_eq!(lines, [1, 3, 4, 5, 7], "{:#?}", report.bad_rows);
+    assert_eq!(lines, [1, 3, 4, 5, 7, 9], "{:#?}", report.bad_rows);
     let text = |line: u64| &report.bad_rows.iter().find(|(l, _)| *l == line).unwrap().1;
     assert!(text(1).contains("unknown column `surprise`"), "{}", text(1));
     assert!(
@@ -934,6 +935,10 @@ async fn materialize_reports_bad_rows_with_line_numbers_and_writes_the_good_ones
     // A quoted field spanning two lines: the row starts on line 5 and the next one is line 7.
     assert!(text(5).contains("column `flag`"), "{}", text(5));
     assert!(text(7).contains("column `emb`"), "{}", text(7));
+    // Every bad value of a row is reported, not only the first.
+    for column in ["`user_id`", "`count`", "`flag`"] {
+        assert!(text(9).contains(column), "{column} not in {}", text(9));
+    }
     assert!(progress.len() >= 2, "{progress:?}");
     assert_eq!(
         server
