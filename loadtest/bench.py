@@ -11,6 +11,7 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
   python3 loadtest/bench.py training-log        # logging off vs Parquet vs Kafka
   python3 loadtest/bench.py fraud               # the full fraud service: load, cold start, outage
   python3 loadtest/bench.py memory              # resident memory with 1M cached entries
+  python3 loadtest/bench.py builds --other-bin DIR  # this build beside another (A/B of a change)
   python3 loadtest/bench.py all --smoke         # seconds-long runs proving the benchmarks work
 
 `overhead` serves the embedded demo's 20-feature `fraud_v1` vector (static tables and request
@@ -1468,8 +1469,66 @@ def memory(args) -> tuple[str, str]:
     return "\n".join(lines), ""
 
 
+def builds(args) -> tuple[str, str]:
+    """This build's gateway beside another build's, each serving the demo's `fraud_v1` from its own
+    process, driven in turn by fg-load (A B A B ...) with the health RPC of each as its floor:
+    whether a change moved the request path's cost. `--other-bin DIR` names a directory holding
+    the other build's `feature-gateway` (e.g. `target/release` of a checkout of another commit);
+    without it this build is set beside itself, which shows the noise between two identical
+    gateways on this machine."""
+    bindir = build(release=not args.smoke)
+    other = Path(args.other_bin) if args.other_bin else bindir
+    if not (other / "feature-gateway").exists():
+        sys.exit(f"--other-bin: no feature-gateway in {other}")
+    seconds = 2.0 if args.smoke else float(args.seconds)
+    rounds = 1 if args.smoke else args.rounds
+    fraud = ["--scenario", "features", "--feature-service", "fraud_v1",
+             "--entity", "user_id=u_{5}:10000", "--entity", "card_id=c_{5}:10000",
+             "--entity", "merchant_id=m_{4}:2000",
+             "--context", "amount=129.99", "--context", "currency=USD", "--context", "channel=ecom"]
+    health = ["--scenario", "health"]
+    runs = {k: [] for k in ("this_base", "this_feat", "other_base", "other_feat")}
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        gateways = {}
+        try:
+            for name, binaries in (("this", bindir), ("other", other)):
+                work = Path(tmp) / name
+                work.mkdir()
+                gateways[name] = Gateway(binaries, ["demo", "--dir", str(work / "demo")], work)
+                run_fg_load(bindir, gateways[name].grpc, fraud, args.concurrency, 1.0)  # warm-up
+            for _ in range(rounds):
+                for name, gw in gateways.items():
+                    runs[f"{name}_base"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, health, args.concurrency, seconds)))
+                    runs[f"{name}_feat"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, fraud, args.concurrency, seconds)))
+        finally:
+            for gw in gateways.values():
+                gw.stop()
+    label = str(other) if args.other_bin else "this build again"
+    lines = ["# Two builds side by side: the demo's fraud_v1 and the health RPC", ""]
+    lines += header("builds", args, seconds, rounds)
+    lines += [f"This build: `{bindir}`. Other build: `{label}`.", ""]
+    lines += table("fg-load", [
+        ("this build: health check", runs["this_base"]),
+        ("this build: GetFeatures fraud_v1", runs["this_feat"]),
+        ("other build: health check", runs["other_base"]),
+        ("other build: GetFeatures fraud_v1", runs["other_feat"]),
+    ])
+    per_health = lambda name: median_of(runs[f"{name}_feat"], "cpu_us") / median_of(runs[f"{name}_base"], "cpu_us")
+    lines += [
+        "- fraud_v1, this build / other build: "
+        f"gateway CPU per request **{median_of(runs['this_feat'], 'cpu_us') / median_of(runs['other_feat'], 'cpu_us'):.2f}x**, "
+        f"throughput **{median_of(runs['this_feat'], 'rps') / median_of(runs['other_feat'], 'rps'):.0%}**, "
+        f"p99 **{median_of(runs['this_feat'], 'p99') / median_of(runs['other_feat'], 'p99'):.2f}x**",
+        f"- gateway CPU per request of fraud_v1 over the health RPC: this build **{per_health('this'):.2f}x**, "
+        f"other build **{per_health('other'):.2f}x**",
+        "",
+    ]
+    lines += failures([r for v in runs.values() for r in v])
+    return "\n".join(lines), None
+
+
 BENCHMARKS = {"overhead": overhead, "redis": redis, "training-log": training_log,
-              "fraud": fraud, "memory": memory}
+              "fraud": fraud, "memory": memory, "builds": builds}
 
 
 def main():
@@ -1485,6 +1544,8 @@ def main():
                         help="redis: serve the view from a filled in-process cache (the hit path)")
     parser.add_argument("--fraud-users", type=int, default=10_000,
                         help="users of the fraud benchmark (half with a Plaid Item)")
+    parser.add_argument("--other-bin",
+                        help="builds: a directory holding another build's feature-gateway")
     parser.add_argument("--memory-keys", type=int, default=1_000_000,
                         help="distinct keys cached by the memory benchmark")
     args = parser.parse_args()
