@@ -553,8 +553,13 @@ fn describe(plan: &Plan) -> v1::DescribeFeatureServiceResponse {
     }
 }
 
-/// How often required sources' health checks run.
+/// How often sources' health checks run while every one passes.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// The first wait before checking a failing source again; it doubles up to [`HEALTH_INTERVAL`].
+/// A source that comes up after the gateway (a sidecar started next to it) is seen up within a
+/// fraction of a second, not at the next full interval, so `feature_gateway_source_up` and
+/// health do not contradict the fetches that already succeed.
+const HEALTH_RETRY: Duration = Duration::from_millis(250);
 /// How long one health check may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -615,12 +620,28 @@ impl HealthWatch {
         }
     }
 
-    /// Checks again every [`HEALTH_INTERVAL`], forever.
+    /// Checks again every [`HEALTH_INTERVAL`] while every source passes, and sooner while one
+    /// fails ([`next_wait`]), forever.
     async fn run(mut self) {
+        let mut retry = HEALTH_RETRY;
         loop {
-            tokio::time::sleep(HEALTH_INTERVAL).await;
+            let all_up = !self.up.contains(&Some(false));
+            let wait;
+            (wait, retry) = next_wait(all_up, retry);
+            tokio::time::sleep(wait).await;
             self.check().await;
         }
+    }
+}
+
+/// The wait before the next round of health checks and the retry delay after it: the full
+/// interval while every source passes (the retry delay reset), else the retry delay, doubled for
+/// the next round up to the full interval.
+fn next_wait(all_up: bool, retry: Duration) -> (Duration, Duration) {
+    if all_up {
+        (HEALTH_INTERVAL, HEALTH_RETRY)
+    } else {
+        (retry, (retry * 2).min(HEALTH_INTERVAL))
     }
 }
 
@@ -796,4 +817,24 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     result.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_source_is_checked_again_sooner_and_sooner_less_often() {
+        let mut retry = HEALTH_RETRY;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let wait;
+            (wait, retry) = next_wait(false, retry);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+        // Once every source passes: the full interval, and a fresh start for the next failure.
+        let (wait, retry) = next_wait(true, retry);
+        assert_eq!((wait, retry), (HEALTH_INTERVAL, HEALTH_RETRY));
+    }
 }
