@@ -634,10 +634,15 @@ type GetFeaturesRequest struct {
 	// requested features are keyed by must be present, with the entity's declared type.
 	Entities map[string]*Value `protobuf:"bytes,3,rep,name=entities,proto3" json:"entities,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Request-time data the caller already has, e.g. the transaction amount. Served as features by
-	// views of the "request" source kind, and usable as keys of other views.
+	// views of the "request" source kind, and usable as keys of other views. A value the feature
+	// service marks required (DescribeFeatureService) must be present, or the request is refused
+	// with INVALID_ARGUMENT; a missing optional one makes the features it feeds NOT_FOUND. NaN and
+	// infinities are not values: a double (or list element) that is one is refused.
 	Context map[string]*Value `protobuf:"bytes,4,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Caller-chosen id of this request, echoed in the response and written to the training log so
-	// that labels can be joined to the served vector. Generated when empty.
+	// that labels can be joined to the served vector. Generated when empty. Printable ASCII without
+	// spaces ('!' to '~'), at most the gateway's [limits] max_request_id_bytes (default 128);
+	// anything else is refused with INVALID_ARGUMENT.
 	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// When true, the response carries per-feature metadata (source, age, cache outcome, latency).
 	IncludeMetadata bool `protobuf:"varint,6,opt,name=include_metadata,json=includeMetadata,proto3" json:"include_metadata,omitempty"`
@@ -991,7 +996,8 @@ type GetFeaturesBatchRequest struct {
 	Features []string `protobuf:"bytes,2,rep,name=features,proto3" json:"features,omitempty"`
 	// The rows; one vector per row is returned, in the same order.
 	Rows []*EntityRow `protobuf:"bytes,3,rep,name=rows,proto3" json:"rows,omitempty"`
-	// Caller-chosen id of the batch; each row is logged as "<request_id>/<row index>".
+	// Caller-chosen id of the batch, as in GetFeaturesRequest.request_id; each row is logged as
+	// "<request_id>/<row index>".
 	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// As in GetFeaturesRequest.
 	IncludeMetadata bool `protobuf:"varint,5,opt,name=include_metadata,json=includeMetadata,proto3" json:"include_metadata,omitempty"`
@@ -1451,7 +1457,8 @@ type DescribeFeatureServiceResponse struct {
 	Features []*FeatureDescription `protobuf:"bytes,3,rep,name=features,proto3" json:"features,omitempty"`
 	// Entity keys the caller must supply.
 	Entities []*EntityDescription `protobuf:"bytes,4,rep,name=entities,proto3" json:"entities,omitempty"`
-	// Context values the caller must supply.
+	// Context values the feature service reads. The caller must supply those marked required; a
+	// missing optional one makes the features it feeds NOT_FOUND.
 	Context []*ContextDescription `protobuf:"bytes,5,rep,name=context,proto3" json:"context,omitempty"`
 	// The feature service's own deadline in milliseconds; the caller's deadline applies if earlier.
 	DeadlineMs int64 `protobuf:"varint,6,opt,name=deadline_ms,json=deadlineMs,proto3" json:"deadline_ms,omitempty"`
@@ -1702,7 +1709,9 @@ type ContextDescription struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Its type.
 	Type ValueType `protobuf:"varint,2,opt,name=type,proto3,enum=featuregateway.v1.ValueType" json:"type,omitempty"`
-	// Whether a request without it is rejected (false: the feature reads as NOT_FOUND).
+	// Whether a request without it is refused with INVALID_ARGUMENT (`required = true` on the
+	// feature of the "request" view in the gateway's configuration). When false, a request without
+	// it is served, and the features it feeds read as NOT_FOUND.
 	Required      bool `protobuf:"varint,3,opt,name=required,proto3" json:"required,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

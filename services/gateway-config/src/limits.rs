@@ -18,6 +18,9 @@ pub struct LimitsConfig {
     pub max_features_per_request: usize,
     /// Largest request message, in bytes.
     pub max_message_bytes: usize,
+    /// Longest caller-chosen `request_id`, in bytes. A request id is printable ASCII without
+    /// spaces (`!` to `~`), so it can be logged, echoed and joined to labels as it is.
+    pub max_request_id_bytes: usize,
     /// Most GetFeatures / GetFeaturesBatch calls in flight at once; more are refused at once
     /// with RESOURCE_EXHAUSTED (load shedding) instead of queueing past their deadlines.
     /// Health and reflection are never refused. Default: 512 per CPU core.
@@ -47,6 +50,7 @@ impl Default for LimitsConfig {
             max_entities_per_row: 64,
             max_features_per_request: 1000,
             max_message_bytes: 4 * 1024 * 1024,
+            max_request_id_bytes: 128,
             max_in_flight: None,
             max_deadline: Duration::from_secs(10),
         }

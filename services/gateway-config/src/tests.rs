@@ -255,6 +255,45 @@ fn request_views_have_no_entities() {
 }
 
 #[test]
+fn required_context_values_are_declared_on_request_views_only() {
+    let config = load(BASE).unwrap();
+    assert!(!config.views["txn"].features["amount"].required, "default");
+    let text = BASE.replace(
+        "amount = { type = \"double\" }",
+        "amount = { type = \"double\", required = true }",
+    );
+    let config = load(&text).unwrap();
+    assert!(config.views["txn"].features["amount"].required);
+
+    // Anywhere else it is refused where it is written, not ignored.
+    let text = BASE.replace(
+        "age = { type = \"int64\" }",
+        "age = { type = \"int64\", required = false }",
+    );
+    assert_one_error(
+        &text,
+        &[
+            "views.users.features.age.required",
+            "view `users` reads source `tables`",
+        ],
+    );
+    let line = text.lines().position(|l| l.starts_with("age = ")).unwrap() + 1;
+    let column = "age = { type = \"int64\", ".len() + 1;
+    assert!(
+        errors(&text)[0].starts_with(&format!("test.toml:{line}:{column}: ")),
+        "{:?}",
+        errors(&text)
+    );
+}
+
+#[test]
+fn request_ids_are_bounded_by_default() {
+    assert_eq!(load(BASE).unwrap().limits.max_request_id_bytes, 128);
+    let text = format!("{BASE}\n[limits]\nmax_request_id_bytes = 36\n");
+    assert_eq!(load(&text).unwrap().limits.max_request_id_bytes, 36);
+}
+
+#[test]
 fn dependent_keys_must_name_a_feature_of_the_same_type() {
     let text = BASE.replace(
         "[entities.merchant_id]\ntype = \"int64\"",

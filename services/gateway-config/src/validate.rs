@@ -90,6 +90,8 @@ pub(crate) fn validate(
     // Views, minus what depends on sources.
     let mut views = BTreeMap::new();
     for (name, v) in &raw.views {
+        // `None` for an unknown source (reported below, once sources are known).
+        let reads_request = raw.sources.get(&v.source).map(|s| s.kind == REQUEST_KIND);
         let mut features = BTreeMap::new();
         for (fname, f) in &v.features {
             // A feature with a bad type is kept (as a string) so references to it do not
@@ -98,12 +100,23 @@ pub(crate) fn validate(
                 problems.add(&["views", name, "features", fname, "type"], msg);
                 FeatureType::String
             });
+            if f.required.is_some() && reads_request == Some(false) {
+                problems.add(
+                    &["views", name, "features", fname, "required"],
+                    format!(
+                        "`required` is for the context values of views of a `request` source; \
+                         view `{name}` reads source `{}`, whose features are fetched",
+                        v.source
+                    ),
+                );
+            }
             features.insert(
                 fname.clone(),
                 FeatureConfig {
                     ty,
                     description: f.description.clone(),
                     pii: f.pii,
+                    required: f.required.unwrap_or(false) && reads_request == Some(true),
                 },
             );
         }

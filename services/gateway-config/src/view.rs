@@ -41,6 +41,11 @@ pub struct RawFeature {
     /// Serving is unaffected. Default false.
     #[serde(default)]
     pub pii: bool,
+    /// Views of a `request` source only: a request without this context value is refused with
+    /// INVALID_ARGUMENT instead of serving the feature as NOT_FOUND. Default false. Absent and
+    /// `false` are told apart so that the option on any other view is reported, not ignored.
+    #[serde(default)]
+    pub required: Option<bool>,
 }
 
 /// A feature view.
@@ -71,4 +76,6 @@ pub struct FeatureConfig {
     pub description: String,
     /// Personal data, hashed or dropped in the training log.
     pub pii: bool,
+    /// A context value (a feature of a `request` view) every request must carry.
+    pub required: bool,
 }

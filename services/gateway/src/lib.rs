@@ -13,6 +13,8 @@
 //! - [`gateway`]: the built gateway (sources connected behind their stacks, plans compiled).
 //! - [`server`]: the gRPC service, health, reflection, admin port and graceful shutdown.
 //! - [`admission`]: load shedding at the gRPC server (RESOURCE_EXHAUSTED when saturated).
+//! - [`caller_errors`]: a request message that does not decode or is too large, and a malformed
+//!   `grpc-timeout`, answered as the caller's mistakes (INVALID_ARGUMENT, RESOURCE_EXHAUSTED).
 //! - [`auth`]: callers by bearer token or mTLS identity, what each may read, their rates.
 //! - [`tls`]: TLS and mutual TLS on the gRPC port, certificates reloaded on change.
 //! - [`webhooks`]: the Plaid webhook endpoint: verification and cache invalidation.
@@ -23,7 +25,8 @@
 //!
 //! # What may import what
 //! A module imports only modules above it in this order (a test module may import anything):
-//! 1. leaves, which import no module of this crate: [`status`], [`peer`], [`traces`];
+//! 1. leaves, which import no module of this crate: [`status`], [`peer`], [`traces`],
+//!    [`caller_errors`];
 //! 2. [`telemetry`] (imports `status`);
 //! 3. [`plan`]; then [`executor`] (plan, status); then [`request`] (plan, executor, auth's
 //!    `Caller`, telemetry);
@@ -38,6 +41,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod caller_errors;
 pub mod demo;
 pub mod executor;
 pub mod gateway;

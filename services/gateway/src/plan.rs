@@ -50,6 +50,9 @@ pub struct Input {
     pub ty: FeatureType,
     /// Free text.
     pub description: String,
+    /// A context value every request must carry (`required = true` on a feature of a `request`
+    /// view this plan reads). Always false for entity keys, which are all required.
+    pub required: bool,
 }
 
 /// One output feature.
@@ -182,7 +185,12 @@ pub fn compile(
             .ok_or_else(|| format!("view `{}` has no feature `{}`", r.view, r.feature))?;
         let source = &config.sources[&view.source];
         let origin = if source.kind == REQUEST_KIND {
-            Origin::Context(b.context_input(&r.feature, feature.ty, &feature.description)?)
+            Origin::Context(b.context_input(
+                &r.feature,
+                feature.ty,
+                &feature.description,
+                feature.required,
+            )?)
         } else {
             let fetch = b.fetch(&r.view)?;
             Origin::Fetched {
@@ -287,9 +295,12 @@ impl Builder<'_> {
                     entity.ty,
                     &entity.description,
                 )?),
-                EntityFrom::Context(name) => {
-                    KeyInput::Context(self.context_input(name, entity.ty, &entity.description)?)
-                }
+                EntityFrom::Context(name) => KeyInput::Context(self.context_input(
+                    name,
+                    entity.ty,
+                    &entity.description,
+                    false,
+                )?),
                 EntityFrom::Feature { view, feature } => {
                     let source = &self.config.sources[&self.config.views[view].source];
                     if source.kind == REQUEST_KIND {
@@ -297,6 +308,7 @@ impl Builder<'_> {
                             feature,
                             entity.ty,
                             &entity.description,
+                            self.config.views[view].features[feature].required,
                         )?)
                     } else {
                         let fetch = self.fetch(view)?;
@@ -335,13 +347,18 @@ impl Builder<'_> {
         f.features.len() - 1
     }
 
+    /// The index of context value `name`; `required` if any place the plan reads it from says so.
     fn context_input(
         &mut self,
         name: &str,
         ty: FeatureType,
         description: &str,
+        required: bool,
     ) -> Result<usize, String> {
-        input(&mut self.context, name, ty, description).map_err(|e| format!("context {e}"))
+        let i =
+            input(&mut self.context, name, ty, description).map_err(|e| format!("context {e}"))?;
+        self.context[i].required |= required;
+        Ok(i)
     }
 }
 
@@ -364,6 +381,7 @@ fn input(
         name: name.to_owned(),
         ty,
         description: description.to_owned(),
+        required: false,
     });
     Ok(inputs.len() - 1)
 }

@@ -2,8 +2,9 @@
 //! status codes.
 //!
 //! Only a bad request is an error: an unknown feature service (NOT_FOUND), a missing or mistyped
-//! entity key, a mistyped context value, or a request over a limit (INVALID_ARGUMENT), each with
-//! a message naming the field. What the sources do never makes a request fail.
+//! entity key, a mistyped, non-finite or missing required context value, a malformed request id,
+//! or a request over a limit (INVALID_ARGUMENT), each with a message naming the field. What the
+//! sources do never makes a request fail.
 
 use std::collections::BTreeMap;
 
@@ -50,7 +51,9 @@ impl RequestError {
         }
     }
 
-    /// The gRPC code, for metrics.
+    /// The gRPC code, for metrics. Never INTERNAL nor OUT_OF_RANGE: on the feature service those
+    /// codes are tonic's own for a request message that does not decode or is too large, which
+    /// [`crate::caller_errors`] rewrites as the caller's mistakes.
     pub fn code(&self) -> tonic::Code {
         match self {
             RequestError::InvalidArgument { .. } => tonic::Code::InvalidArgument,
@@ -82,6 +85,31 @@ pub fn authorize(
             })
         }
         _ => Ok(()),
+    }
+}
+
+/// Checks a caller-chosen request id (empty: the gateway makes one): at most
+/// `max_request_id_bytes`, printable ASCII without spaces (`!` to `~`), so that it is logged,
+/// echoed and written to the training log as it is, with no control character, NUL or bidi
+/// override to hide in it. The message never repeats the id.
+pub fn check_request_id(id: &str, limits: &LimitsConfig) -> Result<(), RequestError> {
+    let invalid = |message: String| Err(RequestError::invalid("request_id", message));
+    if id.len() > limits.max_request_id_bytes {
+        return invalid(format!(
+            "{} bytes long, more than the limit of {}",
+            id.len(),
+            limits.max_request_id_bytes
+        ));
+    }
+    match id.char_indices().find(|(_, c)| !matches!(c, '!'..='~')) {
+        None => Ok(()),
+        Some((at, c)) => invalid(format!(
+            "{} at byte {at}; a request id is printable ASCII without spaces (`!` to `~`)",
+            match c {
+                ' ' => "a space".to_owned(),
+                c => format!("U+{:04X}", u32::from(c)),
+            }
+        )),
     }
 }
 
@@ -137,6 +165,15 @@ pub fn row_input(
     }
     for input in &plan.context {
         let value = match context.get(&input.name) {
+            None if input.required => {
+                return Err(RequestError::invalid(
+                    format!("{prefix}context.{}", input.name),
+                    format!(
+                        "missing; this request needs context value `{}` ({})",
+                        input.name, input.ty
+                    ),
+                ));
+            }
             None => None,
             Some(wire) => {
                 let field = || format!("{prefix}context.{}", input.name);
@@ -149,6 +186,7 @@ pub fn row_input(
                 if let Value::String(s) = &value {
                     check_len(s, limits).map_err(|m| RequestError::invalid(field(), m))?;
                 }
+                check_finite(&value).map_err(|m| RequestError::invalid(field(), m))?;
                 Some(value)
             }
         };
@@ -163,6 +201,32 @@ fn key_part(wire: &v1::Value, ty: FeatureType) -> Result<KeyPart, String> {
         (Some(Kind::Int64Value(i)), FeatureType::Int64) => Ok(KeyPart::Int64(*i)),
         (Some(Kind::StringValue(s)), FeatureType::String) => Ok(KeyPart::String(s.clone())),
         _ => Err(format!("expected {ty}, got {}", wire_type_name(wire))),
+    }
+}
+
+/// NaN and the infinities are not values: no source serves them and no model is trained on them,
+/// so a context double (or list element) that is one is refused rather than served as PRESENT
+/// and written to the training log.
+fn check_finite(value: &Value) -> Result<(), String> {
+    let name = |d: f64| {
+        if d.is_nan() {
+            "NaN"
+        } else if d > 0.0 {
+            "Infinity"
+        } else {
+            "-Infinity"
+        }
+    };
+    match value {
+        Value::Double(d) if !d.is_finite() => Err(format!("{} is not a value", name(*d))),
+        Value::DoubleList(list) => match list.iter().position(|d| !d.is_finite()) {
+            Some(i) => Err(format!(
+                "element {i} is {}, which is not a value",
+                name(list[i])
+            )),
+            None => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 
@@ -192,5 +256,152 @@ mod tests {
         assert!(status.message().contains("`nope`"));
         let status: tonic::Status = RequestError::DeadlineExceeded.into();
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    }
+
+    fn message(result: Result<(), RequestError>) -> String {
+        tonic::Status::from(result.expect_err("refused"))
+            .message()
+            .to_owned()
+    }
+
+    #[test]
+    fn request_ids_are_bounded_printable_ascii() {
+        let limits = LimitsConfig::default();
+        for ok in [
+            "",
+            "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a",
+            "order-42/retry.1",
+            "!~",
+        ] {
+            assert_eq!(check_request_id(ok, &limits), Ok(()), "{ok:?}");
+        }
+        assert_eq!(
+            check_request_id(&"a".repeat(128), &limits),
+            Ok(()),
+            "the limit itself"
+        );
+        assert_eq!(
+            message(check_request_id(&"a".repeat(1 << 20), &limits)),
+            "request_id: 1048576 bytes long, more than the limit of 128"
+        );
+        for (bad, what) in [
+            ("a b", "a space at byte 1"),
+            ("ab\0", "U+0000 at byte 2"),
+            ("x\ny", "U+000A at byte 1"),
+            ("id\u{202e}gpj", "U+202E at byte 2"),
+            ("é", "U+00E9 at byte 0"),
+            ("\u{7f}", "U+007F at byte 0"),
+        ] {
+            let text = message(check_request_id(bad, &limits));
+            assert!(text.starts_with("request_id: "), "{text}");
+            assert!(text.contains(what), "{bad:?}: {text}");
+            assert!(text.contains("printable ASCII"), "{text}");
+        }
+        let short = LimitsConfig {
+            max_request_id_bytes: 4,
+            ..LimitsConfig::default()
+        };
+        assert!(message(check_request_id("abcde", &short)).contains("limit of 4"));
+    }
+
+    /// A plan reading `txn:amount` (required), `txn:note` and `txn:weights` from the context.
+    fn context_plan() -> (Plan, LimitsConfig) {
+        let text = r#"
+[sources.request]
+kind = "request"
+[views.txn]
+source = "request"
+[views.txn.features]
+amount = { type = "double", required = true }
+note = { type = "string" }
+weights = { type = "list<double>" }
+[feature_services.m]
+features = ["txn:amount", "txn:note", "txn:weights"]
+"#;
+        let config = gateway_config::load_str(
+            text,
+            "test.toml",
+            std::path::Path::new("/nonexistent"),
+            &fetcher_builtin::registry(),
+        )
+        .expect("valid");
+        let fs = &config.feature_services["m"];
+        let plan = crate::plan::compile(&config, "m", "", fs.deadline, &fs.features, &fs.defaults)
+            .expect("plans");
+        (plan, config.limits.clone())
+    }
+
+    fn wire(kind: v1::value::Kind) -> v1::Value {
+        v1::Value { kind: Some(kind) }
+    }
+
+    fn context_of(pairs: &[(&str, v1::Value)]) -> BTreeMap<String, v1::Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_required_context_value_must_be_present_an_optional_one_need_not() {
+        use v1::value::Kind;
+        let (plan, limits) = context_plan();
+        let required: Vec<(&str, bool)> = plan
+            .context
+            .iter()
+            .map(|c| (c.name.as_str(), c.required))
+            .collect();
+        assert_eq!(
+            required,
+            [("amount", true), ("note", false), ("weights", false)]
+        );
+        let none = BTreeMap::new();
+        let err = row_input(&plan, &none, &none, &limits, "rows[3].").unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            err.to_string(),
+            "rows[3].context.amount: missing; this request needs context value `amount` (double)"
+        );
+        // Present: the optional ones may be left out; an explicit null is a value (NULL_VALUE).
+        for amount in [Kind::DoubleValue(1.5), Kind::NullValue(0)] {
+            let context = context_of(&[("amount", wire(amount))]);
+            let row = row_input(&plan, &none, &context, &limits, "").expect("accepted");
+            assert!(row.context[0].is_some() && row.context[1].is_none());
+        }
+    }
+
+    #[test]
+    fn nan_and_infinities_in_the_context_are_refused() {
+        use v1::value::Kind;
+        let (plan, limits) = context_plan();
+        let none = BTreeMap::new();
+        for (d, name) in [
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "Infinity"),
+            (f64::NEG_INFINITY, "-Infinity"),
+        ] {
+            let context = context_of(&[("amount", wire(Kind::DoubleValue(d)))]);
+            let err = row_input(&plan, &none, &context, &limits, "").unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert_eq!(
+                err.to_string(),
+                format!("context.amount: {name} is not a value")
+            );
+
+            let weights = v1::DoubleList {
+                values: vec![0.5, d],
+            };
+            let context = context_of(&[
+                ("amount", wire(Kind::DoubleValue(1.0))),
+                ("weights", wire(Kind::DoubleListValue(weights))),
+            ]);
+            let err = row_input(&plan, &none, &context, &limits, "rows[1].").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("rows[1].context.weights: element 1 is {name}, which is not a value")
+            );
+        }
+        let context = context_of(&[("amount", wire(Kind::DoubleValue(-0.0)))]);
+        assert!(row_input(&plan, &none, &context, &limits, "").is_ok());
     }
 }

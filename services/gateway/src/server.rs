@@ -110,6 +110,8 @@ impl FeatureServiceImpl {
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesResponse, RequestError> {
+        // First: an id that is refused is neither recorded on the span nor logged.
+        request::check_request_id(&req.request_id, &self.gateway.config().limits)?;
         let request_id = request_id(std::mem::take(&mut req.request_id));
         let span = tracing::Span::current();
         span.record("request_id", request_id.as_str());
@@ -157,6 +159,8 @@ impl FeatureServiceImpl {
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesBatchResponse, RequestError> {
+        // The batch's one id; each row is logged as `<request_id>/<row>`.
+        request::check_request_id(&req.request_id, &self.gateway.config().limits)?;
         let request_id = request_id(std::mem::take(&mut req.request_id));
         let span = tracing::Span::current();
         span.record("request_id", request_id.as_str());
@@ -545,7 +549,7 @@ fn describe(plan: &Plan) -> v1::DescribeFeatureServiceResponse {
             .map(|c| v1::ContextDescription {
                 name: c.name.clone(),
                 r#type: v1::ValueType::from(c.ty) as i32,
-                required: false,
+                required: c.required,
             })
             .collect(),
         deadline_ms: plan.deadline.as_millis() as i64,
@@ -778,6 +782,10 @@ pub async fn serve(
         // Then a saturated gateway refuses feature calls at once (RESOURCE_EXHAUSTED) rather
         // than queueing them past their deadlines; health and reflection pass.
         .layer(AdmissionLayer::new(max_in_flight))
+        // Innermost, over the router: a request message that does not decode or is too large is
+        // the caller's mistake (INVALID_ARGUMENT, RESOURCE_EXHAUSTED), not tonic's INTERNAL or
+        // OUT_OF_RANGE; a malformed `grpc-timeout` is refused (see `crate::caller_errors`).
+        .layer(crate::caller_errors::CallerErrorsLayer::new(max_message))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
