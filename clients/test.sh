@@ -7,7 +7,10 @@
 #      package generated into another module, the Java warm-up), run against the gateway
 #   4. Go (go test -v), Java (Maven Surefire), Python (pytest -v), each with FEATURE_GATEWAY_ADDR
 #      set; each suite also runs its language's example and checks what it prints
-#   5. stops the gateway on exit, whatever happened (trap)
+#   5. check-sidecars.py: the example sidecars (Python, Go) each behind a gateway of its own, a
+#      `serve` of the same binary whose `sidecar` source points at it (statuses, deadline, error
+#      codes, a killed and restarted sidecar; see the script)
+#   6. stops the gateway on exit, whatever happened (trap)
 # Every step runs even when an earlier one failed, so one run shows every problem; the exit code
 # is non-zero when any step failed. Tools come from clients/setup.sh, run first when missing.
 set -uo pipefail
@@ -80,6 +83,7 @@ step go bash -c 'cd "$1/go" && go vet ./... && go test -v -count=1 ./...' _ "$cl
 # Not -q: it would hide Surefire's "Tests run:" summary. -ntp: no download progress noise.
 step java bash -c 'cd "$1/java" && mvn -B -ntp -Dstyle.color=never test' _ "$clients"
 step python bash -c 'cd "$1/python" && .venv/bin/python -m pytest -v' _ "$clients"
+step sidecars "$clients/python/.venv/bin/python" "$clients/check-sidecars.py" "$bin"
 
 if ! kill -0 "$gw_pid" 2>/dev/null; then
   echo "clients/test: the gateway exited during the tests; its stderr:" >&2
@@ -92,4 +96,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "clients/test: FAILED: ${failed[*]} ($((SECONDS - start)) s)"
   exit 1
 fi
-echo "clients/test: ok: check-generated, check-docs, go, java, python ($((SECONDS - start)) s)"
+echo "clients/test: ok: check-generated, check-docs, go, java, python, sidecars ($((SECONDS - start)) s)"

@@ -47,9 +47,22 @@ class FetcherServicer:
     """
 
     def Fetch(self, request, context):
-        """Fetches one row per key. Answer with one Row per FetchRequest.keys entry, in order. A failure
-        of the whole batch is a gRPC error: UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED
-        are treated as retryable, every other code as not.
+        """Fetches one row per key: one Row per FetchRequest.keys entry, in order. A gRPC error fails
+        the whole batch; its code gives the failure's class, which callers see as the detail of
+        every feature of the batch:
+        - DEADLINE_EXCEEDED: timeout, retryable (the features read TIMED_OUT);
+        - UNAVAILABLE: unavailable, retryable (SOURCE_ERROR);
+        - RESOURCE_EXHAUSTED: rate_limited, retryable (SOURCE_ERROR);
+        - CANCELLED: unavailable, not retryable (SOURCE_ERROR);
+        - INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, FAILED_PRECONDITION,
+        ABORTED, OUT_OF_RANGE, UNIMPLEMENTED, UNAUTHENTICATED: rejected, not retryable
+        (SOURCE_ERROR);
+        - UNKNOWN, INTERNAL, DATA_LOSS: internal, not retryable (SOURCE_ERROR).
+        The trailers `fg-error-class` (timeout, unavailable, rate_limited, invalid_response,
+        rejected, overloaded, circuit_open, internal) and `fg-retryable` (true, false) override the
+        class and the retryability; other values are ignored. The gateway retries only a source
+        configured with retries, within the deadline. Calls are reads: a retry or a hedge sends the
+        same request again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
