@@ -54,31 +54,6 @@ use tower::ServiceExt;
 /// The gRPC service name, as `grpc.health.v1` reports it.
 pub const SERVICE_NAME: &str = v1::fetcher_server::SERVICE_NAME;
 
-/// The gRPC services the host serves, as server reflection lists them.
-pub const SERVED: [&str; 4] = [
-    SERVICE_NAME,
-    tonic_health::pb::health_server::SERVICE_NAME,
-    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
-    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
-];
-
-/// Server reflection (either version) over the descriptors of the services in [`SERVED`],
-/// listing those: `fetcher.proto` imports `feature_service.proto`, whose `FeatureService` is
-/// the gateway's and not listed here.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    SERVED.into_iter().fold(
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FETCHER_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // Each version registers its own; both are served.
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            ),
-        |builder, name| builder.with_service_name(name),
-    )
-}
-
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -348,6 +323,9 @@ pub async fn serve(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     // Built from descriptors compiled into the binary: it cannot fail but by a build defect.
+    // Reflection lists what the host serves: `fetcher.proto` imports `feature_service.proto`,
+    // whose `FeatureService` is the gateway's and not listed here.
+    let reflection = || proto::server::reflection(proto::FETCHER_DESCRIPTOR_SET, SERVICE_NAME);
     let reflection_v1 = reflection()
         .build_v1()
         .expect("the compiled-in descriptors are valid");

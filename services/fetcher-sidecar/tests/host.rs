@@ -358,7 +358,7 @@ async fn reflection_lists_the_services_served_and_no_other() {
     };
     let mut listed: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     listed.sort();
-    let mut served = fetcher_sidecar_host::SERVED.to_vec();
+    let mut served = proto::server::served(fetcher_sidecar_host::SERVICE_NAME).to_vec();
     served.sort();
     assert_eq!(listed, served);
     assert!(listed.iter().any(|s| s == "featuregateway.v1.Fetcher"));

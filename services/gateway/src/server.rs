@@ -649,31 +649,6 @@ fn next_wait(all_up: bool, retry: Duration) -> (Duration, Duration) {
     }
 }
 
-/// The gRPC services the gateway serves, as server reflection lists them: nothing else (the
-/// sidecar `Fetcher` contract shares the package but is served by the fetcher sidecar host).
-pub const SERVED: [&str; 4] = [
-    proto::v1::feature_service_server::SERVICE_NAME,
-    tonic_health::pb::health_server::SERVICE_NAME,
-    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
-    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
-];
-
-/// Server reflection (either version) over the descriptors of the services in [`SERVED`],
-/// listing those.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    SERVED.into_iter().fold(
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FEATURE_SERVICE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // Each version registers its own; both are served.
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            ),
-        |builder, name| builder.with_service_name(name),
-    )
-}
-
 /// Serves the gateway on `grpc` (and metrics on `admin`) until `shutdown` resolves, then drains
 /// the calls in flight, flushes `training_log` and returns.
 pub async fn serve(
@@ -690,6 +665,14 @@ pub async fn serve(
         None => None,
     };
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Reflection lists what the gateway serves: the sidecar `Fetcher` contract shares the
+    // package but is served by the fetcher sidecar host.
+    let reflection = || {
+        proto::server::reflection(
+            proto::FEATURE_SERVICE_DESCRIPTOR_SET,
+            proto::v1::feature_service_server::SERVICE_NAME,
+        )
+    };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message = gateway.config().limits.max_message_bytes;
