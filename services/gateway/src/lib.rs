@@ -39,13 +39,13 @@
 //! imported by `gateway-config` or `gateway-stack`.
 #![forbid(unsafe_code)]
 
-pub mod admission;
-pub mod auth;
-pub mod caller_errors;
+pub(crate) mod admission;
+pub(crate) mod auth;
+pub(crate) mod caller_errors;
 pub mod demo;
 pub mod executor;
 pub mod gateway;
-pub mod peer;
+pub(crate) mod peer;
 pub mod plan;
 pub mod request;
 pub mod server;
@@ -53,6 +53,6 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod traces;
-pub mod webhooks;
+pub(crate) mod webhooks;
 
 pub use gateway::{Gateway, load_config};
