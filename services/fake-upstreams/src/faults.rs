@@ -4,7 +4,8 @@
 //! board decides, per route, how long the call waits (a fixed delay, or a sample from a seeded
 //! lognormal distribution, both multiplied by a global time scale), whether it hangs until the
 //! fault is lifted, and whether it fails: scripted ("the next N calls fail with status S") before
-//! probabilistic (a rate). The same [`FaultPlan`] is accepted by `POST /admin/faults` and by
+//! probabilistic (a rate). A scripted delay ("the next N calls wait D") replaces the route's
+//! latency for those calls only, so one slow call can be told from the fast ones around it. The same [`FaultPlan`] is accepted by `POST /admin/faults` and by
 //! [`crate::FakeServer::apply`], so in-process tests and the load-test scripts drive one model.
 //!
 //! A plan that names an unknown route or holds an out-of-range number is refused whole with a
@@ -42,6 +43,15 @@ pub struct FailNext {
     pub status: u16,
 }
 
+/// Delay the next `count` calls by `ms` milliseconds each (time scale applied), instead of the
+/// route's latency.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayNext {
+    pub count: u32,
+    pub ms: f64,
+}
+
 /// The faults of one route. Every field is optional in JSON; what is left out is "no fault".
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -57,6 +67,9 @@ pub struct RouteFaults {
     /// Scripted failures, served before any probabilistic one. Setting it replaces the
     /// remaining count.
     pub fail_next: Option<FailNext>,
+    /// Scripted delays, taken instead of `latency` by the next calls. Setting it replaces the
+    /// remaining count.
+    pub delay_next: Option<DelayNext>,
 }
 
 impl Default for RouteFaults {
@@ -67,6 +80,7 @@ impl Default for RouteFaults {
             error_rate: 0.0,
             error_status: 503,
             fail_next: None,
+            delay_next: None,
         }
     }
 }
@@ -93,6 +107,10 @@ pub struct RouteStats {
     pub injected_errors: u64,
     /// Ids answered as unknown (a 404, or left out of a batch).
     pub not_found: u64,
+    /// Calls whose caller went away (closed the connection, reset the stream) while they were
+    /// held by an injected delay or hang: what a client that abandons a call looks like here.
+    #[serde(default)]
+    pub cancelled: u64,
     /// The path and query of the latest call, as received (still percent-encoded).
     pub last_uri: Option<String>,
 }
@@ -135,6 +153,7 @@ pub struct Admission {
 struct RouteState {
     faults: RouteFaults,
     fail_next_remaining: u32,
+    delay_next_remaining: u32,
     rng: StdRng,
     stats: RouteStats,
 }
@@ -174,6 +193,7 @@ impl FaultBoard {
         RouteState {
             faults: RouteFaults::default(),
             fail_next_remaining: 0,
+            delay_next_remaining: 0,
             rng: StdRng::seed_from_u64(route_seed),
             stats: RouteStats::default(),
         }
@@ -203,6 +223,7 @@ impl FaultBoard {
             for (name, state) in self.routes.iter_mut() {
                 if route == ALL_ROUTES || route == name {
                     state.fail_next_remaining = faults.fail_next.map_or(0, |f| f.count);
+                    state.delay_next_remaining = faults.delay_next.map_or(0, |d| d.count);
                     state.faults = faults.clone();
                 }
             }
@@ -233,10 +254,14 @@ impl FaultBoard {
         state.stats.calls += 1;
         state.stats.keys += keys;
         state.stats.last_uri = Some(uri.to_owned());
-        let raw_ms = match state.faults.latency {
-            Latency::None => 0.0,
-            Latency::Fixed { ms } => ms,
-            Latency::LogNormal { median_ms, p95_ms } => {
+        let raw_ms = match (state.faults.delay_next, state.faults.latency.clone()) {
+            (Some(next), _) if state.delay_next_remaining > 0 => {
+                state.delay_next_remaining -= 1;
+                next.ms
+            }
+            (_, Latency::None) => 0.0,
+            (_, Latency::Fixed { ms }) => ms,
+            (_, Latency::LogNormal { median_ms, p95_ms }) => {
                 lognormal_ms(&mut state.rng, median_ms, p95_ms)
             }
         };
@@ -263,6 +288,13 @@ impl FaultBoard {
     /// Whether `route` is currently set to hang.
     pub fn hangs(&self, route: &str) -> bool {
         self.routes.get(route).is_some_and(|s| s.faults.hang)
+    }
+
+    /// Counts a call to `route` its caller abandoned while it was held.
+    pub fn count_cancelled(&mut self, route: &str) {
+        if let Some(state) = self.routes.get_mut(route) {
+            state.stats.cancelled += 1;
+        }
     }
 
     /// Counts `n` ids of `route` answered as unknown.
@@ -303,6 +335,12 @@ fn validate(faults: &RouteFaults) -> Result<(), String> {
             "fail_next.status must be a 4xx or 5xx status, got {}",
             f.status
         ));
+    }
+    if let Some(d) = faults
+        .delay_next
+        .filter(|d| !(d.ms.is_finite() && d.ms >= 0.0))
+    {
+        return Err(format!("delay_next.ms must be >= 0, got {}", d.ms));
     }
     match faults.latency {
         Latency::None => Ok(()),
@@ -362,6 +400,30 @@ mod tests {
         assert_eq!(stats.route("a").injected_errors, 2);
         assert_eq!(stats.route("b").keys, 3);
         assert_eq!(stats.route("b").last_uri.as_deref(), Some("/b"));
+    }
+
+    #[test]
+    fn scripted_delays_replace_the_latency_of_the_next_calls_only() {
+        let mut board = FaultBoard::new(1, 0.5, &ROUTES);
+        board
+            .apply(&plan(
+                r#"{"routes": {"a": {"latency": {"kind": "fixed", "ms": 10}, "delay_next": {"count": 2, "ms": 4000}}}}"#,
+            ))
+            .expect("applies");
+        let ms: Vec<u128> = (0..4)
+            .map(|_| board.admit("a", "/a", 1).delay.as_millis())
+            .collect();
+        // Time scale 0.5 applies to both.
+        assert_eq!(ms, [2000, 2000, 5, 5]);
+        assert_eq!(board.admit("b", "/b", 1).delay, Duration::ZERO);
+        let err = board
+            .apply(&plan(
+                r#"{"routes": {"a": {"delay_next": {"count": 1, "ms": -1}}}}"#,
+            ))
+            .unwrap_err();
+        assert!(err.0.contains("routes.a: delay_next.ms"), "{err}");
+        board.count_cancelled("a");
+        assert_eq!(board.stats().route("a").cancelled, 1);
     }
 
     #[test]

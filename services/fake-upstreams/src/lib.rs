@@ -162,10 +162,24 @@ impl Shared {
     }
 
     /// The fault half of [`Shared::enter`], for fakes (like Plaid) that shape their own error
-    /// bodies: counts the call, waits or hangs, and says whether and why it must fail.
+    /// bodies: counts the call, waits or hangs, and says whether and why it must fail. A call
+    /// dropped while it waits (the server drops a handler whose client went away) is counted as
+    /// cancelled.
     pub(crate) async fn admit(&self, route: &str, uri: &Uri, keys: u64) -> Result<(), Refusal> {
         let target = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
         let admission = self.board().admit(route, target, keys);
+        let mut held = Held {
+            shared: self,
+            route,
+            done: false,
+        };
+        let result = self.hold(route, admission).await;
+        held.done = true;
+        result
+    }
+
+    /// Waits or hangs as `admission` says, then says whether the call fails.
+    async fn hold(&self, route: &str, admission: faults::Admission) -> Result<(), Refusal> {
         let mut shutdown = self.shutdown.subscribe();
         let stopping = || Refusal::ShuttingDown;
         if admission.hang {
@@ -210,6 +224,21 @@ impl Shared {
 
     pub(crate) fn stats(&self) -> Stats {
         self.board().stats()
+    }
+}
+
+/// A call being held by [`Shared::admit`]: dropped before it is `done`, its caller went away.
+struct Held<'a> {
+    shared: &'a Shared,
+    route: &'a str,
+    done: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.board().count_cancelled(self.route);
+        }
     }
 }
 

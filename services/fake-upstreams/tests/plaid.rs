@@ -703,16 +703,19 @@ async fn rate_limits_per_item_and_per_client() {
     assert_error(&got, 429, "RATE_LIMIT_EXCEEDED", "BALANCE_LIMIT");
     assert_eq!(balance(2).await.0, 200, "another Item has its own budget");
 
-    // A small per-client limit and a short window, through the admin API.
+    // A small per-client limit and a short window, through the admin API, over empty windows
+    // (a reset), so the count starts from zero. The window is long enough for the next five
+    // calls on a loaded machine, short enough to wait for below.
+    server.reset();
+    let window = Duration::from_secs(2);
     let response = client
         .post(format!("{}/admin/plaid/rate_limits", server.base_url()))
-        .json(&json!({"window_ms": 300, "routes": {ACCOUNTS_BALANCE_GET: {"per_item": 100, "per_client": 3}}}))
+        .json(&json!({"window_ms": window.as_millis() as u64, "routes": {ACCOUNTS_BALANCE_GET: {"per_item": 100, "per_client": 3}}}))
         .send()
         .await
         .expect("admin call");
     assert_eq!(response.status(), 200);
-    // The window already holds recent calls; wait past it so the count starts from zero.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
     for user in 10..13 {
         assert_eq!(balance(user).await.0, 200);
     }
@@ -734,9 +737,18 @@ async fn rate_limits_per_item_and_per_client() {
         .expect("request completes");
     assert_eq!(raw.status(), 429);
     assert!(raw.headers().get("retry-after").is_none());
-    // Once the window has passed, calls are admitted again.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(balance(13).await.0, 200);
+    // Refused calls are not recorded: once the window has passed (and not before), calls are
+    // admitted again.
+    loop {
+        let (status, _) = balance(13).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(started.elapsed() < window + Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= window, "{:?}", started.elapsed());
 
     // Other endpoints have their own limits and codes.
     server
@@ -1013,6 +1025,12 @@ async fn latency_injection_is_scaled() {
             .0
         }
     });
+    // Counted once it arrives; still held a while after.
+    let arrived = Instant::now();
+    while server.stats().calls(ACCOUNTS_GET) == 0 {
+        assert!(arrived.elapsed() < Duration::from_secs(10), "never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!pending.is_finished(), "call hangs");
     assert_eq!(server.stats().calls(ACCOUNTS_GET), 1);

@@ -201,6 +201,8 @@ async fn library_api_sets_latency_rates_and_hangs() {
         let (client, url) = (client.clone(), url.clone());
         async move { get(&client, url).await.0 }
     });
+    // Counted once it arrives; still held a while after.
+    arrived(&server, 3).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!pending.is_finished(), "call hangs");
     assert_eq!(server.stats().calls(MERCHANT_RISK), 3);
@@ -225,10 +227,70 @@ async fn library_api_sets_latency_rates_and_hangs() {
         )
         .expect("valid faults");
     let pending = tokio::spawn(async move { get(&client, url).await.0 });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    arrived(&server, 4).await;
     tokio::time::timeout(Duration::from_secs(10), server.shutdown())
         .await
         .expect("shutdown completes")
         .expect("clean shutdown");
     assert_eq!(pending.await.expect("task ok"), 503);
+}
+
+#[tokio::test]
+async fn a_scripted_delay_slows_the_next_call_only_and_a_caller_leaving_is_counted() {
+    let (server, client) = start().await;
+    let base = server.base_url();
+    // Through the admin API: the next call waits 30 s, the ones after it do not.
+    let plan = json!({"routes": {"device_reputation": {"delay_next": {"count": 1, "ms": 30000}}}});
+    let response = client
+        .post(format!("{base}/admin/faults"))
+        .json(&plan)
+        .send()
+        .await
+        .expect("request completes");
+    assert_eq!(response.status(), 200);
+    let url = format!("{base}/v1/devices/d_000001/reputation");
+    // The caller gives up after 300 ms: its connection closes while the call is held.
+    let abandoned = client
+        .get(&url)
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await
+        .expect_err("the held call outlasts the caller's timeout");
+    assert!(abandoned.is_timeout(), "{abandoned}");
+    let started = std::time::Instant::now();
+    while server.stats().route(DEVICE_REPUTATION).cancelled == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the dropped call was never counted: {:?}",
+            server.stats().route(DEVICE_REPUTATION)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The next call is not delayed (nothing like 30 s) and is answered, not cancelled.
+    let started = std::time::Instant::now();
+    assert_eq!(get(&client, url.clone()).await.0, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stats = server.stats().route(DEVICE_REPUTATION);
+    assert_eq!((stats.calls, stats.cancelled), (2, 1));
+    let served: Stats = client
+        .get(format!("{base}/admin/stats"))
+        .send()
+        .await
+        .expect("request completes")
+        .json()
+        .await
+        .expect("stats JSON");
+    assert_eq!(served.route(DEVICE_REPUTATION).cancelled, 1);
+}
+
+/// Waits until `MERCHANT_RISK` has seen `calls` calls.
+async fn arrived(server: &FakeServer, calls: u64) {
+    let started = std::time::Instant::now();
+    while server.stats().calls(MERCHANT_RISK) < calls {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "call {calls} never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
