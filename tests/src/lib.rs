@@ -260,6 +260,62 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// Polls `probe` every 20 ms until it answers `Some`, and returns that; panics naming `what`
+/// (with the last `Err` the probe gave as the reason) once `limit` has passed. For tests that
+/// wait for a state rather than for a fixed time, so a loaded machine only makes them slower.
+pub async fn eventually<T>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                started.elapsed() < limit,
+                "{what}: not within {limit:?}; last: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of one series in a Prometheus text scrape. `series` is the metric's name with its
+/// labels as the scrape prints them (`name{a="x",b="y"}`), or the bare name of an unlabelled
+/// one; `None` when the scrape holds no such series.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+impl GatewayProcess {
+    /// The value of `series` (see [`metric`]) in a scrape of `/metrics` now.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        metric(&self.admin_get("/metrics").await, series)
+    }
+
+    /// Scrapes `/metrics` until `series` has a value that satisfies `done`, at most `limit`, and
+    /// returns that value.
+    pub async fn metric_until(
+        &self,
+        series: &str,
+        limit: Duration,
+        done: impl Fn(f64) -> bool,
+    ) -> f64 {
+        eventually(limit, series, async || match self.metric(series).await {
+            Some(value) if done(value) => Ok(value),
+            other => Err(format!("{other:?}")),
+        })
+        .await
+    }
+}
+
 /// A string value.
 pub fn s(v: &str) -> v1::Value {
     v1::Value {

@@ -533,6 +533,7 @@ async fn json_logs_carry_the_request_id_and_repeated_failures_are_rate_limited()
         .unwrap();
     let mut client = t.gw.client().await;
     let mut ids = Vec::new();
+    let started = std::time::Instant::now();
     for n in 0..30 {
         let response = client
             .get_features(request(&format!("d_{:06}", 100 + n)))
@@ -545,6 +546,9 @@ async fn json_logs_carry_the_request_id_and_repeated_failures_are_rate_limited()
         );
         ids.push(response.request_id);
     }
+    // The failure log's interval (5 s): as many intervals as the calls spanned, each letting
+    // one line of a class through (one, unless the machine is very slow).
+    let intervals = 1 + started.elapsed().as_secs() as usize / 5;
     let log = t.gw.log();
     let failures: Vec<serde_json::Value> = log
         .lines()
@@ -555,14 +559,17 @@ async fn json_logs_carry_the_request_id_and_repeated_failures_are_rate_limited()
                 .is_some_and(|m| m.starts_with("fetch failed"))
         })
         .collect();
-    // 30 failing requests within one interval: one line per error class, not thirty (the
-    // failures open the circuit, whose refusals are a class of their own).
+    // 30 failing requests: one line per error class and interval, not thirty (the failures
+    // open the circuit, whose refusals are a class of their own).
     let unavailable: Vec<_> = failures
         .iter()
         .filter(|j| j["class"] == "unavailable")
         .collect();
-    assert_eq!(unavailable.len(), 1, "{failures:#?}");
-    assert!(failures.len() <= 2, "{failures:#?}");
+    assert!(
+        (1..=intervals).contains(&unavailable.len()),
+        "{intervals} intervals: {failures:#?}"
+    );
+    assert!(failures.len() <= 2 * intervals, "{failures:#?}");
     let line = unavailable[0];
     assert_eq!(line["level"], "WARN");
     assert_eq!(line["source"], "devices");

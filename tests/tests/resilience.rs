@@ -13,7 +13,8 @@
 use std::time::{Duration, Instant};
 
 use end_to_end::{
-    GatewayProcess, map, postgres::PostgresServer, redis::RedisServer, s, statuses, with_timeout,
+    GatewayProcess, eventually, map, postgres::PostgresServer, redis::RedisServer, s, statuses,
+    with_timeout,
 };
 use fake_upstreams::{
     FakeConfig, FakeServer, Latency, RouteFaults,
@@ -219,7 +220,8 @@ async fn every_answer_is_inside_its_deadline_whatever_the_sources_do() {
     pg.psql(
         &db,
         "CREATE TABLE accounts (user_id text PRIMARY KEY, credit_limit double precision);
-         INSERT INTO accounts VALUES ('u0', 100), ('u1', 5000.5), ('u2', 250), ('u3', 900);",
+         INSERT INTO accounts VALUES ('u0', 100), ('u1', 5000.5), ('u2', 250), ('u3', 900);
+         CREATE TABLE release (n int);",
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
@@ -247,11 +249,21 @@ async fn every_answer_is_inside_its_deadline_whatever_the_sources_do() {
     assert_eq!(warm.statuses, [P, P, P, P]);
     assert_eq!(fake.stats().calls(plaid::ACCOUNTS_BALANCE_GET), 1);
 
-    // Redis stopped: past its TTL a cached value is served STALE; a key never cached fails
-    // with the honest status (refused at once or timed out), and nothing else is affected.
+    // Redis stopped: past its TTL a cached value is served STALE (until then, PRESENT from the
+    // cache); a key never cached fails with the honest status (refused at once or timed out),
+    // and nothing else is affected.
     redis.stop();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let down = call(&mut client, &fake, 1, &gw).await;
+    let down = until(
+        Duration::from_secs(20),
+        "redis's cached value served stale",
+        async || {
+            let c = call(&mut client, &fake, 1, &gw).await;
+            assert!(matches!(c.statuses[0], Stale | P), "{:?}", c.statuses);
+            c
+        },
+        |c| c.statuses[0] == Stale,
+    )
+    .await;
     assert_eq!(down.statuses, [Stale, P, P, P]);
     let uncached = call(&mut client, &fake, 3, &gw).await;
     assert!(
@@ -280,21 +292,51 @@ async fn every_answer_is_inside_its_deadline_whatever_the_sources_do() {
     .await;
     assert_eq!(back.statuses, [P, P, P, P]);
 
-    // PostgreSQL slowed: a transaction holds an exclusive lock on the table for 4 s, so every
-    // query waits. The cached credit limit is served STALE; a user never fetched times out;
-    // the other sources are unaffected.
+    // PostgreSQL slowed: a transaction holds an exclusive lock on the table until this test
+    // inserts a row into `release` (or a minute passes), so every query waits. Once the lock
+    // is held and the credit limit's TTL has passed, the cached value is served STALE; a user
+    // never fetched times out; the other sources are unaffected.
+    let lock_db = db.clone();
     let locker = std::thread::spawn(move || {
         PostgresServer::shared().psql(
-            &db,
-            "BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;",
+            &lock_db,
+            "BEGIN; LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE;
+             DO $$ BEGIN FOR i IN 1..1200 LOOP
+               EXIT WHEN EXISTS (SELECT 1 FROM release); PERFORM pg_sleep(0.05);
+             END LOOP; END $$;
+             COMMIT;",
         )
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let slow = call(&mut client, &fake, 1, &gw).await;
+    eventually(
+        Duration::from_secs(20),
+        "the table lock taken",
+        async || {
+            let held = pg.psql(
+                &db,
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+             WHERE c.relname = 'accounts' AND l.mode = 'AccessExclusiveLock' AND l.granted
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            );
+            if held == "1" { Ok(()) } else { Err(held) }
+        },
+    )
+    .await;
+    let slow = until(
+        Duration::from_secs(20),
+        "postgres's cached value served stale",
+        async || {
+            let c = call(&mut client, &fake, 1, &gw).await;
+            assert!(matches!(c.statuses[1], Stale | P), "{:?}", c.statuses);
+            c
+        },
+        |c| c.statuses[1] == Stale,
+    )
+    .await;
     assert_eq!(slow.statuses, [P, Stale, P, P], "{}", gw.log());
     let never_fetched = call(&mut client, &fake, 2, &gw).await;
     assert_eq!(never_fetched.statuses[1], TimedOut);
     assert_eq!(never_fetched.statuses[2], P);
+    pg.psql(&db, "INSERT INTO release VALUES (1)");
     locker.join().unwrap();
 
     // The lock released: PostgreSQL serves again.
@@ -311,10 +353,15 @@ async fn every_answer_is_inside_its_deadline_whatever_the_sources_do() {
 #[tokio::test]
 async fn a_saturated_gateway_sheds_at_once_and_serves_the_rest() {
     let fake = fake_server().await;
+    let deadline = Duration::from_secs(6);
+    // The source's latency: "at once" below means well before any source call could answer.
+    let latency = Duration::from_secs(3);
     fake.set_faults(
         DEVICE_REPUTATION,
         RouteFaults {
-            latency: Latency::Fixed { ms: 800.0 },
+            latency: Latency::Fixed {
+                ms: latency.as_millis() as f64,
+            },
             ..Default::default()
         },
     )
@@ -334,7 +381,7 @@ type = "string"
 [sources.devices]
 kind = "http"
 base_url = "{base}"
-timeout = "2s"
+timeout = "{deadline_ms}ms"
 
 [views.device]
 source = "devices"
@@ -343,16 +390,16 @@ path = "/v1/devices/{{device_id}}/reputation"
 features = {{ risk_score = {{ type = "double" }} }}
 
 [feature_services.score]
-deadline = "2s"
+deadline = "{deadline_ms}ms"
 features = ["device:risk_score"]
 "#,
-            base = fake.base_url()
+            base = fake.base_url(),
+            deadline_ms = deadline.as_millis(),
         ),
     )
     .unwrap();
     let gw = GatewayProcess::serve(&path);
     let channel = gw.channel().await;
-    let deadline = Duration::from_secs(2);
 
     let burst: Vec<_> = (0..8)
         .map(|n| {
@@ -372,8 +419,17 @@ features = ["device:risk_score"]
         })
         .collect();
 
-    // While saturated, health is still answered (and promptly: it is never queued).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // While saturated (a call has reached the slow source), health is still answered, and
+    // promptly: it is never queued.
+    eventually(
+        Duration::from_secs(20),
+        "a call reached the source",
+        async || match fake.stats().calls(DEVICE_REPUTATION) {
+            0 => Err("no call yet".to_owned()),
+            _ => Ok(()),
+        },
+    )
+    .await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let started = Instant::now();
     let status = health
@@ -388,7 +444,11 @@ features = ["device:risk_score"]
         status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-    assert!(started.elapsed() < Duration::from_millis(800));
+    assert!(
+        started.elapsed() < latency,
+        "health took {:?}",
+        started.elapsed()
+    );
 
     let (mut served, mut shed) = (0, 0);
     for call in burst {
@@ -401,17 +461,16 @@ features = ["device:risk_score"]
             }
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
-                // At once: well before the source could have answered.
-                assert!(
-                    elapsed < Duration::from_millis(800),
-                    "shed after {elapsed:?}"
-                );
+                // At once: before the source could have answered.
+                assert!(elapsed < latency, "shed after {elapsed:?}");
                 shed += 1;
             }
         }
     }
     assert!((1..=2).contains(&served), "{served} served");
     assert_eq!(served + shed, 8);
+    // Shed calls never reached the source.
+    assert_eq!(fake.stats().calls(DEVICE_REPUTATION), served);
     let metrics = gw.admin_get("/metrics").await;
     assert!(
         metrics.contains(&format!(

@@ -138,14 +138,20 @@ async fn http_source_values_are_the_upstreams() {
     assert_eq!(fake.stats().calls("admin"), 0);
 }
 
+/// Slack over a deadline for a loaded 2-core machine running debug binaries: a correctness
+/// bound, not a speed claim.
+const MARGIN: Duration = Duration::from_secs(1);
+
 #[tokio::test]
 async fn a_slow_source_times_out_inside_the_deadline_while_the_others_are_served() {
-    let (fake, gw, _dir) = setup("150ms").await;
-    fake.set_faults(DEVICE_REPUTATION, slow(2_000.0)).unwrap();
+    // The feature service's deadline; the upstream takes far longer.
+    let deadline = Duration::from_millis(1500);
+    let (fake, gw, _dir) = setup(&format!("{}ms", deadline.as_millis())).await;
+    fake.set_faults(DEVICE_REPUTATION, slow(30_000.0)).unwrap();
     let mut client = gw.client().await;
     let started = Instant::now();
     let response = client
-        .get_features(with_timeout(request("d_000042"), Duration::from_secs(5)))
+        .get_features(with_timeout(request("d_000042"), Duration::from_secs(10)))
         .await
         .unwrap()
         .into_inner();
@@ -165,18 +171,36 @@ async fn a_slow_source_times_out_inside_the_deadline_while_the_others_are_served
     assert_eq!(response.values[2], d(0.5));
     assert!(response.metadata[2].default_applied);
     assert_eq!(response.metadata[2].detail, "timeout");
-    // Answered at the feature service's deadline, not after the upstream's 2 s.
-    assert!(elapsed < Duration::from_millis(1_500), "took {elapsed:?}");
+    // Answered at the feature service's deadline, not after the upstream's 30 s.
+    assert!(elapsed < deadline + MARGIN, "took {elapsed:?}");
 
-    // The caller's own deadline, when earlier, is the one that applies.
-    let response = client
-        .get_features(with_timeout(request("d_000042"), Duration::from_millis(60)))
-        .await
-        .unwrap()
-        .into_inner();
-    // About 60 ms (less what the header's trip took) less a 5 ms margin for the way back.
+    // The caller's own deadline, when earlier, is the one that applies. The gateway answers 5 ms
+    // before it, so on a loaded machine the answer can still reach the caller after its own
+    // timer fired (tonic's `Cancelled: Timeout expired`): such calls are repeated, a few times.
+    let caller = Duration::from_millis(600);
+    let mut late = 0;
+    let response = loop {
+        match client
+            .get_features(with_timeout(request("d_000042"), caller))
+            .await
+        {
+            Ok(response) => break response.into_inner(),
+            Err(e)
+                if e.code() == tonic::Code::Cancelled
+                    && e.message() == "Timeout expired"
+                    && late < 4 =>
+            {
+                late += 1
+            }
+            Err(e) => panic!("{e} (after {late} calls the caller's timer cut)"),
+        }
+    };
+    // The caller's deadline less what the header's trip took, less 5 ms for the way back: well
+    // under the feature service's own deadline.
     let deadline_ms = response.request_metadata.unwrap().deadline_ms;
-    assert!((45..=55).contains(&deadline_ms), "{deadline_ms}");
+    let most = caller.as_millis() as i64 - 5;
+    let trip = MARGIN.as_millis() as i64 / 2;
+    assert!((most - trip..=most).contains(&deadline_ms), "{deadline_ms}");
     assert_eq!(statuses(&response.statuses)[2], St::TimedOut);
 }
 
