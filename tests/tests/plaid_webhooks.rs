@@ -333,30 +333,35 @@ async fn signed_webhooks_refresh_the_item_and_forged_ones_change_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let published = stack.a.admin_get("/metrics").await;
-    assert!(
-        published.contains(
-            "feature_gateway_cache_invalidations_total{source=\"plaid\",event=\"published\"}"
-        ),
-        "{published}"
-    );
-    let applied = stack.b.admin_get("/metrics").await;
-    assert!(
-        applied.contains(
-            "feature_gateway_cache_invalidations_total{source=\"plaid\",event=\"applied\"}"
-        ),
-        "{applied}"
-    );
-    let metrics = stack.a.admin_get("/metrics").await;
-    for outcome in ["refreshed", "duplicate", "superseded", "rejected"] {
-        assert!(
-            metrics.contains(&format!(
-                "feature_gateway_plaid_webhooks_total{{outcome=\"{outcome}\"}}"
-            )),
-            "{outcome} missing:\n{metrics}"
-        );
+    // A told B of each of the two webhooks it acted on, and B applied both (B never fetched
+    // the Item, so it had nothing to relay). The counters exist from start-up at 0.
+    assert_eq!(stack.a.metric(PUBLISHED).await, Some(2.0));
+    let applied = stack
+        .b
+        .metric_until(APPLIED, Duration::from_secs(10), |v| v >= 2.0)
+        .await;
+    assert_eq!(applied, 2.0);
+    assert_eq!(stack.b.metric(PUBLISHED).await, Some(0.0));
+    assert_eq!(stack.a.metric(APPLIED).await, Some(0.0));
+    // Two refreshing webhooks, the duplicate, the late one, and four refused (forged,
+    // tampered, stale, unsigned).
+    for (outcome, count) in [
+        ("refreshed", 2.0),
+        ("duplicate", 1.0),
+        ("superseded", 1.0),
+        ("rejected", 4.0),
+    ] {
+        let series = format!("feature_gateway_plaid_webhooks_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(stack.a.metric(&series).await, Some(count), "{series}");
     }
 }
+
+/// The shared tier's invalidation messages this replica sent.
+const PUBLISHED: &str =
+    "feature_gateway_cache_invalidations_total{source=\"plaid\",event=\"published\"}";
+/// Other replicas' invalidation messages this replica applied.
+const APPLIED: &str =
+    "feature_gateway_cache_invalidations_total{source=\"plaid\",event=\"applied\"}";
 
 #[tokio::test]
 async fn a_webhook_to_a_replica_that_never_fetched_the_item_reaches_the_one_that_did() {
@@ -405,11 +410,18 @@ async fn a_webhook_to_a_replica_that_never_fetched_the_item_reaches_the_one_that
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let relayed = stack.b.admin_get("/metrics").await;
-    assert!(
-        relayed.contains(
-            "feature_gateway_cache_invalidations_total{source=\"plaid\",event=\"published\"}"
-        ),
-        "B relayed nothing:\n{relayed}"
+    // A published the webhook by the Item's id and B applied it; B relayed the Item's token
+    // (by hash) once, and A applied that. Both counters exist from start-up at 0.
+    assert_eq!(stack.a.metric(PUBLISHED).await, Some(1.0));
+    assert_eq!(
+        stack.b.metric(PUBLISHED).await,
+        Some(1.0),
+        "B relayed nothing"
     );
+    for (name, gw) in [("B", &stack.b), ("A", &stack.a)] {
+        let applied = gw
+            .metric_until(APPLIED, Duration::from_secs(10), |v| v >= 1.0)
+            .await;
+        assert_eq!(applied, 1.0, "replica {name}");
+    }
 }
