@@ -547,7 +547,8 @@ async fn training_set_joins_labels_with_the_vectors_as_served() {
     pyarrow_check(&dep.log_dir(), &out, &rows, answers.len());
 }
 
-/// Reads the same files with pyarrow, when it is installed (`services/training-log/setup.sh`).
+/// Reads the same files with pyarrow, which `services/training-log/setup.sh` installs (the
+/// check fails without it rather than passing unchecked).
 fn pyarrow_check(log_dir: &Path, training_set: &Path, rows: &[Record], logged: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let venv = root.join("services/training-log/.venv/bin/python");
@@ -560,12 +561,11 @@ fn pyarrow_check(log_dir: &Path, training_set: &Path, rows: &[Record], logged: u
         .args(["-c", "import pyarrow"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !has_pyarrow {
-        eprintln!(
-            "pyarrow is not installed (services/training-log/setup.sh installs it): check skipped"
-        );
-        return;
-    }
+    assert!(
+        has_pyarrow,
+        "{} cannot import pyarrow: run services/training-log/setup.sh",
+        python.display()
+    );
     let output = Command::new(&python)
         .arg(root.join("services/training-log/tests/read_with_pyarrow.py"))
         .arg(log_dir)
