@@ -165,4 +165,40 @@ async fn no_retry_past_the_deadline_or_for_non_retryable_errors() {
     assert!(stack.clone().oneshot(r).await.is_err());
     // A 500 ms backoff does not fit a 100 ms deadline: one call only.
     assert_eq!(down.calls.load(Ordering::SeqCst), 1);
+
+    // With time and budget to spare, a failure the fetcher calls non-retryable is tried once;
+    // the same failure marked retryable is tried `max_attempts` times.
+    let settings = RetryConfig {
+        max_attempts: 5,
+        backoff: Duration::from_millis(1),
+        budget_percent: 1000.0,
+    };
+    for (retryable, calls) in [(false, 1), (true, 5)] {
+        let failing = Arc::new(Failing {
+            calls: AtomicUsize::new(0),
+            error: FetchError::rejected("bad request").with_retryable(retryable),
+        });
+        let stack = source_stack(failing.clone(), &policy(None, Some(settings.clone())));
+        let e = stack.oneshot(request()).await.unwrap_err();
+        assert_eq!(
+            (e.class(), e.retryable()),
+            (ErrorClass::Rejected, retryable)
+        );
+        assert_eq!(failing.calls.load(Ordering::SeqCst), calls, "{e}");
+    }
+}
+
+/// Fails every call with `error`.
+#[derive(Debug)]
+struct Failing {
+    calls: AtomicUsize,
+    error: FetchError,
+}
+
+#[async_trait]
+impl Fetcher for Failing {
+    async fn fetch(&self, _: FetchRequest) -> Result<Vec<Row>, FetchError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Err(self.error.clone())
+    }
 }
