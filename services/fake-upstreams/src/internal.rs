@@ -25,7 +25,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
@@ -178,38 +177,12 @@ async fn merchant(State(shared): State<Arc<Shared>>, uri: Uri, Path(id): Path<St
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    ids: Vec<Value>,
-}
-
 async fn merchant_batch(State(shared): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Response {
-    let request = serde_json::from_slice::<BatchRequest>(&body);
-    let keys = request.as_ref().map_or(0, |r| r.ids.len() as u64);
-    if let Err(injected) = shared.enter(MERCHANT_RISK_BATCH, &uri, keys).await {
-        return injected;
-    }
-    let request = match request {
-        Ok(r) if r.ids.len() <= MAX_BATCH => r,
-        Ok(r) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "`ids` holds {} ids, at most {MAX_BATCH} allowed",
-                    r.ids.len()
-                ),
-            );
-        }
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("body must be {{\"ids\": [...]}}: {e}"),
-            );
-        }
-    };
+    let request =
+        match crate::batch_request(&shared, MERCHANT_RISK_BATCH, &uri, &body, MAX_BATCH).await {
+            Ok(request) => request,
+            Err(response) => return response,
+        };
     let results: Vec<Value> = request
         .ids
         .iter()

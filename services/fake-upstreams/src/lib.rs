@@ -242,6 +242,42 @@ impl Drop for Held<'_> {
     }
 }
 
+/// The body of a batch route, `{"ids": [...]}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest {
+    /// The ids asked for, as JSON (an id that is not a string matches nothing).
+    pub(crate) ids: Vec<serde_json::Value>,
+}
+
+/// Admits a call to the batch `route` (its faults apply, counted by the ids it asks for) and
+/// reads its body: a 400 with a JSON error when the body is not `{"ids": [...]}` or asks for
+/// more than `max` ids.
+pub(crate) async fn batch_request(
+    shared: &Shared,
+    route: &str,
+    uri: &Uri,
+    body: &[u8],
+    max: usize,
+) -> Result<BatchRequest, Response> {
+    let request = serde_json::from_slice::<BatchRequest>(body);
+    let keys = request.as_ref().map_or(0, |r| r.ids.len() as u64);
+    shared.enter(route, uri, keys).await?;
+    match request {
+        Ok(r) if r.ids.len() <= max => Ok(r),
+        Ok(r) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("`ids` holds {} ids, at most {max} allowed", r.ids.len()),
+        )),
+        Err(e) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("body must be {{\"ids\": [...]}}: {e}"),
+        )),
+    }
+}
+
 /// A JSON error body: `{"error": code, "message": message}`.
 pub(crate) fn json_error(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(json!({ "error": code, "message": message }))).into_response()

@@ -30,7 +30,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{Shared, json_error};
@@ -103,42 +102,15 @@ async fn record(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchRequest {
-    ids: Vec<Value>,
-}
-
 async fn batch(
     State(shared): State<Arc<Shared>>,
     uri: Uri,
     Path(collection): Path<String>,
     body: Bytes,
 ) -> Response {
-    let request = serde_json::from_slice::<BatchRequest>(&body);
-    let keys = request.as_ref().map_or(0, |r| r.ids.len() as u64);
-    if let Err(injected) = shared.enter(RECORD_BATCH, &uri, keys).await {
-        return injected;
-    }
-    let request = match request {
-        Ok(r) if r.ids.len() <= MAX_BATCH => r,
-        Ok(r) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "`ids` holds {} ids, at most {MAX_BATCH} allowed",
-                    r.ids.len()
-                ),
-            );
-        }
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("body must be {{\"ids\": [...]}}: {e}"),
-            );
-        }
+    let request = match crate::batch_request(&shared, RECORD_BATCH, &uri, &body, MAX_BATCH).await {
+        Ok(request) => request,
+        Err(response) => return response,
     };
     let results: Vec<Value> = request
         .ids
