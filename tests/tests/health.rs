@@ -2,7 +2,9 @@
 //! marked `required` failing its check (the fake device API answering its `health_path` with
 //! errors) turns the gateway NOT_SERVING, and SERVING again once the check passes; a source not
 //! marked `required` failing changes nothing but its own `feature_gateway_source_up`. On SIGTERM
-//! a health watcher is told NOT_SERVING while the gateway still finishes a call in flight.
+//! a health watcher is told NOT_SERVING while the gateway still finishes a call in flight, then
+//! its stream ends, so a watcher that keeps its stream open (a load balancer does) cannot hold the
+//! shutdown open: the gateway exits 0.
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::time::Duration;
@@ -19,6 +21,14 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+/// The feature services' deadline and the sources' timeout: a call in flight at SIGTERM ends
+/// within it, so the gateway exits within it after the signal.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long the shutdown may take on a loaded machine: the call in flight's [`DEADLINE`], with
+/// room for a busy scheduler. It bounds a hang, not a speed.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(4 * DEADLINE.as_secs());
+
 async fn setup() -> (FakeServer, GatewayProcess, tempfile::TempDir) {
     let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -34,20 +44,20 @@ type = "string"
 [sources.devices]
 kind = "http"
 base_url = "{base}"
-timeout = "5s"
+timeout = "{deadline}s"
 required = true
 health_path = "/v1/devices/d_000001/reputation"
 
 [sources.merchants]
 kind = "http"
 base_url = "{base}"
-timeout = "5s"
+timeout = "{deadline}s"
 health_path = "/v1/merchants/m_00001/risk"
 
 [sources.records]
 kind = "http"
 base_url = "{base}"
-timeout = "5s"
+timeout = "{deadline}s"
 
 [views.device]
 source = "devices"
@@ -68,14 +78,15 @@ path = "/v1/records/docs/{{doc_id}}"
 features = {{ v = {{ type = "int64" }} }}
 
 [feature_services.score]
-deadline = "5s"
+deadline = "{deadline}s"
 features = ["device:risk_score", "merchant:chargeback_rate"]
 
 [feature_services.doc]
-deadline = "5s"
+deadline = "{deadline}s"
 features = ["doc:v"]
 "#,
         base = fake.base_url(),
+        deadline = DEADLINE.as_secs(),
     );
     let path = dir.path().join("gateway.toml");
     std::fs::write(&path, config).unwrap();
@@ -216,8 +227,8 @@ async fn on_sigterm_a_watcher_is_told_not_serving_while_a_call_is_still_in_fligh
     .await;
     gw.terminate();
 
-    // The watcher hears NOT_SERVING; the call in flight is still answered.
-    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+    // The watcher hears NOT_SERVING while the call in flight is still held.
+    let next = tokio::time::timeout(SHUTDOWN_BOUND, watch.message())
         .await
         .expect("a health update after SIGTERM")
         .expect("the watch stream is still open")
@@ -227,12 +238,33 @@ async fn on_sigterm_a_watcher_is_told_not_serving_while_a_call_is_still_in_fligh
         !in_flight.is_finished(),
         "the call ended before NOT_SERVING"
     );
-    drop(watch);
+    // The watch stays open, read to its end by a task, while the gateway shuts down.
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Some(update) = watch.message().await? {
+            rest.push(update.status);
+        }
+        Ok::<_, tonic::Status>(rest)
+    });
+    // The call in flight is answered, then the gateway exits 0 with the watch still open.
     let response = in_flight.await.unwrap().unwrap().into_inner();
     assert_eq!(statuses(&response.statuses), [St::Present]);
     assert_eq!(response.values[0], end_to_end::i(7));
-    let (exit, gw) = tokio::task::spawn_blocking(move || (gw.wait(Duration::from_secs(20)), gw))
+    let (exit, gw) = tokio::task::spawn_blocking(move || (gw.wait(SHUTDOWN_BOUND), gw))
         .await
         .unwrap();
-    assert!(exit.expect("the gateway exits").success(), "{}", gw.log());
+    let exit = exit.unwrap_or_else(|| {
+        panic!(
+            "the gateway did not exit within {SHUTDOWN_BOUND:?} of SIGTERM with a health watch \
+             open: {}",
+            gw.log()
+        )
+    });
+    assert!(exit.success(), "{exit}: {}", gw.log());
+    // The stream ended cleanly after NOT_SERVING, nothing after it.
+    let rest = tokio::time::timeout(SHUTDOWN_BOUND, rest)
+        .await
+        .expect("the watch stream ends")
+        .unwrap();
+    assert_eq!(rest.unwrap(), Vec::<i32>::new());
 }

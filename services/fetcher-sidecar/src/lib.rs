@@ -20,8 +20,8 @@
 //!   is the fetcher's, which never holds secrets. Cell errors stay cell errors.
 //! - [`serve`] serves `featuregateway.v1.Fetcher`, `grpc.health.v1` and server reflection (v1
 //!   and v1alpha, listing those services and no other) on TCP or a Unix socket until its
-//!   shutdown future resolves, then reports NOT_SERVING, drains the calls in flight and returns
-//!   (removing the socket file).
+//!   shutdown future resolves, then reports NOT_SERVING, ends health watches, drains the calls
+//!   in flight and returns (removing the socket file).
 //!
 //! # Failure
 //! Building fails on a source that cannot be built (e.g. an unset secret), naming the source and
@@ -304,12 +304,16 @@ pub async fn serve(
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reporter = tonic_health::server::HealthReporter::new();
     for service in ["", SERVICE_NAME] {
         reporter
             .set_service_status(service, ServingStatus::Serving)
             .await;
     }
+    // Health watches end once `stop` is sent, after NOT_SERVING: an open one would otherwise
+    // keep the graceful shutdown waiting for it forever.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let health_service = proto::server::health_service(reporter.clone(), stopping);
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: refusing new calls, finishing those in flight");
@@ -318,6 +322,7 @@ pub async fn serve(
                 .set_service_status(service, ServingStatus::NotServing)
                 .await;
         }
+        let _ = stop.send(true);
     };
     let fetcher = FetcherServer::from_arc(host)
         .max_decoding_message_size(64 << 20)

@@ -378,3 +378,45 @@ async fn reflection_lists_the_services_served_and_no_other() {
             .any(|s| s == "featuregateway.v1.FeatureService")
     );
 }
+
+#[tokio::test]
+async fn a_health_watch_open_at_shutdown_hears_not_serving_ends_and_lets_the_host_stop() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut hosted = host().await;
+    let channel = fetcher_sidecar::channel(&CompiledSource {
+        target: Target::Unix(hosted.socket.clone()),
+        connect_timeout: Duration::from_secs(1),
+        keepalive_interval: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(5),
+    });
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: fetcher_sidecar_host::SERVICE_NAME.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    // The watch stays open through the stop: the host still returns, the watcher having heard
+    // NOT_SERVING and then the end of its stream. 30 s bounds a hang, not a speed.
+    hosted.stop.take().unwrap().send(()).unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut heard = Vec::new();
+        while let Some(update) = watch.message().await.unwrap() {
+            heard.push(update.status);
+        }
+        heard
+    })
+    .await
+    .expect("the watch stream ends");
+    assert_eq!(heard, [ServingStatus::NotServing as i32]);
+    tokio::time::timeout(Duration::from_secs(30), &mut hosted.server)
+        .await
+        .expect("the host stops with a watch open")
+        .unwrap()
+        .unwrap();
+}

@@ -1,7 +1,7 @@
 //! The gRPC face of the gateway: `featuregateway.v1.FeatureService`, `grpc.health.v1.Health`
 //! and server reflection on one port, an admin HTTP port with Prometheus metrics, and a graceful
-//! shutdown that stops accepting, finishes the calls in flight, flushes the training log, then
-//! exits. Feature calls pass load shedding first ([`crate::admission`]): a saturated gateway
+//! shutdown that turns health NOT_SERVING, ends health watches, stops accepting, finishes the
+//! calls in flight, flushes the training log, then exits. Feature calls pass load shedding first ([`crate::admission`]): a saturated gateway
 //! answers RESOURCE_EXHAUSTED at once.
 //!
 //! Each served vector of a feature service is handed to the training log (when configured) as it
@@ -664,7 +664,11 @@ pub async fn serve(
         Some(config) => Some(crate::tls::TlsAcceptor::new(config.clone())?),
         None => None,
     };
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Shutdown, in order: health turns NOT_SERVING, then `stop` ends health watches, the admin
+    // server and the gRPC listener, and the calls in flight finish.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reporter = HealthReporter::new();
+    let health_service = proto::server::health_service(reporter.clone(), stop_rx.clone());
     // Reflection lists what the gateway serves: the sidecar `Fetcher` contract shares the
     // package but is served by the fetcher sidecar host.
     let reflection = || {
@@ -695,7 +699,6 @@ pub async fn serve(
         })
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = admin.map(|listener| {
         let mut stop = stop_rx.clone();
         let router = Router::new()
