@@ -21,7 +21,8 @@
 //!
 //! # What may import what
 //! This crate is a leaf above `fetcher-api` (the value model, and the source kinds' own
-//! validation through their [`Registry`](fetcher_api::Registry)): it imports no component of
+//! validation through their [`Registry`](fetcher_api::Registry)) and `derived` (derived views'
+//! expressions, type-checked here, evaluated by the gateway): it imports no component of
 //! the gateway, holds no runtime type and does no network I/O. Components import their
 //! `XConfig` from here and take it unchanged (e.g. the stack takes a [`SourceConfig`]).
 //!
@@ -79,6 +80,9 @@ pub use webhooks::PlaidWebhooksConfig;
 
 /// The source kind served by the gateway itself from the request's context.
 pub const REQUEST_KIND: &str = "request";
+
+/// The view kind computed from other features by CEL expressions.
+pub const DERIVED_KIND: &str = "derived";
 
 /// The configuration as written. Fields the gateway does not know are collected separately
 /// (see [`parse`]) so that every one of them is reported, not just the first.

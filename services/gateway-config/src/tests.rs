@@ -581,3 +581,99 @@ features = {{ x = {{ type = \"int64\" }} }}
         "{errors}"
     );
 }
+
+#[test]
+fn derived_views_compile_their_expressions_against_every_view() {
+    let text = format!(
+        "{BASE}
+[views.risk]
+kind = \"derived\"
+[views.risk.features]
+ratio = {{ type = \"double\", expr = \"txn.amount / users.score\" }}
+doubled = {{ type = \"double\", expr = \"risk.ratio * 2.0\" }}
+"
+    );
+    let config = load(&text).unwrap();
+    let risk = &config.views["risk"];
+    assert!(risk.derived);
+    assert_eq!(risk.source, "");
+    let ratio = risk.features["ratio"].expr.as_ref().unwrap();
+    let inputs: Vec<String> = ratio
+        .inputs()
+        .iter()
+        .map(|r| format!("{}.{}", r.view, r.feature))
+        .collect();
+    assert_eq!(inputs, ["txn.amount", "users.score"]);
+}
+
+#[test]
+fn expression_errors_give_the_file_position_and_the_expression_position() {
+    let text = format!(
+        "{BASE}
+[views.risk]
+kind = \"derived\"
+[views.risk.features]
+ratio = {{ type = \"double\", expr = \"txn.amount / users.age\" }}
+label = {{ type = \"string\", expr = \"users.nope\" }}
+big = {{ type = \"int64\", expr = \"users.age > 3\" }}
+"
+    );
+    let found = errors(&text);
+    assert_eq!(
+        found,
+        [
+            "test.toml:41:28: views.risk.features.ratio.expr: at 1:12 of the expression: no \
+             overload of `/` takes (double, int)",
+            "test.toml:42:28: views.risk.features.label.expr: at 1:6 of the expression: view \
+             `users` has no feature `nope`",
+            "test.toml:43:25: views.risk.features.big.expr: at 1:1 of the expression: the \
+             expression gives bool, the feature is declared int64 (int)",
+        ],
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn derived_views_are_refused_what_they_cannot_have() {
+    let text = format!(
+        "{BASE}
+[entities.by_risk]
+type = \"string\"
+from = \"risk:label\"
+
+[views.risk]
+kind = \"derived\"
+source = \"tables\"
+entities = [\"user_id\"]
+[views.risk.features]
+label = {{ type = \"string\" }}
+loop_a = {{ type = \"int64\", expr = \"risk.loop_b + 1\" }}
+loop_b = {{ type = \"int64\", expr = \"risk.loop_a + 1\" }}
+
+[views.odd]
+kind = \"computed\"
+source = \"tables\"
+entities = [\"user_id\"]
+path = \"x.csv\"
+features = {{ x = {{ type = \"int64\", expr = \"1\" }} }}
+"
+    );
+    let found = errors(&text).join("\n");
+    for expected in [
+        "entities.by_risk.from: `risk:label` is a derived feature, computed after every fetch",
+        "views.risk.source: a derived view reads no source",
+        "views.risk.entities: a derived view has no entities",
+        "views.risk.features.label: a feature of a derived view needs an `expr`",
+        "views.risk.features.loop_a.expr: derived features depend on each other in a cycle: \
+         risk.loop_a -> risk.loop_b -> risk.loop_a",
+        "views.odd.kind: unknown view kind `computed`",
+        "views.odd.features.x.expr: `expr` is for features of a `kind = \"derived\"` view",
+    ] {
+        assert!(
+            found.contains(expected),
+            "missing `{expected}` in:\n{found}"
+        );
+    }
+    // One cycle, reported once.
+    assert_eq!(found.matches("in a cycle").count(), 1, "{found}");
+}

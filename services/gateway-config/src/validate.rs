@@ -10,9 +10,9 @@ use std::{
 use fetcher_api::{FeatureType, KeySpec, Options, Registry, SourceSpec, ViewSpec};
 
 use crate::{
-    Config, DEFAULT_DEADLINE, DEFAULT_MAX_CONCURRENCY, EntityConfig, EntityFrom, FeatureConfig,
-    FeatureRef, FeatureServiceConfig, PlaidWebhooksConfig, REQUEST_KIND, RawConfig, SourceConfig,
-    ViewConfig,
+    Config, DEFAULT_DEADLINE, DEFAULT_MAX_CONCURRENCY, DERIVED_KIND, EntityConfig, EntityFrom,
+    FeatureConfig, FeatureRef, FeatureServiceConfig, PlaidWebhooksConfig, REQUEST_KIND, RawConfig,
+    SourceConfig, ViewConfig,
     breaker::breaker_policy,
     cache::cache_policy,
     feature_service::{resolve_refs, toml_to_value},
@@ -90,8 +90,62 @@ pub(crate) fn validate(
     // Views, minus what depends on sources.
     let mut views = BTreeMap::new();
     for (name, v) in &raw.views {
+        let derived = match v.kind.as_deref() {
+            None => false,
+            Some(DERIVED_KIND) => true,
+            Some(other) => {
+                problems.add(
+                    &["views", name, "kind"],
+                    format!(
+                        "unknown view kind `{other}`: `{DERIVED_KIND}` computes features from \
+                         others; a view without `kind` reads its `source`"
+                    ),
+                );
+                false
+            }
+        };
+        let source = match (&v.source, derived) {
+            (Some(source), false) => source.clone(),
+            (None, false) => {
+                problems.add(
+                    &["views", name],
+                    format!(
+                        "a view needs a `source` to read from, or `kind = \"{DERIVED_KIND}\"` \
+                         to compute its features"
+                    ),
+                );
+                String::new()
+            }
+            (Some(_), true) => {
+                problems.add(
+                    &["views", name, "source"],
+                    "a derived view reads no source: its features are expressions over other \
+                     views' features",
+                );
+                String::new()
+            }
+            (None, true) => String::new(),
+        };
+        if derived {
+            if !v.entities.is_empty() {
+                problems.add(
+                    &["views", name, "entities"],
+                    "a derived view has no entities: it is computed for whatever keys the views \
+                     it reads were fetched with",
+                );
+            }
+            if v.max_age.is_some() {
+                problems.add(
+                    &["views", name, "max_age"],
+                    "a derived view has no max_age: the views it reads apply theirs",
+                );
+            }
+            for key in v.options.keys() {
+                problems.add(&["views", name, key], format!("unknown field `{key}`"));
+            }
+        }
         // `None` for an unknown source (reported below, once sources are known).
-        let reads_request = raw.sources.get(&v.source).map(|s| s.kind == REQUEST_KIND);
+        let reads_request = raw.sources.get(&source).map(|s| s.kind == REQUEST_KIND);
         let mut features = BTreeMap::new();
         for (fname, f) in &v.features {
             // A feature with a bad type is kept (as a string) so references to it do not
@@ -100,15 +154,36 @@ pub(crate) fn validate(
                 problems.add(&["views", name, "features", fname, "type"], msg);
                 FeatureType::String
             });
-            if f.required.is_some() && reads_request == Some(false) {
+            if f.required.is_some()
+                && reads_request != Some(true)
+                && (derived || reads_request.is_some())
+            {
                 problems.add(
                     &["views", name, "features", fname, "required"],
-                    format!(
-                        "`required` is for the context values of views of a `request` source; \
-                         view `{name}` reads source `{}`, whose features are fetched",
-                        v.source
-                    ),
+                    if derived {
+                        format!(
+                            "`required` is for the context values of views of a `request` \
+                             source; view `{name}` is derived"
+                        )
+                    } else {
+                        format!(
+                            "`required` is for the context values of views of a `request` \
+                             source; view `{name}` reads source `{source}`, whose features are \
+                             fetched"
+                        )
+                    },
                 );
+            }
+            match (&f.expr, derived) {
+                (None, true) => problems.add(
+                    &["views", name, "features", fname],
+                    "a feature of a derived view needs an `expr`: the CEL expression computing it",
+                ),
+                (Some(_), false) => problems.add(
+                    &["views", name, "features", fname, "expr"],
+                    format!("`expr` is for features of a `kind = \"{DERIVED_KIND}\"` view"),
+                ),
+                _ => {}
             }
             features.insert(
                 fname.clone(),
@@ -117,6 +192,7 @@ pub(crate) fn validate(
                     description: f.description.clone(),
                     pii: f.pii,
                     required: f.required.unwrap_or(false) && reads_request == Some(true),
+                    expr: None,
                 },
             );
         }
@@ -146,7 +222,8 @@ pub(crate) fn validate(
             name.clone(),
             ViewConfig {
                 name: name.clone(),
-                source: v.source.clone(),
+                source,
+                derived,
                 entities: v.entities.clone(),
                 max_age,
                 description: v.description.clone(),
@@ -155,6 +232,7 @@ pub(crate) fn validate(
             },
         );
     }
+    compile_derived(&raw, &mut views, problems);
 
     // Sources, with the views that read from them, validated by their kind's factory.
     let mut sources = BTreeMap::new();
@@ -261,7 +339,7 @@ pub(crate) fn validate(
         );
     }
     for (name, v) in &views {
-        if !sources.contains_key(&v.source) {
+        if !v.derived && !v.source.is_empty() && !sources.contains_key(&v.source) {
             problems.add(
                 &["views", name, "source"],
                 format!("unknown source `{}`{}", v.source, known(sources.keys())),
@@ -280,6 +358,13 @@ pub(crate) fn validate(
                 Some(None) => problems.add(
                     &["entities", name, "from"],
                     format!("view `{view}` has no feature `{feature}`"),
+                ),
+                Some(Some(_)) if views[view].derived => problems.add(
+                    &["entities", name, "from"],
+                    format!(
+                        "`{view}:{feature}` is a derived feature, computed after every fetch: \
+                         it cannot key another view"
+                    ),
                 ),
                 Some(Some(f)) if f.ty != e.ty => problems.add(
                     &["entities", name, "from"],
@@ -464,4 +549,109 @@ pub(crate) fn validate(
         auth,
         hash: short_hash(text.as_bytes()),
     }
+}
+
+/// Type-checks every derived feature's expression against the declared types of all views,
+/// and refuses derived features that depend on each other in a cycle.
+fn compile_derived(
+    raw: &RawConfig,
+    views: &mut BTreeMap<String, ViewConfig>,
+    problems: &mut Problems,
+) {
+    if !views.values().any(|v| v.derived) {
+        return;
+    }
+    let catalog = derived::Catalog {
+        views: views
+            .iter()
+            .map(|(name, v)| {
+                let features = v.features.iter().map(|(f, c)| (f.clone(), c.ty)).collect();
+                (name.clone(), features)
+            })
+            .collect(),
+    };
+    let limits = derived::Limits::default();
+    for (name, view) in views.iter_mut().filter(|(_, v)| v.derived) {
+        for (fname, feature) in view.features.iter_mut() {
+            let Some(source) = raw.views[name].features[fname].expr.as_deref() else {
+                continue;
+            };
+            match derived::compile(source, feature.ty, &catalog, &limits) {
+                Ok(expr) => feature.expr = Some(expr),
+                Err(errors) => {
+                    for e in errors {
+                        problems.add(
+                            &["views", name, "features", fname, "expr"],
+                            format!(
+                                "at {}:{} of the expression: {}",
+                                e.line, e.column, e.message
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Cycles: follow each derived feature's derived inputs.
+    let derived_inputs = |view: &str, feature: &str| -> Vec<(String, String)> {
+        views
+            .get(view)
+            .and_then(|v| v.features.get(feature))
+            .and_then(|f| f.expr.as_ref())
+            .map(|e| {
+                e.inputs()
+                    .iter()
+                    .filter(|r| views.get(&r.view).is_some_and(|v| v.derived))
+                    .map(|r| (r.view.clone(), r.feature.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut reported = BTreeSet::new();
+    for (name, view) in views.iter().filter(|(_, v)| v.derived) {
+        for fname in view.features.keys() {
+            let start = (name.clone(), fname.clone());
+            let mut path = vec![start.clone()];
+            if let Some(cycle) = find_cycle(&start, &mut path, &derived_inputs)
+                && reported.insert(cycle.iter().min().cloned())
+            {
+                let shown: Vec<String> = cycle.iter().map(|(v, f)| format!("{v}.{f}")).collect();
+                problems.add(
+                    &["views", name, "features", fname, "expr"],
+                    format!(
+                        "derived features depend on each other in a cycle: {}",
+                        shown.join(" -> ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A derived feature: its view and name.
+type Node = (String, String);
+
+/// A cycle from `path`'s last node back to `start`, depth first.
+fn find_cycle(
+    start: &Node,
+    path: &mut Vec<Node>,
+    inputs: &dyn Fn(&str, &str) -> Vec<Node>,
+) -> Option<Vec<Node>> {
+    let (view, feature) = path.last().cloned()?;
+    for next in inputs(&view, &feature) {
+        if next == *start {
+            let mut cycle = path.clone();
+            cycle.push(next);
+            return Some(cycle);
+        }
+        if path.contains(&next) || path.len() > 64 {
+            continue;
+        }
+        path.push(next);
+        if let Some(cycle) = find_cycle(start, path, inputs) {
+            return Some(cycle);
+        }
+        path.pop();
+    }
+    None
 }

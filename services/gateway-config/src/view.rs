@@ -1,6 +1,7 @@
-//! `[views.NAME]`: a group of features read from one source with one key.
+//! `[views.NAME]`: a group of features read from one source with one key, or computed from
+//! other features (`kind = "derived"`: each feature a CEL expression, see the `derived` crate).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use fetcher_api::{FeatureType, Options};
 use serde::Deserialize;
@@ -8,8 +9,13 @@ use serde::Deserialize;
 /// `[views.NAME]`: the fields every view has; everything else is its source kind's options.
 #[derive(Debug, Deserialize)]
 pub struct RawView {
-    /// The source the view reads from.
-    pub source: String,
+    /// `"derived"` for a view computed from other features; absent for a view read from its
+    /// source.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The source the view reads from (none for a derived view).
+    #[serde(default)]
+    pub source: Option<String>,
     /// The entities the view is keyed by, in key order. Empty for `request` views.
     #[serde(default)]
     pub entities: Vec<String>,
@@ -46,6 +52,10 @@ pub struct RawFeature {
     /// `false` are told apart so that the option on any other view is reported, not ignored.
     #[serde(default)]
     pub required: Option<bool>,
+    /// Features of a derived view only: the CEL expression computing the value from other
+    /// views' features, e.g. `txn.amount / user_profile.avg_txn_amount_30d`.
+    #[serde(default)]
+    pub expr: Option<String>,
 }
 
 /// A feature view.
@@ -53,8 +63,10 @@ pub struct RawFeature {
 pub struct ViewConfig {
     /// Its name.
     pub name: String,
-    /// Its source's name.
+    /// Its source's name; empty for a derived view.
     pub source: String,
+    /// Whether it is computed from other features (`kind = "derived"`) rather than fetched.
+    pub derived: bool,
     /// Its entity keys, in key order.
     pub entities: Vec<String>,
     /// Its max age.
@@ -78,4 +90,6 @@ pub struct FeatureConfig {
     pub pii: bool,
     /// A context value (a feature of a `request` view) every request must carry.
     pub required: bool,
+    /// A derived view's feature: its compiled, type-checked expression.
+    pub expr: Option<Arc<derived::Expression>>,
 }

@@ -84,6 +84,16 @@ pub enum Slot {
 
 impl Slot {
     /// The row, if there is one to serve.
+    pub fn row(&self) -> Option<&Row> {
+        match self {
+            Slot::Fetched { row, .. } | Slot::Cached { row, .. } | Slot::Stale { row, .. } => {
+                Some(row)
+            }
+            Slot::Failed(_) => None,
+        }
+    }
+
+    /// The row, if there is one to serve, to move values out of.
     pub fn row_mut(&mut self) -> Option<&mut Row> {
         match self {
             Slot::Fetched { row, .. } | Slot::Cached { row, .. } | Slot::Stale { row, .. } => {

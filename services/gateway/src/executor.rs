@@ -22,8 +22,10 @@ use tracing::Instrument;
 
 use gateway_stack::{GatewayService, Slot};
 
+use derived::EvalError;
+
 use crate::{
-    plan::{KeyInput, Origin, Plan},
+    plan::{Derived, KeyInput, Origin, Plan},
     status::Status,
 };
 
@@ -71,6 +73,16 @@ pub enum Detail {
         /// Index into [`Plan::fetches`].
         fetch: usize,
     },
+    /// Input `input` of derived feature `derived` was not available:
+    /// "input txn.amount TIMED_OUT".
+    Input {
+        /// Index into [`Plan::derived`].
+        derived: usize,
+        /// Index into that feature's inputs.
+        input: usize,
+        /// The input's status.
+        status: Status,
+    },
     /// The row's event time is `age` old, more than the view's `max_age`:
     /// "event time 41d 3h ago, max_age 30d".
     TooOld {
@@ -91,6 +103,23 @@ impl Detail {
             Detail::NoRow { fetch } => match plan.fetches.get(fetch) {
                 Some(fetch) => format!("no row for {}", and_list(&fetch.entities)),
                 None => "no row".to_owned(),
+            },
+            Detail::Input {
+                derived,
+                input,
+                status,
+            } => match plan
+                .derived
+                .get(derived)
+                .and_then(|d| d.expr.inputs().get(input))
+            {
+                Some(r) => format!(
+                    "input {}.{} {}",
+                    r.view,
+                    r.feature,
+                    status.as_str().to_ascii_uppercase()
+                ),
+                None => format!("an input {}", status.as_str().to_ascii_uppercase()),
             },
             Detail::TooOld { age, max_age } => format!(
                 "event time {} ago, max_age {}",
@@ -214,6 +243,17 @@ impl Outcome {
         } else {
             slot.clone()
         })
+    }
+
+    /// A copy of cell `cell` of request row `row`'s fetched row, if found.
+    fn peek_cell(&self, row: usize, cell: usize) -> Option<Cell> {
+        let Outcome::Ran { row_of, slots, .. } = self else {
+            return None;
+        };
+        let Some(Row::Found(record)) = slots[row_of[row]?].row() else {
+            return None;
+        };
+        record.cells.get(cell).cloned()
     }
 
     /// The row's state, the fetch's latency, its cache use, and the age of a cached value.
@@ -411,41 +451,36 @@ fn assemble(
         outcomes.iter().map(Outcome::readers).collect()
     };
     let mut vectors = Vec::with_capacity(rows.len());
+    let mut derived: Vec<Served> = Vec::with_capacity(plan.derived.len());
     for (r, row) in rows.iter().enumerate() {
+        // Derived features first: they read cells that the outputs then move out.
+        derived.clear();
+        for (i, d) in plan.derived.iter().enumerate() {
+            let inputs: Vec<Served> = d
+                .inputs
+                .iter()
+                .zip(d.expr.inputs())
+                .map(|(origin, input)| match *origin {
+                    Origin::Context(c) => from_context(&row.context[c]),
+                    Origin::Fetched { fetch, cell } => {
+                        let value = outcomes[fetch].peek_cell(r, cell);
+                        fetched(plan, &outcomes, fetch, r, row, value, input.ty, now)
+                    }
+                    Origin::Derived(j) => derived[j].clone(),
+                })
+                .collect();
+            derived.push(evaluate(i, d, &inputs));
+        }
         let mut vector = Vec::with_capacity(plan.outputs.len());
         for output in &plan.outputs {
             let mut served = match output.origin {
-                Origin::Context(i) => match &row.context[i] {
-                    None => served(Value::Null, Status::NotFound, text("context value missing")),
-                    Some(Value::Null) => {
-                        served(Value::Null, Status::NullValue, text("null in the context"))
-                    }
-                    Some(v) => served(v.clone(), Status::Present, None),
-                },
+                Origin::Context(i) => from_context(&row.context[i]),
                 Origin::Fetched { fetch, cell } => {
                     let shared = readers.get(fetch).map(Vec::as_slice);
                     let value = outcomes[fetch].take_cell(r, cell, shared);
-                    let (state, latency, cache, cache_age) = outcomes[fetch].for_row(r);
-                    let key_unavailable = matches!(state, RowState::KeyUnavailable);
-                    let max_age = plan.fetches[fetch].max_age;
-                    let mut s = from_state(state, value, output.ty, fetch, max_age, now);
-                    if key_unavailable {
-                        // Say why: a dependent key missing because its source timed out or
-                        // failed is not the same, for a model or a training set, as no row.
-                        let (status, detail) = why_key_unavailable(plan, &outcomes, fetch, r, row);
-                        s.status = status;
-                        s.detail = text(detail);
-                    }
-                    // A value served from past its TTL says so; everything else keeps its status.
-                    if cache == CacheUse::Stale && s.status == Status::Present {
-                        s.status = Status::Stale;
-                        s.detail = text("source failed or slow; cached value served");
-                    }
-                    s.latency = latency;
-                    s.cache = cache;
-                    s.cache_age = cache_age;
-                    s
+                    fetched(plan, &outcomes, fetch, r, row, value, output.ty, now)
                 }
+                Origin::Derived(i) => derived[i].clone(),
             };
             debug_assert_eq!(
                 served.detail.is_none(),
@@ -463,6 +498,102 @@ fn assemble(
         vectors.push(vector);
     }
     vectors
+}
+
+/// A context value as served.
+fn from_context(value: &Option<Value>) -> Served {
+    match value {
+        None => served(Value::Null, Status::NotFound, text("context value missing")),
+        Some(Value::Null) => served(Value::Null, Status::NullValue, text("null in the context")),
+        Some(v) => served(v.clone(), Status::Present, None),
+    }
+}
+
+/// Cell `value` (taken or copied from fetch `fetch`'s row for request row `r`) as served.
+#[allow(clippy::too_many_arguments)]
+fn fetched(
+    plan: &Plan,
+    outcomes: &[Outcome],
+    fetch: usize,
+    r: usize,
+    row: &RowInput,
+    value: Option<Cell>,
+    ty: fetcher_api::FeatureType,
+    now: SystemTime,
+) -> Served {
+    let (state, latency, cache, cache_age) = outcomes[fetch].for_row(r);
+    let key_unavailable = matches!(state, RowState::KeyUnavailable);
+    let max_age = plan.fetches[fetch].max_age;
+    let mut s = from_state(state, value, ty, fetch, max_age, now);
+    if key_unavailable {
+        // Say why: a dependent key missing because its source timed out or failed is not the
+        // same, for a model or a training set, as no row.
+        let (status, detail) = why_key_unavailable(plan, outcomes, fetch, r, row);
+        s.status = status;
+        s.detail = text(detail);
+    }
+    // A value served from past its TTL says so; everything else keeps its status.
+    if cache == CacheUse::Stale && s.status == Status::Present {
+        s.status = Status::Stale;
+        s.detail = text("source failed or slow; cached value served");
+    }
+    s.latency = latency;
+    s.cache = cache;
+    s.cache_age = cache_age;
+    s
+}
+
+/// Derived feature `i` (`d`) of one row, from its inputs as served. See the `derived` crate
+/// for the rules: an unavailable input read passes its status on, an evaluation error is
+/// SOURCE_ERROR, a null result NULL_VALUE, and a value computed from a STALE input is STALE.
+fn evaluate(i: usize, d: &Derived, inputs: &[Served]) -> Served {
+    let available = |s: &Served| matches!(s.status, Status::Present | Status::Stale);
+    let values: Vec<Option<&Value>> = inputs
+        .iter()
+        .map(|s| available(s).then_some(&s.value))
+        .collect();
+    let mut out = match d.expr.eval(&values) {
+        Ok(Value::Null) => served(
+            Value::Null,
+            Status::NullValue,
+            text("the expression gave null"),
+        ),
+        Ok(value) if inputs.iter().any(|s| s.status == Status::Stale) => served(
+            value,
+            Status::Stale,
+            text("computed from a cached value served past its TTL"),
+        ),
+        Ok(value) => served(value, Status::Present, None),
+        Err(EvalError::Missing(input)) => {
+            let status = match inputs[input].status {
+                Status::TimedOut => Status::TimedOut,
+                Status::SourceError => Status::SourceError,
+                _ => Status::NotFound,
+            };
+            served(
+                Value::Null,
+                status,
+                Some(Detail::Input {
+                    derived: i,
+                    input,
+                    status: inputs[input].status,
+                }),
+            )
+        }
+        Err(EvalError::Failed(reason)) => served(
+            Value::Null,
+            Status::SourceError,
+            Some(Detail::Message(format!("expression: {reason}"))),
+        ),
+    };
+    // The value is as old as its oldest input, and took as long as its slowest.
+    out.event_time = inputs
+        .iter()
+        .filter(|s| available(s))
+        .filter_map(|s| s.event_time)
+        .min();
+    out.latency = inputs.iter().map(|s| s.latency).max().unwrap_or_default();
+    out
 }
 
 /// Why row `r` has no key for `fetch`: the status of the first key part it lacks, followed

@@ -6,6 +6,10 @@
 //! balances`), so the fetches form a small DAG. The plan runs it in stages: stage 0 holds the
 //! fetches keyed by the request alone, stage N the fetches keyed by features of stage N-1 or
 //! earlier. A cycle is a configuration error.
+//!
+//! Derived features (views of kind `derived`) are evaluated once every stage has run, in an
+//! order where each comes after the derived features it reads ([`Plan::derived`]); the views
+//! they read are fetched like any other, whether or not they are outputs themselves.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,7 +19,7 @@ use std::{
 
 use fetcher_api::{FeatureType, Value};
 
-use gateway_config::{Config, EntityFrom, FeatureRef, REQUEST_KIND, short_hash};
+use gateway_config::{Config, DERIVED_KIND, EntityFrom, FeatureRef, REQUEST_KIND, short_hash};
 
 /// The compiled form of a feature service (or of an ad-hoc list of feature refs).
 #[derive(Debug)]
@@ -39,6 +43,20 @@ pub struct Plan {
     pub entities: Vec<Input>,
     /// Context values the plan reads.
     pub context: Vec<Input>,
+    /// The derived features the outputs need, each after those it reads.
+    pub derived: Vec<Derived>,
+}
+
+/// A derived feature to evaluate per row.
+#[derive(Debug)]
+pub struct Derived {
+    /// `VIEW:FEATURE`.
+    pub name: String,
+    /// The expression.
+    pub expr: Arc<derived::Expression>,
+    /// Where each of the expression's inputs comes from, in [`derived::Expression::inputs`]
+    /// order; a [`Origin::Derived`] input is always an earlier entry of [`Plan::derived`].
+    pub inputs: Vec<Origin>,
 }
 
 /// A named, typed input of a request.
@@ -88,6 +106,8 @@ pub enum Origin {
         /// Index into that fetch's features.
         cell: usize,
     },
+    /// `plan.derived[i]`, evaluated per row.
+    Derived(usize),
 }
 
 /// One view fetch.
@@ -172,6 +192,8 @@ pub fn compile(
         entities: Vec::new(),
         context: Vec::new(),
         visiting: Vec::new(),
+        derived: Vec::new(),
+        derived_index: HashMap::new(),
     };
     let mut outputs = Vec::with_capacity(features.len());
     for r in features {
@@ -183,26 +205,16 @@ pub fn compile(
             .features
             .get(&r.feature)
             .ok_or_else(|| format!("view `{}` has no feature `{}`", r.view, r.feature))?;
-        let source = &config.sources[&view.source];
-        let origin = if source.kind == REQUEST_KIND {
-            Origin::Context(b.context_input(
-                &r.feature,
-                feature.ty,
-                &feature.description,
-                feature.required,
-            )?)
-        } else {
-            let fetch = b.fetch(&r.view)?;
-            Origin::Fetched {
-                fetch,
-                cell: b.cell(fetch, &r.feature),
-            }
+        let origin = b.origin(&r.view, &r.feature)?;
+        let (source, source_kind) = match config.sources.get(&view.source) {
+            Some(source) => (source.name.as_str(), source.kind.as_str()),
+            None => (DERIVED_KIND, DERIVED_KIND),
         };
         outputs.push(Output {
             name: r.to_string(),
             ty: feature.ty,
-            source: source.name.as_str().into(),
-            source_kind: source.kind.as_str().into(),
+            source: source.into(),
+            source_kind: source_kind.into(),
             origin,
             default: defaults.get(r).cloned(),
             max_age: view.max_age,
@@ -245,6 +257,7 @@ pub fn compile(
         stages,
         entities: b.entities,
         context: b.context,
+        derived: b.derived,
     })
 }
 
@@ -266,9 +279,64 @@ struct Builder<'a> {
     context: Vec<Input>,
     /// The chain of views being planned, to report a cycle as the path that closes it.
     visiting: Vec<String>,
+    derived: Vec<Derived>,
+    /// `VIEW:FEATURE` → index into `derived`; `None` while its inputs are being planned.
+    derived_index: HashMap<String, Option<usize>>,
 }
 
 impl Builder<'_> {
+    /// Where feature `feature` of `view` comes from, planning what it needs.
+    fn origin(&mut self, view_name: &str, feature: &str) -> Result<Origin, String> {
+        let view = &self.config.views[view_name];
+        if view.derived {
+            return self.derived(view_name, feature).map(Origin::Derived);
+        }
+        let f = &view.features[feature];
+        if self.config.sources[&view.source].kind == REQUEST_KIND {
+            return Ok(Origin::Context(self.context_input(
+                feature,
+                f.ty,
+                &f.description,
+                f.required,
+            )?));
+        }
+        let fetch = self.fetch(view_name)?;
+        Ok(Origin::Fetched {
+            fetch,
+            cell: self.cell(fetch, feature),
+        })
+    }
+
+    /// The index of derived feature `feature` of `view`, planned after its inputs if not yet.
+    fn derived(&mut self, view: &str, feature: &str) -> Result<usize, String> {
+        let name = format!("{view}:{feature}");
+        match self.derived_index.get(&name) {
+            Some(Some(i)) => return Ok(*i),
+            Some(None) => {
+                return Err(format!(
+                    "derived features depend on each other in a cycle through `{name}`"
+                ));
+            }
+            None => {}
+        }
+        let Some(expr) = self.config.views[view].features[feature].expr.clone() else {
+            return Err(format!("derived feature `{name}` has no expression"));
+        };
+        self.derived_index.insert(name.clone(), None);
+        let mut inputs = Vec::with_capacity(expr.inputs().len());
+        for input in expr.inputs() {
+            inputs.push(self.origin(&input.view, &input.feature)?);
+        }
+        let i = self.derived.len();
+        self.derived.push(Derived {
+            name: name.clone(),
+            expr,
+            inputs,
+        });
+        self.derived_index.insert(name, Some(i));
+        Ok(i)
+    }
+
     /// The fetch of `view`, planned (with the fetches its keys depend on) if not yet.
     fn fetch(&mut self, view_name: &str) -> Result<usize, String> {
         if let Some(&i) = self.fetch_of_view.get(view_name) {
@@ -386,7 +454,8 @@ fn input(
     Ok(inputs.len() - 1)
 }
 
-/// A hash of everything that determines the values served for `features`.
+/// A hash of everything that determines the values served for `features`: for a derived
+/// feature, its expression and the views it reads, transitively.
 fn definition_hash(
     config: &Config,
     features: &[FeatureRef],
@@ -400,7 +469,32 @@ fn definition_hash(
         canonical.push_str(&format!("{r}:{ty};default={:?}\n", defaults.get(r)));
         views.insert(&r.view, view);
     }
+    // The derived features read, and the views they read, until none is new.
+    let mut pending: Vec<&String> = views.keys().copied().collect();
+    while let Some(name) = pending.pop() {
+        for feature in config.views[name].features.values() {
+            for input in feature.expr.iter().flat_map(|e| e.inputs()) {
+                if let Some((name, view)) = config.views.get_key_value(&input.view)
+                    && views.insert(name, view).is_none()
+                {
+                    pending.push(name);
+                }
+            }
+        }
+    }
     for (name, view) in views {
+        if view.derived {
+            let exprs: Vec<String> = view
+                .features
+                .iter()
+                .map(|(f, c)| {
+                    let source = c.expr.as_ref().map_or("", |e| e.source());
+                    format!("{f}:{}={source}", c.ty)
+                })
+                .collect();
+            canonical.push_str(&format!("view {name}: derived {exprs:?}\n"));
+            continue;
+        }
         let source = &config.sources[&view.source];
         let keys: Vec<String> = view
             .entities

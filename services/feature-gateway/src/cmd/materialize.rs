@@ -14,6 +14,12 @@ pub fn run(args: &MaterializeArgs) -> Result<(), Failure> {
         Some(&Env::process()),
     )?;
     let view = &args.view;
+    if config.views.get(view).is_some_and(|v| v.derived) {
+        return Err(Failure::Usage(format!(
+            "--view: `{view}` is a derived view, computed per request from other views: there \
+             is nothing to materialize"
+        )));
+    }
     let spec = config
         .views
         .get(view)

@@ -207,6 +207,23 @@ features = { total = { type = "double" } }
 source = "request"
 features = { amount = { type = "double" } }
 
+[views.risk]
+kind = "derived"
+[views.risk.features]
+age_score = { type = "double", expr = "double(users.age) * users.score" }
+slow_plus = { type = "int64", expr = "slow.v + 1" }
+broken_or = { type = "int64", expr = "has(broken.v) ? broken.v : -7" }
+per_amount = { type = "double", expr = "txn.amount / users.score" }
+by_zero = { type = "int64", expr = "users.age / (merchants.mcc - 5411)" }
+twice = { type = "double", expr = "risk.age_score * 2.0" }
+rate_pct = { type = "double", expr = "mcc_risk.rate * 100.0" }
+
+[feature_services.derived]
+deadline = "50ms"
+features = ["risk:*"]
+[feature_services.derived.defaults]
+"risk:slow_plus" = 0
+
 [feature_services.all]
 deadline = "50ms"
 features = ["txn:amount", "users:age", "users:score", "mcc_risk:rate", "merchants:mcc", "slow:v", "broken:v"]
@@ -491,6 +508,7 @@ fn reasons_name_every_key_and_durations_read_short() {
         stages: Vec::new(),
         entities: Vec::new(),
         context: Vec::new(),
+        derived: Vec::new(),
     };
     assert_eq!(
         Detail::NoRow { fetch: 0 }.into_text(&plan),
@@ -633,4 +651,82 @@ async fn values_from_the_cache_past_their_ttl_say_so() {
     assert_eq!(d[2], "null in the row");
     assert_eq!(served[4].status, Status::NotFound);
     assert_eq!(d[4], "no row for merchant_id");
+}
+
+#[tokio::test(start_paused = true)]
+async fn derived_features_are_evaluated_from_their_inputs_with_their_statuses() {
+    let (plan, services) = setup_service("derived").await;
+    // Only derived features are outputs: their inputs' views are fetched for them alone.
+    let fetched: Vec<&str> = plan.fetches.iter().map(|f| &*f.view).collect();
+    for view in ["users", "slow", "broken", "merchants", "mcc_risk"] {
+        assert!(fetched.contains(&view), "{view} not fetched: {fetched:?}");
+    }
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let input = RowInput {
+        entities: vec![KeyPart::String("u1".into()), KeyPart::String("m1".into())],
+        context: vec![Some(Value::Double(12.5))],
+    };
+    let execution = execute(&plan, &services, &[input], deadline).await;
+    let served = &execution.rows[0];
+    let reasons = details(&plan, served);
+    let by_name = |name: &str| {
+        let i = plan
+            .outputs
+            .iter()
+            .position(|o| o.name == format!("risk:{name}"))
+            .unwrap();
+        (&served[i], reasons[i].as_str())
+    };
+    let (s, _) = by_name("age_score");
+    assert_eq!(
+        (s.status, &s.value),
+        (Status::Present, &Value::Double(30.0 * 0.9))
+    );
+    let (s, _) = by_name("twice");
+    assert_eq!(
+        (s.status, &s.value),
+        (Status::Present, &Value::Double(30.0 * 0.9 * 2.0))
+    );
+    let (s, _) = by_name("per_amount");
+    assert_eq!(
+        (s.status, &s.value),
+        (Status::Present, &Value::Double(12.5 / 0.9))
+    );
+    // A stage-1 view (keyed by the merchant's mcc) read by an expression.
+    let (s, _) = by_name("rate_pct");
+    assert_eq!(
+        (s.status, &s.value),
+        (Status::Present, &Value::Double(0.01 * 100.0))
+    );
+    // A timed-out input passes its status on; the default applies as for any feature.
+    let (s, detail) = by_name("slow_plus");
+    assert_eq!((s.status, &s.value), (Status::TimedOut, &Value::Int64(0)));
+    assert!(s.default_applied);
+    assert_eq!(detail, "input slow.v TIMED_OUT");
+    // A failed input tested with has() is not read: the expression's own answer.
+    let (s, _) = by_name("broken_or");
+    assert_eq!((s.status, &s.value), (Status::Present, &Value::Int64(-7)));
+    // An evaluation error is the feature's status, never the request's.
+    let (s, detail) = by_name("by_zero");
+    assert_eq!((s.status, &s.value), (Status::SourceError, &Value::Null));
+    assert_eq!(detail, "expression: division by zero");
+    assert_eq!(plan.outputs[0].source_kind.as_ref(), "derived");
+
+    // Without the context value, what reads it is NOT_FOUND and says which input.
+    let input = RowInput {
+        entities: vec![KeyPart::String("u1".into()), KeyPart::String("m1".into())],
+        context: vec![None],
+    };
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let execution = execute(&plan, &services, &[input], deadline).await;
+    let i = plan
+        .outputs
+        .iter()
+        .position(|o| o.name == "risk:per_amount")
+        .unwrap();
+    assert_eq!(execution.rows[0][i].status, Status::NotFound);
+    assert_eq!(
+        details(&plan, &execution.rows[0])[i],
+        "input txn.amount NOT_FOUND"
+    );
 }
