@@ -17,7 +17,9 @@
 //! OUTSIDE_MAX_AGE, TIMED_OUT, SOURCE_ERROR) leaves it out: reading it fails the evaluation with
 //! [`EvalError::Missing`] naming the first one read, and the caller gives the derived feature
 //! that input's status (TIMED_OUT and SOURCE_ERROR pass on; the others become NOT_FOUND), unless
-//! the expression tested for it with `has()` and did not read it.
+//! the expression's value does not depend on it: it tested `has(view.feature)` first, or `&&`,
+//! `||` or `?:` decided without it (CEL's logical operators absorb an error on the side that
+//! does not decide: `false && x` is `false` whatever `x` is).
 //!
 //! # Functions
 //! Operators `+ - * / % == != < <= > >= && || ! ?: [] in`, `size`, the conversions `int uint
