@@ -318,6 +318,7 @@ pub(crate) fn check(expr: &IdedExpr, catalog: &Catalog, limits: &Limits) -> Chec
         comprehension: None,
         has_comprehension: false,
         too_deep: false,
+        loop_cost: 0,
     };
     let ty = c.check(expr, 1);
     if c.nodes > limits.max_nodes {
@@ -326,6 +327,17 @@ pub(crate) fn check(expr: &IdedExpr, catalog: &Catalog, limits: &Limits) -> Chec
             format!(
                 "the expression has {} nodes; at most {} are allowed",
                 c.nodes, limits.max_nodes
+            ),
+        );
+    }
+    let cost = c.nodes.saturating_add(c.loop_cost);
+    if cost > limits.max_cost {
+        c.error(
+            expr.id,
+            format!(
+                "the expression may evaluate up to {cost} nodes (a macro's body runs once per \
+                 element, up to {} elements for an input list); at most {} are allowed",
+                limits.max_list_len, limits.max_cost
             ),
         );
     }
@@ -356,6 +368,8 @@ struct Checker<'a> {
     has_comprehension: bool,
     /// Whether the depth limit was reported (once is enough).
     too_deep: bool,
+    /// Node evaluations the macros may cost: each body's nodes times its range's longest length.
+    loop_cost: usize,
 }
 
 impl Checker<'_> {
@@ -550,11 +564,19 @@ impl Checker<'_> {
                     self.locals.push((v2.clone(), second));
                 }
                 self.locals.push((c.accu_var.clone(), accu.clone()));
+                let body_start = self.nodes;
                 let cond = self.check(&c.loop_cond, d);
                 if !cond.fits(&Ty::Bool) {
                     self.error(c.loop_cond.id, format!("a condition is a bool, not {cond}"));
                 }
                 let step = self.check(&c.loop_step, d);
+                let body = self.nodes - body_start;
+                let longest = match &c.iter_range.expr {
+                    Expr::List(list) => list.elements.len(),
+                    Expr::Map(map) => map.entries.len(),
+                    _ => self.limits.max_list_len,
+                };
+                self.loop_cost = self.loop_cost.saturating_add(longest.saturating_mul(body));
                 if step.fits(&accu) {
                     accu = accu.meet(&step);
                 } else {

@@ -36,7 +36,9 @@
 //! [`Limits::max_source_bytes`], it has more than [`Limits::max_nodes`] nodes or nests deeper
 //! than [`Limits::max_depth`], a macro sits in another macro's body, strings, bytes or lists
 //! are joined inside a macro's body, or a `matches` pattern is not a valid literal within
-//! [`Limits::max_regex_bytes`] compiled. At run time a list input longer than
+//! [`Limits::max_regex_bytes`] compiled, or its cost, counted in node evaluations with each
+//! macro's body once per element of the longest list it may range over, exceeds
+//! [`Limits::max_cost`]. At run time a list input longer than
 //! [`Limits::max_list_len`] or a string or bytes input longer than [`Limits::max_text_bytes`]
 //! is refused (the derived feature is SOURCE_ERROR). Together these bound every evaluation: no
 //! macro's cost grows faster than the length of one list, and no value grows past the sum of
@@ -90,6 +92,9 @@ pub struct Limits {
     pub max_list_len: usize,
     /// Longest string or bytes input, in bytes.
     pub max_text_bytes: usize,
+    /// Most node evaluations an expression may cost: its nodes, plus each macro's body nodes
+    /// times the longest list it can range over ([`Limits::max_list_len`] for an input).
+    pub max_cost: usize,
 }
 
 impl Default for Limits {
@@ -99,8 +104,9 @@ impl Default for Limits {
             max_nodes: 256,
             max_depth: 48,
             max_regex_bytes: 64 * 1024,
-            max_list_len: 4096,
+            max_list_len: 1024,
             max_text_bytes: 16 * 1024,
+            max_cost: 20_000,
         }
     }
 }

@@ -215,7 +215,13 @@ fn hostile_expressions_are_refused_at_load_time() {
     let long = format!("'{}'", "a".repeat(5000));
     assert!(errors(&long, FeatureType::String)[0].contains("at most 4096"));
     let nested = "user.tags.all(a, user.tags.exists(b, a == b))";
-    assert!(errors(nested, FeatureType::Bool)[0].contains("inside another one's body"));
+    let found = errors(nested, FeatureType::Bool);
+    assert!(
+        found
+            .iter()
+            .any(|e| e.contains("inside another one's body")),
+        "{found:?}"
+    );
     let growing = "user.tags.map(t, t + t + t)";
     assert!(errors(growing, FeatureType::StringList)[0].contains("inside a macro's body"));
     assert!(
@@ -227,6 +233,22 @@ fn hostile_expressions_are_refused_at_load_time() {
     assert!(
         errors("user.tz.replace('a', 'b')", FeatureType::String)[0].contains("unknown function")
     );
+    // A macro's body runs once per element, up to 1,024 for an input list: its cost counts so.
+    let body = (0..15)
+        .map(|k| format!("t.size() > {k}"))
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let found = errors(&format!("user.tags.exists(t, {body})"), FeatureType::Bool);
+    assert!(found[0].contains("may evaluate up to"), "{found:?}");
+    // The same body over a literal list of three elements costs little.
+    ok(
+        &format!("['a', 'b', 'c'].exists(t, {body})"),
+        FeatureType::Bool,
+    );
+    ok(
+        "user.tags.exists(t, t.startsWith('vip'))",
+        FeatureType::Bool,
+    );
 }
 
 #[test]
@@ -236,7 +258,7 @@ fn oversized_inputs_are_refused_at_run_time() {
     assert_eq!(
         eval(&e, &[("user.tags", big)]),
         Err(EvalError::Failed(
-            "input user.tags is too large for an expression (5000 elements, limit 4096)".into()
+            "input user.tags is too large for an expression (5000 elements, limit 1024)".into()
         ))
     );
 }
