@@ -1,5 +1,6 @@
-//! The shared cache tier against a real Redis: newer answers win, and an invalidation keeps
-//! answers from calls that started before it out.
+//! The shared cache tier against a real Redis: newer answers win, an invalidation keeps
+//! answers from calls that started before it out, and every command to a hung or dead Redis
+//! (lookups, writes, invalidations) fails within the tier's timeout.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -103,4 +104,56 @@ async fn entries_written_without_a_start_time_count_from_their_fetch() {
     assert_eq!(held(&tier, &key).await, Some(row(7)));
     put(&tier, &key, 9, 104, 106).await;
     assert_eq!(held(&tier, &key).await, Some(row(9)));
+}
+
+#[tokio::test]
+async fn every_command_to_a_hung_or_dead_redis_fails_within_the_timeout() {
+    let mut redis = RedisServer::start();
+    let timeout = Duration::from_millis(300);
+    let policy = SharedCacheConfig {
+        url: redis.url(),
+        key_prefix: "t:".to_owned(),
+        ttl: Duration::from_secs(60),
+        timeout,
+    };
+    let tier = SharedTier::connect(&policy, "plaid").expect("a valid policy");
+    assert!(tier.wait_connected(Duration::from_secs(5)).await);
+    let key = tier.redis_key("plaid", "balance", &vec![KeyPart::String("tok".into())]);
+    // A bound on a hang, not a speed: far above the timeout, far below forever.
+    let bound = timeout * 20;
+
+    // Hung (SIGSTOP): lookups miss, writes and invalidations fail, each after its timeout.
+    redis.pause();
+    let lookup = tokio::time::timeout(bound, held(&tier, &key)).await;
+    assert_eq!(lookup, Ok(None), "a lookup misses");
+    let write = tokio::time::timeout(bound, put(&tier, &key, 1, 100, 101)).await;
+    assert!(write.is_ok(), "a write gives up");
+    let invalidate = tokio::time::timeout(bound, tier.invalidate(vec![key.clone()], at(102))).await;
+    assert_eq!(
+        invalidate,
+        Ok(false),
+        "an invalidation gives up and says so"
+    );
+    redis.resume();
+
+    // Dead (SIGKILL): the same, without waiting for a reconnection.
+    redis.stop();
+    let lookup = tokio::time::timeout(bound, held(&tier, &key)).await;
+    assert_eq!(lookup, Ok(None));
+    let invalidate = tokio::time::timeout(bound, tier.invalidate(vec![key.clone()], at(103))).await;
+    assert_eq!(invalidate, Ok(false));
+
+    // Back: writes and invalidations land again once the client has reconnected by itself.
+    redis.restart();
+    assert!(tier.wait_connected(Duration::from_secs(30)).await);
+    let started = std::time::Instant::now();
+    while !tier.invalidate(vec![key.clone()], at(104)).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    put(&tier, &key, 5, 105, 106).await;
+    assert_eq!(held(&tier, &key).await, Some(row(5)));
 }

@@ -27,7 +27,10 @@
 //!
 //! With a shared tier ([`crate::cache::shared`]), keys the in-process tier cannot serve fresh are
 //! looked up in Redis (bounded by the request's deadline) before the source is called, and a
-//! source's answer is written to both tiers, with its original fetch time.
+//! source's answer is written to both tiers, with its original fetch time. Waiters hear of the
+//! answer once it is written to Redis (a replica asking right after finds it there), but a
+//! request spends at most the tier's `timeout` on Redis, lookup and write together: a write
+//! still running then goes on in the background.
 //!
 //! [`CacheControl::invalidate`] (Plaid webhooks) makes every entry whose key holds one of given
 //! key parts no longer fresh in either tier (it stays a STALE fallback locally), keeps calls
@@ -399,7 +402,7 @@ impl CacheState {
                 };
                 drop(
                     self.clone()
-                        .start_call(inner.clone(), call, self.source_timeout),
+                        .start_call(inner.clone(), call, self.source_timeout, None),
                 );
             }
         }
@@ -496,7 +499,11 @@ impl CacheState {
         if !refresh.is_empty() && source_timeout.is_some() {
             self.clone().refresh_ahead(inner.clone(), &request, refresh);
         }
+        // What the request may spend on the shared tier, its lookup and the write of its
+        // call's answer together: one `timeout`.
+        let mut tier_budget_ends = None;
         if let Some(shared) = self.shared.as_ref().filter(|_| !missing.is_empty()) {
+            tier_budget_ends = Some(Instant::now() + shared.timeout());
             missing = self
                 .look_up_shared(shared, &request, shape, missing, &mut slots, &mut stale)
                 .await;
@@ -528,7 +535,9 @@ impl CacheState {
                 keys: own.iter().map(|&i| request.keys[i].clone()).collect(),
                 deadline: request.deadline,
             };
-            let shared = self.clone().start_call(inner, call, source_timeout);
+            let shared = self
+                .clone()
+                .start_call(inner, call, source_timeout, tier_budget_ends);
             waits.extend(own.iter().enumerate().map(|(j, &i)| (i, shared.clone(), j)));
         }
 
@@ -637,12 +646,15 @@ impl CacheState {
     /// Starts a call to the source as its own task and registers its keys as in flight. With a
     /// background permit (and an own timeout) the call is bounded by the source's timeout only,
     /// so it outlives a request whose deadline passes and still fills the cache; without one it
-    /// is bounded by the request's deadline. The task stores the answer and unregisters itself.
+    /// is bounded by the request's deadline. The task stores the answer and unregisters itself;
+    /// its waiters wait for the answer's write to the shared tier until `tier_budget_ends` at the
+    /// latest (see [`CacheState::store`]).
     fn start_call(
         self: Arc<Self>,
         inner: SourceService,
         mut call: FetchRequest,
         source_timeout: Option<Duration>,
+        tier_budget_ends: Option<Instant>,
     ) -> SharedCall {
         let permit = source_timeout.and_then(|_| self.background.clone().try_acquire_owned().ok());
         if permit.is_some() {
@@ -662,7 +674,7 @@ impl CacheState {
                     });
             }
         }
-        self.run_call(inner, call, shared.clone(), tx, permit);
+        self.run_call(inner, call, shared.clone(), tx, permit, tier_budget_ends);
         shared
     }
 
@@ -707,7 +719,7 @@ impl CacheState {
             return;
         }
         self.metrics.refreshing_ahead(call.keys.len());
-        self.run_call(inner, call, shared, tx, Some(permit));
+        self.run_call(inner, call, shared, tx, Some(permit), None);
     }
 
     /// Runs a registered call as its own task: stores its answer, unregisters its keys, then
@@ -719,6 +731,7 @@ impl CacheState {
         ours: SharedCall,
         tx: tokio::sync::oneshot::Sender<CallResult>,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        tier_budget_ends: Option<Instant>,
     ) {
         // Invalidations after this moment win over the call's answer.
         let started = (Instant::now(), SystemTime::now());
@@ -728,7 +741,7 @@ impl CacheState {
             let result = inner.oneshot(call.clone()).await;
             if let Ok(rows) = &result {
                 // Before the waiters hear of it: a replica asking right after finds it in Redis.
-                self.store(&call, rows, started).await;
+                self.store(&call, rows, started, tier_budget_ends).await;
             }
             {
                 let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -770,8 +783,17 @@ impl CacheState {
     /// Stores a call's rows in both tiers, except for keys invalidated since the call started
     /// (their answer may predate the change the invalidation announced).
     /// `started` is when the call started, on both clocks (the shared tier orders writes by
-    /// the wall clock).
-    async fn store(&self, call: &FetchRequest, rows: &[Row], started: (Instant, SystemTime)) {
+    /// the wall clock). Returns once the shared tier's write is done, or at `tier_budget_ends`
+    /// (what is left of the request's time for the tier after its lookup), whichever comes
+    /// first; a write still running then goes on in the background. So a hung Redis costs a
+    /// request one `timeout` (its lookup's), not a lookup's and a write's.
+    async fn store(
+        &self,
+        call: &FetchRequest,
+        rows: &[Row],
+        started: (Instant, SystemTime),
+        tier_budget_ends: Option<Instant>,
+    ) {
         let (started, wall_started) = started;
         let fetched_at = Instant::now();
         let wall = SystemTime::now();
@@ -792,12 +814,27 @@ impl CacheState {
                 self.entries.insert(shape, key, row, fetched_at, false);
             }
         }
-        if let Some(tier) = &self.shared {
-            let entries = shared
+        if let Some(tier) = self.shared.clone().filter(|_| !shared.is_empty()) {
+            let features = call.features.clone();
+            let shared: Vec<(String, Row)> = shared
                 .into_iter()
-                .map(|(key, row)| (key, &call.features[..], row))
+                .map(|(key, row)| (key, row.clone()))
                 .collect();
-            tier.put(entries, wall, wall_started).await;
+            let write = async move {
+                let entries = shared
+                    .iter()
+                    .map(|(key, row)| (key.clone(), &features[..], row))
+                    .collect();
+                tier.put(entries, wall, wall_started).await;
+            };
+            match tier_budget_ends {
+                None => write.await,
+                Some(ends) => {
+                    let write = tokio::spawn(crate::span::in_request_span(write));
+                    // On time out the write is left running, bounded by the tier's timeout.
+                    let _ = tokio::time::timeout_at(ends, write).await;
+                }
+            }
         }
     }
 }

@@ -30,10 +30,13 @@
 //! published, received, applied, malformed or lost.
 //!
 //! # Failure
-//! This tier never fails a request: every command is bounded by the lesser of the tier's
-//! `timeout` and the request's deadline, is never retried or queued for a reconnection, and a
+//! This tier never fails a request: every command is bounded by the tier's `timeout` (a lookup
+//! also by the request's deadline), is never retried or queued for a reconnection, and a
 //! failure (or an entry that does not decode) reads as a miss. Each is counted in
-//! `feature_gateway_cache_shared_errors_total{source, op}`.
+//! `feature_gateway_cache_shared_errors_total{source, op}`. A request waits on this tier for
+//! one `timeout` at most, its lookup and the write of its answer together (the cache layer
+//! leaves a write still running then to finish in the background), so a hung Redis costs a
+//! request at most one `timeout`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,10 +45,10 @@ use std::{collections::HashSet, sync::Arc};
 use fetcher_api::{CellError, EntityKey, KeyPart, Record, Row, Value};
 use fred::{
     prelude::{
-        ClientLike, Config, EventInterface, KeysInterface, LuaInterface, Options, PubsubInterface,
+        ClientLike, Config, EventInterface, KeysInterface, Options, PubsubInterface,
         ReconnectPolicy, TcpConfig,
     },
-    types::Builder,
+    types::{Builder, ClusterHash, CustomCommand, Value as RedisValue},
 };
 use gateway_config::SharedCacheConfig;
 
@@ -228,6 +231,11 @@ impl SharedTier {
             tokio::time::timeout(wait, self.client.wait_for_connect()).await,
             Ok(Ok(()))
         )
+    }
+
+    /// How long one command may take (`cache.shared.timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The Redis key of a view's entity key (hashed: keys may be secrets).
@@ -447,13 +455,26 @@ impl SharedTier {
         let Some(options) = self.options(None) else {
             return writes.len() as u64;
         };
+        // EVAL as a custom command: fred's `eval` goes past `with_options` (its Lua interface
+        // is not implemented for `WithOptions`, so the call reaches the plain client), and would
+        // wait on a hung Redis with no timeout and queue for a reconnection instead of failing.
+        // The key, at offset 2, picks the cluster slot.
+        let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
         let client = self.client.with_options(&options);
         let since = millis(since).to_string();
         let ttl = self.ttl.as_millis().max(1).to_string();
         let calls = writes.into_iter().map(|(key, text)| {
             let client = &client;
-            let args = vec![text, since.clone(), ttl.clone()];
-            async move { client.eval::<i64, _, _, _>(WRITE_NEWER, key, args).await }
+            let args: Vec<RedisValue> = vec![
+                WRITE_NEWER.into(),
+                1.into(),
+                key.into(),
+                text.into(),
+                since.clone().into(),
+                ttl.clone().into(),
+            ];
+            let eval = eval.clone();
+            async move { client.custom::<i64, _>(eval, args).await }
         });
         futures::future::join_all(calls)
             .await
