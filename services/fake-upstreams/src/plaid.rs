@@ -60,6 +60,7 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use axum::{
@@ -167,6 +168,15 @@ pub struct PlaidFailNext {
     pub error_code: String,
 }
 
+/// "Hold the next `count` successful answers for `ms` milliseconds after they are computed".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaidHoldNext {
+    pub count: u32,
+    /// Not multiplied by the time scale.
+    pub ms: f64,
+}
+
 /// Plaid-coded faults of one route, applied after the request is validated (so the error is
 /// one a valid request can get). They come on top of the route's generic [`crate::RouteFaults`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,6 +188,13 @@ pub struct PlaidFaults {
     pub error_rate: f64,
     /// The code of probabilistic failures (default `INTERNAL_SERVER_ERROR`).
     pub error_code: String,
+    /// Scripted slow answers: the next successful answers are computed from the data as they
+    /// stand when the call arrives (after the route's generic faults), then held before they
+    /// are sent, like a call that read the bank and then took long to come back. Unlike the
+    /// generic `delay_next`, whose calls read the data once their delay is over, such an answer
+    /// is older than a change made while it was held ([`PlaidState::set_balance`]). A call that
+    /// fails is not held. Setting it replaces the remaining count.
+    pub hold_next: Option<PlaidHoldNext>,
 }
 
 impl Default for PlaidFaults {
@@ -186,6 +203,7 @@ impl Default for PlaidFaults {
             fail_next: None,
             error_rate: 0.0,
             error_code: "INTERNAL_SERVER_ERROR".into(),
+            hold_next: None,
         }
     }
 }
@@ -225,6 +243,10 @@ pub struct PlaidRouteStats {
     pub injected_errors: u64,
     /// Calls refused by a rate limit.
     pub rate_limited: u64,
+    /// Successful answers held by `hold_next`, counted as their hold starts (their data are
+    /// read by then); each is counted in `ok` too once it is sent.
+    #[serde(default)]
+    pub held: u64,
 }
 
 /// Per-route Plaid statistics, as served by `GET /admin/plaid/stats`.
@@ -255,6 +277,8 @@ struct ItemRuntime {
 struct RouteFaultState {
     faults: PlaidFaults,
     remaining: u32,
+    /// Successful answers still to hold (`hold_next`).
+    hold_remaining: u32,
     rng: StdRng,
 }
 
@@ -538,6 +562,12 @@ impl PlaidState {
                     faults.error_rate
                 )));
             }
+            if let Some(hold) = faults
+                .hold_next
+                .filter(|h| !(h.ms.is_finite() && h.ms >= 0.0))
+            {
+                return Err(bad(format!("hold_next.ms must be >= 0, got {}", hold.ms)));
+            }
             let codes = std::iter::once(faults.error_code.as_str())
                 .chain(faults.fail_next.iter().map(|f| f.error_code.as_str()));
             for code in codes {
@@ -555,6 +585,7 @@ impl PlaidState {
             for (name, state) in inner.faults.iter_mut() {
                 if route == crate::faults::ALL_ROUTES || route == name {
                     state.remaining = faults.fail_next.as_ref().map_or(0, |f| f.count);
+                    state.hold_remaining = faults.hold_next.map_or(0, |h| h.count);
                     state.faults = faults.clone();
                 }
             }
@@ -623,6 +654,7 @@ impl PlaidState {
                     RouteFaultState {
                         faults: PlaidFaults::default(),
                         remaining: 0,
+                        hold_remaining: 0,
                         rng: StdRng::seed_from_u64(route_seed),
                     },
                 )
@@ -652,6 +684,19 @@ impl PlaidState {
             Ok(()) => stats.ok += 1,
             Err(e) => *stats.errors.entry(e.code.code.to_owned()).or_default() += 1,
         }
+    }
+
+    /// How long to hold a successful answer of `route` before sending it (`hold_next`).
+    fn take_hold(&self, route: &'static str) -> Option<Duration> {
+        let mut inner = self.inner();
+        let state = inner.faults.get_mut(route)?;
+        let hold = state
+            .faults
+            .hold_next
+            .filter(|_| state.hold_remaining > 0)?;
+        state.hold_remaining -= 1;
+        inner.stats.entry(route).or_default().held += 1;
+        Some(Duration::from_secs_f64(hold.ms / 1000.0))
     }
 
     fn count_injected(&self, route: &'static str) {
@@ -897,7 +942,7 @@ async fn handle(
     // Generic faults come first, before any validation: every call that reaches the route is
     // counted (coalescing tests count upstream calls) and pays the injected latency, which
     // models the network and Plaid's queueing as much as the bank.
-    let outcome = match shared.admit(ep.route(), uri, 1).await {
+    let mut outcome = match shared.admit(ep.route(), uri, 1).await {
         Ok(()) => respond(shared, ep, headers, body, &request_id),
         Err(refusal) => {
             if let Refusal::Injected(_) = refusal {
@@ -906,6 +951,20 @@ async fn handle(
             Err(refusal_error(ep, refusal))
         }
     };
+    // A held answer keeps the data it read; it is counted once it is sent.
+    if let Some(hold) = outcome
+        .is_ok()
+        .then(|| plaid.take_hold(ep.route()))
+        .flatten()
+    {
+        let mut shutdown = shared.shutdown.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(hold) => {}
+            _ = shutdown.wait_for(|s| *s) => {
+                outcome = Err(refusal_error(ep, Refusal::ShuttingDown));
+            }
+        }
+    }
     match outcome {
         Ok(mut value) => {
             plaid.record(ep.route(), Ok(()));

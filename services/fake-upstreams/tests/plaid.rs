@@ -8,7 +8,7 @@ use fake_upstreams::{
     FailNext, FakeConfig, FakeServer, Latency, RouteFaults,
     plaid::{
         self, ACCOUNTS_BALANCE_GET, ACCOUNTS_GET, ItemState, PlaidConfig, PlaidFailNext,
-        PlaidFaults, RateLimit, RateLimitPlan, TRANSACTIONS_SYNC, data,
+        PlaidFaults, PlaidHoldNext, RateLimit, RateLimitPlan, TRANSACTIONS_SYNC, data,
     },
 };
 use serde_json::{Value, json};
@@ -1167,4 +1167,87 @@ async fn same_seed_same_data_other_seed_other_data() {
     .await;
     assert_error(&got, 400, "INVALID_INPUT", "INVALID_ACCESS_TOKEN");
     assert_eq!(data::now(7), data::now(7));
+}
+
+#[tokio::test]
+async fn a_held_answer_carries_the_data_read_when_the_call_arrived() {
+    let (server, client) = start().await;
+    let fake = server.plaid();
+    let (user, item) = (3, fake.item_id(3));
+    let available = |body: &Value| body["accounts"][0]["balances"]["available"].as_f64();
+    fake.set_faults(
+        ACCOUNTS_BALANCE_GET,
+        PlaidFaults {
+            hold_next: Some(PlaidHoldNext {
+                count: 1,
+                ms: 1500.0,
+            }),
+            ..PlaidFaults::default()
+        },
+    )
+    .expect("valid faults");
+    let held = tokio::spawn({
+        let (client, url, token) = (
+            client.clone(),
+            format!("{}/accounts/balance/get", server.base_url()),
+            token(&server, user),
+        );
+        async move {
+            let c = creds();
+            send(
+                client
+                    .post(url)
+                    .header("PLAID-CLIENT-ID", c.client_id)
+                    .header("PLAID-SECRET", c.secret)
+                    .json(&json!({"access_token": token})),
+            )
+            .await
+        }
+    });
+    // Its data are read once its hold starts; the balance changes while it is held.
+    let arrived = Instant::now();
+    while fake.stats().route(ACCOUNTS_BALANCE_GET).held == 0 {
+        assert!(arrived.elapsed() < Duration::from_secs(10), "never held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(fake.stats().route(ACCOUNTS_BALANCE_GET).ok, 0);
+    fake.set_balance(&item, 4321.0, 4400.0)
+        .expect("a known item");
+    // A call made meanwhile is not held (count 1) and sees the new balance.
+    let (status, now) = call(
+        &server,
+        &client,
+        "/accounts/balance/get",
+        json!({"access_token": token(&server, user)}),
+    )
+    .await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(available(&now), Some(4321.0));
+    assert!(!held.is_finished(), "the held answer is still held");
+    // The held one answers afterwards with the balance as it was when it arrived.
+    let (status, old) = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("the hold ends")
+        .expect("task ok");
+    assert_eq!(status, 200, "{old}");
+    assert_ne!(available(&old), Some(4321.0), "{old}");
+    assert_eq!(
+        available(&old),
+        data::accounts(server.seed(), user)[0].available,
+        "{old}"
+    );
+    let stats = fake.stats().route(ACCOUNTS_BALANCE_GET);
+    assert_eq!((stats.ok, stats.held), (2, 1));
+
+    // A negative hold is refused whole, naming the field.
+    let err = fake
+        .set_faults(
+            ACCOUNTS_BALANCE_GET,
+            PlaidFaults {
+                hold_next: Some(PlaidHoldNext { count: 1, ms: -1.0 }),
+                ..PlaidFaults::default()
+            },
+        )
+        .expect_err("a negative hold");
+    assert!(err.0.contains("hold_next.ms"), "{err}");
 }
