@@ -2,7 +2,8 @@
 //!
 //! [`RedisServer`] is one standalone server with no persistence (`--save '' --appendonly no`),
 //! which a test can [`stop`](RedisServer::stop) and [`restart`](RedisServer::restart) on the same
-//! port to exercise reconnection. [`RedisCluster`] is a Redis Cluster of masters only, each in its
+//! port to exercise reconnection, or [`pause`](RedisServer::pause) (SIGSTOP) to make it hang.
+//! [`RedisCluster`] is a Redis Cluster of masters only, each in its
 //! own temporary directory, created with `redis-cli --cluster create` and returned once every node
 //! reports `cluster_state:ok`.
 //!
@@ -215,6 +216,17 @@ impl Process {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`...) to the running server.
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is not running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -{signal} redis-server failed");
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -292,6 +304,19 @@ impl RedisServer {
     /// Kills the server (SIGKILL: clients see the connection drop, as in a crash).
     pub fn stop(&mut self) {
         self.process.kill();
+    }
+
+    /// Freezes the server (SIGSTOP): its connections stay open and every command waits
+    /// unanswered, as with a server that hangs (a long fork, a swapped-out host), until
+    /// [`RedisServer::resume`]. Do not call [`RedisServer::cli`] meanwhile: it would wait too.
+    pub fn pause(&self) {
+        self.process.signal("STOP");
+    }
+
+    /// Lets a [`paused`](RedisServer::pause) server run again (SIGCONT): it answers the commands
+    /// that waited.
+    pub fn resume(&self) {
+        self.process.signal("CONT");
     }
 
     /// Starts the server again on the same port (empty: nothing is persisted) and waits until it
