@@ -5,7 +5,9 @@
 //! port to exercise reconnection, or [`pause`](RedisServer::pause) (SIGSTOP) to make it hang.
 //! [`RedisCluster`] is a Redis Cluster of masters only, each in its
 //! own temporary directory, created with `redis-cli --cluster create` and returned once every node
-//! reports `cluster_state:ok`.
+//! reports `cluster_state:ok`. [`RedisSentinel`] is a primary, its replica and a Redis Sentinel
+//! (`redis-server --sentinel`) watching them, with timeouts short enough for a failover in
+//! seconds.
 //!
 //! [`RedisServer::start_tls`] serves TLS only (`--port 0 --tls-port PORT`), with a certificate
 //! for `127.0.0.1` and `localhost` from a CA of its own ([`TestCertificates`], made with the
@@ -80,6 +82,9 @@ struct Process {
     /// Set for a TLS-only server: the port is its TLS port, and the harness's own commands go
     /// through `redis-cli --tls` with the client certificate.
     tls: Option<TestCertificates>,
+    /// Set for a sentinel: its configuration file's first text (the sentinel rewrites the file
+    /// as it learns, so a restart keeps what it knew).
+    sentinel_config: Option<String>,
 }
 
 /// Why a server did not start.
@@ -97,6 +102,15 @@ impl Process {
         choose: impl Fn() -> (u16, Vec<String>),
         tls: Option<TestCertificates>,
     ) -> Process {
+        Process::spawn_with(choose, tls, None)
+    }
+
+    /// [`Process::spawn_on_free_ports`], as a sentinel when `sentinel_config` is given.
+    fn spawn_with(
+        choose: impl Fn() -> (u16, Vec<String>),
+        tls: Option<TestCertificates>,
+        sentinel_config: Option<String>,
+    ) -> Process {
         let mut tls = tls;
         let mut attempt = 0;
         loop {
@@ -108,6 +122,7 @@ impl Process {
                 dir: tempfile::tempdir().expect("cannot create a temporary directory for Redis"),
                 extra_args,
                 tls: tls.take(),
+                sentinel_config: sentinel_config.clone(),
             };
             match process.try_start() {
                 Ok(()) => return process,
@@ -151,6 +166,14 @@ impl Process {
         assert!(self.child.is_none(), "redis-server is already running");
         let log = self.dir.path().join("redis.log");
         let mut command = Command::new(executable("redis-server"));
+        if let Some(text) = &self.sentinel_config {
+            // The file comes first on the command line.
+            let file = self.dir.path().join("sentinel.conf");
+            if !file.exists() {
+                std::fs::write(&file, text).expect("cannot write sentinel.conf");
+            }
+            command.arg(&file).arg("--sentinel");
+        }
         match &self.tls {
             None => command.args(["--port", &self.port.to_string()]),
             // TLS only: no plain port at all, so nothing can reach it without TLS.
@@ -429,6 +452,123 @@ impl RedisCluster {
     }
 }
 
+/// A primary, its replica and one Redis Sentinel watching them on loopback, each killed when
+/// dropped. The sentinel (`redis-server --sentinel`, Debian's binary) knows the primary as
+/// [`RedisSentinel::SERVICE`], with a quorum of 1 and short timeouts, so a failover takes
+/// seconds: the primary is deemed down after [`RedisSentinel::DOWN_AFTER`] without an answer,
+/// then the replica is promoted.
+#[derive(Debug)]
+pub struct RedisSentinel {
+    primary: Process,
+    replica: Process,
+    sentinel: Process,
+}
+
+impl RedisSentinel {
+    /// The name the sentinel knows the primary by.
+    pub const SERVICE: &str = "mymaster";
+    /// How long the primary may not answer before the sentinel deems it down.
+    pub const DOWN_AFTER: Duration = Duration::from_millis(1000);
+    /// The sentinel's `failover-timeout`: a failover that has not ended by then is tried again.
+    pub const FAILOVER_TIMEOUT: Duration = Duration::from_millis(3000);
+
+    /// Starts the primary, then its replica, waits until the replica is in sync, then starts
+    /// the sentinel and waits until it knows of the replica (the candidate for a failover).
+    pub fn start() -> RedisSentinel {
+        let primary = Process::spawn_on_free_ports(|| (free_ports::<1>()[0], Vec::new()), None);
+        let of = primary.port.to_string();
+        let replica = Process::spawn_on_free_ports(
+            || {
+                let args = ["--replicaof", "127.0.0.1", &of];
+                (free_ports::<1>()[0], args.map(str::to_owned).to_vec())
+            },
+            None,
+        );
+        let started = Instant::now();
+        while !redis_cli(replica.port, false, &["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(
+                started.elapsed() < CLUSTER_TIMEOUT,
+                "the replica did not sync with the primary within {CLUSTER_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let name = Self::SERVICE;
+        let config = format!(
+            "sentinel monitor {name} 127.0.0.1 {of} 1\n\
+             sentinel down-after-milliseconds {name} {}\n\
+             sentinel failover-timeout {name} {}\n",
+            Self::DOWN_AFTER.as_millis(),
+            Self::FAILOVER_TIMEOUT.as_millis(),
+        );
+        let sentinel =
+            Process::spawn_with(|| (free_ports::<1>()[0], Vec::new()), None, Some(config));
+        let cluster = RedisSentinel {
+            primary,
+            replica,
+            sentinel,
+        };
+        let replica_port = cluster.replica.port.to_string();
+        let started = Instant::now();
+        while !cluster
+            .sentinel_cli(&["SENTINEL", "replicas", name])
+            .lines()
+            .any(|l| l.trim() == replica_port)
+        {
+            assert!(
+                started.elapsed() < CLUSTER_TIMEOUT,
+                "the sentinel did not learn of the replica within {CLUSTER_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT` of the sentinel.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.sentinel.port)
+    }
+
+    /// The port of the server started as the primary.
+    pub fn primary_port(&self) -> u16 {
+        self.primary.port
+    }
+
+    /// The port of the server started as the replica.
+    pub fn replica_port(&self) -> u16 {
+        self.replica.port
+    }
+
+    /// The primary's port as the sentinel names it now, if it names one.
+    pub fn current_primary(&self) -> Option<u16> {
+        self.sentinel_cli(&["SENTINEL", "get-master-addr-by-name", Self::SERVICE])
+            .lines()
+            .nth(1)
+            .and_then(|port| port.trim().parse().ok())
+    }
+
+    /// Runs `redis-cli` against the server started as the primary.
+    pub fn primary_cli(&self, args: &[&str]) -> String {
+        redis_cli(self.primary.port, false, args)
+    }
+
+    /// Runs `redis-cli` against the server started as the replica.
+    pub fn replica_cli(&self, args: &[&str]) -> String {
+        redis_cli(self.replica.port, false, args)
+    }
+
+    /// Runs `redis-cli` against the sentinel.
+    pub fn sentinel_cli(&self, args: &[&str]) -> String {
+        redis_cli(self.sentinel.port, false, args)
+    }
+
+    /// Kills the server started as the primary (SIGKILL, as in a crash).
+    pub fn kill_primary(&mut self) {
+        self.primary.kill();
+    }
+}
+
 fn redis_cli(port: u16, cluster: bool, args: &[&str]) -> String {
     run_cli(redis_cli_command(port, cluster, None), args)
 }
@@ -497,6 +637,23 @@ mod tests {
         );
         server.restart();
         assert_eq!(server.cli(&["exists", "k"]).trim(), "0");
+    }
+
+    #[test]
+    fn a_sentinel_promotes_the_replica_when_the_primary_dies() {
+        let mut cluster = RedisSentinel::start();
+        assert_eq!(cluster.current_primary(), Some(cluster.primary_port()));
+        assert_eq!(cluster.primary_cli(&["SET", "k", "v"]).trim(), "OK");
+        assert_eq!(cluster.primary_cli(&["WAIT", "1", "5000"]).trim(), "1");
+        assert_eq!(cluster.replica_cli(&["GET", "k"]).trim(), "v");
+        cluster.kill_primary();
+        let started = Instant::now();
+        while cluster.current_primary() != Some(cluster.replica_port()) {
+            assert!(started.elapsed() < CLUSTER_TIMEOUT, "no failover");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(cluster.replica_cli(&["ROLE"]).starts_with("master"));
+        assert_eq!(cluster.replica_cli(&["GET", "k"]).trim(), "v");
     }
 
     #[test]
