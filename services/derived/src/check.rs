@@ -6,13 +6,13 @@
 //! functions listed in [`crate::FUNCTIONS`]; anything else is refused at load time. Each problem
 //! is reported with the position of the node it is about, and all of them at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 use fetcher_api::FeatureType;
 
 use crate::{
-    Catalog, InputRef, Limits,
+    Catalog, InputRef, Limits, parity,
     types::{Ty, cel_name},
 };
 
@@ -304,6 +304,8 @@ pub(crate) struct Checked {
     pub inputs: Vec<InputRef>,
     pub errors: Vec<(u64, String)>,
     pub has_comprehension: bool,
+    /// Calls the gateway evaluates with its own function (module `parity`): node id → name.
+    pub replaced: HashMap<u64, &'static str>,
 }
 
 /// Type-checks `expr`; `ids` of the errors locate them through the program's source info.
@@ -314,6 +316,7 @@ pub(crate) fn check(expr: &IdedExpr, catalog: &Catalog, limits: &Limits) -> Chec
         locals: Vec::new(),
         inputs: BTreeMap::new(),
         errors: Vec::new(),
+        replaced: HashMap::new(),
         nodes: 0,
         comprehension: None,
         has_comprehension: false,
@@ -348,6 +351,7 @@ pub(crate) fn check(expr: &IdedExpr, catalog: &Catalog, limits: &Limits) -> Chec
         inputs,
         errors: c.errors,
         has_comprehension: c.has_comprehension,
+        replaced: c.replaced,
     }
 }
 
@@ -363,6 +367,7 @@ struct Checker<'a> {
     locals: Vec<(String, Ty)>,
     inputs: BTreeMap<(String, String), InputRef>,
     errors: Vec<(u64, String)>,
+    replaced: HashMap<u64, &'static str>,
     nodes: usize,
     comprehension: Option<InLoop>,
     has_comprehension: bool,
@@ -670,6 +675,9 @@ impl Checker<'_> {
                 .zip(&args)
                 .all(|(p, t)| matches(*p, t, &mut b))
             {
+                if let Some(function) = parity::replacement(&name, &args) {
+                    self.replaced.insert(id, function);
+                }
                 return result(*ret, &b);
             }
         }
@@ -724,7 +732,9 @@ impl Checker<'_> {
         match &pattern.expr {
             Expr::Literal(LiteralValue::String(s)) => {
                 let text: &str = s.inner();
-                if let Err(e) = regex::RegexBuilder::new(text)
+                if let Some(message) = parity::pattern_difference(text) {
+                    self.error(pattern.id, message);
+                } else if let Err(e) = regex::RegexBuilder::new(text)
                     .size_limit(self.limits.max_regex_bytes)
                     .build()
                 {

@@ -263,6 +263,15 @@ impl Expression {
                     input.view, input.feature
                 )));
             }
+            if let Some(Value::Timestamp(t)) = value
+                && !crate::parity::timestamp_representable(*t)
+            {
+                return Err(EvalError::Failed(format!(
+                    "input {}.{} is a timestamp beyond the years an expression can hold \
+                     (-262143 to 262142)",
+                    input.view, input.feature
+                )));
+            }
         }
         let row = Row {
             expression: self,
@@ -271,7 +280,7 @@ impl Expression {
         };
         let mut context = Context::with_env(crate::env());
         context.set_variable_resolver(&row);
-        let result = self.program.execute(&context);
+        let result = cel::Value::resolve(&self.expr, &context);
         drop(context);
         let missing = row.first_missing.load(Ordering::Relaxed);
         match result {

@@ -43,6 +43,55 @@
 //! is refused (the derived feature is SOURCE_ERROR). Together these bound every evaluation: no
 //! macro's cost grows faster than the length of one list, and no value grows past the sum of
 //! the inputs it was made of.
+//!
+//! # Parity with cel-go
+//! cel-go is CEL's reference implementation. `tests/tests/cel_parity.rs` (run with `cargo test
+//! -p end-to-end --test cel_parity`) evaluates every expression of
+//! `tests/cel-parity/derived.toml` over 10,000 generated rows (edge values and unavailable inputs
+//! included) with this crate and with cel-go 0.33.3, and requires the same results: integers,
+//! strings, bytes, bools and timestamps exactly, doubles bit for bit, an error for an error.
+//!
+//! Where the `cel` crate disagreed with CEL's spec and cel-go, the gateway evaluates its own way
+//! (module `parity`; the checker picks the calls by their types):
+//! - `<`, `<=`, `>`, `>=` with a NaN operand are false (IEEE 754, as in cel-go). The `cel` crate
+//!   failed the evaluation.
+//! - `string(double)` writes what cel-go writes (Go's `%g`): `1e+21`, `1.5e-07`, `123456.789`,
+//!   `-0`, `NaN`, `+Inf`; the `cel` crate wrote `1000000000000000000000` and `0.00000015`. A
+//!   timestamp after year 9999 (an input; CEL's own arithmetic stays within 0001 to 9999) is
+//!   written without a `+` before its year.
+//! - `double(string)` of a finite number too large for a double (`'1e309'`) is an error (the
+//!   spec: a conversion past the target type's range is an error), not an infinity; so is a
+//!   signed NaN (`'-nan'`), as in cel-go.
+//! - `timestamp(string)` refuses a space between date and time and a leap second (`23:59:60`),
+//!   which chrono reads; neither is an RFC 3339 timestamp CEL can hold.
+//! - A `matches` pattern with `\d \D \w \W \s \S \b \B` is refused at load time: CEL's patterns
+//!   are RE2's, where these are ASCII classes, and the gateway's regex engine reads them as
+//!   Unicode ones (`'١٢٣'.matches('\\d')` would be true). The message names the ASCII class to
+//!   write instead, e.g. `[0-9]`.
+//! - A timestamp input beyond the years chrono holds (-262143 to 262142) fails the evaluation
+//!   (SOURCE_ERROR): it was read as 1970-01-01.
+//! - Not a difference of results: `matches` compiles each pattern once, not on every evaluation.
+//!
+//! Where the two still differ, the gateway keeps its behaviour (each case is an explicit
+//! exception of the test):
+//! - `s.indexOf(sub, offset)` with `offset` at or past the end of `s` is an error, as CEL's
+//!   conformance test `indexof_out_of_range` requires; cel-go 0.33.3 gives -1.
+//! - `double(string)` refuses Go's own number syntax (`'1_000'`, `'0x1p-2'`), which cel-go reads.
+//! - `duration(string)` refuses `µs` and `μs` (the spec lists `us`), which cel-go reads.
+//! - `timestamp(string)` reads a lower-case `t` and `z`, as RFC 3339 allows; cel-go refuses them.
+//! - A duration's `getHours()`, `getMinutes()` and `getSeconds()` are exact; cel-go computes them
+//!   through a float64 and can give one more (2208988799.999999999 s gives 2208988800 seconds).
+//!   Likewise `string(duration)` is exact to the nanosecond, where cel-go writes a float64's
+//!   digits (`1440359947.021515s` for `1440359947.021514882s`).
+//! - Time zones after 2100: the gateway's tables (chrono-tz, tzdata 2025b) end in 2100 and have
+//!   no daylight saving time after it; cel-go applies each zone's rule for ever (`getHours` is
+//!   one less in a New York summer of 2200).
+//! - A timestamp input beyond chrono's years (above) is evaluated by cel-go.
+//! - NaN's bits: cel-go's `double('NaN')` is Go's NaN, 0x7ff8000000000001, and the gateway's is
+//!   Rust's, 0x7ff8000000000000 (the test compares NaN as NaN; every other double bit for bit).
+//! - An evaluation that reads an unavailable input and also fails otherwise is
+//!   [`EvalError::Missing`] here (the input's status decides the feature's), where cel-go reports
+//!   whichever error it met first.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -55,6 +104,7 @@ use fetcher_api::{FeatureType, Value};
 
 mod check;
 mod eval;
+mod parity;
 mod types;
 
 pub use types::Ty;
@@ -165,7 +215,9 @@ pub enum EvalError {
 /// A compiled, type-checked expression.
 pub struct Expression {
     source: String,
-    program: cel::Program,
+    /// What the evaluator runs: the parsed expression, with the calls module `parity` evaluates
+    /// renamed to its functions.
+    expr: cel::IdedExpr,
     inputs: Vec<InputRef>,
     ty: FeatureType,
     limits: Limits,
@@ -213,6 +265,7 @@ fn env() -> Arc<cel::Env> {
             .expect("the math extension declares fresh names");
         env.add_extension(cel::extensions::strings)
             .expect("the strings extension declares fresh names");
+        parity::register(&mut env).expect("the parity functions have names of their own");
         Arc::new(env)
     });
     ENV.clone()
@@ -276,9 +329,11 @@ pub fn compile(
         errors.dedup();
         return Err(errors);
     }
+    let mut expr = program.expression().clone();
+    parity::rewrite(&mut expr, &checked.replaced);
     Ok(Arc::new(Expression {
         source: source.to_owned(),
-        program,
+        expr,
         inputs: checked.inputs,
         ty,
         limits: limits.clone(),
