@@ -390,3 +390,205 @@ fn line_column(text: &str, offset: usize) -> (u32, u32) {
 
 #[cfg(test)]
 mod tests;
+
+/// A feature's status, as the rules of derived features read an input's and give a result's
+/// (the gateway's statuses and the training log's map onto it one to one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    Present,
+    NotFound,
+    NullValue,
+    OutsideMaxAge,
+    TimedOut,
+    SourceError,
+    Stale,
+}
+
+impl Status {
+    /// Whether an input of this status is available to an expression: PRESENT or STALE.
+    pub fn is_available(self) -> bool {
+        matches!(self, Status::Present | Status::Stale)
+    }
+}
+
+/// One row's derived feature: what [`Expression::evaluate`] gives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The value: the expression's result, or null.
+    pub value: Value,
+    /// Its status.
+    pub status: Status,
+    /// Why the status is not PRESENT (`None` exactly when it is).
+    pub reason: Option<Reason>,
+}
+
+/// Why a derived feature is not PRESENT.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reason {
+    /// The expression gave null: NULL_VALUE.
+    Null,
+    /// A value computed while an input was STALE: STALE.
+    StaleInput,
+    /// It read input `input` (an index into [`Expression::inputs`]), unavailable with `status`:
+    /// TIMED_OUT or SOURCE_ERROR pass on, any other is NOT_FOUND.
+    Input {
+        /// Index into [`Expression::inputs`].
+        input: usize,
+        /// That input's status.
+        status: Status,
+    },
+    /// The evaluation failed (division by zero, overflow, an input too large): SOURCE_ERROR.
+    Failed(String),
+}
+
+/// Inputs of at most this many are passed to [`Expression::eval`] without an allocation.
+const INPUTS_ON_STACK: usize = 8;
+
+impl Expression {
+    /// Evaluates the expression over one row's inputs as served (`inputs[i]` is input `i` of
+    /// [`Expression::inputs`]: its status and its value before any default) and gives the
+    /// result its status by the rules of "Inputs that are not available" above: a null result is
+    /// NULL_VALUE, a value computed while an input was STALE is STALE, reading an unavailable
+    /// input gives its status if TIMED_OUT or SOURCE_ERROR and NOT_FOUND otherwise, and a
+    /// failed evaluation is SOURCE_ERROR. The gateway serves with it and `training-set`
+    /// recomputes with it, so the rules exist in this one place.
+    pub fn evaluate(&self, inputs: &[(Status, &Value)]) -> Outcome {
+        let mut on_stack: [Option<&Value>; INPUTS_ON_STACK] = [None; INPUTS_ON_STACK];
+        let mut on_heap = Vec::new();
+        let values: &mut [Option<&Value>] = if inputs.len() <= INPUTS_ON_STACK {
+            &mut on_stack[..inputs.len()]
+        } else {
+            on_heap.resize(inputs.len(), None);
+            &mut on_heap
+        };
+        for (slot, (status, value)) in values.iter_mut().zip(inputs) {
+            *slot = status.is_available().then_some(*value);
+        }
+        let outcome = |value, status, reason| Outcome {
+            value,
+            status,
+            reason,
+        };
+        match self.eval(values) {
+            Ok(Value::Null) => outcome(Value::Null, Status::NullValue, Some(Reason::Null)),
+            Ok(value) if inputs.iter().any(|(s, _)| *s == Status::Stale) => {
+                outcome(value, Status::Stale, Some(Reason::StaleInput))
+            }
+            Ok(value) => outcome(value, Status::Present, None),
+            Err(EvalError::Missing(input)) => {
+                let status = inputs[input].0;
+                let passed_on = match status {
+                    Status::TimedOut | Status::SourceError => status,
+                    _ => Status::NotFound,
+                };
+                outcome(
+                    Value::Null,
+                    passed_on,
+                    Some(Reason::Input { input, status }),
+                )
+            }
+            Err(EvalError::Failed(reason)) => outcome(
+                Value::Null,
+                Status::SourceError,
+                Some(Reason::Failed(reason)),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod status_rules {
+    use super::*;
+
+    fn expression(source: &str) -> Arc<Expression> {
+        let mut catalog = Catalog::default();
+        catalog.views.insert(
+            "t".into(),
+            [
+                ("a".to_owned(), FeatureType::Double),
+                ("b".to_owned(), FeatureType::Double),
+                ("n".to_owned(), FeatureType::Int64),
+            ]
+            .into(),
+        );
+        compile(source, FeatureType::Double, &catalog, &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn statuses_follow_the_documented_rules() {
+        let e = expression("has(t.b) ? t.a / t.b : double(10 / t.n)");
+        let names: Vec<_> = e.inputs().iter().map(|r| r.feature.as_str()).collect();
+        assert_eq!(names, ["a", "b", "n"]);
+        let (a, b, zero, two) = (
+            Value::Double(3.0),
+            Value::Double(2.0),
+            Value::Int64(0),
+            Value::Int64(2),
+        );
+        let run = |inputs: &[(Status, &Value)]| e.evaluate(inputs);
+        let present = Status::Present;
+
+        let o = run(&[(present, &a), (present, &b), (present, &two)]);
+        assert_eq!(
+            (o.value, o.status, o.reason),
+            (Value::Double(1.5), present, None)
+        );
+        let o = run(&[(present, &a), (Status::Stale, &b), (present, &two)]);
+        assert_eq!(
+            (o.value, o.status, o.reason),
+            (Value::Double(1.5), Status::Stale, Some(Reason::StaleInput))
+        );
+        // b unavailable: the expression reads n instead, whatever b's value was.
+        let o = run(&[(present, &a), (Status::NullValue, &b), (present, &two)]);
+        assert_eq!((o.value, o.status), (Value::Double(5.0), present));
+        // A is read and unavailable: TIMED_OUT passes on, OUTSIDE_MAX_AGE is NOT_FOUND.
+        for (status, given) in [
+            (Status::TimedOut, Status::TimedOut),
+            (Status::SourceError, Status::SourceError),
+            (Status::OutsideMaxAge, Status::NotFound),
+            (Status::NotFound, Status::NotFound),
+        ] {
+            let o = run(&[(status, &a), (present, &b), (present, &two)]);
+            assert_eq!(
+                (o.value, o.status, o.reason),
+                (Value::Null, given, Some(Reason::Input { input: 0, status }))
+            );
+        }
+        let o = run(&[(present, &a), (Status::NotFound, &b), (present, &zero)]);
+        assert_eq!(
+            (o.status, o.reason),
+            (
+                Status::SourceError,
+                Some(Reason::Failed("division by zero".into()))
+            )
+        );
+    }
+
+    #[test]
+    fn more_inputs_than_fit_on_the_stack_evaluate_alike() {
+        let mut catalog = Catalog::default();
+        let names: Vec<String> = (0..INPUTS_ON_STACK + 3).map(|i| format!("f{i}")).collect();
+        catalog.views.insert(
+            "t".into(),
+            names
+                .iter()
+                .map(|n| (n.clone(), FeatureType::Int64))
+                .collect(),
+        );
+        let source: Vec<String> = names.iter().map(|n| format!("t.{n}")).collect();
+        let e = compile(
+            &source.join(" + "),
+            FeatureType::Int64,
+            &catalog,
+            &Limits::default(),
+        )
+        .unwrap();
+        let values: Vec<Value> = (0..names.len() as i64).map(Value::Int64).collect();
+        let mut inputs: Vec<(Status, &Value)> =
+            values.iter().map(|v| (Status::Present, v)).collect();
+        assert_eq!(e.evaluate(&inputs).value, Value::Int64(55));
+        inputs[10].0 = Status::TimedOut;
+        let o = e.evaluate(&inputs);
+        assert_eq!(o.status, Status::TimedOut);
+    }
+}

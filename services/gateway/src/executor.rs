@@ -22,8 +22,6 @@ use tracing::Instrument;
 
 use gateway_stack::{GatewayService, Slot};
 
-use derived::EvalError;
-
 use crate::{
     plan::{Derived, KeyInput, Origin, Plan},
     status::Status,
@@ -543,53 +541,50 @@ fn fetched(
     s
 }
 
-/// Derived feature `i` (`d`) of one row, from its inputs as served. See the `derived` crate
-/// for the rules: an unavailable input read passes its status on, an evaluation error is
-/// SOURCE_ERROR, a null result NULL_VALUE, and a value computed from a STALE input is STALE.
+/// Derived feature `i` (`d`) of one row, from its inputs as served. The status rules are the
+/// `derived` crate's ([`derived::Expression::evaluate`], which `training-set` recomputes with
+/// too): an unavailable input read passes its status on, an evaluation error is SOURCE_ERROR, a
+/// null result NULL_VALUE, and a value computed from a STALE input is STALE.
 fn evaluate(i: usize, d: &Derived, inputs: &[Served]) -> Served {
-    let available = |s: &Served| matches!(s.status, Status::Present | Status::Stale);
-    let values: Vec<Option<&Value>> = inputs
-        .iter()
-        .map(|s| available(s).then_some(&s.value))
-        .collect();
-    let mut out = match d.expr.eval(&values) {
-        Ok(Value::Null) => served(
-            Value::Null,
-            Status::NullValue,
-            text("the expression gave null"),
-        ),
-        Ok(value) if inputs.iter().any(|s| s.status == Status::Stale) => served(
-            value,
-            Status::Stale,
-            text("computed from a cached value served past its TTL"),
-        ),
-        Ok(value) => served(value, Status::Present, None),
-        Err(EvalError::Missing(input)) => {
-            let status = match inputs[input].status {
-                Status::TimedOut => Status::TimedOut,
-                Status::SourceError => Status::SourceError,
-                _ => Status::NotFound,
-            };
-            served(
-                Value::Null,
-                status,
-                Some(Detail::Input {
-                    derived: i,
-                    input,
-                    status: inputs[input].status,
-                }),
-            )
-        }
-        Err(EvalError::Failed(reason)) => served(
-            Value::Null,
-            Status::SourceError,
-            Some(Detail::Message(format!("expression: {reason}"))),
-        ),
+    use derived::{Reason, Status as D};
+    let to_rule = |status: Status| match status {
+        Status::Present => D::Present,
+        Status::NotFound => D::NotFound,
+        Status::NullValue => D::NullValue,
+        Status::OutsideMaxAge => D::OutsideMaxAge,
+        Status::TimedOut => D::TimedOut,
+        Status::SourceError => D::SourceError,
+        Status::Stale => D::Stale,
     };
+    let rows: Vec<(D, &Value)> = inputs
+        .iter()
+        .map(|s| (to_rule(s.status), &s.value))
+        .collect();
+    let outcome = d.expr.evaluate(&rows);
+    let status = match outcome.status {
+        D::Present => Status::Present,
+        D::NotFound => Status::NotFound,
+        D::NullValue => Status::NullValue,
+        D::OutsideMaxAge => Status::OutsideMaxAge,
+        D::TimedOut => Status::TimedOut,
+        D::SourceError => Status::SourceError,
+        D::Stale => Status::Stale,
+    };
+    let detail = outcome.reason.map(|reason| match reason {
+        Reason::Null => Detail::Text("the expression gave null"),
+        Reason::StaleInput => Detail::Text("computed from a cached value served past its TTL"),
+        Reason::Input { input, .. } => Detail::Input {
+            derived: i,
+            input,
+            status: inputs[input].status,
+        },
+        Reason::Failed(reason) => Detail::Message(format!("expression: {reason}")),
+    });
+    let mut out = served(outcome.value, status, detail);
     // The value is as old as its oldest input, and took as long as its slowest.
     out.event_time = inputs
         .iter()
-        .filter(|s| available(s))
+        .filter(|s| to_rule(s.status).is_available())
         .filter_map(|s| s.event_time)
         .min();
     out.latency = inputs.iter().map(|s| s.latency).max().unwrap_or_default();
