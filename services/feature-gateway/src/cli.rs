@@ -57,7 +57,9 @@ pub enum Command {
     /// as the gateway reads them back. Exit code 3 when some rows were bad (each is listed).
     Materialize(MaterializeArgs),
     /// Join the training log with a labels file into a Parquet training set: one row per
-    /// labelled request, the features exactly as served, their statuses, then the labels.
+    /// labelled request, the features exactly as served, their statuses, then the labels. With
+    /// --config, derived features are recomputed from the logged inputs to check the log
+    /// (--recompute, exit code 3 when some differ) or added to it (--derive).
     TrainingSet(TrainingSetArgs),
     /// Serve the embedded demo (a fraud model's features from local tables): no database needed.
     Demo {
@@ -93,7 +95,7 @@ pub struct MaterializeArgs {
     pub chunk_rows: usize,
 }
 
-/// The flags of `trainingset`.
+/// The flags of `training-set`.
 #[derive(Debug, clap::Args)]
 pub struct TrainingSetArgs {
     /// The training log's directory (`[training_log] dir`).
@@ -121,4 +123,20 @@ pub struct TrainingSetArgs {
     /// The Parquet file to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// The configuration defining the derived features that --recompute and --derive evaluate
+    /// (loaded as `validate --no-env` does; it must have the feature service, whose defaults
+    /// apply as when serving).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Recompute every derived feature of the log from the logged inputs with the
+    /// configuration's expressions and compare with what was logged (value bit for bit, and
+    /// status); exit code 3 when some rows differ (each feature's count and examples listed).
+    /// The training set holds the logged values either way.
+    #[arg(long, requires = "config")]
+    pub recompute: bool,
+    /// Add derived feature VIEW:FEATURE of the configuration, which the logged vectors do not
+    /// have, computed from their logged inputs (`feature:`, `status:` and `age_ms:` columns).
+    /// Repeatable.
+    #[arg(long, value_name = "VIEW:FEATURE", requires = "config")]
+    pub derive: Vec<String>,
 }

@@ -13,6 +13,20 @@
 //! CSV with a header, or Parquet: a `request_id` column (string), then any label columns,
 //! including the label time. CSV columns are typed by their contents: int64 if every non-empty
 //! cell is an integer, else double if every one is a number, else string; empty cells are null.
+//!
+//! # Derived features
+//! With the configuration ([`TrainingSetOptions::config`]), derived features are recomputed from
+//! the logged inputs by the rules serving uses (module `recompute`):
+//! - `recompute`: every derived feature of the log is recomputed for every logged vector in
+//!   range and compared with what was logged, value (doubles bit for bit) and status; the
+//!   training set still holds the logged values, and [`TrainingSetReport::recomputed`] says
+//!   which rows differ.
+//! - `derive`: derived features of the configuration that the log does not have are added as
+//!   `feature:`, `status:` and `age_ms:` columns after the log's, computed from the logged inputs:
+//!   a new derived feature gets training data without new traffic.
+//!
+//! A derived feature whose inputs the log does not hold is refused
+//! ([`TrainingSetError::Refused`]) before anything is written.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,6 +44,7 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use fetcher_api::FeatureType;
+use gateway_config::{Config, FeatureRef};
 use parquet::{
     arrow::{ArrowWriter, arrow_reader::ParquetRecordBatchReaderBuilder},
     basic::Compression,
@@ -37,13 +52,42 @@ use parquet::{
 };
 
 use crate::{
-    record::{Cell, FeatureEntry, Record, nanos_since_epoch, utc_date},
+    record::{Cell, FeatureEntry, LoggedStatus, Record, nanos_since_epoch, utc_date},
     schema::{
-        SCHEMA_KEY, SchemaDef, age_column, context_column, entity_column, feature_column,
-        status_column,
+        FeatureColumn, SCHEMA_KEY, SchemaDef, age_column, arrow_type, context_column,
+        entity_column, feature_column, status_column,
     },
     sink::parquet::partition_dir,
 };
+
+mod recompute;
+
+/// Rows that differ kept as examples per derived feature.
+pub const EXAMPLES: usize = 5;
+
+/// Why no training set was written.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingSetError {
+    /// What was asked cannot be built from these logs with this configuration (a derived
+    /// feature that is not one, or whose inputs the log does not hold): the message names it.
+    #[error("{0}")]
+    Refused(String),
+    /// Reading the logs or the labels, or writing the training set, failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for TrainingSetError {
+    fn from(message: String) -> Self {
+        TrainingSetError::Failed(message)
+    }
+}
+
+impl From<&str> for TrainingSetError {
+    fn from(message: &str) -> Self {
+        TrainingSetError::Failed(message.to_owned())
+    }
+}
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -64,6 +108,13 @@ pub struct TrainingSetOptions {
     pub present_only: bool,
     /// The Parquet file to write.
     pub out: PathBuf,
+    /// The configuration whose derived features `recompute` and `derive` evaluate; it must
+    /// have the feature service (its defaults apply as when serving).
+    pub config: Option<Arc<Config>>,
+    /// Recompute every derived feature of the log and compare it with what was logged.
+    pub recompute: bool,
+    /// Derived features (`VIEW:FEATURE`) of the configuration to add as columns.
+    pub derive: Vec<String>,
 }
 
 /// What was built.
@@ -81,6 +132,50 @@ pub struct TrainingSetReport {
     pub not_present: usize,
     /// Logged vectors seen more than once (the first was used).
     pub duplicates: usize,
+    /// With `recompute`: each derived feature of the log, in log order.
+    pub recomputed: Vec<Recomputed>,
+    /// With `derive`: each derived feature added, in the order asked.
+    pub derived: Vec<Derived>,
+}
+
+/// One derived feature of the log, recomputed for every logged vector in range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recomputed {
+    /// `VIEW:FEATURE`.
+    pub feature: String,
+    /// Rows recomputed and compared.
+    pub rows: usize,
+    /// Rows whose recomputed value or status is not the logged one.
+    pub differ: usize,
+    /// The first [`EXAMPLES`] of them, in log order.
+    pub examples: Vec<Difference>,
+    /// Rows that could not be recomputed: an input was served STALE with the feature
+    /// service's default, so the log holds the default, not the value the expression read.
+    pub lost: usize,
+    /// Whether values were compared: not for a `pii` feature (logged hashed or not at all),
+    /// whose statuses only are.
+    pub values_compared: bool,
+}
+
+/// A logged vector whose derived feature recomputes to something else.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Difference {
+    /// The vector's request id.
+    pub request_id: String,
+    /// The value and status logged.
+    pub logged: (Cell, LoggedStatus),
+    /// The value and status recomputed.
+    pub recomputed: (Cell, LoggedStatus),
+}
+
+/// A derived feature added with `derive`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Derived {
+    /// `VIEW:FEATURE`.
+    pub feature: String,
+    /// Rows of the training set it could not be computed for (an input served STALE with
+    /// a default; see [`Recomputed::lost`]): null, with status SOURCE_ERROR.
+    pub lost: usize,
 }
 
 /// The log files of `feature_service` under `logs`, with their schema definitions, oldest date
@@ -282,7 +377,18 @@ fn cell_at(array: &dyn Array, ty: FeatureType, row: usize) -> Option<Cell> {
 }
 
 /// Builds the training set described by `options`.
-pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, String> {
+pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, TrainingSetError> {
+    let config = match &options.config {
+        Some(config) => Some(config.as_ref()),
+        None if options.recompute || !options.derive.is_empty() => {
+            return Err(TrainingSetError::Refused(
+                "recomputing or adding derived features needs the configuration that defines \
+                 them (--config)"
+                    .to_owned(),
+            ));
+        }
+        None => None,
+    };
     let from_us = options.from.map(|t| nanos_since_epoch(t) / 1000);
     let to_us = options.to.map(|t| nanos_since_epoch(t) / 1000);
     // Whole date partitions outside the range are not even opened.
@@ -303,7 +409,7 @@ pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, String> 
     }
     let definition_hash = match by_hash.len() {
         0 => {
-            return Err(format!(
+            return Err(TrainingSetError::Failed(format!(
                 "no training log files of feature service `{}`{} under {}",
                 options.feature_service,
                 options
@@ -312,7 +418,7 @@ pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, String> 
                     .map(|h| format!(" with definition hash {h}"))
                     .unwrap_or_default(),
                 options.logs.display()
-            ));
+            )));
         }
         1 => files[0].2.definition_hash.clone(),
         _ => {
@@ -320,21 +426,25 @@ pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, String> 
                 .iter()
                 .map(|(h, n)| format!("{h} ({n} files)"))
                 .collect();
-            return Err(format!(
+            return Err(TrainingSetError::Failed(format!(
                 "the logs hold {} definitions of `{}`: {}; choose one with --definition-hash",
                 by_hash.len(),
                 options.feature_service,
                 list.join(", ")
-            ));
+            )));
         }
     };
     if files.iter().any(|(_, _, d)| d != &files[0].2) {
-        return Err(format!(
+        return Err(TrainingSetError::Failed(format!(
             "files of definition {definition_hash} were written with different column layouts \
              (a changed pii setting?); move one kind aside"
-        ));
+        )));
     }
-    let def = files[0].2.clone();
+    let mut def = files[0].2.clone();
+    let (to_check, to_add) = match config {
+        Some(config) => derived_features(config, &def, options)?,
+        None => (Vec::new(), Vec::new()),
+    };
 
     let mut schema: Option<SchemaRef> = None;
     let mut batches = Vec::new();
@@ -374,6 +484,34 @@ pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, String> 
         .map(|f| string_column(&log, &status_column(&f.name)))
         .collect::<Result<_, _>>()?;
 
+    // Derived features, for every logged row: those checked, then those added.
+    let mut computed = match config {
+        Some(config) if !to_check.is_empty() || !to_add.is_empty() => {
+            let wanted: Vec<FeatureRef> = to_check
+                .iter()
+                .chain(&to_add)
+                .map(|(r, _)| r.clone())
+                .collect();
+            let derivation =
+                recompute::Derivation::plan(config, &options.feature_service, &def, &log, &wanted)?;
+            derivation.compute(log.num_rows(), &wanted)?
+        }
+        _ => Vec::new(),
+    };
+    let added = computed.split_off(to_check.len());
+    let recomputed = if options.recompute {
+        let mut in_range: Vec<usize> = row_of.values().map(|&r| r as usize).collect();
+        in_range.sort_unstable();
+        to_check
+            .iter()
+            .zip(&computed)
+            .map(|((r, _), column)| compare(&log, ids, &def, &r.to_string(), column, &in_range))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    drop(computed);
+
     let labels = read_labels(&options.labels)?;
     let label_ids = string_column(&labels, "request_id")?;
     let mut log_rows = Vec::new();
@@ -391,9 +529,14 @@ pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, String> 
             continue;
         };
         if options.present_only
-            && statuses
+            && (statuses
                 .iter()
                 .any(|s| s.value(log_row as usize) != "PRESENT")
+                || added.iter().any(|column| {
+                    column[log_row as usize]
+                        .as_ref()
+                        .is_none_or(|c| c.status != LoggedStatus::Present)
+                }))
         {
             not_present += 1;
             continue;
@@ -402,35 +545,71 @@ pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, String> 
         label_rows.push(row as u64);
     }
 
-    let log_take = UInt64Array::from(log_rows);
-    let label_take = UInt64Array::from(label_rows);
     let mut fields: Vec<Field> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
+    let log_take = UInt64Array::from(log_rows.clone());
     for (field, column) in log.schema().fields().iter().zip(log.columns()) {
         fields.push(field.as_ref().clone());
         columns.push(arrow_select::take::take(column, &log_take, None).map_err(|e| e.to_string())?);
     }
+    let mut derived = Vec::new();
+    for ((r, ty), column) in to_add.iter().zip(&added) {
+        let name = r.to_string();
+        let (mut cells, mut status, mut age) = (Vec::new(), Vec::new(), Vec::new());
+        let mut lost = 0;
+        for &row in &log_rows {
+            match &column[row as usize] {
+                Some(c) => {
+                    cells.push(Some(&c.value));
+                    status.push(c.status.as_str());
+                    age.push(c.age_ms);
+                }
+                None => {
+                    lost += 1;
+                    cells.push(None);
+                    status.push(LoggedStatus::SourceError.as_str());
+                    age.push(None);
+                }
+            }
+        }
+        fields.push(Field::new(feature_column(&name), arrow_type(*ty), true));
+        columns.push(recompute::column(*ty, cells.into_iter())?);
+        fields.push(Field::new(status_column(&name), DataType::Utf8, false));
+        columns.push(Arc::new(StringArray::from(status)));
+        fields.push(Field::new(age_column(&name), DataType::Int64, true));
+        columns.push(Arc::new(Int64Array::from(age)));
+        def.features.push(FeatureColumn {
+            name: name.clone(),
+            ty: *ty,
+            pii: false,
+        });
+        derived.push(Derived {
+            feature: name,
+            lost,
+        });
+    }
+    let label_take = UInt64Array::from(label_rows);
     for (field, column) in labels.schema().fields().iter().zip(labels.columns()) {
         if field.name() == "request_id" {
             continue;
         }
-        if log.schema().field_with_name(field.name()).is_ok() {
-            return Err(format!(
+        if fields.iter().any(|f| f.name() == field.name()) {
+            return Err(TrainingSetError::Failed(format!(
                 "label column `{}` has the name of a log column; rename it",
                 field.name()
-            ));
+            )));
         }
         fields.push(field.as_ref().clone());
         columns
             .push(arrow_select::take::take(column, &label_take, None).map_err(|e| e.to_string())?);
     }
-    let out_schema = Arc::new(Schema::new_with_metadata(
-        fields,
-        log.schema().metadata().clone(),
-    ));
-    let out = RecordBatch::try_new(out_schema.clone(), columns).map_err(|e| e.to_string())?;
-    // The schema metadata makes the training set readable with `read_records` too.
+    // The schema metadata makes the training set readable with `read_records` too: the log's
+    // definition, with the derived features added.
     let json = serde_json::to_string(&def).map_err(|e| e.to_string())?;
+    let mut metadata = log.schema().metadata().clone();
+    metadata.insert(SCHEMA_KEY.to_owned(), json.clone());
+    let out_schema = Arc::new(Schema::new_with_metadata(fields, metadata));
+    let out = RecordBatch::try_new(out_schema.clone(), columns).map_err(|e| e.to_string())?;
     write_parquet(
         &options.out,
         &out,
@@ -443,7 +622,161 @@ pub fn build(options: &TrainingSetOptions) -> Result<TrainingSetReport, String> 
         unmatched,
         not_present,
         duplicates,
+        recomputed,
+        derived,
     })
+}
+
+/// Features with their types.
+type Typed = Vec<(FeatureRef, FeatureType)>;
+
+/// The derived features of the log that `options.recompute` checks, and those `options.derive`
+/// adds, each with its type; refused if one to add is not a derived feature of `config`, is in
+/// the log already or is `pii`, or if one logged has another type in `config`.
+fn derived_features(
+    config: &Config,
+    def: &SchemaDef,
+    options: &TrainingSetOptions,
+) -> Result<(Typed, Typed), TrainingSetError> {
+    let derived_feature = |r: &FeatureRef| {
+        config
+            .views
+            .get(&r.view)
+            .filter(|v| v.derived)
+            .and_then(|v| v.features.get(&r.feature))
+    };
+    let mut to_check = Vec::new();
+    if options.recompute {
+        for f in &def.features {
+            let Ok(r) = FeatureRef::parse(&f.name) else {
+                continue;
+            };
+            let Some(feature) = derived_feature(&r) else {
+                continue;
+            };
+            if feature.ty != f.ty {
+                return Err(TrainingSetError::Refused(format!(
+                    "derived feature `{}` is logged as {}, the configuration declares {}",
+                    f.name,
+                    f.ty.name(),
+                    feature.ty.name()
+                )));
+            }
+            to_check.push((r, f.ty));
+        }
+    }
+    let mut to_add: Typed = Vec::new();
+    for name in &options.derive {
+        let r = FeatureRef::parse(name).map_err(TrainingSetError::Refused)?;
+        let Some(feature) = derived_feature(&r) else {
+            return Err(TrainingSetError::Refused(format!(
+                "`{name}` is not a derived feature of the configuration"
+            )));
+        };
+        if def.features.iter().any(|f| f.name == r.to_string()) {
+            return Err(TrainingSetError::Refused(format!(
+                "`{r}` is in the log already, as served (--recompute checks it)"
+            )));
+        }
+        if feature.pii {
+            return Err(TrainingSetError::Refused(format!(
+                "`{r}` is pii: the training set would hold its value unhashed"
+            )));
+        }
+        if !to_add.iter().any(|(added, _)| *added == r) {
+            to_add.push((r, feature.ty));
+        }
+    }
+    Ok((to_check, to_add))
+}
+
+/// Derived feature `name` of the log, recomputed (`column`, one per log row), compared with
+/// the logged value and status in each of the rows `rows`.
+fn compare(
+    log: &RecordBatch,
+    ids: &StringArray,
+    def: &SchemaDef,
+    name: &str,
+    column: &[Option<recompute::Computed>],
+    rows: &[usize],
+) -> Result<Recomputed, TrainingSetError> {
+    let f = def
+        .features
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| format!("no feature `{name}` in the log's definition"))?;
+    let values = match (f.pii, def.logged_type(f)) {
+        (false, Some(_)) => Some(
+            log.column_by_name(&feature_column(name))
+                .ok_or_else(|| format!("the log has no {}", feature_column(name)))?,
+        ),
+        _ => None,
+    };
+    let statuses = string_column(log, &status_column(name))?;
+    let mut check = Recomputed {
+        feature: name.to_owned(),
+        rows: 0,
+        differ: 0,
+        examples: Vec::new(),
+        lost: 0,
+        values_compared: values.is_some(),
+    };
+    for &row in rows {
+        let Some(recomputed) = &column[row] else {
+            check.lost += 1;
+            continue;
+        };
+        check.rows += 1;
+        let status = recompute::parse_logged(statuses.value(row))?;
+        let value = match values {
+            Some(values) => {
+                cell_at(values.as_ref(), f.ty, row).ok_or("a column of another type")?
+            }
+            None => Cell::Null,
+        };
+        let same = status == recomputed.status && (values.is_none() || value == recomputed.value);
+        if same {
+            continue;
+        }
+        check.differ += 1;
+        if check.examples.len() < EXAMPLES {
+            check.examples.push(Difference {
+                request_id: ids.value(row).to_owned(),
+                logged: (value, status),
+                recomputed: (
+                    if values.is_some() {
+                        recomputed.value.clone()
+                    } else {
+                        Cell::Null
+                    },
+                    recomputed.status,
+                ),
+            });
+        }
+    }
+    Ok(check)
+}
+
+/// A cell as text for reports: doubles with every digit they need (and their sign, `NaN`,
+/// `inf`), strings quoted, timestamps in RFC 3339.
+pub fn cell_text(cell: &Cell) -> String {
+    match cell {
+        Cell::Null => "null".to_owned(),
+        Cell::Int64(v) => v.to_string(),
+        Cell::Double(bits) => format!("{:?}", f64::from_bits(*bits)),
+        Cell::String(v) => format!("{v:?}"),
+        Cell::Bool(v) => v.to_string(),
+        Cell::Bytes(v) => format!("0x{}", hex::encode(v)),
+        Cell::Timestamp(n) => {
+            humantime::format_rfc3339_nanos(crate::record::from_nanos(*n)).to_string()
+        }
+        Cell::Int64List(v) => format!("{v:?}"),
+        Cell::DoubleList(v) => format!(
+            "{:?}",
+            v.iter().map(|b| f64::from_bits(*b)).collect::<Vec<_>>()
+        ),
+        Cell::StringList(v) => format!("{v:?}"),
+    }
 }
 
 /// Column `name` of a Parquet file as text (int64, double and string columns), for checks and
