@@ -55,7 +55,8 @@ type TrainingLogRecord struct {
 	// The entity keys of the request, in the feature service's plan order.
 	Entities []*NamedValue `protobuf:"bytes,7,rep,name=entities,proto3" json:"entities,omitempty"`
 	// The request context values the feature service reads, in plan order; an absent one is an
-	// explicit null.
+	// explicit null. One read from a `request` view's feature marked pii is the hex salted SHA-256
+	// of the value (pii = "hash") or unset (pii = "drop").
 	Context []*NamedValue `protobuf:"bytes,8,rep,name=context,proto3" json:"context,omitempty"`
 	// Every feature, in the feature service's output order (the order of the response's values).
 	Features      []*LoggedFeature `protobuf:"bytes,9,rep,name=features,proto3" json:"features,omitempty"`

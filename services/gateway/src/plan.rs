@@ -71,6 +71,10 @@ pub struct Input {
     /// A context value every request must carry (`required = true` on a feature of a `request`
     /// view this plan reads). Always false for entity keys, which are all required.
     pub required: bool,
+    /// A context value that is personal data: a `request` view's feature of its name is marked
+    /// `pii` (whatever in the plan reads it: an output, a derived feature, an entity key). The
+    /// training log hashes or drops it. Always false for entity keys, which have no `pii` mark.
+    pub pii: bool,
 }
 
 /// One output feature.
@@ -415,7 +419,9 @@ impl Builder<'_> {
         f.features.len() - 1
     }
 
-    /// The index of context value `name`; `required` if any place the plan reads it from says so.
+    /// The index of context value `name`; `required` if any place the plan reads it from says so;
+    /// `pii` if a `request` view's feature `name` is marked `pii`, read by this plan or not (the
+    /// same context value an entity key reads with `from = "context:NAME"`).
     fn context_input(
         &mut self,
         name: &str,
@@ -426,6 +432,14 @@ impl Builder<'_> {
         let i =
             input(&mut self.context, name, ty, description).map_err(|e| format!("context {e}"))?;
         self.context[i].required |= required;
+        let config = self.config;
+        self.context[i].pii = config.views.values().any(|v| {
+            config
+                .sources
+                .get(&v.source)
+                .is_some_and(|s| s.kind == REQUEST_KIND)
+                && v.features.get(name).is_some_and(|f| f.pii)
+        });
         Ok(i)
     }
 }
@@ -450,6 +464,7 @@ fn input(
         ty,
         description: description.to_owned(),
         required: false,
+        pii: false,
     });
     Ok(inputs.len() - 1)
 }
@@ -558,5 +573,75 @@ features = ["va:b_of_a"]
             "{text}"
         );
         assert!(text.contains("cycle: va -> vb -> va"), "{text}");
+    }
+
+    #[test]
+    fn context_values_of_pii_request_features_are_pii_whatever_reads_them() {
+        let text = r#"
+[entities.customer]
+type = "string"
+from = "context:email"
+[entities.card]
+type = "string"
+from = "txn:card"
+[sources.t]
+kind = "static"
+[sources.request]
+kind = "request"
+[views.customers]
+source = "t"
+entities = ["customer"]
+path = "c.csv"
+features = { segment = { type = "string" } }
+[views.cards]
+source = "t"
+entities = ["card"]
+path = "k.csv"
+features = { issuer = { type = "string" } }
+[views.txn]
+source = "request"
+features = { email = { type = "string", pii = true }, card = { type = "string", pii = true }, amount = { type = "double" } }
+[feature_services.keys]
+features = ["customers:segment", "cards:issuer", "txn:amount"]
+[feature_services.outputs]
+features = ["txn:email", "txn:amount"]
+"#;
+        let config = gateway_config::load_str(
+            text,
+            "test.toml",
+            Path::new("/nonexistent"),
+            &fetcher_builtin::registry(),
+        )
+        .unwrap();
+        let context = |service: &str| {
+            let features = &config.feature_services[service].features;
+            let plan = compile(
+                &config,
+                service,
+                "",
+                Duration::ZERO,
+                features,
+                &HashMap::new(),
+            );
+            let plan = plan.unwrap();
+            assert!(plan.entities.iter().all(|e| !e.pii));
+            plan.context
+                .iter()
+                .map(|c| (c.name.clone(), c.pii))
+                .collect::<Vec<_>>()
+        };
+        // Read only as entity keys (`from = "context:email"`, `from = "txn:card"`): still pii.
+        assert_eq!(
+            context("keys"),
+            [
+                ("email".to_owned(), true),
+                ("card".to_owned(), true),
+                ("amount".to_owned(), false)
+            ]
+        );
+        assert_eq!(
+            context("outputs"),
+            [("email".to_owned(), true), ("amount".to_owned(), false)]
+        );
     }
 }

@@ -330,6 +330,7 @@ pub fn log_schema(config: &Config, plan: &Plan) -> training_log::SchemaDef {
     let column = |i: &crate::plan::Input| training_log::Column {
         name: i.name.clone(),
         ty: i.ty,
+        pii: i.pii,
     };
     training_log::SchemaDef {
         feature_service: plan.name.clone(),

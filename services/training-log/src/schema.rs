@@ -8,8 +8,8 @@
 //! | `served_at` | timestamp[us, UTC] | when the vector was assembled |
 //! | `definition_hash` | string | hash of its definition: a new hash is a new schema |
 //! | `latency_us` | int64 | the request's latency until the vector was assembled |
-//! | `entity:<name>` | int64 or string | each entity key of the request |
-//! | `context:<name>` | the context value's type, nullable | each context value the plan reads |
+//! | `entity:<name>` | int64 or string | each entity key of the request's `entities` map |
+//! | `context:<name>` | the context value's type, nullable; a hashed pii one is a string, a dropped one has no column | each context value the plan reads |
 //! | `feature:<view>:<feature>` | the feature's type, nullable | the value served (defaults included) |
 //! | `status:<view>:<feature>` | string | `PRESENT`, `NOT_FOUND`, `NULL_VALUE`, `OUTSIDE_MAX_AGE`, `TIMED_OUT`, `SOURCE_ERROR`, `STALE` |
 //! | `age_ms:<view>:<feature>` | int64, nullable | age of the value by the source's event time, when known |
@@ -22,6 +22,13 @@
 //! bytes → binary, timestamp → timestamp[ns, UTC], `list<T>` → `list<T>`. A `pii` feature's value
 //! column is a string (hex salted SHA-256) in `hash` mode and absent in `drop` mode. Context is
 //! typed columns rather than one JSON column, so queries filter on it without parsing.
+//!
+//! A context value is `pii` when a `request` view's feature of that name is marked `pii`,
+//! whatever reads it (an output, a derived feature's input, an entity key with
+//! `from = "context:NAME"` or `from = "VIEW:FEATURE"`): its column is hashed or left out exactly
+//! as a `pii` feature's value column is. An entity key whose value comes from the context is not
+//! an `entity:` column: its value is logged once, as that `context:` column. `entity:` columns
+//! hold the keys of the request's `entities` map as given (an entity has no `pii` mark).
 //!
 //! Each file's Parquet key-value metadata holds `training_log.schema_version` and
 //! `training_log.schema` (the [`SchemaDef`] as JSON).
@@ -50,6 +57,12 @@ pub struct Column {
     /// Its type.
     #[serde(with = "type_name")]
     pub ty: FeatureType,
+    /// Whether it is personal data (logged per [`PiiMode`]): a context value read from a
+    /// `request` view's feature marked `pii`; never an entity key. Absent from the JSON when
+    /// false, so a schema without pii context keeps the JSON (and schema id) it had before this
+    /// field, and files written before it read as not pii.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pii: bool,
 }
 
 /// One served feature.
@@ -112,7 +125,9 @@ impl LogSchema {
             fields.push(Field::new(entity_column(&e.name), arrow_type(e.ty), false));
         }
         for c in &def.context {
-            fields.push(Field::new(context_column(&c.name), arrow_type(c.ty), true));
+            if let Some(ty) = def.logged_context_type(c) {
+                fields.push(Field::new(context_column(&c.name), ty, true));
+            }
         }
         for f in &def.features {
             if let Some(ty) = def.logged_type(f) {
@@ -135,11 +150,27 @@ impl LogSchema {
 impl SchemaDef {
     /// The Arrow type of `feature`'s value column, `None` when it is left out.
     pub fn logged_type(&self, feature: &FeatureColumn) -> Option<DataType> {
-        match (feature.pii, self.pii) {
-            (false, _) => Some(arrow_type(feature.ty)),
-            (true, PiiMode::Hash) => Some(DataType::Utf8),
+        self.logged_as(feature.ty, feature.pii).map(arrow_type)
+    }
+
+    /// The Arrow type of context value `column`'s column, `None` when it is left out.
+    pub fn logged_context_type(&self, column: &Column) -> Option<DataType> {
+        self.logged_as(column.ty, column.pii).map(arrow_type)
+    }
+
+    /// The type a value of type `ty` is logged as: its own; a string (its hash) when `pii` in
+    /// `hash` mode; `None` (no column) when `pii` in `drop` mode.
+    pub fn logged_as(&self, ty: FeatureType, pii: bool) -> Option<FeatureType> {
+        match (pii, self.pii) {
+            (false, _) => Some(ty),
+            (true, PiiMode::Hash) => Some(FeatureType::String),
             (true, PiiMode::Drop) => None,
         }
+    }
+
+    /// Whether any feature or context value is `pii` (a `hash` mode log then needs the salt).
+    pub fn has_pii(&self) -> bool {
+        self.features.iter().any(|f| f.pii) || self.context.iter().any(|c| c.pii)
     }
 }
 
@@ -206,11 +237,20 @@ mod tests {
             entities: vec![Column {
                 name: "user_id".into(),
                 ty: FeatureType::String,
+                pii: false,
             }],
-            context: vec![Column {
-                name: "amount".into(),
-                ty: FeatureType::Double,
-            }],
+            context: vec![
+                Column {
+                    name: "amount".into(),
+                    ty: FeatureType::Double,
+                    pii: false,
+                },
+                Column {
+                    name: "card".into(),
+                    ty: FeatureType::Int64,
+                    pii: true,
+                },
+            ],
             features: vec![
                 FeatureColumn {
                     name: "u:email".into(),
@@ -245,6 +285,7 @@ mod tests {
                 "latency_us",
                 "entity:user_id",
                 "context:amount",
+                "context:card",
                 "feature:u:email",
                 "status:u:email",
                 "age_ms:u:email",
@@ -255,9 +296,17 @@ mod tests {
         );
         let email = hashed.arrow.field_with_name("feature:u:email").unwrap();
         assert_eq!(email.data_type(), &DataType::Utf8);
+        // A pii context value is logged as a pii feature's value is: its hash, a string.
+        let card = hashed.arrow.field_with_name("context:card").unwrap();
+        assert_eq!(card.data_type(), &DataType::Utf8);
+        let amount = hashed.arrow.field_with_name("context:amount").unwrap();
+        assert_eq!(amount.data_type(), &DataType::Float64);
         let dropped = LogSchema::new(def(PiiMode::Drop));
         assert!(dropped.arrow.field_with_name("feature:u:email").is_err());
         assert!(dropped.arrow.field_with_name("status:u:email").is_ok());
+        assert!(dropped.arrow.field_with_name("context:card").is_err());
+        assert!(dropped.arrow.field_with_name("context:amount").is_ok());
+        assert!(hashed.def.has_pii());
         assert_ne!(
             hashed.id, dropped.id,
             "a different layout is a different schema id"
@@ -270,5 +319,28 @@ mod tests {
         let json = serde_json::to_string(&d).unwrap();
         assert!(json.contains("\"list<string>\""), "{json}");
         assert_eq!(serde_json::from_str::<SchemaDef>(&json).unwrap(), d);
+    }
+
+    #[test]
+    fn columns_without_pii_read_and_write_as_before_the_flag() {
+        // A schema written before context values could be pii: its columns have no `pii`.
+        let old = r#"{"feature_service":"fs","definition_hash":"h",
+            "entities":[{"name":"user_id","ty":"string"}],
+            "context":[{"name":"amount","ty":"double"}],
+            "features":[{"name":"u:tags","ty":"list<string>","pii":false}],"pii":"hash"}"#;
+        let d: SchemaDef = serde_json::from_str(old).unwrap();
+        assert!(!d.entities[0].pii && !d.context[0].pii);
+        assert!(!d.has_pii());
+        // And it writes the same JSON again, so its schema id (its files' names) is unchanged.
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, old.split_whitespace().collect::<String>());
+        let mut pii = d.clone();
+        pii.context[0].pii = true;
+        assert!(
+            serde_json::to_string(&pii)
+                .unwrap()
+                .contains(r#""ty":"double","pii":true"#)
+        );
+        assert!(pii.has_pii());
     }
 }

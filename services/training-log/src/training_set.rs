@@ -277,10 +277,14 @@ pub fn read_records(path: &Path) -> Result<(SchemaDef, Vec<Record>), String> {
             .iter()
             .map(|e| Ok((column(&entity_column(&e.name))?, e.ty)))
             .collect::<Result<_, String>>()?;
+        // A dropped pii context value has no column and reads as null; a hashed one is a string.
         let context: Vec<_> = def
             .context
             .iter()
-            .map(|c| Ok((column(&context_column(&c.name))?, c.ty)))
+            .map(|c| match def.logged_as(c.ty, c.pii) {
+                None => Ok(None),
+                Some(ty) => Ok(Some((column(&context_column(&c.name))?, ty))),
+            })
             .collect::<Result<_, String>>()?;
         let mut features = Vec::new();
         for f in &def.features {
@@ -306,7 +310,10 @@ pub fn read_records(path: &Path) -> Result<(SchemaDef, Vec<Record>), String> {
                 served_at_us: served.value(row),
                 latency_us: latency.value(row),
                 entities: entities.iter().map(cell).collect::<Result<_, _>>()?,
-                context: context.iter().map(cell).collect::<Result<_, _>>()?,
+                context: context
+                    .iter()
+                    .map(|c| c.as_ref().map_or(Ok(Cell::Null), cell))
+                    .collect::<Result<_, _>>()?,
                 features: features
                     .iter()
                     .map(|(value, status, age)| {

@@ -99,8 +99,7 @@ impl TrainingLog {
         schemas: Vec<SchemaDef>,
         observer: Arc<dyn Observer>,
     ) -> Result<TrainingLog, TrainingLogError> {
-        let needs_salt =
-            config.pii == PiiMode::Hash && schemas.iter().any(|s| s.features.iter().any(|f| f.pii));
+        let needs_salt = config.pii == PiiMode::Hash && schemas.iter().any(SchemaDef::has_pii);
         let salt = if needs_salt {
             match std::env::var(&config.pii_salt_env) {
                 Ok(s) if !s.is_empty() => s.into_bytes(),
@@ -211,18 +210,27 @@ impl TrainingLog {
     }
 
     /// Logs one vector of `feature_service` (call [`TrainingLog::wants`] first). Never blocks on
-    /// the sink.
+    /// the sink. The values of `pii` features and context values are hashed or dropped here,
+    /// before the queue, so neither a sink nor the spool ever holds them.
     pub fn submit(&self, feature_service: &str, mut record: Record) {
         let Some(service) = self.inner.services.get(feature_service) else {
             return;
         };
         let def = &service.schema.def;
+        let protect = |cell: &mut Cell| {
+            *cell = match def.pii {
+                PiiMode::Hash => cell.hashed(&self.inner.salt),
+                PiiMode::Drop => Cell::Null,
+            };
+        };
         for (entry, f) in record.features.iter_mut().zip(&def.features) {
             if f.pii {
-                entry.value = match def.pii {
-                    PiiMode::Hash => entry.value.hashed(&self.inner.salt),
-                    PiiMode::Drop => Cell::Null,
-                };
+                protect(&mut entry.value);
+            }
+        }
+        for (cell, c) in record.context.iter_mut().zip(&def.context) {
+            if c.pii {
+                protect(cell);
             }
         }
         let envelope = Envelope {

@@ -68,7 +68,7 @@ pub(crate) fn message(schema: &LogSchema, record: &Record) -> v1::TrainingLogRec
             .zip(cells)
             .map(|(c, cell)| v1::NamedValue {
                 name: c.name.clone(),
-                value: Some(wire_value(cell)),
+                value: (!c.pii || def.pii == PiiMode::Hash).then(|| wire_value(cell)),
             })
             .collect()
     };
@@ -104,7 +104,7 @@ pub(crate) fn encode(schema: &LogSchema, record: &Record) -> Vec<u8> {
 }
 
 /// Decodes a Kafka record's value back into the [`Record`] it was made from (a value left out,
-/// a dropped pii feature, reads as null).
+/// a dropped pii feature or context value, reads as null).
 pub fn decode(bytes: &[u8]) -> Result<(v1::TrainingLogRecord, Record), String> {
     let msg: v1::TrainingLogRecord = prost::Message::decode(bytes).map_err(|e| e.to_string())?;
     if msg.schema_version != SCHEMA_VERSION {
@@ -552,27 +552,32 @@ mod tests {
                 Column {
                     name: "user_id".into(),
                     ty: FeatureType::String,
+                    pii: false,
                 },
                 Column {
                     name: "n".into(),
                     ty: FeatureType::Int64,
+                    pii: false,
                 },
             ],
             context: vec![
                 Column {
                     name: "amount".into(),
                     ty: FeatureType::Double,
+                    pii: false,
                 },
                 Column {
                     name: "channel".into(),
                     ty: FeatureType::String,
+                    pii: true,
                 },
             ],
             features: vec![f("v:email", true), f("v:name", false)],
             pii,
         };
-        let r = record(vec![Cell::String("5f3a".into()), Cell::Null]);
-        // Hash mode: the (already hashed) value is sent.
+        let mut r = record(vec![Cell::String("5f3a".into()), Cell::Null]);
+        r.context[1] = Cell::String("9c0d".into());
+        // Hash mode: the (already hashed) values are sent.
         let (msg, back) = decode(&encode(&LogSchema::new(def(PiiMode::Hash)), &r)).unwrap();
         assert_eq!(back, r);
         assert!(msg.features[0].value.is_some());
@@ -585,9 +590,17 @@ mod tests {
         ));
         assert_eq!(msg.features[1].status, v1::FeatureStatus::NotFound as i32);
         assert_eq!(msg.context[1].name, "channel");
-        // Drop mode: the pii value is left out, its status and age stay.
+        assert!(msg.context[1].value.is_some());
+        // Drop mode: the pii values are left out, a feature's status and age stay.
         let (msg, back) = decode(&encode(&LogSchema::new(def(PiiMode::Drop)), &r)).unwrap();
         assert_eq!(msg.features[0].value, None);
+        assert_eq!(msg.context[1].name, "channel");
+        assert_eq!(msg.context[1].value, None);
+        assert_eq!(back.context[1], Cell::Null);
+        assert_eq!(
+            back.context[0], r.context[0],
+            "a context value not pii is sent"
+        );
         assert_eq!(back.features[0].value, Cell::Null);
         assert_eq!(back.features[0].status, LoggedStatus::Present);
         assert_eq!(back.features[0].age_ms, Some(0));

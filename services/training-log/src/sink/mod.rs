@@ -83,10 +83,12 @@ pub(crate) mod tests {
             entities: vec![Column {
                 name: "user_id".into(),
                 ty: FeatureType::String,
+                pii: false,
             }],
             context: vec![Column {
                 name: "amount".into(),
                 ty: FeatureType::Double,
+                pii: false,
             }],
             features: FeatureType::ALL
                 .iter()

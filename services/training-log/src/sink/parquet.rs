@@ -144,14 +144,15 @@ fn to_batch(schema: &LogSchema, records: &[Record]) -> Result<RecordBatch, Strin
         columns.push(cells(e.ty, records.iter().map(|r| r.entities.get(i))));
     }
     for (i, c) in def.context.iter().enumerate() {
-        columns.push(cells(c.ty, records.iter().map(|r| r.context.get(i))));
+        if let Some(ty) = def.logged_as(c.ty, c.pii) {
+            columns.push(cells(ty, records.iter().map(|r| r.context.get(i))));
+        }
     }
     for (i, f) in def.features.iter().enumerate() {
         fn entry(r: &Record, i: usize) -> Option<&crate::record::FeatureEntry> {
             r.features.get(i)
         }
-        if def.logged_type(f).is_some() {
-            let ty = if f.pii { FeatureType::String } else { f.ty };
+        if let Some(ty) = def.logged_as(f.ty, f.pii) {
             columns.push(cells(
                 ty,
                 records.iter().map(|r| entry(r, i).map(|e| &e.value)),

@@ -16,8 +16,8 @@
 //!   have replaced it.
 //!
 //! Anything else is refused before a row is read, naming the input: a feature the feature
-//! service never served (nor, for a context value, read), a `pii` one (hashed or dropped in the
-//! log; a context value is not read back either, though the log holds it as given), or one
+//! service never served (nor, for a context value, read), a `pii` one in the configuration or
+//! in the log (hashed or dropped there, a feature's value and a context value alike), or one
 //! whose logged type is not the configuration's.
 //!
 //! # Results
@@ -281,8 +281,7 @@ impl Planner<'_> {
             return self.node(&r).map(Input::Derived);
         }
         if v.features.get(feature).is_some_and(|f| f.pii) {
-            // Hashed or dropped in the log if served; not read back from a context column
-            // either, where it would be logged as given.
+            // Hashed or dropped in the log, whether served or read from the context.
             return Err(self.refuse(format!(
                 "input `{view}.{feature}` is pii: personal data is not recomputed from the log"
             )));
@@ -295,6 +294,17 @@ impl Planner<'_> {
             .is_some_and(|s| s.kind == REQUEST_KIND)
         {
             let logged = self.def.context.iter().find(|c| c.name == feature);
+            if let Some(c) = logged.filter(|c| c.pii) {
+                // Logged as pii by a configuration that marked it so, unlike this one.
+                return Err(self.refuse(format!(
+                    "input `{view}.{feature}` (the context value `{feature}`) was logged as \
+                     pii: the log holds it {}, not its value",
+                    match self.def.logged_context_type(c) {
+                        Some(_) => "hashed",
+                        None => "not at all",
+                    }
+                )));
+            }
             let (Some(c), Some(value)) = (logged, column(&context_column(feature))) else {
                 return Err(self.refuse(format!(
                     "input `{view}.{feature}` (the context value `{feature}`) is not in the \

@@ -18,6 +18,7 @@ fn schema(hash: &str) -> LogSchema {
         entities: vec![Column {
             name: "user_id".into(),
             ty: FeatureType::String,
+            pii: false,
         }],
         context: vec![],
         features: vec![
@@ -349,10 +350,12 @@ features = ["user:avg", "user:count", "user:email", "risk:ratio", "risk:per_txn"
             entities: vec![Column {
                 name: "user_id".into(),
                 ty: FeatureType::String,
+                pii: false,
             }],
             context: vec![Column {
                 name: "amount".into(),
                 ty: FeatureType::Double,
+                pii: false,
             }],
             features: vec![
                 feature("user:avg", FeatureType::Double, false),
@@ -639,6 +642,61 @@ features = ["user:avg", "user:count", "user:email", "risk:ratio", "risk:per_txn"
         let report = build(&opts).unwrap();
         assert_eq!((report.rows, report.not_present), (2, 4));
         assert!(report.recomputed.iter().all(|c| c.differ == 0));
+    }
+
+    #[test]
+    fn a_context_value_logged_as_pii_reads_back_but_is_not_recomputed_from() {
+        for (mode, held) in [(PiiMode::Hash, "hashed"), (PiiMode::Drop, "not at all")] {
+            // Logged by a configuration that marked `txn.amount` pii (CONFIG does not).
+            let mut def = schema().def;
+            def.context[0].pii = true;
+            def.pii = mode;
+            let s = LogSchema::new(def);
+            let records: Vec<Record> = vectors()
+                .into_iter()
+                .map(|mut r| {
+                    if mode == PiiMode::Drop {
+                        r.context[0] = Cell::Null;
+                        r.features[2].value = Cell::Null;
+                    } else if r.context[0] != Cell::Null {
+                        r.context[0] = Cell::String("0f1e".into());
+                    }
+                    r
+                })
+                .collect();
+            let tmp = tempfile::tempdir().unwrap();
+            let logs = tmp.path().join("log");
+            write_file(&logs, &s, "2023-11-14", &file_name(&s, "a"), &records).unwrap();
+            let log = Log { tmp, logs };
+            let (path, _, _) = &log_files(&log.logs, "fs").unwrap()[0];
+            assert_eq!(
+                read_records(path).unwrap(),
+                (s.def.clone(), records.clone())
+            );
+
+            // A training set is made of such files as of any other.
+            let mut opts = options(&log, config(CONFIG));
+            opts.config = None;
+            assert_eq!(build(&opts).unwrap().rows, 6);
+            let (_, rows) = read_records(&opts.out).unwrap();
+            let context: Vec<_> = rows.into_iter().map(|r| r.context).collect();
+            let logged: Vec<_> = records.into_iter().map(|r| r.context).collect();
+            assert_eq!(context, logged);
+
+            // Recomputing from it is refused, as for an input the configuration marks pii.
+            let mut opts = options(&log, config(CONFIG));
+            opts.recompute = true;
+            match build(&opts) {
+                Err(TrainingSetError::Refused(message)) => assert!(
+                    message.contains(&format!(
+                        "input `txn.amount` (the context value `amount`) was logged as pii: the \
+                         log holds it {held}, not its value"
+                    )),
+                    "{message}"
+                ),
+                other => panic!("{mode:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn def() -> SchemaDef {
         entities: vec![Column {
             name: "user_id".into(),
             ty: FeatureType::String,
+            pii: false,
         }],
         context: vec![],
         features: vec![
@@ -300,4 +301,131 @@ async fn sampling_and_pii_drop() {
     assert!(schema.field_with_name("feature:u:email").is_err());
     assert!(schema.field_with_name("status:u:email").is_ok());
     assert_eq!(logged_ids(&config.dir).len(), wanted.len());
+}
+
+/// [`def`] with two context values, `amount` and the pii `email`, and [`record`] with them.
+fn def_with_context() -> SchemaDef {
+    let mut def = def();
+    def.context = vec![
+        Column {
+            name: "amount".into(),
+            ty: FeatureType::Double,
+            pii: false,
+        },
+        Column {
+            name: "email".into(),
+            ty: FeatureType::String,
+            pii: true,
+        },
+    ];
+    def
+}
+
+fn record_with_context(id: &str) -> Record {
+    let mut r = record(id);
+    r.context = vec![
+        Cell::Double(12.5f64.to_bits()),
+        Cell::String("b@example.com".into()),
+    ];
+    r
+}
+
+/// Every spooled line, as text.
+fn spool_text(dir: &Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn pii_context_values_are_hashed_or_dropped_as_pii_features_are() {
+    use sha2::{Digest, Sha256};
+    // The documented hash: SHA-256 of the salt's length (u64, little-endian), the salt, and the
+    // value's tagged JSON (`{"s":"..."}` for a string), in hex.
+    let mut hasher = Sha256::new();
+    hasher.update(4u64.to_le_bytes());
+    hasher.update(b"salt");
+    hasher.update(br#"{"s":"b@example.com"}"#);
+    let hash = hex::encode(hasher.finalize());
+
+    for mode in [PiiMode::Hash, PiiMode::Drop] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = config(&tmp);
+        config.pii = mode;
+        let counts = Arc::new(Counts::default());
+        let log = TrainingLog::start_with_salt(
+            config.clone(),
+            vec![def_with_context()],
+            counts.clone(),
+            b"salt".to_vec(),
+        )
+        .unwrap();
+        for i in 0..10 {
+            log.submit("fs", record_with_context(&format!("r{i:05}")));
+        }
+        log.close().await;
+        // Spooled after close: the spool never holds the value either.
+        log.submit("fs", record_with_context("late"));
+        assert_eq!(counts.spooled.load(Ordering::SeqCst), 1);
+        let spooled = spool_text(&config.spool_dir);
+        assert!(!spooled.contains("b@example.com"), "{spooled}");
+
+        let (path, _, file_def) = &log_files(&config.dir, "fs").unwrap()[0];
+        assert!(file_def.context[1].pii && !file_def.context[0].pii);
+        let (schema, batches) = read_parquet(path).unwrap();
+        let amounts = batches[0]
+            .column_by_name("context:amount")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::Float64Array>()
+            .unwrap()
+            .values()
+            .to_vec();
+        assert_eq!(
+            amounts, [12.5; 10],
+            "a context value not pii is logged as given"
+        );
+        let (_, records) = crate::training_set::read_records(path).unwrap();
+        match mode {
+            PiiMode::Hash => {
+                assert_eq!(
+                    column(&batches[0], "context:email"),
+                    vec![Some(hash.clone()); 10]
+                );
+                assert!(spooled.contains(&hash), "{spooled}");
+                assert!(
+                    records
+                        .iter()
+                        .all(|r| r.context[1] == Cell::String(hash.clone()))
+                );
+            }
+            PiiMode::Drop => {
+                assert!(schema.field_with_name("context:email").is_err());
+                assert!(records.iter().all(|r| r.context[1] == Cell::Null));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_pii_context_value_alone_needs_the_salt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = config(&tmp);
+    config.pii_salt_env = "TRAINING_LOG_TEST_SALT_NEVER_SET".into();
+    let mut def = def_with_context();
+    for f in &mut def.features {
+        f.pii = false;
+    }
+    let counts: Arc<dyn Observer> = Arc::new(Counts::default());
+    let err = TrainingLog::start(config.clone(), vec![def.clone()], counts.clone()).unwrap_err();
+    assert!(
+        matches!(&err, TrainingLogError::MissingSalt(v) if v == "TRAINING_LOG_TEST_SALT_NEVER_SET"),
+        "{err}"
+    );
+    // Dropped, nothing is hashed: no salt needed.
+    config.pii = PiiMode::Drop;
+    let log = TrainingLog::start(config, vec![def], counts).unwrap();
+    log.close().await;
 }
