@@ -837,3 +837,158 @@ async fn eventually_async<F: std::future::Future<Output = bool>>(
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A configuration whose `request` view marks the customer's email `pii`: `checkout` serves it
+/// as a feature and keys the customer's table by it; `segments` reads it only as that key
+/// (`from = "context:email"`), so it has no pii feature, only a pii context value.
+const PII_CONFIG: &str = r#"
+[entities.customer]
+type = "string"
+from = "context:email"
+
+[sources.tables]
+kind = "static"
+
+[sources.request]
+kind = "request"
+
+[views.customers]
+source = "tables"
+entities = ["customer"]
+path = "customers.csv"
+features = { segment = { type = "string" } }
+
+[views.txn]
+source = "request"
+features = { email = { type = "string", pii = true }, amount = { type = "double" } }
+
+[feature_services.checkout]
+features = ["txn:email", "txn:amount", "customers:segment"]
+
+[feature_services.segments]
+features = ["customers:segment", "txn:amount"]
+
+[training_log]
+dir = "log"
+spool_dir = "spool"
+"#;
+
+const EMAIL: &str = "pii.person@example.com";
+const SALT: &str = "e2e-salt-5c1d";
+
+/// The hash the training log documents for a string: hex SHA-256 of the salt's length (u64,
+/// little-endian), the salt, and the value's tagged JSON, computed by `sha256sum`.
+fn documented_hash(salt: &str, value: &str) -> String {
+    use std::io::Write;
+    let mut input = (salt.len() as u64).to_le_bytes().to_vec();
+    input.extend_from_slice(salt.as_bytes());
+    input.extend_from_slice(serde_json::json!({ "s": value }).to_string().as_bytes());
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()[..64].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pii_context_value_is_logged_hashed_or_not_at_all() {
+    let hash = documented_hash(SALT, EMAIL);
+    for mode in ["hash", "drop"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("customers.csv"),
+            format!("customer,segment\n{EMAIL},gold\n"),
+        )
+        .unwrap();
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, format!("{PII_CONFIG}pii = \"{mode}\"\n")).unwrap();
+        // Only hashing needs the salt.
+        let env: &[(&str, &str)] = match mode {
+            "hash" => &[("FEATURE_GATEWAY_PII_SALT", SALT)],
+            _ => &[],
+        };
+        let mut gw = GatewayProcess::serve_with_env(&config, env);
+        let mut client = gw.client().await;
+        for service in ["checkout", "segments"] {
+            let response = client
+                .get_features(v1::GetFeaturesRequest {
+                    request_id: format!("pii-{service}"),
+                    feature_service: service.into(),
+                    context: map(&[("email", s(EMAIL)), ("amount", d(12.5))]),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            // Serving is unaffected: the caller gets the value, the key finds the customer.
+            assert!(response.values.contains(&s("gold")), "{response:?}");
+            if service == "checkout" {
+                assert_eq!(response.values[0], s(EMAIL));
+            }
+        }
+        stop(&mut gw);
+
+        let log = dir.path().join("log");
+        for service in ["checkout", "segments"] {
+            let files = log_files(&log, service).unwrap();
+            assert_eq!(files.len(), 1, "{mode}: {service}");
+            let (path, _, def) = &files[0];
+            let names: Vec<(&str, bool)> = def
+                .context
+                .iter()
+                .map(|c| (c.name.as_str(), c.pii))
+                .collect();
+            assert_eq!(
+                names,
+                [("email", true), ("amount", false)],
+                "{mode}: {service}"
+            );
+            assert!(
+                def.entities.is_empty(),
+                "a key read from the context is its context column"
+            );
+            let (_, records) = read_records(path).unwrap();
+            let [record] = &records[..] else {
+                panic!("{mode}: {service}: {records:?}")
+            };
+            assert_eq!(record.request_id, format!("pii-{service}"));
+            assert_eq!(record.context[1], Cell::Double(12.5f64.to_bits()));
+            let column = read_column_text(path, "context:email");
+            match mode {
+                "hash" => {
+                    assert_eq!(column.unwrap(), [Some(hash.clone())], "{service}");
+                    assert_eq!(record.context[0], Cell::String(hash.clone()));
+                    if service == "checkout" {
+                        // The same value hashes alike as a feature and as a context value.
+                        assert_eq!(record.features[0].value, Cell::String(hash.clone()));
+                    }
+                }
+                _ => {
+                    let err = column.unwrap_err();
+                    assert!(
+                        err.contains("no column `context:email`"),
+                        "{service}: {err}"
+                    );
+                    assert_eq!(record.context[0], Cell::Null);
+                }
+            }
+        }
+        // The raw value is nowhere in the log's files nor its spool.
+        let mut files = walk(&log);
+        if dir.path().join("spool").exists() {
+            files.extend(walk(&dir.path().join("spool")));
+        }
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !bytes.windows(EMAIL.len()).any(|w| w == EMAIL.as_bytes()),
+                "{mode}: {} holds the raw value",
+                file.display()
+            );
+        }
+    }
+}
