@@ -49,8 +49,9 @@ pub struct RawSource {
     pub options: toml::Table,
 }
 
-/// A source.
-#[derive(Clone, Debug)]
+/// A source. Two are equal when every setting and every view served through it are: what a
+/// configuration reload compares to keep a running source (its connections, pools and cache).
+#[derive(Clone, Debug, PartialEq)]
 pub struct SourceConfig {
     /// Its name.
     pub name: String,

@@ -1,6 +1,8 @@
 //! The running gateway: the validated configuration, each source behind its stack, and the
-//! compiled plans. Built once at start-up (this is where the I/O of step 3 happens: connecting
-//! and loading every source), then shared read-only by every request.
+//! compiled plans. Built at start-up (this is where the I/O of step 3 happens: connecting and
+//! loading every source), then shared read-only by every request. A configuration reload builds
+//! a new one from the running one ([`Gateway::rebuild`]): sources whose definition did not change
+//! are shared with it as they are, so only what changed is connected or loaded again.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -40,6 +42,30 @@ pub fn load_config(
     })
 }
 
+/// [`load_config`] of `text`, the contents of the file at `path` as read already (a reload reads
+/// the file once, so the hash it compares and the configuration it loads are of the same text).
+pub fn load_config_text(
+    path: &Path,
+    text: &str,
+    registry: &Registry,
+    env: Option<&Env>,
+) -> Result<Config, ConfigErrors> {
+    let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+    gateway_config::load_str_checked(
+        text,
+        &path.display().to_string(),
+        base_dir,
+        registry,
+        &|config| {
+            let mut problems = plan::check_all(config);
+            if let Some(env) = env {
+                problems.extend(gateway_config::env::unset_variables(config, env));
+            }
+            problems
+        },
+    )
+}
+
 /// A source as the running gateway holds it.
 #[derive(Debug)]
 pub struct SourceRuntime {
@@ -51,6 +77,8 @@ pub struct SourceRuntime {
     pub required: bool,
     /// The fetcher itself, for health checks (`None` for `request` sources).
     pub fetcher: Option<Arc<dyn Fetcher>>,
+    /// Its cache's control, when it has a cache (invalidation by webhooks).
+    pub cache: Option<CacheControl>,
 }
 
 /// Most ad-hoc plans kept; beyond it the cache starts over (ad-hoc lists are usually few).
@@ -67,45 +95,90 @@ pub struct Gateway {
     webhooks: Option<Arc<PlaidWebhooks>>,
 }
 
+/// What a [`Gateway::rebuild`] did with each source, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Sources whose definition did not change: their fetcher, stack and cache are the
+    /// previous gateway's, connections and cached values included.
+    pub kept: Vec<String>,
+    /// Sources new or changed: built (connected, loaded) for this gateway.
+    pub built: Vec<String>,
+    /// Sources of the previous gateway that this one does not have.
+    pub removed: Vec<String>,
+}
+
 impl Gateway {
     /// Connects every source and compiles every feature service.
     pub async fn build(config: Config, registry: &Registry) -> Result<Gateway, BuildError> {
+        Self::assemble(config, registry, None)
+            .await
+            .map(|(gateway, _)| gateway)
+            .map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// A gateway for `config` that takes over from `previous` (a configuration reload): a
+    /// source whose [`SourceConfig`](gateway_config::SourceConfig) is equal to the previous one
+    /// of its name (same kind, options, stack settings and views served) is the previous one,
+    /// shared as it is; every other source is built. Every source that fails to build is
+    /// reported; `previous` is never changed, so a failure leaves it serving as before.
+    pub async fn rebuild(
+        config: Config,
+        registry: &Registry,
+        previous: &Gateway,
+    ) -> Result<(Gateway, Rebuilt), Vec<BuildError>> {
+        Self::assemble(config, registry, Some(previous)).await
+    }
+
+    async fn assemble(
+        config: Config,
+        registry: &Registry,
+        previous: Option<&Gateway>,
+    ) -> Result<(Gateway, Rebuilt), Vec<BuildError>> {
         let mut sources = Vec::with_capacity(config.sources.len());
         let mut services = Vec::with_capacity(config.sources.len());
-        let mut controls: HashMap<String, CacheControl> = HashMap::new();
+        let mut rebuilt = Rebuilt::default();
+        let mut errors = Vec::new();
         for source in config.sources.values() {
-            let (fetcher, service) = if source.kind == REQUEST_KIND {
-                (None, None)
+            if let Some((runtime, service)) = previous.and_then(|p| p.unchanged_source(source)) {
+                rebuilt.kept.push(source.name.clone());
+                sources.push(runtime);
+                services.push(service);
+                continue;
+            }
+            let (fetcher, cache, service) = if source.kind == REQUEST_KIND {
+                (None, None, None)
             } else {
-                let factory = registry.get(&source.kind).map_err(|e| BuildError {
-                    source_name: source.name.clone(),
-                    message: e.to_string(),
-                })?;
-                let fetcher = factory.build(&source.spec).await?;
-                let cache = CacheLayer::for_source(source)
-                    .await
-                    .map_err(|message| BuildError {
-                        source_name: source.name.clone(),
-                        message,
-                    })?;
-                let control = cache.control();
-                let service = stack_with_cache(cache, fetcher.clone(), source);
-                if let Some(control) = control {
-                    // After the stack is built: applying an invalidation refreshes through it.
-                    let views = config.single_key_views(&source.name);
-                    let known = fetcher.clone();
-                    control.listen_for_invalidations(move |item| known.keys_of(item), views);
-                    controls.insert(source.name.clone(), control);
+                match build_source(&config, source, registry).await {
+                    Ok((fetcher, cache, service)) => (Some(fetcher), cache, Some(service)),
+                    Err(e) if previous.is_some() => {
+                        // A reload reports every source that fails, not just the first.
+                        errors.push(e);
+                        continue;
+                    }
+                    Err(e) => return Err(vec![e]),
                 }
-                (Some(fetcher), Some(service))
             };
+            rebuilt.built.push(source.name.clone());
             sources.push(SourceRuntime {
                 name: source.name.as_str().into(),
                 kind: source.kind.as_str().into(),
                 required: source.required,
                 fetcher,
+                cache,
             });
             services.push(service);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        if let Some(previous) = previous {
+            rebuilt.removed = previous
+                .config
+                .sources
+                .keys()
+                .filter(|name| !config.sources.contains_key(*name))
+                .cloned()
+                .collect();
         }
         let mut plans = BTreeMap::new();
         for fs in config.feature_services.values() {
@@ -117,40 +190,82 @@ impl Gateway {
                 &fs.features,
                 &fs.defaults,
             )
-            .map_err(|message| BuildError {
-                source_name: fs.name.clone(),
-                message,
+            .map_err(|message| {
+                vec![BuildError {
+                    source_name: fs.name.clone(),
+                    message,
+                }]
             })?;
             plans.insert(fs.name.clone(), Arc::new(plan));
         }
         let webhooks = match &config.plaid_webhooks {
             None => None,
             Some(settings) => {
-                let fetcher = sources
+                let runtime = sources
                     .iter()
                     .find(|s| *s.name == *settings.source)
-                    .and_then(|s| s.fetcher.clone())
-                    .ok_or_else(|| BuildError {
-                        source_name: settings.source.clone(),
-                        message: "plaid_webhooks: the source is not built".into(),
+                    .filter(|s| s.fetcher.is_some())
+                    .ok_or_else(|| {
+                        vec![BuildError {
+                            source_name: settings.source.clone(),
+                            message: "plaid_webhooks: the source is not built".into(),
+                        }]
                     })?;
-                Some(Arc::new(PlaidWebhooks::build(
-                    &config,
-                    settings,
-                    fetcher,
-                    controls.remove(&settings.source),
-                    &fetcher_api::Env::process(),
-                )?))
+                let reusable = previous.and_then(|p| {
+                    // The endpoint (its verification keys, the webhooks it remembers) is kept
+                    // when its settings are, and its source was kept.
+                    (p.config.plaid_webhooks.as_ref() == Some(settings)
+                        && rebuilt.kept.contains(&settings.source))
+                    .then(|| p.webhooks.clone())
+                    .flatten()
+                });
+                match reusable {
+                    Some(hooks) => Some(hooks),
+                    None => Some(Arc::new(
+                        PlaidWebhooks::build(
+                            &config,
+                            settings,
+                            runtime
+                                .fetcher
+                                .clone()
+                                .expect("filtered on a built fetcher"),
+                            runtime.cache.clone(),
+                            &fetcher_api::Env::process(),
+                        )
+                        .map_err(|e| vec![e])?,
+                    )),
+                }
             }
         };
-        Ok(Gateway {
+        let gateway = Gateway {
             webhooks,
             config,
             sources,
             services,
             plans,
             adhoc: RwLock::new(HashMap::new()),
-        })
+        };
+        Ok((gateway, rebuilt))
+    }
+
+    /// The running source of `source`'s name, shared, when its definition is unchanged.
+    fn unchanged_source(
+        &self,
+        source: &gateway_config::SourceConfig,
+    ) -> Option<(SourceRuntime, Option<GatewayService>)> {
+        if self.config.sources.get(&source.name) != Some(source) {
+            return None;
+        }
+        let i = self.sources.iter().position(|s| *s.name == *source.name)?;
+        let s = &self.sources[i];
+        let runtime = SourceRuntime {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            required: s.required,
+            fetcher: s.fetcher.clone(),
+            cache: s.cache.clone(),
+        };
+        Some((runtime, self.services[i].clone()))
     }
 
     /// The configuration.
@@ -267,6 +382,35 @@ impl Gateway {
     pub async fn execute(&self, plan: &Plan, rows: &[RowInput], deadline: Instant) -> Execution {
         executor::execute(plan, &self.services, rows, deadline).await
     }
+}
+
+/// Builds one fetched source: its fetcher (connected or loaded), its cache, and the stack over
+/// both; a cache with a shared tier listens for the other replicas' invalidations.
+async fn build_source(
+    config: &Config,
+    source: &gateway_config::SourceConfig,
+    registry: &Registry,
+) -> Result<(Arc<dyn Fetcher>, Option<CacheControl>, GatewayService), BuildError> {
+    let factory = registry.get(&source.kind).map_err(|e| BuildError {
+        source_name: source.name.clone(),
+        message: e.to_string(),
+    })?;
+    let fetcher = factory.build(&source.spec).await?;
+    let cache = CacheLayer::for_source(source)
+        .await
+        .map_err(|message| BuildError {
+            source_name: source.name.clone(),
+            message,
+        })?;
+    let control = cache.control();
+    let service = stack_with_cache(cache, fetcher.clone(), source);
+    if let Some(control) = &control {
+        // After the stack is built: applying an invalidation refreshes through it.
+        let views = config.single_key_views(&source.name);
+        let known = fetcher.clone();
+        control.listen_for_invalidations(move |item| known.keys_of(item), views);
+    }
+    Ok((fetcher, control, service))
 }
 
 /// The most of a caller's deadline kept back for sending the answer.

@@ -11,6 +11,8 @@
 //! - [`executor`]: runs a plan for a batch of rows and assembles the vectors and statuses.
 //! - [`request`]: checks a request's inputs; the table from request errors to gRPC codes.
 //! - [`gateway`]: the built gateway (sources connected behind their stacks, plans compiled).
+//! - [`reload`]: the served generation behind one atomically swapped pointer, and the
+//!   configuration reload that replaces it (SIGHUP, a change of the file, `POST /admin/reload`).
 //! - [`server`]: the gRPC service, health, reflection, admin port and graceful shutdown.
 //! - [`admission`]: load shedding at the gRPC server (RESOURCE_EXHAUSTED when saturated).
 //! - [`caller_errors`]: a request message that does not decode or is too large, and a malformed
@@ -32,7 +34,8 @@
 //!    `Caller`, telemetry);
 //! 4. [`auth`] (peer, telemetry), then [`tls`] (auth, peer); [`admission`] (telemetry);
 //!    [`webhooks`];
-//! 5. [`gateway`] (plan, executor, request, webhooks);
+//! 5. [`gateway`] (plan, executor, request, webhooks); then [`reload`] (gateway, plan,
+//!    telemetry);
 //! 6. [`server`] (everything above); [`demo`] (gateway).
 //!
 //! `auth` sits below `request` only through [`auth::Caller`], a plain value. Nothing here is
@@ -47,6 +50,7 @@ pub mod executor;
 pub mod gateway;
 pub(crate) mod peer;
 pub mod plan;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod status;

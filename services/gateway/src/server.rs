@@ -14,7 +14,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use axum::{Router, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
 use metrics_exporter_prometheus::PrometheusHandle;
 use proto::v1::{
     self,
@@ -23,114 +28,68 @@ use proto::v1::{
 use tokio::{net::TcpListener, time::Instant};
 use tonic::{Request, Response, Status, metadata::MetadataMap, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
-use training_log::{Cell, FeatureEntry, LoggedStatus, TrainingLog};
+use training_log::{Cell, FeatureEntry, LoggedStatus};
 
-use gateway_config::{Config, FeatureRef};
 use gateway_stack::{events::cache::refresh_cache_sizes, parse_grpc_timeout, span};
 
 use crate::{
     admission::{self, AdmissionLayer},
     executor::{CacheUse, RowInput, Served},
-    gateway::{Gateway, request_deadline},
+    gateway::request_deadline,
     plan::Plan,
+    reload::{ADHOC, Generation, HEALTH_TIMEOUT, Live, Outcome, Trigger},
     request::{self, RequestError, row_input},
     status::Status as FeatureStatus,
     telemetry::ServiceMetrics,
     traces,
 };
 
-/// Implements `FeatureService` over a [`Gateway`].
+/// Implements `FeatureService` over the [`Live`] gateway: each call runs on the generation
+/// serving when it arrives.
 #[derive(Clone, Debug)]
 pub struct FeatureServiceImpl {
-    gateway: Arc<Gateway>,
-    /// Metric handles per feature service, plus `adhoc` and `unknown`.
-    metrics: Arc<HashMap<String, ServiceMetrics>>,
-    /// Where served vectors are logged, if anywhere.
-    training_log: Option<TrainingLog>,
+    live: Arc<Live>,
 }
 
 impl FeatureServiceImpl {
-    /// The service over `gateway`.
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        let metrics = gateway
-            .plans()
-            .keys()
-            .map(String::as_str)
-            .chain([ADHOC, UNKNOWN])
-            .map(|name| (name.to_owned(), ServiceMetrics::new(name)))
-            .collect();
-        FeatureServiceImpl {
-            gateway,
-            metrics: Arc::new(metrics),
-            training_log: None,
-        }
-    }
-
-    /// Logs the vectors of feature services to `training_log`.
-    pub fn with_training_log(mut self, training_log: Option<TrainingLog>) -> Self {
-        self.training_log = training_log;
-        self
-    }
-
-    /// Hands one served vector to the training log, if it wants it. Ad-hoc requests (no feature
-    /// service) have no stable schema and are not logged.
-    fn log_vector(
-        &self,
-        plan: &Plan,
-        request_id: impl FnOnce() -> String,
-        row: &RowInput,
-        served: &[Served],
-        arrival: Instant,
-    ) {
-        let Some(log) = &self.training_log else {
-            return;
-        };
-        let request_id = request_id();
-        if log.wants(&plan.name, &request_id) {
-            log.submit(&plan.name, log_record(request_id, row, served, arrival));
-        }
-    }
-
-    /// The metrics of a request's feature service, under a bounded label.
-    fn metrics(&self, feature_service: &str) -> &ServiceMetrics {
-        let label = if feature_service.is_empty() {
-            ADHOC
-        } else if self.metrics.contains_key(feature_service) {
-            feature_service
-        } else {
-            UNKNOWN
-        };
-        &self.metrics[label]
+    /// The service over `live`.
+    pub fn new(live: Arc<Live>) -> Self {
+        FeatureServiceImpl { live }
     }
 
     async fn get_features_inner(
-        &self,
+        generation: &Generation,
         mut req: v1::GetFeaturesRequest,
         caller: Option<crate::auth::Caller>,
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesResponse, RequestError> {
         // First: an id that is refused is neither recorded on the span nor logged.
-        request::check_request_id(&req.request_id, &self.gateway.config().limits)?;
+        let gateway = generation.gateway();
+        request::check_request_id(&req.request_id, &gateway.config().limits)?;
         let request_id = request_id(std::mem::take(&mut req.request_id));
         let span = tracing::Span::current();
         span.record("request_id", request_id.as_str());
         // Before anything else is looked at: a caller learns nothing of what it may not read.
         request::authorize(caller.as_ref(), &req.feature_service)?;
-        let plan = self.gateway.resolve(&req.feature_service, &req.features)?;
+        let plan = gateway.resolve(&req.feature_service, &req.features)?;
         span.record("feature_service", plan_label(&plan));
         let deadline = request_deadline(arrival, plan.deadline, client_timeout)
             .ok_or(RequestError::DeadlineExceeded)?;
-        let limits = &self.gateway.config().limits;
+        let limits = &gateway.config().limits;
         let row = row_input(&plan, &req.entities, &req.context, limits, "")?;
-        let execution = self
-            .gateway
+        let execution = gateway
             .execute(&plan, std::slice::from_ref(&row), deadline)
             .await;
         let served = execution.rows.into_iter().next().unwrap_or_default();
         record_not_present(&span, std::slice::from_ref(&served));
-        self.log_vector(&plan, || request_id.clone(), &row, &served, arrival);
-        self.metrics(&plan.name)
+        generation.log_vector(
+            &plan,
+            || request_id.clone(),
+            |id| log_record(id, &row, &served, arrival),
+        );
+        generation
+            .metrics(&plan.name)
             .features_served(&count_statuses(&served));
         let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
         let request_metadata = req.include_metadata.then(|| v1::RequestMetadata {
@@ -153,22 +112,23 @@ impl FeatureServiceImpl {
     }
 
     async fn get_features_batch_inner(
-        &self,
+        generation: &Generation,
         mut req: v1::GetFeaturesBatchRequest,
         caller: Option<crate::auth::Caller>,
         arrival: Instant,
         client_timeout: Option<Duration>,
     ) -> Result<v1::GetFeaturesBatchResponse, RequestError> {
         // The batch's one id; each row is logged as `<request_id>/<row>`.
-        request::check_request_id(&req.request_id, &self.gateway.config().limits)?;
+        let gateway = generation.gateway();
+        request::check_request_id(&req.request_id, &gateway.config().limits)?;
         let request_id = request_id(std::mem::take(&mut req.request_id));
         let span = tracing::Span::current();
         span.record("request_id", request_id.as_str());
         span.record("rows", req.rows.len());
         request::authorize(caller.as_ref(), &req.feature_service)?;
-        let plan = self.gateway.resolve(&req.feature_service, &req.features)?;
+        let plan = gateway.resolve(&req.feature_service, &req.features)?;
         span.record("feature_service", plan_label(&plan));
-        let limits = &self.gateway.config().limits;
+        let limits = &gateway.config().limits;
         if req.rows.len() > limits.max_batch_rows {
             return Err(RequestError::invalid(
                 "rows",
@@ -195,7 +155,7 @@ impl FeatureServiceImpl {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let execution = self.gateway.execute(&plan, &rows, deadline).await;
+        let execution = gateway.execute(&plan, &rows, deadline).await;
         record_not_present(&span, &execution.rows);
         let vectors = execution
             .rows
@@ -204,8 +164,13 @@ impl FeatureServiceImpl {
             .enumerate()
             .map(|(i, (served, row))| {
                 // Each row is its own labelled example: `<request_id>/<row>`.
-                self.log_vector(&plan, || format!("{request_id}/{i}"), row, &served, arrival);
-                self.metrics(&plan.name)
+                generation.log_vector(
+                    &plan,
+                    || format!("{request_id}/{i}"),
+                    |id| log_record(id, row, &served, arrival),
+                );
+                generation
+                    .metrics(&plan.name)
                     .features_served(&count_statuses(&served));
                 let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
                 v1::FeatureVector {
@@ -263,11 +228,6 @@ fn client_timeout(metadata: &MetadataMap) -> Option<Duration> {
         .and_then(parse_grpc_timeout)
 }
 
-/// The metric label of ad-hoc requests (explicit feature refs).
-const ADHOC: &str = "adhoc";
-/// The metric label of requests naming an unknown feature service.
-const UNKNOWN: &str = "unknown";
-
 fn count_statuses(served: &[Served]) -> [u64; FeatureStatus::ALL.len()] {
     let mut counts = [0u64; FeatureStatus::ALL.len()];
     for s in served {
@@ -321,42 +281,6 @@ fn logged_status(status: FeatureStatus) -> LoggedStatus {
         FeatureStatus::TimedOut => LoggedStatus::TimedOut,
         FeatureStatus::SourceError => LoggedStatus::SourceError,
         FeatureStatus::Stale => LoggedStatus::Stale,
-    }
-}
-
-/// The training log schema of a feature service's plan: its inputs and outputs with their
-/// types, and which outputs the configuration marks `pii`.
-pub fn log_schema(config: &Config, plan: &Plan) -> training_log::SchemaDef {
-    let column = |i: &crate::plan::Input| training_log::Column {
-        name: i.name.clone(),
-        ty: i.ty,
-        pii: i.pii,
-    };
-    training_log::SchemaDef {
-        feature_service: plan.name.clone(),
-        definition_hash: plan.definition_hash.clone(),
-        entities: plan.entities.iter().map(column).collect(),
-        context: plan.context.iter().map(column).collect(),
-        features: plan
-            .outputs
-            .iter()
-            .map(|o| training_log::FeatureColumn {
-                name: o.name.clone(),
-                ty: o.ty,
-                pii: FeatureRef::parse(&o.name).is_ok_and(|r| {
-                    config
-                        .views
-                        .get(&r.view)
-                        .and_then(|v| v.features.get(&r.feature))
-                        .is_some_and(|f| f.pii)
-                }),
-            })
-            .collect(),
-        pii: config
-            .training_log
-            .as_ref()
-            .map(|t| t.pii)
-            .unwrap_or_default(),
     }
 }
 
@@ -426,10 +350,11 @@ impl FeatureService for FeatureServiceImpl {
         let timeout = client_timeout(request.metadata());
         let caller = request.extensions().get::<crate::auth::Caller>().cloned();
         let req = request.into_inner();
-        let metrics = self.metrics(&req.feature_service).clone();
+        let generation = self.live.current();
+        let metrics = generation.metrics(&req.feature_service).clone();
         let result = span::scope_request(
             span.clone(),
-            self.get_features_inner(req, caller, arrival, timeout),
+            Self::get_features_inner(&generation, req, caller, arrival, timeout),
         )
         .await;
         finish("GetFeatures", &metrics, arrival, &span, result)
@@ -444,10 +369,11 @@ impl FeatureService for FeatureServiceImpl {
         let timeout = client_timeout(request.metadata());
         let caller = request.extensions().get::<crate::auth::Caller>().cloned();
         let req = request.into_inner();
-        let metrics = self.metrics(&req.feature_service).clone();
+        let generation = self.live.current();
+        let metrics = generation.metrics(&req.feature_service).clone();
         let result = span::scope_request(
             span.clone(),
-            self.get_features_batch_inner(req, caller, arrival, timeout),
+            Self::get_features_batch_inner(&generation, req, caller, arrival, timeout),
         )
         .await;
         finish("GetFeaturesBatch", &metrics, arrival, &span, result)
@@ -459,7 +385,9 @@ impl FeatureService for FeatureServiceImpl {
     ) -> Result<Response<v1::ListFeatureServicesResponse>, Status> {
         let caller = request.extensions().get::<crate::auth::Caller>();
         let feature_services = self
-            .gateway
+            .live
+            .current()
+            .gateway()
             .plans()
             .values()
             // A caller sees the feature services it may read.
@@ -485,11 +413,14 @@ impl FeatureService for FeatureServiceImpl {
             request::authorize(caller.as_ref(), &name)?;
         }
         let plan = self
-            .gateway
+            .live
+            .current()
+            .gateway()
             .plans()
             .get(&name)
+            .cloned()
             .ok_or_else(|| Status::from(RequestError::UnknownFeatureService(name.clone())))?;
-        Ok(Response::new(describe(plan)))
+        Ok(Response::new(describe(&plan)))
     }
 }
 
@@ -565,33 +496,36 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// fraction of a second, not at the next full interval, so `feature_gateway_source_up` and
 /// health do not contradict the fetches that already succeed.
 const HEALTH_RETRY: Duration = Duration::from_millis(250);
-/// How long one health check may take.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The health service's view of the required sources' health checks.
+/// The health service's view of the required sources' health checks, over the sources of the
+/// generation serving at each round.
 #[derive(Debug)]
 struct HealthWatch {
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     reporter: HealthReporter,
-    up: Vec<Option<bool>>,
+    /// The last result of each source's check, by name.
+    up: HashMap<Arc<str>, bool>,
     serving: Option<bool>,
 }
 
 impl HealthWatch {
-    fn new(gateway: Arc<Gateway>, reporter: HealthReporter) -> Self {
-        let up = vec![None; gateway.sources().len()];
+    fn new(live: Arc<Live>, reporter: HealthReporter) -> Self {
         HealthWatch {
-            gateway,
+            live,
             reporter,
-            up,
+            up: HashMap::new(),
             serving: None,
         }
     }
 
     /// Runs every source's health check once and updates the health service.
     async fn check(&mut self) {
+        let generation = self.live.current();
+        let sources = generation.gateway().sources();
+        // A source a reload removed is no longer reported.
+        self.up
+            .retain(|name, _| sources.iter().any(|s| s.name == *name));
         let mut all_required_up = true;
-        for (i, source) in self.gateway.sources().iter().enumerate() {
+        for source in sources {
             let Some(fetcher) = &source.fetcher else {
                 continue;
             };
@@ -601,16 +535,17 @@ impl HealthWatch {
                     Err(fetcher_api::FetchError::timeout("health check timed out"))
                 });
             let ok = result.is_ok();
-            if self.up[i] != Some(ok) {
+            if self.up.get(&source.name) != Some(&ok) {
                 gateway_stack::events::source::source_health(
                     &source.name,
                     ok,
                     result.as_ref().err(),
                 );
-                self.up[i] = Some(ok);
+                self.up.insert(source.name.clone(), ok);
             }
             all_required_up &= ok || !source.required;
         }
+        drop(generation);
         if self.serving != Some(all_required_up) {
             let status = if all_required_up {
                 ServingStatus::Serving
@@ -626,14 +561,18 @@ impl HealthWatch {
     }
 
     /// Checks again every [`HEALTH_INTERVAL`] while every source passes, and sooner while one
-    /// fails ([`next_wait`]), forever.
+    /// fails ([`next_wait`]), and at once after a reload swapped in new sources, forever.
     async fn run(mut self) {
         let mut retry = HEALTH_RETRY;
         loop {
-            let all_up = !self.up.contains(&Some(false));
+            let all_up = !self.up.values().any(|up| !up);
             let wait;
             (wait, retry) = next_wait(all_up, retry);
-            tokio::time::sleep(wait).await;
+            let live = self.live.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = live.swapped() => {}
+            }
             self.check().await;
         }
     }
@@ -650,16 +589,18 @@ fn next_wait(all_up: bool, retry: Duration) -> (Duration, Duration) {
     }
 }
 
-/// Serves the gateway on `grpc` (and metrics on `admin`) until `shutdown` resolves, then drains
-/// the calls in flight, flushes `training_log` and returns.
+/// Serves the `live` gateway on `grpc` (and metrics, reloads and webhooks on `admin`) until
+/// `shutdown` resolves, then drains the calls in flight, flushes the training log and returns.
+/// Meanwhile the configuration file is watched and reloaded when it changes.
 pub async fn serve(
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     grpc: TcpListener,
     admin: Option<TcpListener>,
     metrics: PrometheusHandle,
-    training_log: Option<TrainingLog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // What the gRPC server is set up with: the fields a reload refuses to change.
+    let gateway = live.current().gateway().clone();
     // TLS files are read before anything is served: a bad certificate stops the start.
     let tls = match &gateway.config().tls {
         Some(config) => Some(crate::tls::TlsAcceptor::new(config.clone())?),
@@ -681,14 +622,16 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message = gateway.config().limits.max_message_bytes;
-    let service = FeatureServiceImpl::new(gateway.clone()).with_training_log(training_log.clone());
+    let service = FeatureServiceImpl::new(live.clone());
     let features = FeatureServiceServer::new(service)
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(64 * 1024 * 1024);
     // The first round before the first call is answered: health is never asked too early.
-    let mut health = HealthWatch::new(gateway.clone(), reporter.clone());
+    let mut health = HealthWatch::new(live.clone(), reporter.clone());
     health.check().await;
     let health_task = tokio::spawn(health.run());
+
+    let watch_task = tokio::spawn(live.clone().watch_file());
 
     let metrics_upkeep = {
         let metrics = metrics.clone();
@@ -711,14 +654,12 @@ pub async fn serve(
                 }),
             )
             .route("/healthz", get(|| std::future::ready("ok\n")))
-            // Plaid's webhooks, when configured (see `crate::webhooks`).
-            .merge(
-                gateway
-                    .webhooks()
-                    .cloned()
-                    .map(crate::webhooks::router)
-                    .unwrap_or_default(),
-            );
+            .route("/admin/reload", post(admin_reload).with_state(live.clone()))
+            // Plaid's webhooks, when the running configuration has them (see `crate::webhooks`).
+            .merge(crate::webhooks::router({
+                let live = live.clone();
+                Arc::new(move || live.current().gateway().webhooks().cloned())
+            }));
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
@@ -759,6 +700,9 @@ pub async fn serve(
         .auth
         .as_ref()
         .map(|callers| Arc::new(crate::auth::Authenticator::new(callers)));
+    // Not held while serving: a reload that replaces it drops its sources when its last
+    // request ends.
+    drop(gateway);
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         // Outermost: who is calling, and is it within its rate? Refused callers take no
@@ -801,17 +745,55 @@ pub async fn serve(
         task.abort();
     }
     health_task.abort();
+    watch_task.abort();
     metrics_upkeep.abort();
     signal_task.abort();
     if let Some(task) = admin_task {
         let _ = task.await;
     }
-    // Every call has finished: every vector served is in the log's queue or spool.
-    if let Some(log) = &training_log {
-        log.close().await;
-    }
+    // Every call has finished: every vector served is in the log's queue or spool. No reload
+    // runs from now on.
+    live.close().await;
     tracing::info!("stopped");
     result.map_err(Into::into)
+}
+
+/// `POST /admin/reload`: reloads the configuration file (the request's body is not read: only
+/// the file the gateway was started with is loaded). 200 with the configuration hash serving;
+/// 422 with the file's problems, or 500 with the sources' build errors, one per line, the
+/// running configuration unchanged; 503 while shutting down.
+async fn admin_reload(State(live): State<Arc<Live>>) -> (StatusCode, String) {
+    match live.reload(Trigger::Admin).await {
+        Outcome::Reloaded { hash, rebuilt } => (
+            StatusCode::OK,
+            format!(
+                "reloaded config_hash={hash}\nkept: {}\nbuilt: {}\nremoved: {}\n",
+                rebuilt.kept.join(" "),
+                rebuilt.built.join(" "),
+                rebuilt.removed.join(" ")
+            ),
+        ),
+        Outcome::Unchanged { hash } => (StatusCode::OK, format!("unchanged config_hash={hash}\n")),
+        Outcome::Skipped => (
+            StatusCode::OK,
+            format!(
+                "unchanged config_hash={}\n",
+                live.current().gateway().config().hash
+            ),
+        ),
+        Outcome::Invalid(errors) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid: the running configuration stays\n{errors}\n"),
+        ),
+        Outcome::BuildFailed(errors) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("build_failed: the running configuration stays\n{errors}\n"),
+        ),
+        Outcome::Closed => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down: no reload\n".to_owned(),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,11 @@ pub mod names {
     /// Counter: calls refused before any work by authentication, by reason
     /// (`unauthenticated`, `rate_limited`, `permission_denied`).
     pub const REQUESTS_REFUSED: &str = "feature_gateway_requests_refused_total";
-    /// Gauge: 1, labelled with the version and the configuration's hash.
+    /// Gauge: 1, labelled with the version and the configuration's hash (0 for a configuration
+    /// replaced by a reload).
     pub const BUILD_INFO: &str = "feature_gateway_build_info";
+    /// Counter: configuration reloads by result (`ok`, `unchanged`, `invalid`, `build_failed`).
+    pub const CONFIG_RELOADS: &str = "feature_gateway_config_reloads_total";
     /// Counter: feature requests refused with RESOURCE_EXHAUSTED because the gateway was
     /// saturated (load shedding), by method.
     pub const REQUESTS_SHED: &str = "feature_gateway_requests_shed_total";
@@ -49,6 +52,86 @@ pub mod names {
 pub fn started(config_hash: &str) {
     gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "config_hash" => config_hash.to_owned())
         .set(1.0);
+}
+
+/// The results a configuration reload counts.
+pub const RELOAD_RESULTS: [&str; 4] = ["ok", "unchanged", "invalid", "build_failed"];
+
+/// Registers the reload counters at 0, so a dashboard or alert sees them before the first reload.
+pub fn reloads_registered() {
+    for result in RELOAD_RESULTS {
+        counter!(names::CONFIG_RELOADS, "result" => result).absolute(0);
+    }
+}
+
+/// A configuration reload that swapped a new configuration in.
+#[derive(Debug)]
+pub struct Reloaded<'a> {
+    /// What asked for it: `signal`, `file`, `admin`.
+    pub trigger: &'static str,
+    /// The hash of the configuration replaced.
+    pub old: &'a str,
+    /// The hash of the configuration now serving.
+    pub new: &'a str,
+    /// Sources kept as they were, built, and removed.
+    pub kept: &'a [String],
+    /// Sources built.
+    pub built: &'a [String],
+    /// Sources removed.
+    pub removed: &'a [String],
+    /// From reading the file to the swap.
+    pub took: Duration,
+}
+
+/// A reload swapped a configuration in: the build info now names it.
+pub fn reloaded(r: Reloaded<'_>) {
+    if r.old != r.new {
+        gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "config_hash" => r.old.to_owned())
+            .set(0.0);
+    }
+    started(r.new);
+    counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
+    tracing::info!(
+        trigger = r.trigger,
+        old_config_hash = r.old,
+        config_hash = r.new,
+        kept = %r.kept.join(","),
+        built = %r.built.join(","),
+        removed = %r.removed.join(","),
+        took_ms = r.took.as_secs_f64() * 1e3,
+        "configuration reloaded"
+    );
+}
+
+/// A reload found the file as the running configuration was read from it.
+pub fn reload_unchanged(trigger: &'static str, hash: &str) {
+    counter!(names::CONFIG_RELOADS, "result" => "unchanged").increment(1);
+    tracing::info!(
+        trigger,
+        config_hash = hash,
+        "configuration reload: the file is unchanged"
+    );
+}
+
+/// A reload was refused, `result` `invalid` (the file) or `build_failed` (a source): the
+/// running configuration stays. `errors` are every problem, one per line.
+pub fn reload_failed(trigger: &'static str, result: &'static str, hash: &str, errors: &str) {
+    counter!(names::CONFIG_RELOADS, "result" => result).increment(1);
+    tracing::error!(
+        trigger,
+        result,
+        config_hash = hash,
+        "configuration reload refused, the running configuration stays:\n{errors}"
+    );
+}
+
+/// `records` served while the training log restarted after a reload could not be held for it
+/// (more than its `queue_capacity`, or it could not start): counted as dropped, reason
+/// `reloading`.
+pub fn training_log_reload_dropped(records: u64) {
+    if records > 0 {
+        counter!(names::TRAINING_LOG_DROPPED, "reason" => "reloading").increment(records);
+    }
 }
 
 /// The load-shedding metric handles, registered once.

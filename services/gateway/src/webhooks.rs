@@ -479,17 +479,21 @@ fn unix_now() -> i64 {
 }
 
 /// `POST /webhooks/plaid`, for the admin router.
-pub fn router(hooks: Arc<PlaidWebhooks>) -> Router {
+/// `POST /webhooks/plaid`, answered by the endpoint `current` returns when called, the running
+/// configuration's (a reload may add, replace or remove it); 404 while there is none.
+pub fn router(current: Current) -> Router {
     Router::new()
         .route("/webhooks/plaid", post(receive))
-        .with_state(hooks)
+        .with_state(current)
 }
 
-async fn receive(
-    State(hooks): State<Arc<PlaidWebhooks>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// What [`router`] asks for the endpoint that answers a webhook.
+pub type Current = Arc<dyn Fn() -> Option<Arc<PlaidWebhooks>> + Send + Sync>;
+
+async fn receive(State(current): State<Current>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(hooks) = current() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     match hooks.handle(&headers, &body).await {
         Ok(answer) => {
             let outcome = match answer["outcome"].as_str() {

@@ -1,10 +1,15 @@
 //! `feature-gateway serve --config FILE`: load the configuration, build every source behind its
-//! stack, start the training log, and serve gRPC and the admin port until SIGTERM or Ctrl-C.
+//! stack, start the training log, and serve gRPC and the admin port until SIGTERM or Ctrl-C,
+//! reloading the configuration on SIGHUP, on a change of the file and on `POST /admin/reload`.
 
 use std::{path::Path, sync::Arc};
 
 use fetcher_api::Env;
-use gateway::{Gateway, server, telemetry};
+use gateway::{
+    Gateway,
+    reload::{ConfigSource, Live},
+    server, telemetry,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use training_log::{SinkConfig, TrainingLog, TrainingLogError};
@@ -36,17 +41,24 @@ pub fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> Result<(), F
     }
     let result = runtime.block_on(async {
         let hash = config.hash.clone();
-        let gateway = Arc::new(
-            Gateway::build(config, &registry)
-                .await
-                .map_err(Failure::run)?,
-        );
+        let gateway = Gateway::build(config, &registry)
+            .await
+            .map_err(Failure::run)?;
         if let Some(tls) = &gateway.config().tls {
             gateway::tls::server_config(tls).map_err(Failure::run)?;
         }
         telemetry::started(&hash);
         let training_log =
             start_training_log(&gateway).map_err(|e| Failure::run(format!("training log: {e}")))?;
+        let live = Arc::new(Live::new(
+            gateway,
+            training_log,
+            Some(ConfigSource {
+                path: config_path.to_owned(),
+                registry: registry.clone(),
+                env: Env::process(),
+            }),
+        ));
         let bind = |addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -61,12 +73,18 @@ pub fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> Result<(), F
         // Listening for SIGTERM before saying so: a signal sent on the ready line shuts down
         // cleanly.
         let shutdown = proto::server::shutdown_signal();
+        // SIGHUP reloads the configuration (its default action would end the process).
+        let hangups = live
+            .on_hangup()
+            .map_err(|e| Failure::run(format!("cannot listen for SIGHUP: {e}")))?;
         tracing::info!(grpc = %grpc_addr, admin = %admin_addr, config_hash = %hash, "serving");
         // One machine-readable line, for scripts and tests that start the gateway on port 0.
         println!("feature-gateway ready grpc={grpc_addr} admin={admin_addr}");
-        server::serve(gateway, grpc, Some(admin), metrics, training_log, shutdown)
+        let served = server::serve(live, grpc, Some(admin), metrics, shutdown)
             .await
-            .map_err(Failure::run)
+            .map_err(Failure::run);
+        hangups.abort();
+        served
     });
     traces.shutdown();
     result
@@ -74,28 +92,23 @@ pub fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> Result<(), F
 
 /// Starts the training log of `gateway`'s configuration, if it has one.
 fn start_training_log(gateway: &Gateway) -> Result<Option<TrainingLog>, TrainingLogError> {
-    let Some(config) = gateway.config().training_log.clone() else {
-        return Ok(None);
-    };
-    let schemas = gateway
-        .plans()
-        .values()
-        .map(|plan| server::log_schema(gateway.config(), plan))
-        .collect();
-    let log = TrainingLog::start(
-        config.clone(),
-        schemas,
-        Arc::new(telemetry::TrainingLogTelemetry::new()),
-    )?;
-    match &config.sink {
-        SinkConfig::Parquet => {
-            tracing::info!(dir = %config.dir.display(), spool = %config.spool_dir.display(), "training log on")
-        }
-        SinkConfig::Kafka(k) => {
-            tracing::info!(brokers = %k.brokers.join(","), topic = %k.topic, spool = %config.spool_dir.display(), "training log on, to kafka")
+    let log = gateway::reload::start_training_log(gateway)?;
+    if let Some(config) = gateway
+        .config()
+        .training_log
+        .as_ref()
+        .filter(|_| log.is_some())
+    {
+        match &config.sink {
+            SinkConfig::Parquet => {
+                tracing::info!(dir = %config.dir.display(), spool = %config.spool_dir.display(), "training log on")
+            }
+            SinkConfig::Kafka(k) => {
+                tracing::info!(brokers = %k.brokers.join(","), topic = %k.topic, spool = %config.spool_dir.display(), "training log on, to kafka")
+            }
         }
     }
-    Ok(Some(log))
+    Ok(log)
 }
 
 /// The Prometheus recorder, with the latency buckets on every `_seconds` histogram.
