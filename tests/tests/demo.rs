@@ -225,7 +225,7 @@ async fn explicit_feature_refs_and_discovery() {
         .iter()
         .map(|f| f.name.as_str())
         .collect();
-    assert_eq!(names, ["fraud_v1", "merchant_v1"]);
+    assert_eq!(names, ["fraud_v1", "fraud_v2", "merchant_v1"]);
     assert_eq!(list.feature_services[0].feature_count, 20);
 
     let described = client
