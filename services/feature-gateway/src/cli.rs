@@ -61,6 +61,15 @@ pub enum Command {
     /// --config, derived features are recomputed from the logged inputs to check the log
     /// (--recompute, exit code 3 when some differ) or added to it (--derive).
     TrainingSet(TrainingSetArgs),
+    /// Profile a feature service's served features into a reference profile (a JSON file: per
+    /// feature its statuses, null rate, quantiles and bins or top categories, and their
+    /// sketches), from a range of the training log or from a training set.
+    Profile(ProfileArgs),
+    /// Compare the features served in a range of the training log with a reference profile:
+    /// PSI, null rate, statuses and defaults per feature, written as skew.md and skew.html in
+    /// the report directory, ranked by how far each moved. Exit code 4 when a feature moved
+    /// past a threshold.
+    Skew(SkewArgs),
     /// Serve the embedded demo (a fraud model's features from local tables): no database needed.
     Demo {
         /// Write the demo's configuration and tables here and keep them (default: a temporary
@@ -139,4 +148,74 @@ pub struct TrainingSetArgs {
     /// Repeatable.
     #[arg(long, value_name = "VIEW:FEATURE", requires = "config")]
     pub derive: Vec<String>,
+}
+
+/// The flags of `profile`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["logs", "training_set"])))]
+pub struct ProfileArgs {
+    /// The training log's directory (`[training_log] dir`).
+    #[arg(long, requires = "feature_service")]
+    pub logs: Option<PathBuf>,
+    /// A training set written by `feature-gateway training-set`, instead of the log.
+    #[arg(long)]
+    pub training_set: Option<PathBuf>,
+    /// The feature service to profile (with --logs; a training set holds one).
+    #[arg(long)]
+    pub feature_service: Option<String>,
+    /// Only vectors served under this definition hash (needed when the logs hold several).
+    #[arg(long)]
+    pub definition_hash: Option<String>,
+    /// Only vectors served at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub from: Option<std::time::SystemTime>,
+    /// Only vectors served before this time (RFC 3339).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub to: Option<std::time::SystemTime>,
+    /// The profile to write (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// The flags of `skew`.
+#[derive(Debug, clap::Args)]
+pub struct SkewArgs {
+    /// The reference profile (written by `feature-gateway profile`).
+    #[arg(long)]
+    pub reference: PathBuf,
+    /// The training log's directory holding the served vectors to compare.
+    #[arg(long)]
+    pub served: PathBuf,
+    /// Only vectors served under this definition hash (by default every definition whose
+    /// features match the reference's).
+    #[arg(long)]
+    pub definition_hash: Option<String>,
+    /// Only vectors served at or after this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub from: Option<std::time::SystemTime>,
+    /// Only vectors served before this time (RFC 3339).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    pub to: Option<std::time::SystemTime>,
+    /// The directory to write skew.md and skew.html into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A feature moved when its population stability index exceeds this.
+    #[arg(long, default_value_t = 0.2)]
+    pub psi_threshold: f64,
+    /// A feature moved when its null rate changes by more than this many percentage points.
+    #[arg(long, default_value_t = 5.0)]
+    pub null_rate_threshold: f64,
+    /// A feature moved when the share of a non-PRESENT status, or of defaults served, changes
+    /// by more than this many percentage points.
+    #[arg(long, default_value_t = 5.0)]
+    pub status_threshold: f64,
+    /// A table of the same requests' features recomputed offline: CSV with a header, or
+    /// `.parquet`; a `request_id` column and `feature:VIEW:NAME` columns. Reports per feature
+    /// the share of rows whose served and recomputed values differ, with examples.
+    #[arg(long)]
+    pub consistency: Option<PathBuf>,
+    /// With --consistency, a feature counts as moved when more than this percentage of its
+    /// rows differ (default 0: any).
+    #[arg(long, default_value_t = 0.0, requires = "consistency")]
+    pub consistency_threshold: f64,
 }

@@ -3,7 +3,8 @@
 //! - 0: done;
 //! - 1: a fault at run time (a port taken, a source that cannot be built, an I/O error);
 //! - 2: the input is wrong (a configuration with errors, a bad flag value): nothing started;
-//! - 3: `materialize` loaded what it could, and some rows were bad (each was listed).
+//! - 3: `materialize` loaded what it could, and some rows were bad (each was listed);
+//! - 4: `skew` wrote its report, and a feature moved past a threshold (each was listed).
 
 use std::process::ExitCode;
 
@@ -24,6 +25,9 @@ pub enum Failure {
     /// Some input rows were bad and skipped; each was already reported.
     #[error("{0} bad row(s)")]
     BadRows(usize),
+    /// A served feature moved past a threshold against its reference: the message lists them.
+    #[error("error: {0}")]
+    Moved(String),
     /// Something failed while running.
     #[error("error: {0}")]
     Run(String),
@@ -53,6 +57,10 @@ impl Failure {
                 ExitCode::from(2)
             }
             Failure::BadRows(_) => ExitCode::from(3),
+            Failure::Moved(_) => {
+                eprintln!("{self}");
+                ExitCode::from(4)
+            }
             Failure::Run(_) => {
                 eprintln!("{self}");
                 ExitCode::FAILURE

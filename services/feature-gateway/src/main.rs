@@ -1,6 +1,6 @@
 //! The `feature-gateway` command: `serve`, `validate`, `materialize`, `training-set`,
-//! `hash-token` and `demo`, one file each under [`cmd`]; [`exit`] maps every failure to the exit
-//! code in one place.
+//! `profile`, `skew`, `hash-token` and `demo`, one file each under [`cmd`]; [`exit`] maps every
+//! failure to the exit code in one place.
 // One module sets the allocator's options through its C interface; nothing else is unsafe.
 #![deny(unsafe_code)]
 
@@ -37,6 +37,8 @@ fn main() -> ExitCode {
         Command::Serve { config, listen } => cmd::serve::run(&config, &listen, json_logs),
         Command::Materialize(args) => cmd::materialize::run(&args),
         Command::TrainingSet(args) => cmd::training_set::run(args),
+        Command::Profile(args) => cmd::profile::run(&args),
+        Command::Skew(args) => cmd::skew::run(&args),
         Command::Demo { dir, listen } => cmd::demo::run(dir, &listen, json_logs),
     };
     match result {

@@ -3,6 +3,8 @@
 pub mod demo;
 pub mod hash_token;
 pub mod materialize;
+pub mod profile;
 pub mod serve;
+pub mod skew;
 pub mod training_set;
 pub mod validate;
