@@ -65,7 +65,7 @@ pub use auth::{CallerConfig, RawAuth, TokenHash};
 pub use breaker::BreakerConfig;
 pub use cache::{CacheConfig, SharedCacheConfig};
 pub use entity::{EntityConfig, EntityFrom};
-pub use feature_service::{DEFAULT_DEADLINE, FeatureRef, FeatureServiceConfig};
+pub use feature_service::{DEFAULT_DEADLINE, FeatureRef, FeatureServiceConfig, MonitorConfig};
 pub use hedge::{HedgeConfig, HedgeTrigger};
 pub use limits::LimitsConfig;
 pub use load::{

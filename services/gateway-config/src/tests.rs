@@ -677,3 +677,88 @@ features = {{ x = {{ type = \"int64\", expr = \"1\" }} }}
     // One cycle, reported once.
     assert_eq!(found.matches("in a cycle").count(), 1, "{found}");
 }
+
+#[test]
+fn a_monitor_reads_its_reference_beside_the_file_with_defaults() {
+    let text =
+        format!("{BASE}\n[feature_services.model.monitor]\nreference = \"profiles/model.json\"\n");
+    let config = load(&text).unwrap();
+    let monitor = config.feature_services["model"].monitor.clone().unwrap();
+    assert_eq!(
+        monitor,
+        MonitorConfig {
+            reference: Path::new("/nonexistent/profiles/model.json").to_owned(),
+            window: Duration::from_secs(300),
+            psi_threshold: 0.2,
+            null_rate_threshold: 5.0,
+            status_threshold: 5.0,
+            sample: 1.0,
+        }
+    );
+    let text = format!(
+        "{BASE}\n[feature_services.model.monitor]\nreference = \"m.json\"\nwindow = \"2s\"\n\
+         psi_threshold = 0.25\nnull_rate_threshold = 3\nsample = 0.1\n"
+    );
+    let monitor = load(&text).unwrap().feature_services["model"]
+        .monitor
+        .clone()
+        .unwrap();
+    assert_eq!(monitor.window, Duration::from_secs(2));
+    assert_eq!(monitor.psi_threshold, 0.25);
+    assert_eq!(monitor.null_rate_threshold, 3.0);
+    assert_eq!(monitor.sample, 0.1);
+    assert!(
+        load(BASE).unwrap().feature_services["model"]
+            .monitor
+            .is_none()
+    );
+}
+
+#[test]
+fn monitor_settings_are_checked_with_their_positions() {
+    let text = format!(
+        "{BASE}\n[feature_services.model.monitor]\nreference = \"m.json\"\nwindow = \"500ms\"\n\
+         psi_threshold = -1\nnull_rate_threshold = 0\nsample = 1.5\nbins = 3\n"
+    );
+    let errors = errors(&text);
+    let line = |field: &str| {
+        text.lines()
+            .position(|l| l.starts_with(field))
+            .map(|i| i + 1)
+            .unwrap()
+    };
+    let expected = [
+        (
+            "window",
+            "feature_services.model.monitor.window: must be at least 1s",
+        ),
+        (
+            "psi_threshold",
+            "feature_services.model.monitor.psi_threshold: a threshold is above 0, not -1",
+        ),
+        (
+            "null_rate_threshold",
+            "feature_services.model.monitor.null_rate_threshold: a threshold is above 0, not 0",
+        ),
+        (
+            "sample",
+            "feature_services.model.monitor.sample: a sampling rate is above 0 and at most 1, not 1.5",
+        ),
+        ("bins", "unknown field `bins`"),
+    ];
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    for ((field, message), error) in expected.iter().zip(&errors) {
+        assert!(
+            error.starts_with(&format!("test.toml:{}:1: ", line(field))),
+            "{error}"
+        );
+        assert!(error.contains(message), "{error}");
+    }
+    assert_one_error(
+        &format!("{BASE}\n[feature_services.model.monitor]\nwindow = \"1m\"\n"),
+        &[
+            "feature_services.model.monitor",
+            "missing field `reference`",
+        ],
+    );
+}

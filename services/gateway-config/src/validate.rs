@@ -15,7 +15,7 @@ use crate::{
     SourceConfig, ViewConfig,
     breaker::breaker_policy,
     cache::cache_policy,
-    feature_service::{resolve_refs, toml_to_value},
+    feature_service::{resolve_refs, toml_to_value, validate_monitor},
     hedge::hedge_policy,
     problems::{Problems, has_duplicates, known, parse_duration},
     retry::retry_settings,
@@ -454,6 +454,10 @@ pub(crate) fn validate(
                 Err(msg) => problems.add(&at, msg),
             }
         }
+        let monitor = fs
+            .monitor
+            .as_ref()
+            .and_then(|m| validate_monitor(m, name, base_dir, problems));
         feature_services.insert(
             name.clone(),
             FeatureServiceConfig {
@@ -462,6 +466,7 @@ pub(crate) fn validate(
                 deadline,
                 features,
                 defaults,
+                monitor,
             },
         );
     }
