@@ -565,9 +565,14 @@ impl Live {
         self.swapped.notify_waiters();
         drop(running);
         let hash = gateway.config().hash.clone();
+        let old_log = old.log.clone();
+        let drained_by = drained_by(&old);
+        retire(old);
         if let Some((slot, config)) = restart {
             // Off the reload's answer, still one at a time: the guard goes with it.
-            tokio::spawn(restart_log(old, slot, gateway, config, guard));
+            tokio::spawn(restart_log(
+                old_log, drained_by, slot, gateway, config, guard,
+            ));
         }
         Outcome::Reloaded { hash, rebuilt }
     }
@@ -718,27 +723,58 @@ fn salt_available(config: &TrainingLogConfig, schemas: &[SchemaDef]) -> Result<(
     }
 }
 
+/// When every request running on `generation` has ended, at the latest: a request's deadline is
+/// at most its `max_deadline`.
+fn drained_by(generation: &Generation) -> tokio::time::Instant {
+    tokio::time::Instant::now()
+        + generation.gateway.config().limits.max_deadline
+        + Duration::from_secs(1)
+}
+
+/// Drops a replaced generation once the last request running on it has ended, on a blocking-pool
+/// thread: what only it held (a static table's rows, a removed source's pool) can take
+/// milliseconds to free, which the request that happened to end last would otherwise pay.
+fn retire(old: Arc<Generation>) {
+    let until = drained_by(&old);
+    tokio::spawn(async move {
+        let mut old = old;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(generation) => {
+                    tokio::task::spawn_blocking(move || drop(generation));
+                    return;
+                }
+                // Still in use past every deadline: the last user drops it.
+                Err(_) if tokio::time::Instant::now() >= until => return,
+                Err(shared) => old = shared,
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+}
+
 /// Restarts the training log for a new generation's schemas: once the requests still running on
-/// `old` have ended (each logs with its own schema), its log is flushed and closed, and the new
-/// one started, taking the vectors `slot` held meanwhile.
+/// the generations that log with the old one have ended (each logs with its own schema, and the
+/// old log's spool must not be written to while the new log replays it), the old log is flushed
+/// and closed, and the new one started, taking the vectors `slot` held meanwhile.
 async fn restart_log(
-    old: Arc<Generation>,
+    old_slot: Option<Arc<LogSlot>>,
+    drained_by: tokio::time::Instant,
     slot: Arc<LogSlot>,
     gateway: Arc<Gateway>,
     config: TrainingLogConfig,
     _guard: OwnedMutexGuard<ReloadState>,
 ) {
-    // A request's deadline is at most `max_deadline`: past it, no request of `old` runs a fetch.
-    let drained_by = tokio::time::Instant::now()
-        + old.gateway.config().limits.max_deadline
-        + Duration::from_secs(1);
-    while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < drained_by {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Some(old_slot) = old_slot {
+        // Held by every generation logging to it (earlier ones too, when a reload kept it), and
+        // by nothing else once they have ended.
+        while Arc::strong_count(&old_slot) > 1 && tokio::time::Instant::now() < drained_by {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(log) = old_slot.get() {
+            log.close().await;
+        }
     }
-    if let Some(log) = old.log.as_ref().and_then(|slot| slot.get()) {
-        log.close().await;
-    }
-    drop(old);
     match TrainingLog::start(
         config,
         log_schemas(&gateway),
