@@ -12,6 +12,7 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
   python3 loadtest/bench.py fraud               # the full fraud service: load, cold start, outage
   python3 loadtest/bench.py memory              # resident memory with 1M cached entries
   python3 loadtest/bench.py derived             # ten derived (CEL) features vs none
+  python3 loadtest/bench.py reload              # fraud_v1 at 1,000 req/s while reloaded 100 times
   python3 loadtest/bench.py builds --other-bin DIR  # this build beside another (A/B of a change)
   python3 loadtest/bench.py all --smoke         # seconds-long runs proving the benchmarks work
 
@@ -43,6 +44,11 @@ expressions over them) against `fraud_v1` itself, alternating, closed loop and a
 req/s: the gateway CPU per request the expressions add, per expression, and the p99 difference;
 then `derived-eval` (loadtest/src/derived_eval.rs) times each expression alone and the costliest
 expressions the load-time limits admit.
+
+`reload` serves the demo's `fraud_v1` at a fixed 1,000 req/s without reloads, then while its
+configuration is reloaded 100 times per run (`POST /admin/reload`) alternating with a variant that
+drops a feature from `fraud_v1` and adds a feature service (every source kept), then with a
+variant that also rebuilds the `tables` source: p99 with and without reloads.
 
 `memory` fills a Redis view's in-process cache with one million distinct keys and reports the
 gateway's resident memory against the same pass on a gateway without a cache, and the cost per
@@ -1649,6 +1655,115 @@ def builds(args) -> tuple[str, str]:
 
 BENCHMARKS = {"overhead": overhead, "redis": redis, "training-log": training_log,
               "fraud": fraud, "memory": memory, "builds": builds, "derived": derived}
+
+
+def reload_bench(args) -> tuple[str, str]:
+    """`reload`: the demo's fraud_v1 at a fixed 1,000 req/s, alternately without reloads and while
+    the configuration is reloaded 100 times per run (`POST /admin/reload`), the file switching
+    between the demo's own and a variant. Two variants: one adds a feature service and drops a
+    feature from fraud_v1, the one called (every source kept: the reload's own cost), the other also reads the users'
+    table from another file (the `tables` source, all four tables, about 22,000 rows, rebuilt
+    each time). p99 with and without reloads (target: within 1 ms) and failed calls; fg-load
+    counts every call that is not OK."""
+    import threading
+    import urllib.request
+    bindir = build(release=not args.smoke)
+    seconds = 2.0 if args.smoke else float(args.seconds)
+    rounds = 1 if args.smoke else args.rounds
+    rate = 50 if args.smoke else 1000
+    reloads_per_run = 10 if args.smoke else 100
+    fraud = ["--scenario", "features", "--feature-service", "fraud_v1",
+             "--entity", "user_id=u_{5}:10000", "--entity", "card_id=c_{5}:10000",
+             "--entity", "merchant_id=m_{4}:2000",
+             "--context", "amount=129.99", "--context", "currency=USD", "--context", "channel=ecom",
+             "--rps", str(rate)]
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        demo = Path(tmp) / "demo"
+        gw = Gateway(bindir, ["demo", "--dir", str(demo)], Path(tmp))
+        config = demo / "demo.toml"
+        text_a = config.read_text()
+        shutil.copy(demo / "users.csv", demo / "users_b.csv")
+        # fraud_v1, the one called, loses a feature; a feature service is added.
+        services_b = text_a.replace('  "card_profile:decline_rate_30d",\n', '', 1) + (
+            '\n[feature_services.reload_probe]\nfeatures = ["user_profile:*"]\n')
+        assert services_b.count("decline_rate_30d") < text_a.count("decline_rate_30d")
+        variants = {
+            "services": services_b,
+            "tables": services_b.replace('path = "users.csv"', 'path = "users_b.csv"'),
+        }
+        written = [text_a]  # the file's contents, last first: every write changes them
+
+        def reload_during(variant: str, stop: threading.Event, done: list):
+            interval = seconds / reloads_per_run
+            while not stop.is_set() and len(done) < reloads_per_run:
+                aside = demo / ".demo.toml.new"
+                written.insert(0, variants[variant] if written[0] == text_a else text_a)
+                aside.write_text(written[0])
+                aside.replace(config)
+                request = urllib.request.Request(f"http://{gw.admin}/admin/reload", method="POST", data=b"")
+                started = time.time()
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as answer:
+                        done.append((answer.status, time.time() - started))
+                except urllib.error.HTTPError as e:
+                    done.append((e.code, time.time() - started))
+                stop.wait(max(0.0, interval - (time.time() - started)))
+
+        def with_reloads(variant: str, done: list) -> dict:
+            stop = threading.Event()
+            thread = threading.Thread(target=reload_during, args=(variant, stop, done))
+            thread.start()
+            try:
+                return run_fg_load(bindir, gw.grpc, fraud, args.concurrency, seconds)
+            finally:
+                stop.set()
+                thread.join()
+
+        try:
+            run_fg_load(bindir, gw.grpc, fraud, args.concurrency, 1.0)  # warm-up
+            runs = {"base": [], "services": [], "tables": []}
+            answers = {"services": [], "tables": []}
+            for _ in range(rounds):
+                runs["base"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, fraud, args.concurrency, seconds)))
+                for variant in ("services", "tables"):
+                    done: list = []
+                    runs[variant].append(measure(gw, lambda: with_reloads(variant, done)))
+                    answers[variant] += done
+            counted = {r: gw.counter("feature_gateway_config_reloads_total", result=r)
+                       for r in ("ok", "unchanged", "invalid", "build_failed")}
+        finally:
+            gw.stop()
+    everything = answers["services"] + answers["tables"]
+    ok = sum(1 for status, _ in everything if status == 200)
+    p99_base = median_of(runs["base"], "p99")
+    lines = ["# Configuration reload under load: fraud_v1 at a fixed rate, with and without reloads", ""]
+    lines += header("reload", args, seconds, rounds)
+    lines += table(f"fg-load, a fixed {rate:,} req/s", [
+        ("no reloads (baseline)", runs["base"]),
+        (f"{reloads_per_run} reloads per run, feature services changed", runs["services"]),
+        (f"{reloads_per_run} reloads per run, the tables source rebuilt too", runs["tables"]),
+    ])
+    for variant, what in (("services", "feature services changed, every source kept"),
+                          ("tables", "the `tables` source rebuilt too")):
+        took = sorted(t for _, t in answers[variant])
+        lines.append(
+            f"- {what}: p99 with reloads - without **{median_of(runs[variant], 'p99') - p99_base:+.3f} ms** "
+            "(target: within 1 ms)" + (f"; each reload answered in median {statistics.median(took) * 1e3:.1f} ms, "
+                                       f"max {took[-1] * 1e3:.1f} ms" if took else ""))
+    lines += [f"- reloads answered 200: {ok} of {len(everything)}; "
+              f"feature_gateway_config_reloads_total: {counted}", ""]
+    lines += scenario_check(ok == len(everything) and counted["ok"] == ok,
+                            f"reloads refused or miscounted: {ok} of {len(everything)} answered 200, {counted}")
+    lines += failures([r for v in runs.values() for r in v])
+    plot = svg_plot("reload: latency by percentile (fg-load)", [
+        (f"no reloads, {rate:,} req/s", runs["base"][-1]["percentiles"]),
+        ("reloads, feature services", runs["services"][-1]["percentiles"]),
+        ("reloads, tables rebuilt", runs["tables"][-1]["percentiles"]),
+    ])
+    return "\n".join(lines), plot
+
+
+BENCHMARKS["reload"] = reload_bench
 
 
 def main():
