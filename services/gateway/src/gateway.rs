@@ -18,7 +18,8 @@ use gateway_config::{Config, ConfigErrors, DEFAULT_DEADLINE, FeatureRef, REQUEST
 use gateway_stack::{CacheControl, CacheLayer, GatewayService, stack_with_cache};
 
 use crate::{
-    executor::{self, Execution, RowInput},
+    executor::{self, Execution, RowInput, Served},
+    monitor::{Monitor, Monitored},
     plan::{self, Plan},
     request::RequestError,
     webhooks::PlaidWebhooks,
@@ -84,6 +85,23 @@ pub struct SourceRuntime {
 /// Most ad-hoc plans kept; beyond it the cache starts over (ad-hoc lists are usually few).
 const ADHOC_PLAN_CACHE: usize = 256;
 
+/// Why a gateway could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayBuildError {
+    /// A source (or a feature service's plan) could not be built.
+    #[error(transparent)]
+    Source(#[from] BuildError),
+    /// A feature service's drift monitor: its reference profile cannot be read, or does not
+    /// match the feature service (the message names both).
+    #[error("feature service `{feature_service}`: monitor: {message}")]
+    Monitor {
+        /// The feature service.
+        feature_service: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
 /// The gateway: configuration, sources and plans.
 #[derive(Debug)]
 pub struct Gateway {
@@ -93,6 +111,10 @@ pub struct Gateway {
     plans: BTreeMap<String, Arc<Plan>>,
     adhoc: RwLock<HashMap<Vec<String>, Arc<Plan>>>,
     webhooks: Option<Arc<PlaidWebhooks>>,
+    /// The monitored feature services, by name.
+    monitored: BTreeMap<String, Arc<Monitored>>,
+    /// The drift worker's channel, shared with the gateways a reload builds from this one.
+    monitor: Arc<Monitor>,
 }
 
 /// What a [`Gateway::rebuild`] did with each source, by name.
@@ -108,8 +130,9 @@ pub struct Rebuilt {
 }
 
 impl Gateway {
-    /// Connects every source and compiles every feature service.
-    pub async fn build(config: Config, registry: &Registry) -> Result<Gateway, BuildError> {
+    /// Connects every source, compiles every feature service and reads the reference profile
+    /// of every monitored one.
+    pub async fn build(config: Config, registry: &Registry) -> Result<Gateway, GatewayBuildError> {
         Self::assemble(config, registry, None)
             .await
             .map(|(gateway, _)| gateway)
@@ -119,13 +142,14 @@ impl Gateway {
     /// A gateway for `config` that takes over from `previous` (a configuration reload): a
     /// source whose [`SourceConfig`](gateway_config::SourceConfig) is equal to the previous one
     /// of its name (same kind, options, stack settings and views served) is the previous one,
-    /// shared as it is; every other source is built. Every source that fails to build is
-    /// reported; `previous` is never changed, so a failure leaves it serving as before.
+    /// shared as it is; every other source is built. Every source that fails to build, and
+    /// every monitor's reference that cannot be used, is reported; `previous` is never changed,
+    /// so a failure leaves it serving as before.
     pub async fn rebuild(
         config: Config,
         registry: &Registry,
         previous: &Gateway,
-    ) -> Result<(Gateway, Rebuilt), Vec<BuildError>> {
+    ) -> Result<(Gateway, Rebuilt), Vec<GatewayBuildError>> {
         Self::assemble(config, registry, Some(previous)).await
     }
 
@@ -133,7 +157,7 @@ impl Gateway {
         config: Config,
         registry: &Registry,
         previous: Option<&Gateway>,
-    ) -> Result<(Gateway, Rebuilt), Vec<BuildError>> {
+    ) -> Result<(Gateway, Rebuilt), Vec<GatewayBuildError>> {
         let mut sources = Vec::with_capacity(config.sources.len());
         let mut services = Vec::with_capacity(config.sources.len());
         let mut rebuilt = Rebuilt::default();
@@ -152,10 +176,10 @@ impl Gateway {
                     Ok((fetcher, cache, service)) => (Some(fetcher), cache, Some(service)),
                     Err(e) if previous.is_some() => {
                         // A reload reports every source that fails, not just the first.
-                        errors.push(e);
+                        errors.push(e.into());
                         continue;
                     }
-                    Err(e) => return Err(vec![e]),
+                    Err(e) => return Err(vec![e.into()]),
                 }
             };
             rebuilt.built.push(source.name.clone());
@@ -191,12 +215,33 @@ impl Gateway {
                 &fs.defaults,
             )
             .map_err(|message| {
-                vec![BuildError {
+                vec![GatewayBuildError::from(BuildError {
                     source_name: fs.name.clone(),
                     message,
-                }]
+                })]
             })?;
             plans.insert(fs.name.clone(), Arc::new(plan));
+        }
+        // Reading a profile is I/O, so it is done here rather than when validating; every
+        // reference that cannot be used is reported.
+        let mut monitored = BTreeMap::new();
+        for fs in config.feature_services.values() {
+            let Some(settings) = &fs.monitor else {
+                continue;
+            };
+            match Monitored::load(&plans[&fs.name], settings) {
+                Ok(m) => {
+                    let running = previous.and_then(|p| p.monitored.get(&fs.name));
+                    monitored.insert(fs.name.clone(), Arc::new(m).keep(running));
+                }
+                Err(message) => errors.push(GatewayBuildError::Monitor {
+                    feature_service: fs.name.clone(),
+                    message,
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         let webhooks = match &config.plaid_webhooks {
             None => None,
@@ -206,10 +251,10 @@ impl Gateway {
                     .find(|s| *s.name == *settings.source)
                     .filter(|s| s.fetcher.is_some())
                     .ok_or_else(|| {
-                        vec![BuildError {
+                        vec![GatewayBuildError::from(BuildError {
                             source_name: settings.source.clone(),
                             message: "plaid_webhooks: the source is not built".into(),
-                        }]
+                        })]
                     })?;
                 let reusable = previous.and_then(|p| {
                     // The endpoint (its verification keys, the webhooks it remembers) is kept
@@ -232,7 +277,7 @@ impl Gateway {
                             runtime.cache.clone(),
                             &fetcher_api::Env::process(),
                         )
-                        .map_err(|e| vec![e])?,
+                        .map_err(|e| vec![e.into()])?,
                     )),
                 }
             }
@@ -244,6 +289,8 @@ impl Gateway {
             services,
             plans,
             adhoc: RwLock::new(HashMap::new()),
+            monitored,
+            monitor: previous.map_or_else(|| Arc::new(Monitor::new()), |p| p.monitor.clone()),
         };
         Ok((gateway, rebuilt))
     }
@@ -376,6 +423,19 @@ impl Gateway {
             cache.insert(features.to_vec(), plan.clone());
         }
         Ok(plan)
+    }
+
+    /// The monitored feature services, by name.
+    pub fn monitored(&self) -> &BTreeMap<String, Arc<Monitored>> {
+        &self.monitored
+    }
+
+    /// Hands a vector served for `plan` to the drift monitor when its feature service is
+    /// monitored (sampled; never waits).
+    pub fn observe_drift(&self, plan: &Plan, served: &[Served]) {
+        if let Some(m) = self.monitored.get(&plan.name) {
+            self.monitor.observe(m, served);
+        }
     }
 
     /// Runs `plan` for `rows`, each fetch bounded by `deadline`.

@@ -10,7 +10,10 @@
 //! - [`plan`]: a feature service compiled into a staged DAG of view fetches.
 //! - [`executor`]: runs a plan for a batch of rows and assembles the vectors and statuses.
 //! - [`request`]: checks a request's inputs; the table from request errors to gRPC codes.
-//! - [`gateway`]: the built gateway (sources connected behind their stacks, plans compiled).
+//! - [`monitor`]: drift monitoring online: served vectors counted over rolling windows on a
+//!   worker thread and compared with each monitored feature service's reference profile.
+//! - [`gateway`]: the built gateway (sources connected behind their stacks, plans compiled,
+//!   monitors' references read).
 //! - [`reload`]: the served generation behind one atomically swapped pointer, and the
 //!   configuration reload that replaces it (SIGHUP, a change of the file, `POST /admin/reload`).
 //! - [`server`]: the gRPC service, health, reflection, admin port and graceful shutdown.
@@ -34,8 +37,8 @@
 //!    `Caller`, telemetry);
 //! 4. [`auth`] (peer, telemetry), then [`tls`] (auth, peer); [`admission`] (telemetry);
 //!    [`webhooks`];
-//! 5. [`gateway`] (plan, executor, request, webhooks); then [`reload`] (gateway, plan,
-//!    telemetry);
+//! 5. [`monitor`] (plan, executor, status, telemetry); then [`gateway`] (plan, executor,
+//!    request, webhooks, monitor); then [`reload`] (gateway, plan, telemetry);
 //! 6. [`server`] (everything above); [`demo`] (gateway).
 //!
 //! `auth` sits below `request` only through [`auth::Caller`], a plain value. Nothing here is
@@ -48,6 +51,7 @@ pub(crate) mod caller_errors;
 pub mod demo;
 pub mod executor;
 pub mod gateway;
+pub mod monitor;
 pub(crate) mod peer;
 pub mod plan;
 pub mod reload;
@@ -59,4 +63,4 @@ pub mod tls;
 pub mod traces;
 pub(crate) mod webhooks;
 
-pub use gateway::{Gateway, load_config};
+pub use gateway::{Gateway, GatewayBuildError, load_config};

@@ -5,7 +5,8 @@
 //! answers RESOURCE_EXHAUSTED at once.
 //!
 //! Each served vector of a feature service is handed to the training log (when configured) as it
-//! was put on the wire; the log never makes a request wait (see the training-log crate).
+//! was put on the wire, and to the drift monitor (when the feature service is monitored); neither
+//! makes a request wait (see the training-log crate and [`crate::monitor`]).
 
 use std::{
     collections::HashMap,
@@ -88,6 +89,7 @@ impl FeatureServiceImpl {
             || request_id.clone(),
             |id| log_record(id, &row, &served, arrival),
         );
+        gateway.observe_drift(&plan, &served);
         generation
             .metrics(&plan.name)
             .features_served(&count_statuses(&served));
@@ -169,6 +171,7 @@ impl FeatureServiceImpl {
                     || format!("{request_id}/{i}"),
                     |id| log_record(id, row, &served, arrival),
                 );
+                gateway.observe_drift(&plan, &served);
                 generation
                     .metrics(&plan.name)
                     .features_served(&count_statuses(&served));

@@ -46,6 +46,22 @@ pub mod names {
     pub const TRAINING_LOG_DROPPED: &str = "feature_gateway_training_log_records_dropped_total";
     /// Gauge: 1 while the training log's file sink works, 0 while it fails.
     pub const TRAINING_LOG_SINK_UP: &str = "feature_gateway_training_log_sink_up";
+    /// Counter: served vectors the drift monitor did not observe because its queue was full.
+    pub const DRIFT_DROPPED: &str = "feature_gateway_drift_observations_dropped_total";
+    /// Gauge: vectors in a monitored feature service's rolling window, by feature_service.
+    pub const DRIFT_WINDOW_ROWS: &str = "feature_gateway_drift_window_rows";
+    /// Gauge: population stability index of the rolling window against the reference, by
+    /// feature_service and feature (NaN when not known: an empty window, a `pii` feature).
+    pub const DRIFT_PSI: &str = "feature_gateway_drift_psi";
+    /// Gauge: the null rate's change from the reference, percentage points, by feature_service
+    /// and feature.
+    pub const DRIFT_NULL_RATE_CHANGE: &str = "feature_gateway_drift_null_rate_change";
+    /// Gauge: the change of a non-PRESENT status's share from the reference, percentage points,
+    /// by feature_service, feature and status.
+    pub const DRIFT_STATUS_SHARE_CHANGE: &str = "feature_gateway_drift_status_share_change";
+    /// Gauge: the change of the share of defaults served from the reference, percentage points,
+    /// by feature_service and feature.
+    pub const DRIFT_DEFAULT_SHARE_CHANGE: &str = "feature_gateway_drift_default_share_change";
 }
 
 /// The gateway started with a configuration.
@@ -222,6 +238,65 @@ impl ServiceMetrics {
                 counter.increment(n);
             }
         }
+    }
+}
+
+/// The drift monitor's worker started: its drop counter is registered at 0.
+pub fn drift_monitor_started() {
+    counter!(names::DRIFT_DROPPED).absolute(0);
+}
+
+/// A served vector was not observed by the drift monitor: its queue was full. Counted; no log
+/// line on the serving path.
+pub fn drift_observation_dropped() {
+    counter!(names::DRIFT_DROPPED).increment(1);
+}
+
+/// A monitored feature service's rolling window compared with its reference: every gauge set.
+/// A window without vectors sets them to NaN (nothing is known), as is a `pii` feature's PSI.
+pub fn drift_compared(feature_service: &str, comparison: &drift::Comparison) {
+    gauge!(names::DRIFT_WINDOW_ROWS, "feature_service" => feature_service.to_owned())
+        .set(comparison.rows as f64);
+    for f in &comparison.features {
+        let known = |x: f64| if f.served_count == 0 { f64::NAN } else { x };
+        let labels = [
+            ("feature_service", feature_service.to_owned()),
+            ("feature", f.feature.clone()),
+        ];
+        gauge!(names::DRIFT_PSI, &labels).set(known(f.psi.unwrap_or(f64::NAN)));
+        gauge!(names::DRIFT_NULL_RATE_CHANGE, &labels).set(known(f.null_rate.points()));
+        gauge!(names::DRIFT_DEFAULT_SHARE_CHANGE, &labels).set(known(f.default_share.points()));
+        for status in drift::Status::ALL {
+            if status == drift::Status::Present {
+                continue;
+            }
+            // A status neither side has is left out of the comparison: no change.
+            let points = f
+                .statuses
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0.0, |(_, c)| c.points());
+            gauge!(
+                names::DRIFT_STATUS_SHARE_CHANGE,
+                "feature_service" => feature_service.to_owned(),
+                "feature" => f.feature.clone(),
+                "status" => status_label(status),
+            )
+            .set(known(points));
+        }
+    }
+}
+
+/// A drift status as the metrics label it (as `feature_gateway_features_served_total` does).
+fn status_label(status: drift::Status) -> &'static str {
+    match status {
+        drift::Status::Present => Status::Present.as_str(),
+        drift::Status::NotFound => Status::NotFound.as_str(),
+        drift::Status::NullValue => Status::NullValue.as_str(),
+        drift::Status::OutsideMaxAge => Status::OutsideMaxAge.as_str(),
+        drift::Status::TimedOut => Status::TimedOut.as_str(),
+        drift::Status::SourceError => Status::SourceError.as_str(),
+        drift::Status::Stale => Status::Stale.as_str(),
     }
 }
 

@@ -6,10 +6,11 @@ use std::{path::Path, sync::Arc};
 
 use fetcher_api::Env;
 use gateway::{
-    Gateway,
+    Gateway, GatewayBuildError,
     reload::{ConfigSource, Live},
     server, telemetry,
 };
+use gateway_config::{ConfigError, ConfigErrors};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use training_log::{SinkConfig, TrainingLog, TrainingLogError};
@@ -43,7 +44,7 @@ pub fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> Result<(), F
         let hash = config.hash.clone();
         let gateway = Gateway::build(config, &registry)
             .await
-            .map_err(Failure::run)?;
+            .map_err(|e| build_failure(e, config_path))?;
         if let Some(tls) = &gateway.config().tls {
             gateway::tls::server_config(tls).map_err(Failure::run)?;
         }
@@ -88,6 +89,26 @@ pub fn run(config_path: &Path, listen: &Listen, json_logs: bool) -> Result<(), F
     });
     traces.shutdown();
     result
+}
+
+/// A gateway that cannot be built: a monitor's reference that cannot be used is the
+/// configuration's error (exit code 2, nothing started), a source that cannot be built a fault
+/// at run time.
+fn build_failure(error: GatewayBuildError, config_path: &Path) -> Failure {
+    match error {
+        GatewayBuildError::Monitor {
+            feature_service,
+            message,
+        } => Failure::NotStarted(ConfigErrors {
+            file: config_path.display().to_string(),
+            errors: vec![ConfigError {
+                position: None,
+                path: format!("feature_services.{feature_service}.monitor.reference"),
+                message,
+            }],
+        }),
+        e => Failure::run(e),
+    }
 }
 
 /// Starts the training log of `gateway`'s configuration, if it has one.
