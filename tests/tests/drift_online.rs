@@ -1,0 +1,379 @@
+//! End-to-end: drift monitoring online through the real binary. The demo's configuration serves
+//! `fraud_v1` with a training log; traffic drawn from the demo's population (as
+//! tests/drift.rs draws it: its customers, cards and merchants, a few unknown customers,
+//! amounts, currencies and channels from fixed distributions) is profiled into a reference with
+//! `feature-gateway profile`. The gateway is restarted with `[feature_services.fraud_v1.monitor]`
+//! naming that reference and a 5 s window (1 s buckets): traffic from the same population keeps
+//! every PSI gauge below 0.1 over whole windows; traffic whose `amount` is sent a hundred times
+//! larger (a unit change upstream) makes the `txn:amount` gauge cross 0.2 within two windows,
+//! and no other feature's. A reference that does not match the feature service refuses to start
+//! naming the feature (exit code 2).
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use end_to_end::{GatewayProcess, d, eventually, gateway_binary, map, s};
+use proto::v1;
+
+/// Vectors in the reference.
+const REFERENCE: usize = 3000;
+/// Concurrent callers.
+const CALLERS: usize = 4;
+/// The monitor's window (five buckets of a second).
+const WINDOW: Duration = Duration::from_secs(5);
+
+/// A gateway deployment in a temporary directory: the demo's tables and configuration, its
+/// training log in `log/`.
+struct Deployment {
+    dir: tempfile::TempDir,
+    /// The demo's configuration with the training log in `log/`.
+    config: String,
+}
+
+impl Deployment {
+    fn new() -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let demo = GatewayProcess::demo();
+        let demo_dir = demo.workdir().join("demo");
+        for file in ["users.csv", "cards.csv", "merchants.csv", "mcc_risk.csv"] {
+            std::fs::copy(demo_dir.join(file), dir.path().join(file)).unwrap();
+        }
+        let config = std::fs::read_to_string(demo_dir.join("demo.toml")).unwrap();
+        drop(demo);
+        let base = config.split("\n[training_log]").next().unwrap();
+        let config = format!(
+            "{base}\n[training_log]\ndir = \"log\"\nspool_dir = \"spool\"\n\
+             rotate_interval = \"1s\"\n"
+        );
+        Deployment { dir, config }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `gateway.toml`: the configuration with `extra` after it.
+    fn write_config(&self, extra: &str) -> PathBuf {
+        let path = self.path("gateway.toml");
+        std::fs::write(&path, format!("{}\n{extra}", self.config)).unwrap();
+        path
+    }
+}
+
+/// Traffic from the population of `seed` on `CALLERS` callers until stopped, amounts multiplied
+/// by `amount_times`; counts the vectors served.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    callers: tokio::task::JoinSet<()>,
+}
+
+impl Traffic {
+    async fn start(gw: &GatewayProcess, seed: u64, amount_times: f64) -> Traffic {
+        let client = gw.client().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let mut callers = tokio::task::JoinSet::new();
+        for c in 0..CALLERS {
+            let (mut client, stop, served) = (client.clone(), stop.clone(), served.clone());
+            callers.spawn(async move {
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    let (entities, context, _) = request(seed, i, amount_times);
+                    client
+                        .get_features(v1::GetFeaturesRequest {
+                            feature_service: "fraud_v1".into(),
+                            entities,
+                            context,
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                    served.fetch_add(1, Ordering::Relaxed);
+                    i += CALLERS;
+                }
+            });
+        }
+        Traffic {
+            stop,
+            served,
+            callers,
+        }
+    }
+
+    /// Serves exactly `n` vectors (at least), then stops.
+    async fn serve(gw: &GatewayProcess, seed: u64, n: u64) {
+        let traffic = Traffic::start(gw, seed, 1.0).await;
+        let served = traffic.served.clone();
+        eventually(Duration::from_secs(300), "reference traffic", async || {
+            let done = served.load(Ordering::Relaxed);
+            if done >= n {
+                Ok(())
+            } else {
+                Err(format!("{done} served"))
+            }
+        })
+        .await;
+        traffic.stop().await;
+    }
+
+    async fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        while let Some(done) = self.callers.join_next().await {
+            done.unwrap();
+        }
+    }
+}
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+type Fields = std::collections::BTreeMap<String, v1::Value>;
+
+/// Request `i` of the population drawn with `seed`: a demo customer (one in fifty unknown),
+/// card and merchant; an amount between 1 and about 400 (log-uniform, in cents), times
+/// `amount_times`; USD, EUR or GBP; pos, ecom or atm.
+fn request(seed: u64, i: usize, amount_times: f64) -> (Fields, Fields, f64) {
+    let mut rng = Rng(seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+    let user = if rng.below(50) == 0 {
+        "u_99999".to_owned()
+    } else {
+        format!("u_{:05}", rng.below(10_000))
+    };
+    let card = format!("c_{:05}", rng.below(10_000));
+    let merchant = format!("m_{:04}", rng.below(2_000));
+    let amount = ((rng.unit() * 6.0).exp() * 100.0).round() / 100.0 * amount_times;
+    let currency = match rng.below(10) {
+        0..7 => "USD",
+        7..9 => "EUR",
+        _ => "GBP",
+    };
+    let channel = match rng.below(10) {
+        0..5 => "pos",
+        5..9 => "ecom",
+        _ => "atm",
+    };
+    (
+        map(&[
+            ("user_id", s(&user)),
+            ("card_id", s(&card)),
+            ("merchant_id", s(&merchant)),
+        ]),
+        map(&[
+            ("amount", d(amount)),
+            ("currency", s(currency)),
+            ("channel", s(channel)),
+        ]),
+        amount,
+    )
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(gateway_binary()).args(args).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Every `feature_gateway_drift_psi` gauge of `fraud_v1` in a scrape: `(feature, value)`.
+fn psi_gauges(scrape: &str) -> Vec<(String, f64)> {
+    scrape
+        .lines()
+        .filter_map(|line| {
+            let labels = line.strip_prefix("feature_gateway_drift_psi{")?;
+            let (labels, value) = labels.rsplit_once("} ")?;
+            if !labels.contains("feature_service=\"fraud_v1\"") {
+                return None;
+            }
+            let feature = labels.split("feature=\"").nth(1)?.split('"').next()?;
+            Some((feature.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The gauge of `fraud_v1`'s window rows now.
+async fn window_rows(gw: &GatewayProcess) -> f64 {
+    gw.metric("feature_gateway_drift_window_rows{feature_service=\"fraud_v1\"}")
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn psi_gauges_stay_low_on_the_same_population_and_a_unit_change_crosses_within_two_windows() {
+    let dep = Deployment::new();
+    // The reference: vectors served from the population, profiled from the training log.
+    let mut gw = GatewayProcess::serve(&dep.write_config(""));
+    Traffic::serve(&gw, 1, REFERENCE as u64).await;
+    gw.terminate();
+    assert!(
+        gw.wait(Duration::from_secs(60)).unwrap().success(),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
+    let reference = dep.path("reference.json");
+    let out = run(&[
+        "profile",
+        "--logs",
+        dep.path("log").to_str().unwrap(),
+        "--feature-service",
+        "fraud_v1",
+        "--out",
+        reference.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let monitored = format!(
+        "[feature_services.fraud_v1.monitor]\nreference = \"reference.json\"\nwindow = \"{}s\"\n",
+        WINDOW.as_secs()
+    );
+    let gw = GatewayProcess::serve(&dep.write_config(&monitored));
+    assert_eq!(
+        gw.metric("feature_gateway_drift_observations_dropped_total")
+            .await,
+        None,
+        "the worker starts with the first vector"
+    );
+
+    // The same population: once the window is full, every PSI stays below 0.1 over two more
+    // windows.
+    let same = Traffic::start(&gw, 2, 1.0).await;
+    let started = Instant::now();
+    eventually(Duration::from_secs(120), "a full window", async || {
+        let rows = window_rows(&gw).await;
+        if rows >= 1000.0 && started.elapsed() >= WINDOW {
+            Ok(())
+        } else {
+            Err(format!("{rows} rows after {:?}", started.elapsed()))
+        }
+    })
+    .await;
+    let watched = Instant::now();
+    let mut scrapes = 0;
+    while watched.elapsed() < 2 * WINDOW {
+        let psi = psi_gauges(&gw.admin_get("/metrics").await);
+        assert!(psi.len() >= 20, "a gauge per feature: {psi:?}");
+        for (feature, value) in &psi {
+            assert!(
+                *value < 0.1,
+                "{feature}: PSI {value} on the same population"
+            );
+        }
+        scrapes += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(scrapes > 4);
+    let dropped = gw
+        .metric("feature_gateway_drift_observations_dropped_total")
+        .await;
+    assert_eq!(dropped, Some(0.0));
+    same.stop().await;
+
+    // Amounts a hundred times larger: `txn:amount` crosses 0.2 within two windows; nothing else
+    // moves.
+    let shifted = Traffic::start(&gw, 3, 100.0).await;
+    let switched = Instant::now();
+    gw.metric_until(
+        "feature_gateway_drift_psi{feature_service=\"fraud_v1\",feature=\"txn:amount\"}",
+        2 * WINDOW,
+        |psi| psi > 0.2,
+    )
+    .await;
+    let took = switched.elapsed();
+    let psi = psi_gauges(&gw.admin_get("/metrics").await);
+    for (feature, value) in &psi {
+        if feature != "txn:amount" {
+            assert!(
+                *value < 0.1,
+                "{feature}: PSI {value}; only the amount changed"
+            );
+        }
+    }
+    shifted.stop().await;
+    eprintln!("txn:amount crossed 0.2 {took:?} after the change");
+}
+
+#[test]
+fn a_reference_that_does_not_match_the_feature_service_refuses_to_start() {
+    let dep = Deployment::new();
+    // A profile of fraud_v1 without `txn:amount`: an empty one, written by hand from what
+    // `profile` writes.
+    let profile = serde_json::json!({
+        "format": "feature-gateway.profile",
+        "version": 1,
+        "feature_service": "fraud_v1",
+        "definition_hash": null,
+        "sources": [],
+        "rows": 0,
+        "features": [],
+    });
+    std::fs::write(dep.path("reference.json"), profile.to_string()).unwrap();
+    let config =
+        dep.write_config("[feature_services.fraud_v1.monitor]\nreference = \"reference.json\"\n");
+    let serve = |config: &Path| {
+        run(&[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+    };
+    let out = serve(&config);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("feature_services.fraud_v1.monitor.reference"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "`txn:amount` (double) is in feature service `fraud_v1`, not in the reference"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing started"), "{stderr}");
+
+    // A corrupt file names the file.
+    std::fs::write(
+        dep.path("reference.json"),
+        "{\"format\": \"feature-gateway.pro",
+    )
+    .unwrap();
+    let out = serve(&config);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reference.json: not JSON"), "{stderr}");
+}
