@@ -490,6 +490,13 @@ async fn the_scrape_has_every_documented_family_with_bounded_labels() {
         "feature_gateway_source_hedges_total",
         "feature_gateway_source_hedges_won_total",
         "feature_gateway_source_hedges_skipped_total",
+        // Registered for monitored feature services ([feature_services.NAME.monitor]).
+        "feature_gateway_drift_psi",
+        "feature_gateway_drift_null_rate_change",
+        "feature_gateway_drift_status_share_change",
+        "feature_gateway_drift_default_share_change",
+        "feature_gateway_drift_window_rows",
+        "feature_gateway_drift_observations_dropped_total",
     ];
     for name in &documented {
         assert!(
