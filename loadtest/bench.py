@@ -12,6 +12,7 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
   python3 loadtest/bench.py fraud               # the full fraud service: load, cold start, outage
   python3 loadtest/bench.py memory              # resident memory with 1M cached entries
   python3 loadtest/bench.py derived             # ten derived (CEL) features vs none
+  python3 loadtest/bench.py drift               # the drift monitor on vs off
   python3 loadtest/bench.py reload              # fraud_v1 at 1,000 req/s while reloaded 100 times
   python3 loadtest/bench.py builds --other-bin DIR  # this build beside another (A/B of a change)
   python3 loadtest/bench.py all --smoke         # seconds-long runs proving the benchmarks work
@@ -49,6 +50,11 @@ expressions the load-time limits admit.
 configuration is reloaded 100 times per run (`POST /admin/reload`) alternating with a variant that
 drops a feature from `fraud_v1` and adds a feature service (every source kept), then with a
 variant that also rebuilds the `tables` source: p99 with and without reloads.
+
+`drift` profiles the demo's `fraud_v1` from its own training log (`feature-gateway profile`),
+then serves it from two gateways side by side, one with `[feature_services.fraud_v1.monitor]`
+on that reference and one without, driven in turn at saturation and at a fixed 1,000 req/s:
+throughput, p99 and gateway CPU with monitoring on beside off.
 
 `memory` fills a Redis view's in-process cache with one million distinct keys and reports the
 gateway's resident memory against the same pass on a gateway without a cache, and the cost per
@@ -504,6 +510,79 @@ def derived(args) -> tuple[str, str]:
         (f"fraud_v2 at {rate:,} req/s", runs["v2_fixed"][-1]["percentiles"]),
     ])
     return "\n".join(lines), plot
+
+
+def drift(args) -> tuple[str, str]:
+    bindir = build(release=not args.smoke)
+    seconds = 2.0 if args.smoke else float(args.seconds)
+    rounds = 1 if args.smoke else args.rounds
+    rate = 50 if args.smoke else 1000
+    fraud = ["--scenario", "features", "--feature-service", "fraud_v1",
+             "--entity", "user_id=u_{5}:10000", "--entity", "card_id=c_{5}:10000",
+             "--entity", "merchant_id=m_{4}:2000",
+             "--context", "amount=129.99", "--context", "currency=USD", "--context", "channel=ecom"]
+    modes = ("off", "on")
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        tmp = Path(tmp)
+        # The reference: the demo's own traffic, profiled from its training log.
+        demo = Gateway(bindir, ["demo", "--dir", str(tmp / "demo")], tmp)
+        try:
+            run_fg_load(bindir, demo.grpc, fraud, args.concurrency, 1.0 if args.smoke else 3.0)
+        finally:
+            demo.stop()  # a clean stop commits the log's open file
+        subprocess.run([str(bindir / "feature-gateway"), "profile", "--logs",
+                        str(tmp / "demo" / "training-log"), "--feature-service", "fraud_v1",
+                        "--out", str(tmp / "demo" / "reference.json")],
+                       check=True, capture_output=True, text=True)
+        base = (tmp / "demo" / "demo.toml").read_text()
+        monitor = ('\n[feature_services.fraud_v1.monitor]\nreference = "reference.json"\n'
+                   'window = "1m"\n')
+        gws = {}
+        try:
+            for mode in modes:
+                text = base if mode == "off" else base.replace(
+                    "\n[feature_services.fraud_v1.defaults]", monitor + "\n[feature_services.fraud_v1.defaults]", 1)
+                (tmp / "demo" / f"{mode}.toml").write_text(text)
+                wd = tmp / mode
+                wd.mkdir()
+                gws[mode] = Gateway(bindir, ["serve", "--config", str(tmp / "demo" / f"{mode}.toml")], wd)
+            for mode in modes:
+                run_fg_load(bindir, gws[mode].grpc, fraud, args.concurrency, 1.0)
+            runs = {f"{m}{k}": [] for m in modes for k in ("", "_fixed")}
+            for _ in range(rounds):
+                for mode in modes:
+                    gw = gws[mode]
+                    runs[mode].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, fraud, args.concurrency, seconds)))
+                    runs[f"{mode}_fixed"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, fraud + ["--rps", str(rate)], args.concurrency, seconds)))
+            dropped = gws["on"].counter("feature_gateway_drift_observations_dropped_total")
+            observed = gws["on"].gauge("feature_gateway_drift_window_rows")
+            rss = {m: gws[m].rss_mb() for m in modes}
+        finally:
+            for gw in gws.values():
+                gw.stop()
+    lines = ["# Drift monitor: fraud_v1 with monitoring on beside off", ""]
+    lines += header("drift", args, seconds, rounds)
+    lines += ["Two gateways serve the demo's `fraud_v1` side by side, one monitoring it against a "
+              "reference profiled from the demo's own traffic (1-minute window, every vector "
+              "observed), one not; fg-load drives each in turn.", ""]
+    lines += table("fg-load, closed loop", [("monitoring off (baseline)", runs["off"]),
+                                            ("monitoring on", runs["on"])])
+    lines += table(f"fg-load, a fixed {rate:,} req/s", [("monitoring off (baseline)", runs["off_fixed"]),
+                                                        ("monitoring on", runs["on_fixed"])])
+    rps = median_of(runs["on"], "rps") / median_of(runs["off"], "rps")
+    p99 = median_of(runs["on_fixed"], "p99") - median_of(runs["off_fixed"], "p99")
+    cpu = median_of(runs["on"], "cpu_us") / median_of(runs["off"], "cpu_us")
+    lines += [
+        f"- throughput at saturation, on / off: **{rps:.0%}** (target: at least 95%)",
+        f"- p99 at {rate:,} req/s, on - off: **{p99:+.3f} ms** (target: at most +0.1 ms)",
+        f"- gateway CPU per request, on / off: {cpu:.2f}x",
+        f"- observations dropped by the monitor's queue: {dropped:.0f}; vectors in the rolling "
+        f"window at its last bucket's end: {observed:.0f}",
+        f"- gateway peak RSS: off {rss['off']:.0f} MB, on {rss['on']:.0f} MB",
+        "",
+    ]
+    lines += failures([r for v in runs.values() for r in v])
+    return "\n".join(lines), None
 
 
 REDIS_CONFIG = """
@@ -1654,7 +1733,8 @@ def builds(args) -> tuple[str, str]:
 
 
 BENCHMARKS = {"overhead": overhead, "redis": redis, "training-log": training_log,
-              "fraud": fraud, "memory": memory, "builds": builds, "derived": derived}
+              "fraud": fraud, "memory": memory, "builds": builds, "derived": derived,
+              "drift": drift}
 
 
 def reload_bench(args) -> tuple[str, str]:
