@@ -5,6 +5,7 @@
 //! tests always drive the code of this checkout.
 #![forbid(unsafe_code)]
 
+pub mod demo_traffic;
 pub mod kafka;
 pub mod otlp;
 pub mod postgres;
