@@ -70,6 +70,23 @@ fn sources_text(p: &Profile) -> String {
     parts.join("; ")
 }
 
+/// Each status's share, reference → served, and the change in points.
+fn statuses_text(f: &FeatureDrift) -> String {
+    let parts: Vec<String> = f
+        .statuses
+        .iter()
+        .map(|(s, ch)| {
+            format!(
+                "{s} {} → {} ({})",
+                pct(ch.reference),
+                pct(ch.served),
+                points(ch.points())
+            )
+        })
+        .collect();
+    parts.join(", ")
+}
+
 fn crossed_text(f: &FeatureDrift) -> String {
     let parts: Vec<String> = f
         .crossed
@@ -291,23 +308,7 @@ pub fn markdown(input: &ReportInput<'_>) -> String {
         if !f.crossed.is_empty() {
             let _ = writeln!(out, "- Moved past: {}", crossed_text(f));
         }
-        let statuses: Vec<String> = f
-            .statuses
-            .iter()
-            .map(|(s, ch)| {
-                format!(
-                    "{s} {} → {} ({})",
-                    pct(ch.reference),
-                    pct(ch.served),
-                    points(ch.points())
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "- Statuses, reference → served: {}",
-            statuses.join(", ")
-        );
+        let _ = writeln!(out, "- Statuses, reference → served: {}", statuses_text(f));
         for line in distribution_lines(input, f) {
             let _ = writeln!(out, "- {line}");
         }
@@ -554,22 +555,10 @@ pub fn html(input: &ReportInput<'_>) -> String {
                 esc(&crossed_text(f))
             );
         }
-        let statuses: Vec<String> = f
-            .statuses
-            .iter()
-            .map(|(s, ch)| {
-                format!(
-                    "{s} {} → {} ({})",
-                    pct(ch.reference),
-                    pct(ch.served),
-                    points(ch.points())
-                )
-            })
-            .collect();
         let _ = writeln!(
             out,
             "<li>Statuses, reference → served: {}</li>",
-            esc(&statuses.join(", "))
+            esc(&statuses_text(f))
         );
         for line in distribution_lines(input, f) {
             let _ = writeln!(out, "<li>{}</li>", esc(&line));
