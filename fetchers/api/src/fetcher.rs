@@ -74,4 +74,27 @@ pub trait Fetcher: Send + Sync + std::fmt::Debug + 'static {
     fn keys_of(&self, _external_id: &str) -> Vec<KeyPart> {
         Vec::new()
     }
+
+    /// Applies events (JSON objects) to the view `view`, for a source that aggregates events
+    /// (the `stream` kind's `PushEvents`), exactly as its ingest would. The default refuses: the
+    /// source keeps nothing events could update.
+    async fn push(&self, view: &str, _events: Vec<EventObject>) -> Result<PushReport, FetchError> {
+        Err(FetchError::rejected(format!(
+            "view `{view}` does not aggregate events: its source is not a stream"
+        )))
+    }
+}
+
+/// An event as pushed: a JSON object.
+pub type EventObject = serde_json::Map<String, serde_json::Value>;
+
+/// What a push did with each event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Events applied.
+    pub applied: u64,
+    /// Events older than the view's allowed lateness, not applied.
+    pub late: u64,
+    /// Events that could not be read, by index in the batch, with why.
+    pub rejected: Vec<(usize, String)>,
 }

@@ -40,7 +40,9 @@ pub mod value;
 
 pub use config::{ConfigDuration, Problem, Subject};
 pub use error::{ErrorClass, FetchError};
-pub use fetcher::{Cell, CellError, EntityKey, FetchRequest, Fetcher, Record, Row};
+pub use fetcher::{
+    Cell, CellError, EntityKey, EventObject, FetchRequest, Fetcher, PushReport, Record, Row,
+};
 pub use options::{build_options, validate_options};
 pub use registry::{
     BuildError, FetcherFactory, KeySpec, Options, Registry, SourceSpec, UnknownKind, ViewSpec,

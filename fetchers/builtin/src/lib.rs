@@ -16,5 +16,6 @@ pub fn registry() -> Registry {
     registry.register(fetcher_postgres::PostgresFactory::new());
     registry.register(fetcher_sidecar::SidecarFactory);
     registry.register(fetcher_plaid::PlaidFactory::new());
+    registry.register(fetcher_stream::StreamFactory::new());
     registry
 }

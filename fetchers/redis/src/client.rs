@@ -48,7 +48,7 @@ const RECONNECT_MAX_MS: u32 = 2_000;
 ///
 /// `require_connection` makes an unreachable server an error (for `materialize`, which has nothing
 /// to do without it) instead of a warning.
-pub(crate) async fn connect(
+pub async fn connect(
     source_name: &str,
     source: &CompiledSource,
     base_dir: &Path,
@@ -229,7 +229,7 @@ fn certificate_hint(details: &str, ca_file: bool) -> &'static str {
 }
 
 /// Per-call options: never wait for a reconnection, never outlive `timeout`, write once.
-pub(crate) fn call_options(timeout: Duration) -> Options {
+pub fn call_options(timeout: Duration) -> Options {
     Options {
         fail_fast: true,
         timeout: Some(timeout),
@@ -240,13 +240,13 @@ pub(crate) fn call_options(timeout: Duration) -> Options {
 
 /// Whether a command's error is about the connection (so the whole call failed) rather than the
 /// one key it was about (a wrong type).
-pub(crate) fn is_connection_error(error: &fred::error::Error) -> bool {
+pub fn is_connection_error(error: &fred::error::Error) -> bool {
     !matches!(error.kind(), fred::error::ErrorKind::InvalidArgument)
         && !error.details().starts_with("WRONGTYPE")
 }
 
 /// Classifies a client error for the gateway's layers.
-pub(crate) fn classify(error: &fred::error::Error) -> FetchError {
+pub fn classify(error: &fred::error::Error) -> FetchError {
     use fred::error::ErrorKind as K;
     let detail = error.details();
     let class = match error.kind() {
@@ -283,7 +283,7 @@ pub(crate) fn key_tag(key: &str) -> String {
 }
 
 /// Sends PING on a connected client.
-pub(crate) async fn ping(pool: &Pool, timeout: Duration) -> Result<(), FetchError> {
+pub async fn ping(pool: &Pool, timeout: Duration) -> Result<(), FetchError> {
     pool.next_connected()
         .with_options(&call_options(timeout))
         .ping::<()>(None)

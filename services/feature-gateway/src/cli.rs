@@ -70,6 +70,14 @@ pub enum Command {
     /// the report directory, ranked by how far each moved. Exit code 4 when a feature moved
     /// past a threshold.
     Skew(SkewArgs),
+    /// Consume the Kafka topic of a `stream` source into its views' tiles in Redis, exactly once
+    /// in effect, until SIGTERM or Ctrl-C. Metrics on the admin port; a progress line on a
+    /// terminal.
+    Ingest(IngestArgs),
+    /// Compute a `stream` source's aggregates from a file of historical events, with the same
+    /// tile and merge code as serving: at the times of a spine (a Parquet training file for
+    /// `training-set`), and/or loaded into Redis as tiles (--load).
+    Backfill(BackfillArgs),
     /// Serve the embedded demo (a fraud model's features from local tables): no database needed.
     Demo {
         /// Write the demo's configuration and tables here and keep them (default: a temporary
@@ -218,4 +226,50 @@ pub struct SkewArgs {
     /// rows differ (default 0: any).
     #[arg(long, default_value_t = 0.0, requires = "consistency")]
     pub consistency_threshold: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// The configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The `stream` source to consume; needed when the file has several with `kafka` options.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// The partitions to consume, e.g. `0,2,4-7`; all of the topic's by default. Processes
+    /// splitting a topic take disjoint sets.
+    #[arg(long)]
+    pub partitions: Option<String>,
+    /// Stop once every partition has reached the end it had at start (a catch-up run).
+    #[arg(long)]
+    pub until_caught_up: bool,
+    /// Address of the admin HTTP server (GET /metrics, GET /healthz).
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    pub admin_listen: SocketAddr,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// The configuration file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The aggregation view (a view of a `stream` source).
+    #[arg(long)]
+    pub view: String,
+    /// The historical events: JSON lines (`.jsonl`, `.json`), one event object per line, as on
+    /// the topic.
+    #[arg(long)]
+    pub events: PathBuf,
+    /// The spine: a CSV file with a header naming the view's entities and `timestamp` (RFC
+    /// 3339 or epoch milliseconds). Each row gets every aggregate's value at its time.
+    #[arg(long)]
+    pub spine: Option<PathBuf>,
+    /// Where the spine's values go: a Parquet file (the spine's columns, then one column per
+    /// aggregate), or CSV when it ends in `.csv`.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Load the events' tiles into the view's Redis (merged with what it holds), so the
+    /// aggregates serve the history at once.
+    #[arg(long)]
+    pub load: bool,
 }

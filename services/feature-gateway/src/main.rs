@@ -1,5 +1,5 @@
 //! The `feature-gateway` command: `serve`, `validate`, `materialize`, `training-set`,
-//! `profile`, `skew`, `hash-token` and `demo`, one file each under [`cmd`]; [`exit`] maps every
+//! `profile`, `skew`, `ingest`, `backfill`, `hash-token` and `demo`, one file each under [`cmd`]; [`exit`] maps every
 //! failure to the exit code in one place.
 // One module sets the allocator's options through its C interface; nothing else is unsafe.
 #![deny(unsafe_code)]
@@ -39,6 +39,8 @@ fn main() -> ExitCode {
         Command::TrainingSet(args) => cmd::training_set::run(args),
         Command::Profile(args) => cmd::profile::run(&args),
         Command::Skew(args) => cmd::skew::run(&args),
+        Command::Ingest(args) => cmd::ingest::run(&args),
+        Command::Backfill(args) => cmd::backfill::run(&args),
         Command::Demo { dir, listen } => cmd::demo::run(dir, &listen, json_logs),
     };
     match result {

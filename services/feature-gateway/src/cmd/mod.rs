@@ -1,7 +1,9 @@
 //! One file per subcommand, each a `run` returning `Result<(), Failure>`.
 
+pub mod backfill;
 pub mod demo;
 pub mod hash_token;
+pub mod ingest;
 pub mod materialize;
 pub mod profile;
 pub mod serve;

@@ -133,7 +133,7 @@ fn start_training_log(gateway: &Gateway) -> Result<Option<TrainingLog>, Training
 }
 
 /// The Prometheus recorder, with the latency buckets on every `_seconds` histogram.
-fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
+pub(crate) fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".to_owned()),

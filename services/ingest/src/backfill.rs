@@ -1,0 +1,369 @@
+//! `feature-gateway backfill`: a stream view's aggregates computed from a file of historical
+//! events by the [`aggregation`] code serving uses, at the times of a spine, or loaded into the
+//! store as tiles.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufRead, BufReader},
+    path::Path,
+    sync::Arc,
+};
+
+use aggregation::{Event, Millis, SpineRow, ViewDef, backfill, event, partial::time_of};
+use arrow_array::{
+    ArrayRef, RecordBatch,
+    builder::{
+        BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+        TimestampMillisecondBuilder,
+    },
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use fetcher_api::{FeatureType, KeyPart, Value};
+use fetcher_stream::{StreamView, TileStore, store::Fields, writer};
+use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterProperties};
+
+/// The lines of a file that could not be read: 1-based line number and why.
+pub type BadLines = Vec<(usize, String)>;
+
+/// The events of a JSON-lines file a view can read, and the bad lines.
+pub fn read_events(def: &ViewDef, path: &Path) -> Result<(Vec<Event>, BadLines), String> {
+    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match event::parse(line.as_bytes()).and_then(|o| def.read(&o)) {
+            Ok(e) => events.push(e),
+            Err(e) => bad.push((i + 1, e.to_string())),
+        }
+    }
+    Ok((events, bad))
+}
+
+/// The rows of a CSV spine: a header naming the view's entities and `timestamp` (RFC 3339 or
+/// epoch milliseconds), other columns ignored.
+pub fn read_spine(def: &ViewDef, path: &Path) -> Result<Vec<SpineRow>, String> {
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let headers = reader
+        .headers()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| format!("{}: no column `{name}`", path.display()))
+    };
+    let keys: Vec<usize> = def
+        .keys
+        .iter()
+        .map(|k| column(&k.entity))
+        .collect::<Result<_, _>>()?;
+    let time = column("timestamp")?;
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let record = record.map_err(|e| format!("{}:{line}: {e}", path.display()))?;
+        let mut key = Vec::with_capacity(keys.len());
+        for (k, &c) in def.keys.iter().zip(&keys) {
+            key.push(
+                KeyPart::parse(k.ty, record.get(c).unwrap_or_default())
+                    .map_err(|e| format!("{}:{line}: {}: {e}", path.display(), k.entity))?,
+            );
+        }
+        let text = record.get(time).unwrap_or_default().trim();
+        let json = match text.parse::<i64>() {
+            Ok(ms) => serde_json::Value::from(ms),
+            Err(_) => serde_json::Value::from(text),
+        };
+        let time = event::event_time("timestamp", &json)
+            .map_err(|e| format!("{}:{line}: {e}", path.display()))?;
+        rows.push(SpineRow { key, time });
+    }
+    Ok(rows)
+}
+
+/// Every aggregate's value at each spine row.
+pub fn compute(def: &ViewDef, events: &[Event], spine: &[SpineRow]) -> Vec<Vec<Value>> {
+    backfill::point_in_time(def, events, spine)
+}
+
+/// Writes the spine and its values: Parquet (Snappy), or CSV when `path` ends in `.csv`.
+pub fn write(
+    def: &ViewDef,
+    spine: &[SpineRow],
+    values: &[Vec<Value>],
+    path: &Path,
+) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    if path.extension().is_some_and(|e| e == "csv") {
+        let mut w = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
+        let mut header: Vec<String> = def.keys.iter().map(|k| k.entity.clone()).collect();
+        header.push("timestamp".into());
+        header.extend(def.aggregates.iter().map(|a| a.feature.clone()));
+        w.write_record(&header).map_err(|e| fail(&e))?;
+        for (row, vals) in spine.iter().zip(values) {
+            let mut fields: Vec<String> = row.key.iter().map(ToString::to_string).collect();
+            fields.push(row.time.to_string());
+            fields.extend(vals.iter().map(text));
+            w.write_record(&fields).map_err(|e| fail(&e))?;
+        }
+        return w.flush().map_err(|e| fail(&e));
+    }
+    let batch = record_batch(def, spine, values).map_err(|e| fail(&e))?;
+    let file = File::create(path).map_err(|e| fail(&e))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| fail(&e))?;
+    writer.write(&batch).map_err(|e| fail(&e))?;
+    writer.close().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+/// A value's text in CSV: numbers as Rust prints them (shortest round-trip), lists as JSON.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Int64(i) => i.to_string(),
+        Value::Double(d) => d.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Timestamp(t) => t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+            .to_string(),
+        Value::Int64List(l) => serde_json::to_string(l).unwrap_or_default(),
+        Value::DoubleList(l) => serde_json::to_string(l).unwrap_or_default(),
+        Value::StringList(l) => serde_json::to_string(l).unwrap_or_default(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
+fn arrow_type(ty: FeatureType) -> DataType {
+    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+    match ty {
+        FeatureType::Int64 => DataType::Int64,
+        FeatureType::Double => DataType::Float64,
+        FeatureType::Bool => DataType::Boolean,
+        FeatureType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        FeatureType::Int64List => list(DataType::Int64),
+        FeatureType::DoubleList => list(DataType::Float64),
+        FeatureType::StringList => list(DataType::Utf8),
+        FeatureType::String | FeatureType::Bytes => DataType::Utf8,
+    }
+}
+
+fn ms(t: &std::time::SystemTime) -> Millis {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX),
+        Err(e) => -Millis::try_from(e.duration().as_millis()).unwrap_or(Millis::MAX),
+    }
+}
+
+fn column(ty: FeatureType, cells: impl Iterator<Item = Value>) -> ArrayRef {
+    match ty {
+        FeatureType::Int64 => {
+            let mut b = Int64Builder::new();
+            cells.for_each(|v| {
+                b.append_option(if let Value::Int64(i) = v {
+                    Some(i)
+                } else {
+                    None
+                })
+            });
+            Arc::new(b.finish())
+        }
+        FeatureType::Double => {
+            let mut b = Float64Builder::new();
+            cells.for_each(|v| {
+                b.append_option(if let Value::Double(d) = v {
+                    Some(d)
+                } else {
+                    None
+                })
+            });
+            Arc::new(b.finish())
+        }
+        FeatureType::Bool => {
+            let mut b = BooleanBuilder::new();
+            cells.for_each(|v| {
+                b.append_option(if let Value::Bool(x) = v {
+                    Some(x)
+                } else {
+                    None
+                })
+            });
+            Arc::new(b.finish())
+        }
+        FeatureType::Timestamp => {
+            let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+            cells.for_each(|v| {
+                b.append_option(if let Value::Timestamp(t) = v {
+                    Some(ms(&t))
+                } else {
+                    None
+                })
+            });
+            Arc::new(b.finish())
+        }
+        FeatureType::Int64List => {
+            let mut b = ListBuilder::new(Int64Builder::new());
+            for v in cells {
+                if let Value::Int64List(l) = v {
+                    l.into_iter().for_each(|x| b.values().append_value(x));
+                    b.append(true);
+                } else {
+                    b.append(false);
+                }
+            }
+            Arc::new(b.finish())
+        }
+        FeatureType::DoubleList => {
+            let mut b = ListBuilder::new(Float64Builder::new());
+            for v in cells {
+                if let Value::DoubleList(l) = v {
+                    l.into_iter().for_each(|x| b.values().append_value(x));
+                    b.append(true);
+                } else {
+                    b.append(false);
+                }
+            }
+            Arc::new(b.finish())
+        }
+        FeatureType::StringList => {
+            let mut b = ListBuilder::new(StringBuilder::new());
+            for v in cells {
+                if let Value::StringList(l) = v {
+                    l.iter().for_each(|x| b.values().append_value(x));
+                    b.append(true);
+                } else {
+                    b.append(false);
+                }
+            }
+            Arc::new(b.finish())
+        }
+        FeatureType::String | FeatureType::Bytes => {
+            let mut b = StringBuilder::new();
+            cells.for_each(|v| {
+                b.append_option(match v {
+                    Value::String(s) => Some(s),
+                    Value::Int64(i) => Some(i.to_string()),
+                    _ => None,
+                })
+            });
+            Arc::new(b.finish())
+        }
+    }
+}
+
+fn record_batch(
+    def: &ViewDef,
+    spine: &[SpineRow],
+    values: &[Vec<Value>],
+) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (i, k) in def.keys.iter().enumerate() {
+        fields.push(Field::new(&k.entity, arrow_type(k.ty), false));
+        columns.push(column(
+            k.ty,
+            spine.iter().map(|r| Value::from(r.key[i].clone())),
+        ));
+    }
+    fields.push(Field::new(
+        "timestamp",
+        arrow_type(FeatureType::Timestamp),
+        false,
+    ));
+    columns.push(column(
+        FeatureType::Timestamp,
+        spine.iter().map(|r| Value::Timestamp(time_of(r.time))),
+    ));
+    for (i, a) in def.aggregates.iter().enumerate() {
+        fields.push(Field::new(&a.feature, arrow_type(a.output), true));
+        columns.push(column(a.output, values.iter().map(|v| v[i].clone())));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// What loading history into the store did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Entities written.
+    pub entities: u64,
+    /// Tiles written.
+    pub tiles: u64,
+    /// Tiles the store held already, kept as they were.
+    pub kept: u64,
+}
+
+/// Writes the tiles of `events` (as of `now`) into the store: every tile the store does not hold
+/// yet. A tile it holds is ingest's, kept (history and the live stream are not added together).
+pub async fn load(
+    store: &Arc<dyn TileStore>,
+    prefix: &str,
+    view: &StreamView,
+    events: &[Event],
+    now: Millis,
+    timeout: std::time::Duration,
+) -> Result<Loaded, String> {
+    let states = backfill::fold(&view.def, events, now);
+    let mut loaded = Loaded::default();
+    let entries: Vec<_> = states.into_iter().collect();
+    for chunk in entries.chunks(512) {
+        let keys: Vec<String> = chunk.iter().map(|(k, _)| view.key(prefix, k)).collect();
+        let mut pending: HashMap<usize, ()> = (0..chunk.len()).map(|i| (i, ())).collect();
+        for _ in 0..20 {
+            if pending.is_empty() {
+                break;
+            }
+            let indexes: Vec<usize> = pending.keys().copied().collect();
+            let ks: Vec<String> = indexes.iter().map(|&i| keys[i].clone()).collect();
+            let stored: Vec<Fields> = store.read(&ks, timeout).await.map_err(|e| e.to_string())?;
+            for (&i, fields) in indexes.iter().zip(stored) {
+                let (current, _) = writer::decode(&view.def, &fields);
+                let held: std::collections::HashSet<&str> =
+                    fields.iter().map(|(f, _)| f.as_str()).collect();
+                let mut changes = aggregation::Changes::default();
+                for (field, bytes) in chunk[i].1.fields() {
+                    if !field.starts_with("t:") {
+                        continue;
+                    }
+                    if held.contains(field.as_str()) {
+                        loaded.kept += 1;
+                    } else {
+                        changes.set.push((field, bytes));
+                    }
+                }
+                if changes.is_empty() {
+                    pending.remove(&i);
+                    continue;
+                }
+                let n = changes.set.len() as u64;
+                if store
+                    .write(&keys[i], current.version, &changes, view.ttl_ms, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    loaded.entities += 1;
+                    loaded.tiles += n;
+                    pending.remove(&i);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            return Err(format!(
+                "{} entities changed under every write",
+                pending.len()
+            ));
+        }
+    }
+    Ok(loaded)
+}
