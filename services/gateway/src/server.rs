@@ -240,7 +240,7 @@ fn count_statuses(served: &[Served]) -> [u64; FeatureStatus::ALL.len()] {
 }
 
 /// The training log record of one served vector.
-fn log_record(
+pub fn log_record(
     request_id: String,
     row: &RowInput,
     served: &[Served],
@@ -288,7 +288,7 @@ fn logged_status(status: FeatureStatus) -> LoggedStatus {
 }
 
 /// Converts one row's served features to the wire.
-fn vector(
+pub fn vector(
     plan: &Plan,
     served: Vec<Served>,
     include_metadata: bool,
