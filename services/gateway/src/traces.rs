@@ -15,6 +15,8 @@
 //! Span attributes are configuration names, counts, statuses and error classes; never entity
 //! keys, option values or secrets.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use gateway_config::TracesConfig;
 
 use opentelemetry::{
@@ -95,6 +97,7 @@ pub fn init(json: bool, traces: Option<&TracesConfig>) -> Result<TracesGuard, Tr
                 .with_tracer(tracer)
                 .with_filter(targets);
             opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            EXPORTING.store(true, Ordering::Relaxed);
             (Some(layer), Some(provider))
         }
     };
@@ -126,9 +129,28 @@ fn provider(config: &TracesConfig) -> Result<SdkTracerProvider, TracesError> {
         .build())
 }
 
+/// Whether [`init`] installed the OpenTelemetry layer: the request span then carries the
+/// attributes of an OpenTelemetry RPC server span.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
 /// The span of one gRPC call, a child of the caller's span when its metadata carries a
 /// `traceparent` (and traces are on).
+///
+/// Without traces the span is for the log alone: the method, feature service, request id and
+/// rows a log line of the request shows. The log's subscriber formats every field of a span as
+/// it is created and again as each is recorded, on every request, so the attributes only a
+/// trace reads (`otel.*`, `rpc.system`, `rpc.service`, the status code, the count of features
+/// not present) are left out of it: recording one a span lacks does nothing.
 pub fn request_span(method: &'static str, metadata: &MetadataMap) -> tracing::Span {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return tracing::info_span!(
+            "request",
+            rpc.method = method,
+            feature_service = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+            rows = tracing::field::Empty,
+        );
+    }
     let name = match method {
         "GetFeatures" => "featuregateway.v1.FeatureService/GetFeatures",
         "GetFeaturesBatch" => "featuregateway.v1.FeatureService/GetFeaturesBatch",
