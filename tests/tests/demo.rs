@@ -225,7 +225,7 @@ async fn explicit_feature_refs_and_discovery() {
         .iter()
         .map(|f| f.name.as_str())
         .collect();
-    assert_eq!(names, ["fraud_v1", "fraud_v2", "merchant_v1"]);
+    assert_eq!(names, ["fraud_v1", "fraud_v2", "fraud_v3", "merchant_v1"]);
     assert_eq!(list.feature_services[0].feature_count, 20);
 
     let described = client
@@ -435,4 +435,127 @@ async fn health_reflection_and_metrics_answer() {
     assert!(metrics.contains(
         "feature_gateway_source_fetch_duration_seconds_bucket{source=\"tables\",outcome=\"ok\""
     ));
+}
+
+/// The card's streaming aggregates in `fraud_v3`: `(txn_count_10m, txn_count_1h, amount_sum_1h)`.
+async fn card_activity(
+    client: &mut v1::feature_service_client::FeatureServiceClient<tonic::transport::Channel>,
+    card: &str,
+) -> (i64, i64, f64) {
+    let response = client
+        .get_features(v1::GetFeaturesRequest {
+            feature_service: "fraud_v3".into(),
+            features: vec![],
+            ..fraud_request("u_00001", card, "m_0001")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.values.len(), 25);
+    assert!(
+        statuses(&response.statuses)[20..]
+            .iter()
+            .all(|s| *s == St::Present)
+    );
+    let int = |v: &v1::Value| match v.kind {
+        Some(v1::value::Kind::Int64Value(n)) => n,
+        ref other => panic!("{other:?}"),
+    };
+    let double = |v: &v1::Value| match v.kind {
+        Some(v1::value::Kind::DoubleValue(x)) => x,
+        ref other => panic!("{other:?}"),
+    };
+    (
+        int(&response.values[20]),
+        int(&response.values[21]),
+        double(&response.values[22]),
+    )
+}
+
+#[tokio::test]
+async fn pushed_payments_show_in_the_cards_streaming_aggregates_at_once() {
+    let gw = GatewayProcess::demo();
+    let mut client = gw.client().await;
+    // c_00003 is one of the busy cards the demo's seed (the last day's payments) favours.
+    let (n_10m, n_1h, sum_1h) = card_activity(&mut client, "c_00003").await;
+    assert!(n_1h > 0, "seeded payments in the last hour: {n_1h}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let event = |card: &str, amount: f64| v1::Event {
+        fields: map(&[
+            ("card_id", s(card)),
+            ("merchant_id", s("m_0042")),
+            ("amount", d(amount)),
+            (
+                "ts",
+                v1::Value {
+                    kind: Some(v1::value::Kind::TimestampValue(prost_types::Timestamp {
+                        seconds: now.as_secs() as i64,
+                        nanos: 0,
+                    })),
+                },
+            ),
+        ]),
+    };
+    let pushed = client
+        .push_events(v1::PushEventsRequest {
+            view: "card_activity".into(),
+            events: vec![
+                event("c_00003", 25.5),
+                event("c_00003", 4.5),
+                v1::Event {
+                    fields: map(&[("amount", d(1.0))]),
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((pushed.applied, pushed.late), (2, 0));
+    assert_eq!(pushed.rejected.len(), 1);
+    assert_eq!(pushed.rejected[0].index, 2);
+    assert_eq!(pushed.rejected[0].reason, "no entity key `card_id`");
+    let (n_10m_after, n_1h_after, sum_1h_after) = card_activity(&mut client, "c_00003").await;
+    assert_eq!((n_10m_after, n_1h_after), (n_10m + 2, n_1h + 2));
+    assert!(
+        (sum_1h_after - sum_1h - 30.0).abs() < 1e-6,
+        "{sum_1h} -> {sum_1h_after}"
+    );
+
+    // Bad pushes name the field.
+    let refused = client
+        .push_events(v1::PushEventsRequest {
+            view: "nope".into(),
+            events: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+    assert_eq!(refused.message(), "view: unknown view `nope`");
+    let refused = client
+        .push_events(v1::PushEventsRequest {
+            view: "card_profile".into(),
+            events: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .starts_with("view: `card_profile` is not an aggregation view")
+    );
+    let refused = client
+        .push_events(v1::PushEventsRequest {
+            view: "card_activity".into(),
+            events: vec![event("c_1", 1.0); 10_001],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "events: 10001 events, more than the 10000 a push may carry"
+    );
 }

@@ -7,7 +7,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use end_to_end::{GatewayProcess, map, postgres::TestCertificates, s};
+use end_to_end::{GatewayProcess, i, map, postgres::TestCertificates, s};
 use proto::v1::{self, feature_service_client::FeatureServiceClient};
 use tonic::{
     Code,
@@ -52,6 +52,15 @@ source = "tables"
 entities = ["user_id"]
 path = "users.csv"
 features = {{ score = {{ type = "double" }} }}
+[sources.payments]
+kind = "stream"
+store = "memory"
+[views.activity]
+source = "payments"
+entities = ["user_id"]
+time_field = "ts"
+aggregations = {{ n_1h = {{ op = "count", window = "1h" }} }}
+features = {{ n_1h = {{ type = "int64" }} }}
 [feature_services.fraud]
 features = ["users:score"]
 [feature_services.recs]
@@ -67,6 +76,7 @@ reload_interval = "200ms"
 [auth.callers.scorer]
 token_hash = "{scorer}"
 feature_services = ["fraud"]
+push_views = ["activity"]
 [auth.callers.recommender]
 token_hash_file = "recs-token.hash"
 feature_services = ["recs"]
@@ -184,6 +194,43 @@ async fn tokens_and_client_certificates_each_read_their_own_feature_services() {
     assert_eq!(
         code(&mut client, "fraud", Some("tok-recs-only")).await,
         Code::PermissionDenied
+    );
+    // Pushing events is a permission of its own: the scorer may push to `activity`, the
+    // recommender (who may read) may not.
+    let push = |token: &str| {
+        let mut r = tonic::Request::new(v1::PushEventsRequest {
+            view: "activity".into(),
+            events: vec![v1::Event {
+                fields: map(&[
+                    ("user_id", s("u1")),
+                    (
+                        "ts",
+                        i(std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_millis() as i64),
+                    ),
+                ]),
+            }],
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    };
+    assert_eq!(
+        client
+            .push_events(push("tok-scorer"))
+            .await
+            .unwrap()
+            .into_inner()
+            .applied,
+        1
+    );
+    let denied = client.push_events(push("tok-recs-only")).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(
+        denied.message(),
+        "caller `recommender` may not push events to view `activity`"
     );
     // No ad-hoc reads for callers not allowed them, even of allowed views.
     let mut adhoc = request("", Some("tok-scorer"));

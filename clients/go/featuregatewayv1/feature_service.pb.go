@@ -1768,6 +1768,228 @@ func (x *ContextDescription) GetRequired() bool {
 	return false
 }
 
+// Events for one aggregation view.
+type PushEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The view, e.g. "card_activity".
+	View string `protobuf:"bytes,1,opt,name=view,proto3" json:"view,omitempty"`
+	// The events, each with the fields the view reads: its entity keys, its time field
+	// (a timestamp, or an int64 of milliseconds since the Unix epoch) and the fields its
+	// aggregations read. At most 10,000 per request.
+	Events        []*Event `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushEventsRequest) Reset() {
+	*x = PushEventsRequest{}
+	mi := &file_featuregateway_v1_feature_service_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushEventsRequest) ProtoMessage() {}
+
+func (x *PushEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_featuregateway_v1_feature_service_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushEventsRequest.ProtoReflect.Descriptor instead.
+func (*PushEventsRequest) Descriptor() ([]byte, []int) {
+	return file_featuregateway_v1_feature_service_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *PushEventsRequest) GetView() string {
+	if x != nil {
+		return x.View
+	}
+	return ""
+}
+
+func (x *PushEventsRequest) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// One event: named fields, as a JSON object on the view's topic would hold them.
+type Event struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fields        map[string]*Value      `protobuf:"bytes,1,rep,name=fields,proto3" json:"fields,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_featuregateway_v1_feature_service_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_featuregateway_v1_feature_service_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_featuregateway_v1_feature_service_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Event) GetFields() map[string]*Value {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+// What a push did.
+type PushEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Events applied to the view's tiles (visible to the next read).
+	Applied uint64 `protobuf:"varint,1,opt,name=applied,proto3" json:"applied,omitempty"`
+	// Events older than the view's allowed lateness (measured against the gateway's clock),
+	// not applied.
+	Late uint64 `protobuf:"varint,2,opt,name=late,proto3" json:"late,omitempty"`
+	// Events refused, each with why; the others were applied.
+	Rejected      []*RejectedEvent `protobuf:"bytes,3,rep,name=rejected,proto3" json:"rejected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushEventsResponse) Reset() {
+	*x = PushEventsResponse{}
+	mi := &file_featuregateway_v1_feature_service_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushEventsResponse) ProtoMessage() {}
+
+func (x *PushEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_featuregateway_v1_feature_service_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushEventsResponse.ProtoReflect.Descriptor instead.
+func (*PushEventsResponse) Descriptor() ([]byte, []int) {
+	return file_featuregateway_v1_feature_service_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PushEventsResponse) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
+func (x *PushEventsResponse) GetLate() uint64 {
+	if x != nil {
+		return x.Late
+	}
+	return 0
+}
+
+func (x *PushEventsResponse) GetRejected() []*RejectedEvent {
+	if x != nil {
+		return x.Rejected
+	}
+	return nil
+}
+
+// An event a push refused.
+type RejectedEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its index in the request's events.
+	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// Why, e.g. "no entity key `card`".
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectedEvent) Reset() {
+	*x = RejectedEvent{}
+	mi := &file_featuregateway_v1_feature_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectedEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectedEvent) ProtoMessage() {}
+
+func (x *RejectedEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_featuregateway_v1_feature_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectedEvent.ProtoReflect.Descriptor instead.
+func (*RejectedEvent) Descriptor() ([]byte, []int) {
+	return file_featuregateway_v1_feature_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RejectedEvent) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *RejectedEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_featuregateway_v1_feature_service_proto protoreflect.FileDescriptor
 
 const file_featuregateway_v1_feature_service_proto_rawDesc = "" +
@@ -1894,7 +2116,22 @@ const file_featuregateway_v1_feature_service_proto_rawDesc = "" +
 	"\x12ContextDescription\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x04type\x18\x02 \x01(\x0e2\x1c.featuregateway.v1.ValueTypeR\x04type\x12\x1a\n" +
-	"\brequired\x18\x03 \x01(\bR\brequired* \n" +
+	"\brequired\x18\x03 \x01(\bR\brequired\"Y\n" +
+	"\x11PushEventsRequest\x12\x12\n" +
+	"\x04view\x18\x01 \x01(\tR\x04view\x120\n" +
+	"\x06events\x18\x02 \x03(\v2\x18.featuregateway.v1.EventR\x06events\"\x9a\x01\n" +
+	"\x05Event\x12<\n" +
+	"\x06fields\x18\x01 \x03(\v2$.featuregateway.v1.Event.FieldsEntryR\x06fields\x1aS\n" +
+	"\vFieldsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12.\n" +
+	"\x05value\x18\x02 \x01(\v2\x18.featuregateway.v1.ValueR\x05value:\x028\x01\"\x80\x01\n" +
+	"\x12PushEventsResponse\x12\x18\n" +
+	"\aapplied\x18\x01 \x01(\x04R\aapplied\x12\x12\n" +
+	"\x04late\x18\x02 \x01(\x04R\x04late\x12<\n" +
+	"\brejected\x18\x03 \x03(\v2 .featuregateway.v1.RejectedEventR\brejected\"=\n" +
+	"\rRejectedEvent\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason* \n" +
 	"\tNullValue\x12\x13\n" +
 	"\x0fNULL_VALUE_NULL\x10\x00*\x85\x02\n" +
 	"\rFeatureStatus\x12\x1e\n" +
@@ -1920,12 +2157,14 @@ const file_featuregateway_v1_feature_service_proto_rawDesc = "" +
 	"\x14VALUE_TYPE_TIMESTAMP\x10\x06\x12\x19\n" +
 	"\x15VALUE_TYPE_INT64_LIST\x10\a\x12\x1a\n" +
 	"\x16VALUE_TYPE_DOUBLE_LIST\x10\b\x12\x1a\n" +
-	"\x16VALUE_TYPE_STRING_LIST\x10\t2\xd0\x03\n" +
+	"\x16VALUE_TYPE_STRING_LIST\x10\t2\xab\x04\n" +
 	"\x0eFeatureService\x12\\\n" +
 	"\vGetFeatures\x12%.featuregateway.v1.GetFeaturesRequest\x1a&.featuregateway.v1.GetFeaturesResponse\x12k\n" +
 	"\x10GetFeaturesBatch\x12*.featuregateway.v1.GetFeaturesBatchRequest\x1a+.featuregateway.v1.GetFeaturesBatchResponse\x12t\n" +
 	"\x13ListFeatureServices\x12-.featuregateway.v1.ListFeatureServicesRequest\x1a..featuregateway.v1.ListFeatureServicesResponse\x12}\n" +
-	"\x16DescribeFeatureService\x120.featuregateway.v1.DescribeFeatureServiceRequest\x1a1.featuregateway.v1.DescribeFeatureServiceResponseB\x87\x01\n" +
+	"\x16DescribeFeatureService\x120.featuregateway.v1.DescribeFeatureServiceRequest\x1a1.featuregateway.v1.DescribeFeatureServiceResponse\x12Y\n" +
+	"\n" +
+	"PushEvents\x12$.featuregateway.v1.PushEventsRequest\x1a%.featuregateway.v1.PushEventsResponseB\x87\x01\n" +
 	"\x15dev.featuregateway.v1B\x13FeatureServiceProtoP\x01ZWgithub.com/feature-gateway/feature-gateway/clients/go/featuregatewayv1;featuregatewayv1b\x06proto3"
 
 var (
@@ -1941,7 +2180,7 @@ func file_featuregateway_v1_feature_service_proto_rawDescGZIP() []byte {
 }
 
 var file_featuregateway_v1_feature_service_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_featuregateway_v1_feature_service_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_featuregateway_v1_feature_service_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_featuregateway_v1_feature_service_proto_goTypes = []any{
 	(NullValue)(0),                         // 0: featuregateway.v1.NullValue
 	(FeatureStatus)(0),                     // 1: featuregateway.v1.FeatureStatus
@@ -1967,29 +2206,34 @@ var file_featuregateway_v1_feature_service_proto_goTypes = []any{
 	(*FeatureDescription)(nil),             // 21: featuregateway.v1.FeatureDescription
 	(*EntityDescription)(nil),              // 22: featuregateway.v1.EntityDescription
 	(*ContextDescription)(nil),             // 23: featuregateway.v1.ContextDescription
-	nil,                                    // 24: featuregateway.v1.GetFeaturesRequest.EntitiesEntry
-	nil,                                    // 25: featuregateway.v1.GetFeaturesRequest.ContextEntry
-	nil,                                    // 26: featuregateway.v1.EntityRow.EntitiesEntry
-	nil,                                    // 27: featuregateway.v1.EntityRow.ContextEntry
-	(*timestamppb.Timestamp)(nil),          // 28: google.protobuf.Timestamp
+	(*PushEventsRequest)(nil),              // 24: featuregateway.v1.PushEventsRequest
+	(*Event)(nil),                          // 25: featuregateway.v1.Event
+	(*PushEventsResponse)(nil),             // 26: featuregateway.v1.PushEventsResponse
+	(*RejectedEvent)(nil),                  // 27: featuregateway.v1.RejectedEvent
+	nil,                                    // 28: featuregateway.v1.GetFeaturesRequest.EntitiesEntry
+	nil,                                    // 29: featuregateway.v1.GetFeaturesRequest.ContextEntry
+	nil,                                    // 30: featuregateway.v1.EntityRow.EntitiesEntry
+	nil,                                    // 31: featuregateway.v1.EntityRow.ContextEntry
+	nil,                                    // 32: featuregateway.v1.Event.FieldsEntry
+	(*timestamppb.Timestamp)(nil),          // 33: google.protobuf.Timestamp
 }
 var file_featuregateway_v1_feature_service_proto_depIdxs = []int32{
-	28, // 0: featuregateway.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
+	33, // 0: featuregateway.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
 	5,  // 1: featuregateway.v1.Value.int64_list_value:type_name -> featuregateway.v1.Int64List
 	6,  // 2: featuregateway.v1.Value.double_list_value:type_name -> featuregateway.v1.DoubleList
 	7,  // 3: featuregateway.v1.Value.string_list_value:type_name -> featuregateway.v1.StringList
 	0,  // 4: featuregateway.v1.Value.null_value:type_name -> featuregateway.v1.NullValue
-	24, // 5: featuregateway.v1.GetFeaturesRequest.entities:type_name -> featuregateway.v1.GetFeaturesRequest.EntitiesEntry
-	25, // 6: featuregateway.v1.GetFeaturesRequest.context:type_name -> featuregateway.v1.GetFeaturesRequest.ContextEntry
+	28, // 5: featuregateway.v1.GetFeaturesRequest.entities:type_name -> featuregateway.v1.GetFeaturesRequest.EntitiesEntry
+	29, // 6: featuregateway.v1.GetFeaturesRequest.context:type_name -> featuregateway.v1.GetFeaturesRequest.ContextEntry
 	4,  // 7: featuregateway.v1.GetFeaturesResponse.values:type_name -> featuregateway.v1.Value
 	1,  // 8: featuregateway.v1.GetFeaturesResponse.statuses:type_name -> featuregateway.v1.FeatureStatus
 	10, // 9: featuregateway.v1.GetFeaturesResponse.metadata:type_name -> featuregateway.v1.FeatureMetadata
 	11, // 10: featuregateway.v1.GetFeaturesResponse.request_metadata:type_name -> featuregateway.v1.RequestMetadata
-	28, // 11: featuregateway.v1.FeatureMetadata.event_time:type_name -> google.protobuf.Timestamp
+	33, // 11: featuregateway.v1.FeatureMetadata.event_time:type_name -> google.protobuf.Timestamp
 	2,  // 12: featuregateway.v1.FeatureMetadata.cache:type_name -> featuregateway.v1.CacheOutcome
 	13, // 13: featuregateway.v1.GetFeaturesBatchRequest.rows:type_name -> featuregateway.v1.EntityRow
-	26, // 14: featuregateway.v1.EntityRow.entities:type_name -> featuregateway.v1.EntityRow.EntitiesEntry
-	27, // 15: featuregateway.v1.EntityRow.context:type_name -> featuregateway.v1.EntityRow.ContextEntry
+	30, // 14: featuregateway.v1.EntityRow.entities:type_name -> featuregateway.v1.EntityRow.EntitiesEntry
+	31, // 15: featuregateway.v1.EntityRow.context:type_name -> featuregateway.v1.EntityRow.ContextEntry
 	15, // 16: featuregateway.v1.GetFeaturesBatchResponse.rows:type_name -> featuregateway.v1.FeatureVector
 	4,  // 17: featuregateway.v1.FeatureVector.values:type_name -> featuregateway.v1.Value
 	1,  // 18: featuregateway.v1.FeatureVector.statuses:type_name -> featuregateway.v1.FeatureStatus
@@ -2002,23 +2246,29 @@ var file_featuregateway_v1_feature_service_proto_depIdxs = []int32{
 	4,  // 25: featuregateway.v1.FeatureDescription.default_value:type_name -> featuregateway.v1.Value
 	3,  // 26: featuregateway.v1.EntityDescription.type:type_name -> featuregateway.v1.ValueType
 	3,  // 27: featuregateway.v1.ContextDescription.type:type_name -> featuregateway.v1.ValueType
-	4,  // 28: featuregateway.v1.GetFeaturesRequest.EntitiesEntry.value:type_name -> featuregateway.v1.Value
-	4,  // 29: featuregateway.v1.GetFeaturesRequest.ContextEntry.value:type_name -> featuregateway.v1.Value
-	4,  // 30: featuregateway.v1.EntityRow.EntitiesEntry.value:type_name -> featuregateway.v1.Value
-	4,  // 31: featuregateway.v1.EntityRow.ContextEntry.value:type_name -> featuregateway.v1.Value
-	8,  // 32: featuregateway.v1.FeatureService.GetFeatures:input_type -> featuregateway.v1.GetFeaturesRequest
-	12, // 33: featuregateway.v1.FeatureService.GetFeaturesBatch:input_type -> featuregateway.v1.GetFeaturesBatchRequest
-	16, // 34: featuregateway.v1.FeatureService.ListFeatureServices:input_type -> featuregateway.v1.ListFeatureServicesRequest
-	19, // 35: featuregateway.v1.FeatureService.DescribeFeatureService:input_type -> featuregateway.v1.DescribeFeatureServiceRequest
-	9,  // 36: featuregateway.v1.FeatureService.GetFeatures:output_type -> featuregateway.v1.GetFeaturesResponse
-	14, // 37: featuregateway.v1.FeatureService.GetFeaturesBatch:output_type -> featuregateway.v1.GetFeaturesBatchResponse
-	17, // 38: featuregateway.v1.FeatureService.ListFeatureServices:output_type -> featuregateway.v1.ListFeatureServicesResponse
-	20, // 39: featuregateway.v1.FeatureService.DescribeFeatureService:output_type -> featuregateway.v1.DescribeFeatureServiceResponse
-	36, // [36:40] is the sub-list for method output_type
-	32, // [32:36] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	25, // 28: featuregateway.v1.PushEventsRequest.events:type_name -> featuregateway.v1.Event
+	32, // 29: featuregateway.v1.Event.fields:type_name -> featuregateway.v1.Event.FieldsEntry
+	27, // 30: featuregateway.v1.PushEventsResponse.rejected:type_name -> featuregateway.v1.RejectedEvent
+	4,  // 31: featuregateway.v1.GetFeaturesRequest.EntitiesEntry.value:type_name -> featuregateway.v1.Value
+	4,  // 32: featuregateway.v1.GetFeaturesRequest.ContextEntry.value:type_name -> featuregateway.v1.Value
+	4,  // 33: featuregateway.v1.EntityRow.EntitiesEntry.value:type_name -> featuregateway.v1.Value
+	4,  // 34: featuregateway.v1.EntityRow.ContextEntry.value:type_name -> featuregateway.v1.Value
+	4,  // 35: featuregateway.v1.Event.FieldsEntry.value:type_name -> featuregateway.v1.Value
+	8,  // 36: featuregateway.v1.FeatureService.GetFeatures:input_type -> featuregateway.v1.GetFeaturesRequest
+	12, // 37: featuregateway.v1.FeatureService.GetFeaturesBatch:input_type -> featuregateway.v1.GetFeaturesBatchRequest
+	16, // 38: featuregateway.v1.FeatureService.ListFeatureServices:input_type -> featuregateway.v1.ListFeatureServicesRequest
+	19, // 39: featuregateway.v1.FeatureService.DescribeFeatureService:input_type -> featuregateway.v1.DescribeFeatureServiceRequest
+	24, // 40: featuregateway.v1.FeatureService.PushEvents:input_type -> featuregateway.v1.PushEventsRequest
+	9,  // 41: featuregateway.v1.FeatureService.GetFeatures:output_type -> featuregateway.v1.GetFeaturesResponse
+	14, // 42: featuregateway.v1.FeatureService.GetFeaturesBatch:output_type -> featuregateway.v1.GetFeaturesBatchResponse
+	17, // 43: featuregateway.v1.FeatureService.ListFeatureServices:output_type -> featuregateway.v1.ListFeatureServicesResponse
+	20, // 44: featuregateway.v1.FeatureService.DescribeFeatureService:output_type -> featuregateway.v1.DescribeFeatureServiceResponse
+	26, // 45: featuregateway.v1.FeatureService.PushEvents:output_type -> featuregateway.v1.PushEventsResponse
+	41, // [41:46] is the sub-list for method output_type
+	36, // [36:41] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_featuregateway_v1_feature_service_proto_init() }
@@ -2044,7 +2294,7 @@ func file_featuregateway_v1_feature_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_featuregateway_v1_feature_service_proto_rawDesc), len(file_featuregateway_v1_feature_service_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   24,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	FeatureService_GetFeaturesBatch_FullMethodName       = "/featuregateway.v1.FeatureService/GetFeaturesBatch"
 	FeatureService_ListFeatureServices_FullMethodName    = "/featuregateway.v1.FeatureService/ListFeatureServices"
 	FeatureService_DescribeFeatureService_FullMethodName = "/featuregateway.v1.FeatureService/DescribeFeatureService"
+	FeatureService_PushEvents_FullMethodName             = "/featuregateway.v1.FeatureService/PushEvents"
 )
 
 // FeatureServiceClient is the client API for FeatureService service.
@@ -49,6 +50,10 @@ type FeatureServiceClient interface {
 	// Describes one feature service: its features in output order, their types, the entity keys
 	// it needs and its deadline.
 	DescribeFeatureService(ctx context.Context, in *DescribeFeatureServiceRequest, opts ...grpc.CallOption) (*DescribeFeatureServiceResponse, error)
+	// Applies events to an aggregation view (a view of a `stream` source) exactly as ingest
+	// applies the events of its Kafka topic: for producers without Kafka. The answer says how
+	// many were applied, how many were too late, and which were refused and why.
+	PushEvents(ctx context.Context, in *PushEventsRequest, opts ...grpc.CallOption) (*PushEventsResponse, error)
 }
 
 type featureServiceClient struct {
@@ -99,6 +104,16 @@ func (c *featureServiceClient) DescribeFeatureService(ctx context.Context, in *D
 	return out, nil
 }
 
+func (c *featureServiceClient) PushEvents(ctx context.Context, in *PushEventsRequest, opts ...grpc.CallOption) (*PushEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PushEventsResponse)
+	err := c.cc.Invoke(ctx, FeatureService_PushEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FeatureServiceServer is the server API for FeatureService service.
 // All implementations must embed UnimplementedFeatureServiceServer
 // for forward compatibility.
@@ -115,6 +130,10 @@ type FeatureServiceServer interface {
 	// Describes one feature service: its features in output order, their types, the entity keys
 	// it needs and its deadline.
 	DescribeFeatureService(context.Context, *DescribeFeatureServiceRequest) (*DescribeFeatureServiceResponse, error)
+	// Applies events to an aggregation view (a view of a `stream` source) exactly as ingest
+	// applies the events of its Kafka topic: for producers without Kafka. The answer says how
+	// many were applied, how many were too late, and which were refused and why.
+	PushEvents(context.Context, *PushEventsRequest) (*PushEventsResponse, error)
 	mustEmbedUnimplementedFeatureServiceServer()
 }
 
@@ -136,6 +155,9 @@ func (UnimplementedFeatureServiceServer) ListFeatureServices(context.Context, *L
 }
 func (UnimplementedFeatureServiceServer) DescribeFeatureService(context.Context, *DescribeFeatureServiceRequest) (*DescribeFeatureServiceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DescribeFeatureService not implemented")
+}
+func (UnimplementedFeatureServiceServer) PushEvents(context.Context, *PushEventsRequest) (*PushEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PushEvents not implemented")
 }
 func (UnimplementedFeatureServiceServer) mustEmbedUnimplementedFeatureServiceServer() {}
 func (UnimplementedFeatureServiceServer) testEmbeddedByValue()                        {}
@@ -230,6 +252,24 @@ func _FeatureService_DescribeFeatureService_Handler(srv interface{}, ctx context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FeatureService_PushEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PushEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FeatureServiceServer).PushEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FeatureService_PushEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FeatureServiceServer).PushEvents(ctx, req.(*PushEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FeatureService_ServiceDesc is the grpc.ServiceDesc for FeatureService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -252,6 +292,10 @@ var FeatureService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DescribeFeatureService",
 			Handler:    _FeatureService_DescribeFeatureService_Handler,
+		},
+		{
+			MethodName: "PushEvents",
+			Handler:    _FeatureService_PushEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

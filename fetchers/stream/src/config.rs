@@ -38,6 +38,10 @@ pub struct StreamSourceConfig {
     /// Prefix of every Redis key of the source. Default `fg`.
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// `store = "memory"` only: a JSON-lines file of events applied when the source is built
+    /// (relative to the configuration file), e.g. the embedded demo's recent payments.
+    #[serde(default)]
+    pub seed: Option<String>,
 }
 
 /// `[sources.NAME.kafka]`.
@@ -112,6 +116,7 @@ pub struct CompiledSource {
     pub redis: Option<CompiledRedis>,
     pub kafka: Option<KafkaConfig>,
     pub key_prefix: String,
+    pub seed: Option<String>,
 }
 
 /// Default `allowed_lateness`: five minutes.
@@ -196,6 +201,15 @@ pub fn compile_source(config: &StreamSourceConfig) -> Result<CompiledSource, Vec
             );
         }
     }
+    if config.seed.is_some() && config.store != StoreKind::Memory {
+        problems.push(
+            Problem::new(
+                "seeds `store = \"memory\"` only: load history into Redis with \
+                 `feature-gateway backfill --load`",
+            )
+            .at("seed"),
+        );
+    }
     let key_prefix = config.key_prefix.clone().unwrap_or_else(|| "fg".to_owned());
     if key_prefix.contains(['{', '}']) {
         problems.push(
@@ -208,6 +222,7 @@ pub fn compile_source(config: &StreamSourceConfig) -> Result<CompiledSource, Vec
             redis,
             kafka: config.kafka.clone(),
             key_prefix,
+            seed: config.seed.clone(),
         })
     } else {
         Err(problems)

@@ -111,10 +111,15 @@ pub async fn open(
             .map_err(|message| BuildError::new(spec, message))?;
             (Arc::new(RedisStore::new(pool)), redis.command_timeout)
         }
-        None => (
-            Arc::new(memory.unwrap_or_default()),
-            DEFAULT_COMMAND_TIMEOUT,
-        ),
+        None => {
+            let store: Arc<dyn TileStore> = Arc::new(memory.unwrap_or_default());
+            if let Some(seed) = &source.seed {
+                seed_store(spec, &store, &source.key_prefix, &views, seed)
+                    .await
+                    .map_err(|message| BuildError::new(spec, format!("seed: {message}")))?;
+            }
+            (store, DEFAULT_COMMAND_TIMEOUT)
+        }
     };
     Ok(Stream {
         name: spec.name.clone(),
@@ -123,6 +128,38 @@ pub async fn open(
         store,
         command_timeout,
     })
+}
+
+/// Applies the events of the JSON-lines file `seed` to every view (lines a view cannot read are
+/// skipped, and counted in the log).
+async fn seed_store(
+    spec: &SourceSpec,
+    store: &Arc<dyn TileStore>,
+    prefix: &str,
+    views: &[StreamView],
+    seed: &str,
+) -> Result<(), String> {
+    let path = spec.resolve_path(seed);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let objects: Vec<_> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| aggregation::event::parse(l.as_bytes()))
+        .collect();
+    for view in views {
+        let events: Vec<Positioned> = objects
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .filter_map(|o| view.def.read(o).ok())
+            .map(|event| Positioned { event, at: None })
+            .collect();
+        let skipped = objects.len() - events.len();
+        let applied = writer::apply(store, prefix, view, events, DEFAULT_COMMAND_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(source = %spec.name, view = %view.def.name, events = applied.applied, skipped, "seeded");
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -39,6 +39,10 @@ pub struct RawCaller {
     /// Whether it may send ad-hoc requests (explicit `VIEW:FEATURE` refs, no feature service).
     #[serde(default)]
     pub allow_adhoc: bool,
+    /// The aggregation views (of `stream` sources) it may push events to; `"*"` for all. None
+    /// by default: pushing writes what every caller reads.
+    #[serde(default)]
+    pub push_views: Vec<String>,
     /// Requests per second, on average.
     #[serde(default)]
     pub rate_limit: Option<f64>,
@@ -60,6 +64,8 @@ pub struct CallerConfig {
     pub feature_services: Option<BTreeSet<String>>,
     /// May it send ad-hoc requests.
     pub allow_adhoc: bool,
+    /// The views it may push events to; `None`: all.
+    pub push_views: Option<BTreeSet<String>>,
     /// `(rate per second, burst)`.
     pub rate_limit: Option<(f64, f64)>,
 }
@@ -73,6 +79,13 @@ impl CallerConfig {
         self.feature_services
             .as_ref()
             .is_none_or(|allowed| allowed.contains(feature_service))
+    }
+
+    /// Whether this caller may push events to the aggregation view `view`.
+    pub fn may_push(&self, view: &str) -> bool {
+        self.push_views
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(view))
     }
 }
 
@@ -143,6 +156,7 @@ pub fn validate(
     raw: &RawAuth,
     read: impl Fn(&str) -> Result<String, String>,
     feature_services: &BTreeSet<String>,
+    stream_views: &BTreeSet<String>,
 ) -> (Vec<CallerConfig>, Vec<(Vec<String>, String)>) {
     let mut callers = Vec::new();
     let mut problems = Vec::new();
@@ -198,6 +212,15 @@ pub fn validate(
                 ));
             }
         }
+        let all_views = c.push_views.iter().any(|v| v == "*");
+        for v in &c.push_views {
+            if v != "*" && !stream_views.contains(v) {
+                problems.push((
+                    at("push_views"),
+                    format!("`{v}` is not a view of a `stream` source"),
+                ));
+            }
+        }
         let rate_limit = match (c.rate_limit, c.burst) {
             (None, None) => None,
             (None, Some(_)) => {
@@ -225,6 +248,7 @@ pub fn validate(
             mtls_name: c.mtls_name.clone(),
             feature_services: (!all).then(|| c.feature_services.iter().cloned().collect()),
             allow_adhoc: c.allow_adhoc,
+            push_views: (!all_views).then(|| c.push_views.iter().cloned().collect()),
             rate_limit,
         });
     }
@@ -256,19 +280,21 @@ mod tests {
             RawCaller {
                 token_hash: Some("plaintext-token".into()),
                 feature_services: vec!["nope".into()],
+                push_views: vec!["nope".into()],
                 rate_limit: Some(-1.0),
                 ..Default::default()
             },
         );
         raw.callers.insert("b".into(), RawCaller::default());
         let known = ["fraud_v1".to_owned()].into_iter().collect();
-        let (_, problems) = validate(&raw, |_| Err("unused".into()), &known);
+        let (_, problems) = validate(&raw, |_| Err("unused".into()), &known, &Default::default());
         let fields: Vec<String> = problems.iter().map(|(p, _)| p.join(".")).collect();
         assert_eq!(
             fields,
             [
                 "auth.callers.a.token_hash",
                 "auth.callers.a.feature_services",
+                "auth.callers.a.push_views",
                 "auth.callers.a.rate_limit",
                 "auth.callers.b.token_hash",
             ]

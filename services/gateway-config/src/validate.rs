@@ -533,7 +533,18 @@ pub(crate) fn validate(
             std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
         };
-        let (callers, found) = crate::auth::validate(a, read, &names);
+        let stream_views = raw
+            .views
+            .iter()
+            .filter(|(_, v)| {
+                v.source
+                    .as_ref()
+                    .and_then(|s| raw.sources.get(s))
+                    .is_some_and(|s| s.kind == "stream")
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let (callers, found) = crate::auth::validate(a, read, &names, &stream_views);
         for (path, message) in found {
             let path: Vec<&str> = path.iter().map(String::as_str).collect();
             problems.add(&path, message);

@@ -260,6 +260,7 @@ mod tests {
             mtls_name: None,
             feature_services: Some(services.iter().map(|s| s.to_string()).collect()),
             allow_adhoc: false,
+            push_views: Some(Default::default()),
             rate_limit: None,
         }
     }

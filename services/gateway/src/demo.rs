@@ -12,6 +12,8 @@ pub const USERS: usize = 10_000;
 pub const CARDS: usize = 10_000;
 /// Merchants (`m_0000` ..).
 pub const MERCHANTS: usize = 2_000;
+/// Card payments of the last day seeding the `payments` stream (`payments.jsonl`).
+pub const PAYMENTS: usize = 20_000;
 
 /// Merchant category codes with their fraud rate and tier. 7995 (gambling) is left out of the
 /// table on purpose, so its merchants show the default values.
@@ -123,6 +125,28 @@ pub fn write(dir: &Path, now: SystemTime) -> std::io::Result<()> {
         let _ = writeln!(mcc, "{code},{rate},{tier}");
     }
     std::fs::write(dir.join("mcc_risk.csv"), mcc)?;
+
+    // The last day's card payments, the seed of the `payments` stream source's tiles: a few
+    // cards busy, most quiet.
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut payments = String::new();
+    for _ in 0..PAYMENTS {
+        let card = if rng.below(4) == 0 {
+            rng.below(20)
+        } else {
+            rng.below(CARDS as u64)
+        };
+        let _ = writeln!(
+            payments,
+            r#"{{"card_id":"c_{card:05}","merchant_id":"m_{:04}","amount":{:.2},"ts":{}}}"#,
+            rng.below(MERCHANTS as u64),
+            1.0 + rng.unit() * rng.unit() * 500.0,
+            now_ms.saturating_sub(rng.below(86_400_000)),
+        );
+    }
+    std::fs::write(dir.join("payments.jsonl"), payments)?;
     Ok(())
 }
 
@@ -148,7 +172,13 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         write(a.path(), now).unwrap();
         write(b.path(), now).unwrap();
-        for file in ["users.csv", "cards.csv", "merchants.csv", "mcc_risk.csv"] {
+        for file in [
+            "users.csv",
+            "cards.csv",
+            "merchants.csv",
+            "mcc_risk.csv",
+            "payments.jsonl",
+        ] {
             assert_eq!(
                 std::fs::read(a.path().join(file)).unwrap(),
                 std::fs::read(b.path().join(file)).unwrap()

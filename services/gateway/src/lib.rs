@@ -54,6 +54,7 @@ pub mod gateway;
 pub mod monitor;
 pub(crate) mod peer;
 pub mod plan;
+pub mod push;
 pub mod reload;
 pub mod request;
 pub mod server;

@@ -382,6 +382,17 @@ impl FeatureService for FeatureServiceImpl {
         finish("GetFeaturesBatch", &metrics, arrival, &span, result)
     }
 
+    async fn push_events(
+        &self,
+        request: Request<v1::PushEventsRequest>,
+    ) -> Result<Response<v1::PushEventsResponse>, Status> {
+        let caller = request.extensions().get::<crate::auth::Caller>().cloned();
+        let generation = self.live.current();
+        crate::push::push_events(generation.gateway(), caller.as_ref(), request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn list_feature_services(
         &self,
         request: Request<v1::ListFeatureServicesRequest>,

@@ -55,6 +55,11 @@ class FeatureServiceStub:
                 request_serializer=featuregateway_dot_v1_dot_feature__service__pb2.DescribeFeatureServiceRequest.SerializeToString,
                 response_deserializer=featuregateway_dot_v1_dot_feature__service__pb2.DescribeFeatureServiceResponse.FromString,
                 _registered_method=True)
+        self.PushEvents = channel.unary_unary(
+                '/featuregateway.v1.FeatureService/PushEvents',
+                request_serializer=featuregateway_dot_v1_dot_feature__service__pb2.PushEventsRequest.SerializeToString,
+                response_deserializer=featuregateway_dot_v1_dot_feature__service__pb2.PushEventsResponse.FromString,
+                _registered_method=True)
 
 
 class FeatureServiceServicer:
@@ -91,6 +96,15 @@ class FeatureServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushEvents(self, request, context):
+        """Applies events to an aggregation view (a view of a `stream` source) exactly as ingest
+        applies the events of its Kafka topic: for producers without Kafka. The answer says how
+        many were applied, how many were too late, and which were refused and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FeatureServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +127,11 @@ def add_FeatureServiceServicer_to_server(servicer, server):
                     servicer.DescribeFeatureService,
                     request_deserializer=featuregateway_dot_v1_dot_feature__service__pb2.DescribeFeatureServiceRequest.FromString,
                     response_serializer=featuregateway_dot_v1_dot_feature__service__pb2.DescribeFeatureServiceResponse.SerializeToString,
+            ),
+            'PushEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushEvents,
+                    request_deserializer=featuregateway_dot_v1_dot_feature__service__pb2.PushEventsRequest.FromString,
+                    response_serializer=featuregateway_dot_v1_dot_feature__service__pb2.PushEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +243,33 @@ class FeatureService:
             '/featuregateway.v1.FeatureService/DescribeFeatureService',
             featuregateway_dot_v1_dot_feature__service__pb2.DescribeFeatureServiceRequest.SerializeToString,
             featuregateway_dot_v1_dot_feature__service__pb2.DescribeFeatureServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/featuregateway.v1.FeatureService/PushEvents',
+            featuregateway_dot_v1_dot_feature__service__pb2.PushEventsRequest.SerializeToString,
+            featuregateway_dot_v1_dot_feature__service__pb2.PushEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
