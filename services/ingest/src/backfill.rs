@@ -367,3 +367,112 @@ pub async fn load(
     }
     Ok(loaded)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use aggregation::{KeyField, Op, spec::Field as AggField};
+    use arrow_array::{Array, Float64Array, Int64Array, ListArray, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    #[test]
+    fn a_spine_and_its_values_round_trip_through_parquet() {
+        let mut def = ViewDef {
+            name: "card".into(),
+            keys: vec![KeyField {
+                entity: "card_id".into(),
+                field: "card".into(),
+                ty: FeatureType::String,
+            }],
+            time_field: "ts".into(),
+            allowed_lateness: 0,
+            series: Vec::new(),
+            aggregates: Vec::new(),
+        };
+        let field = |name: &str, ty| {
+            Some(AggField {
+                name: name.into(),
+                ty,
+            })
+        };
+        def.add("n", Op::Count, None, 600_000, None).unwrap();
+        def.add(
+            "mean",
+            Op::Mean,
+            field("amount", FeatureType::Double),
+            600_000,
+            None,
+        )
+        .unwrap();
+        def.add(
+            "last",
+            Op::LastN(2),
+            field("m", FeatureType::String),
+            600_000,
+            None,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let events_path = dir.path().join("events.jsonl");
+        std::fs::write(
+            &events_path,
+            "{\"card\":\"a\",\"ts\":1000,\"amount\":2.0,\"m\":\"x\"}\n\
+             {\"card\":\"a\",\"ts\":2000,\"amount\":4.0,\"m\":\"y\"}\n\
+             not json\n",
+        )
+        .unwrap();
+        let (events, bad) = read_events(&def, &events_path).unwrap();
+        assert_eq!(
+            (events.len(), bad),
+            (2, vec![(3, "not a JSON object".to_owned())])
+        );
+        let spine_path = dir.path().join("spine.csv");
+        std::fs::write(
+            &spine_path,
+            "card_id,timestamp,label\na,1500,1\na,1970-01-01T00:00:05Z,0\nb,5000,0\n",
+        )
+        .unwrap();
+        let spine = read_spine(&def, &spine_path).unwrap();
+        let values = compute(&def, &events, &spine);
+        let out = dir.path().join("values.parquet");
+        write(&def, &spine, &values, &out).unwrap();
+        let batch = ParquetRecordBatchReaderBuilder::try_new(File::open(&out).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let names: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["card_id", "timestamp", "n", "mean", "last"]);
+        let col = |i: usize| batch.column(i).clone();
+        let keys = col(0);
+        let keys = keys.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((keys.value(0), keys.value(2)), ("a", "b"));
+        let n = col(2);
+        let n = n.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!((n.value(0), n.value(1), n.value(2)), (1, 2, 0));
+        let mean = col(3);
+        let mean = mean.as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!((mean.value(1), mean.is_null(2)), (3.0, true));
+        let last = col(4);
+        let last = last.as_any().downcast_ref::<ListArray>().unwrap();
+        let second = last.value(1);
+        let second = second.as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!((second.value(0), second.value(1)), ("y", "x"));
+        let bad_spine = dir.path().join("bad.csv");
+        std::fs::write(&bad_spine, "card_id,when\na,1\n").unwrap();
+        assert!(
+            read_spine(&def, &bad_spine)
+                .unwrap_err()
+                .ends_with("no column `timestamp`")
+        );
+    }
+}
