@@ -204,7 +204,9 @@ impl TileStore for RedisStore {
         }
         // EVALSHA of the script loaded once; EVAL (which loads it on that node) when a node does
         // not know it (a restarted or failed-over Redis, another cluster node). Both as custom
-        // commands so the call's timeout and fail-fast options apply (see the shared cache).
+        // commands so the call's timeout and fail-fast options apply (see the shared cache),
+        // routed by the key's slot computed here: fred's `ClusterHash::Offset` sends a custom
+        // command to the wrong node of a cluster, and one attempt allows no MOVED retry.
         let sha = self
             .sha
             .get_or_try_init(|| async {
@@ -223,7 +225,7 @@ impl TileStore for RedisStore {
         with_sha.extend(args.iter().cloned());
         let answer = client
             .custom::<i64, _>(
-                CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false),
+                CustomCommand::new_static("EVALSHA", ClusterHash::from(key), false),
                 with_sha,
             )
             .await;
@@ -234,7 +236,7 @@ impl TileStore for RedisStore {
                 with_text.extend(args);
                 client
                     .custom::<i64, _>(
-                        CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false),
+                        CustomCommand::new_static("EVAL", ClusterHash::from(key), false),
                         with_text,
                     )
                     .await

@@ -271,6 +271,53 @@ async fn redis_down_fails_fast_and_pushes_work_again_after() {
     assert_eq!(report.applied, 10);
 }
 
+#[tokio::test]
+async fn a_redis_cluster_holds_each_entity_in_one_slot() {
+    let cluster = end_to_end::redis::RedisCluster::start(3);
+    let urls = cluster.urls();
+    let addresses = cluster.addresses();
+    let source = format!(
+        "redis = {{ url = \"{}\", mode = \"cluster\", nodes = [\"{}\"] }}",
+        urls[0],
+        addresses[1..].join("\", \"")
+    );
+    let spec = spec(&source, VIEW_OPTIONS);
+    let fetcher = StreamFactory::new().build(&spec).await.unwrap();
+    let all = events(2_000, 4);
+    for chunk in all.chunks(400) {
+        assert_eq!(
+            fetcher.push("card", chunk.to_vec()).await.unwrap().applied,
+            chunk.len() as u64
+        );
+    }
+    let (_, views) = fetcher_stream::compile(&spec).unwrap();
+    let def = &views[0].def;
+    let cards: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
+    let served = read(&fetcher, &cards).await;
+    let parsed: Vec<_> = all.iter().map(|o| def.read(o).unwrap()).collect();
+    let spine: Vec<SpineRow> = cards
+        .iter()
+        .map(|c| SpineRow {
+            key: vec![KeyPart::String(c.clone())],
+            time: now_ms(),
+        })
+        .collect();
+    assert_eq!(served, point_in_time(def, &parsed, &spine));
+    // The entities spread over the nodes (the script ran wherever each key's slot lives).
+    let holding = cluster
+        .ports()
+        .into_iter()
+        .filter(|port| {
+            let keys = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "--scan", "--pattern", "fg:{card@*"])
+                .output()
+                .unwrap();
+            !String::from_utf8_lossy(&keys.stdout).trim().is_empty()
+        })
+        .count();
+    assert!(holding >= 2, "{holding} nodes hold entities");
+}
+
 #[test]
 fn validation_positions_every_problem() {
     let factory = StreamFactory::new();

@@ -458,13 +458,15 @@ impl SharedTier {
         // EVAL as a custom command: fred's `eval` goes past `with_options` (its Lua interface
         // is not implemented for `WithOptions`, so the call reaches the plain client), and would
         // wait on a hung Redis with no timeout and queue for a reconnection instead of failing.
-        // The key, at offset 2, picks the cluster slot.
-        let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
         let client = self.client.with_options(&options);
         let since = millis(since).to_string();
         let ttl = self.ttl.as_millis().max(1).to_string();
         let calls = writes.into_iter().map(|(key, text)| {
             let client = &client;
+            // Routed by the key's slot, computed here: fred's `ClusterHash::Offset` sends a
+            // custom command to the wrong node of a cluster, and one attempt allows no retry
+            // after MOVED.
+            let eval = CustomCommand::new_static("EVAL", ClusterHash::from(key.as_str()), false);
             let args: Vec<RedisValue> = vec![
                 WRITE_NEWER.into(),
                 1.into(),
@@ -473,7 +475,6 @@ impl SharedTier {
                 since.clone().into(),
                 ttl.clone().into(),
             ];
-            let eval = eval.clone();
             async move { client.custom::<i64, _>(eval, args).await }
         });
         futures::future::join_all(calls)
