@@ -135,8 +135,9 @@ def main():
     title = (f"feature-gateway, {args.scenario}: fg-load c={args.concurrency}, "
              f"perf {args.frequency} Hz for {args.seconds} s ({time.strftime('%Y-%m-%d')})")
     with open(svg, "wb") as out:
+        # Frames narrower than a pixel are left out: a committed graph stays a few hundred KB.
         subprocess.run([need("inferno-flamegraph"), "--title", title, "--width", "1600",
-                        str(folded)], stdout=out, check=True)
+                        "--minwidth", "1", str(folded)], stdout=out, check=True)
     print(f"# Profile: {args.scenario}\n")
     print(f"`python3 loadtest/profile.py {args.scenario}`: {svg.relative_to(bench.ROOT)}\n")
     print("\n".join(summary(folded)))
