@@ -6,7 +6,9 @@
 //! naming that reference and a 5 s window (1 s buckets): traffic from the same population keeps
 //! every PSI gauge below 0.1 over whole windows; traffic whose `amount` is sent a hundred times
 //! larger (a unit change upstream) makes the `txn:amount` gauge cross 0.2 within two windows,
-//! and no other feature's. A reference that does not match the feature service refuses to start
+//! and no other feature's; a fifth of the customers unknown moves the customer features' null
+//! rate past its threshold, and the `atm` channel disappearing moves `txn:channel`'s PSI past
+//! 0.2, each within two windows. A reference that does not match the feature service refuses to start
 //! naming the feature (exit code 2).
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
@@ -43,7 +45,7 @@ impl Deployment {
         let dir = tempfile::tempdir().unwrap();
         let demo = GatewayProcess::demo();
         let demo_dir = demo.workdir().join("demo");
-        for file in ["users.csv", "cards.csv", "merchants.csv", "mcc_risk.csv"] {
+        for file in ["users.csv", "cards.csv", "merchants.csv", "mcc_risk.csv", "payments.jsonl"] {
             std::fs::copy(demo_dir.join(file), dir.path().join(file)).unwrap();
         }
         let config = std::fs::read_to_string(demo_dir.join("demo.toml")).unwrap();
@@ -68,8 +70,42 @@ impl Deployment {
     }
 }
 
-/// Traffic from the population of `seed` on `CALLERS` callers until stopped, amounts multiplied
-/// by `amount_times`; counts the vectors served.
+/// A change injected into the traffic.
+#[derive(Clone, Copy, Debug)]
+enum Shift {
+    /// The population as profiled.
+    None,
+    /// Amounts this many times larger (a unit change upstream).
+    AmountTimes(f64),
+    /// This percentage of requests for customers the tables do not hold (2% in the population):
+    /// the customer's features served null.
+    UnknownCustomers(u64),
+    /// The `atm` channel no longer sent (10% of the population): a category disappearing.
+    NoAtm,
+}
+
+impl Shift {
+    fn apply(self, i: usize, entities: &mut Fields, context: &mut Fields) {
+        match self {
+            Shift::None | Shift::AmountTimes(_) => {}
+            Shift::UnknownCustomers(percent) => {
+                if ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 < percent {
+                    entities.insert("user_id".into(), end_to_end::s("u_99999"));
+                }
+            }
+            Shift::NoAtm => {
+                if context.get("channel") == Some(&end_to_end::s("atm")) {
+                    context.insert("channel".into(), end_to_end::s("pos"));
+                }
+            }
+        }
+    }
+}
+
+use end_to_end::demo_traffic::Fields;
+
+/// Traffic from the population of `seed` on `CALLERS` callers until stopped, changed by
+/// `shift`; counts the vectors served.
 struct Traffic {
     stop: Arc<AtomicBool>,
     served: Arc<AtomicU64>,
@@ -77,7 +113,11 @@ struct Traffic {
 }
 
 impl Traffic {
-    async fn start(gw: &GatewayProcess, seed: u64, amount_times: f64) -> Traffic {
+    async fn start(gw: &GatewayProcess, seed: u64, shift: Shift) -> Traffic {
+        let amount_times = match shift {
+            Shift::AmountTimes(times) => times,
+            _ => 1.0,
+        };
         let client = gw.client().await;
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
@@ -87,7 +127,8 @@ impl Traffic {
             callers.spawn(async move {
                 let mut i = c;
                 while !stop.load(Ordering::Relaxed) {
-                    let (entities, context, _) = request(seed, i, amount_times);
+                    let (mut entities, mut context, _) = request(seed, i, amount_times);
+                    shift.apply(i, &mut entities, &mut context);
                     client
                         .get_features(v1::GetFeaturesRequest {
                             feature_service: "fraud_v1".into(),
@@ -111,7 +152,7 @@ impl Traffic {
 
     /// Serves exactly `n` vectors (at least), then stops.
     async fn serve(gw: &GatewayProcess, seed: u64, n: u64) {
-        let traffic = Traffic::start(gw, seed, 1.0).await;
+        let traffic = Traffic::start(gw, seed, Shift::None).await;
         let served = traffic.served.clone();
         eventually(Duration::from_secs(300), "reference traffic", async || {
             let done = served.load(Ordering::Relaxed);
@@ -208,7 +249,7 @@ async fn psi_gauges_stay_low_on_the_same_population_and_a_unit_change_crosses_wi
 
     // The same population: once the window is full, every PSI stays below 0.1 over two more
     // windows.
-    let same = Traffic::start(&gw, 2, 1.0).await;
+    let same = Traffic::start(&gw, 2, Shift::None).await;
     let started = Instant::now();
     eventually(Duration::from_secs(120), "a full window", async || {
         let rows = window_rows(&gw).await;
@@ -242,7 +283,7 @@ async fn psi_gauges_stay_low_on_the_same_population_and_a_unit_change_crosses_wi
 
     // Amounts a hundred times larger: `txn:amount` crosses 0.2 within two windows; nothing else
     // moves.
-    let shifted = Traffic::start(&gw, 3, 100.0).await;
+    let shifted = Traffic::start(&gw, 3, Shift::AmountTimes(100.0)).await;
     let switched = Instant::now();
     gw.metric_until(
         "feature_gateway_drift_psi{feature_service=\"fraud_v1\",feature=\"txn:amount\"}",
@@ -262,6 +303,47 @@ async fn psi_gauges_stay_low_on_the_same_population_and_a_unit_change_crosses_wi
     }
     shifted.stop().await;
     eprintln!("txn:amount crossed 0.2 {took:?} after the change");
+
+    // A fifth of the customers unknown (2% in the reference): the customer's features are
+    // served null that much more often; the null-rate gauge crosses its threshold (5 points).
+    let unknown = Traffic::start(&gw, 4, Shift::UnknownCustomers(20)).await;
+    let switched = Instant::now();
+    gw.metric_until(
+        "feature_gateway_drift_null_rate_change{feature_service=\"fraud_v1\",feature=\"user_profile:country\"}",
+        2 * WINDOW,
+        |points| points > 5.0,
+    )
+    .await;
+    let scrape = gw.admin_get("/metrics").await;
+    let not_found = end_to_end::metric(
+        &scrape,
+        "feature_gateway_drift_status_share_change{feature_service=\"fraud_v1\",feature=\"user_profile:country\",status=\"not_found\"}",
+    )
+    .unwrap();
+    assert!(
+        not_found > 5.0,
+        "NOT_FOUND's share moved with it: {not_found}"
+    );
+    unknown.stop().await;
+    eprintln!(
+        "the null rate crossed 5 points {:?} after the change",
+        switched.elapsed()
+    );
+
+    // A category disappearing: no more `atm` payments (10% of the reference).
+    let no_atm = Traffic::start(&gw, 5, Shift::NoAtm).await;
+    let switched = Instant::now();
+    gw.metric_until(
+        "feature_gateway_drift_psi{feature_service=\"fraud_v1\",feature=\"txn:channel\"}",
+        2 * WINDOW,
+        |psi| psi > 0.2,
+    )
+    .await;
+    no_atm.stop().await;
+    eprintln!(
+        "txn:channel crossed 0.2 {:?} after atm disappeared",
+        switched.elapsed()
+    );
 }
 
 #[test]

@@ -260,8 +260,10 @@ pub struct BackfillArgs {
     /// the topic.
     #[arg(long)]
     pub events: PathBuf,
-    /// The spine: a CSV file with a header naming the view's entities and `timestamp` (RFC
-    /// 3339 or epoch milliseconds). Each row gets every aggregate's value at its time.
+    /// The spine: the rows values are wanted at. CSV with a header naming the view's entities
+    /// and `timestamp` (RFC 3339 or epoch milliseconds), or Parquet; a `training-set` output
+    /// works as it is (its `entity:NAME` columns and `served_at`), and its `request_id` is
+    /// carried to the output, which `training-set --labels` then joins as it is.
     #[arg(long)]
     pub spine: Option<PathBuf>,
     /// Where the spine's values go: a Parquet file (the spine's columns, then one column per

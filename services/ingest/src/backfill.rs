@@ -44,28 +44,66 @@ pub fn read_events(def: &ViewDef, path: &Path) -> Result<(Vec<Event>, BadLines),
     Ok((events, bad))
 }
 
-/// The rows of a CSV spine: a header naming the view's entities and `timestamp` (RFC 3339 or
-/// epoch milliseconds), other columns ignored.
-pub fn read_spine(def: &ViewDef, path: &Path) -> Result<Vec<SpineRow>, String> {
+/// A spine: the rows values are wanted for, and the request id of each row when the spine has
+/// them (a training set), carried to the output so it joins back on `request_id`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spine {
+    pub rows: Vec<SpineRow>,
+    pub request_ids: Option<Vec<Option<String>>>,
+}
+
+/// Reads a spine: CSV with a header, or Parquet (a `training-set` output works as it is). The
+/// view's entity keys are the columns named after the entities (or `entity:NAME`, as a training
+/// set names them); the time is `timestamp` (or `served_at`): RFC 3339 text or epoch
+/// milliseconds in CSV, a timestamp or int64 epoch milliseconds in Parquet. A `request_id`
+/// column is carried to the output; other columns are ignored.
+pub fn read_spine(def: &ViewDef, path: &Path) -> Result<Spine, String> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+    {
+        read_parquet_spine(def, path)
+    } else {
+        read_csv_spine(def, path)
+    }
+}
+
+/// The column holding `names`' first match, by name.
+fn find(headers: &[String], names: &[String], path: &Path) -> Result<usize, String> {
+    names
+        .iter()
+        .find_map(|n| headers.iter().position(|h| h == n))
+        .ok_or_else(|| format!("{}: no column `{}`", path.display(), names.join("` or `")))
+}
+
+fn key_names(entity: &str) -> Vec<String> {
+    vec![entity.to_owned(), format!("entity:{entity}")]
+}
+
+fn time_names() -> Vec<String> {
+    vec!["timestamp".to_owned(), "served_at".to_owned()]
+}
+
+fn read_csv_spine(def: &ViewDef, path: &Path) -> Result<Spine, String> {
     let mut reader =
         csv::Reader::from_path(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let headers = reader
+    let headers: Vec<String> = reader
         .headers()
         .map_err(|e| format!("{}: {e}", path.display()))?
-        .clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| format!("{}: no column `{name}`", path.display()))
-    };
+        .iter()
+        .map(str::to_owned)
+        .collect();
     let keys: Vec<usize> = def
         .keys
         .iter()
-        .map(|k| column(&k.entity))
+        .map(|k| find(&headers, &key_names(&k.entity), path))
         .collect::<Result<_, _>>()?;
-    let time = column("timestamp")?;
-    let mut rows = Vec::new();
+    let time = find(&headers, &time_names(), path)?;
+    let request_id = headers.iter().position(|h| h == "request_id");
+    let mut spine = Spine {
+        rows: Vec::new(),
+        request_ids: request_id.map(|_| Vec::new()),
+    };
     for (i, record) in reader.records().enumerate() {
         let line = i + 2;
         let record = record.map_err(|e| format!("{}:{line}: {e}", path.display()))?;
@@ -83,32 +121,132 @@ pub fn read_spine(def: &ViewDef, path: &Path) -> Result<Vec<SpineRow>, String> {
         };
         let time = event::event_time("timestamp", &json)
             .map_err(|e| format!("{}:{line}: {e}", path.display()))?;
-        rows.push(SpineRow { key, time });
+        spine.rows.push(SpineRow { key, time });
+        if let (Some(ids), Some(c)) = (spine.request_ids.as_mut(), request_id) {
+            ids.push(record.get(c).map(str::to_owned));
+        }
     }
-    Ok(rows)
+    Ok(spine)
+}
+
+fn read_parquet_spine(def: &ViewDef, path: &Path) -> Result<Spine, String> {
+    use arrow_array::{
+        Array, Int64Array, StringArray, TimestampMicrosecondArray, TimestampMillisecondArray,
+        TimestampNanosecondArray, TimestampSecondArray,
+    };
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let file = File::open(path).map_err(|e| fail(&e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| fail(&e))?
+        .build()
+        .map_err(|e| fail(&e))?;
+    let mut spine = Spine::default();
+    for batch in reader {
+        let batch = batch.map_err(|e| fail(&e))?;
+        let headers: Vec<String> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let keys: Vec<usize> = def
+            .keys
+            .iter()
+            .map(|k| find(&headers, &key_names(&k.entity), path))
+            .collect::<Result<_, _>>()?;
+        let time = batch.column(find(&headers, &time_names(), path)?).clone();
+        let time = time.as_any();
+        let ms: Vec<Option<i64>> = if let Some(a) = time.downcast_ref::<TimestampMicrosecondArray>()
+        {
+            a.iter().map(|v| v.map(|us| us.div_euclid(1_000))).collect()
+        } else if let Some(a) = time.downcast_ref::<TimestampMillisecondArray>() {
+            a.iter().collect()
+        } else if let Some(a) = time.downcast_ref::<TimestampNanosecondArray>() {
+            a.iter()
+                .map(|v| v.map(|ns| ns.div_euclid(1_000_000)))
+                .collect()
+        } else if let Some(a) = time.downcast_ref::<TimestampSecondArray>() {
+            a.iter().map(|v| v.map(|s| s * 1_000)).collect()
+        } else if let Some(a) = time.downcast_ref::<Int64Array>() {
+            a.iter().collect()
+        } else {
+            return Err(fail(
+                &"the time column is not a timestamp or int64 epoch milliseconds",
+            ));
+        };
+        let key_columns: Vec<_> = keys.iter().map(|&c| batch.column(c).clone()).collect();
+        let request_id = headers
+            .iter()
+            .position(|h| h == "request_id")
+            .map(|c| batch.column(c).clone());
+        let ids = request_id
+            .as_ref()
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        if ids.is_some() && spine.request_ids.is_none() {
+            spine.request_ids = Some(Vec::new());
+        }
+        for (row, time) in ms.iter().enumerate() {
+            let time = time.ok_or_else(|| fail(&format!("row {row}: no time")))?;
+            let mut key = Vec::with_capacity(keys.len());
+            for (k, column) in def.keys.iter().zip(&key_columns) {
+                let any = column.as_any();
+                let part = if let Some(a) = any.downcast_ref::<StringArray>() {
+                    (!a.is_null(row)).then(|| KeyPart::String(a.value(row).to_owned()))
+                } else if let Some(a) = any.downcast_ref::<Int64Array>() {
+                    (!a.is_null(row)).then(|| KeyPart::Int64(a.value(row)))
+                } else {
+                    None
+                };
+                key.push(part.ok_or_else(|| {
+                    fail(&format!(
+                        "row {row}: `{}` is null or not a string or int64",
+                        k.entity
+                    ))
+                })?);
+            }
+            spine.rows.push(SpineRow { key, time });
+            if let (Some(out), Some(ids)) = (spine.request_ids.as_mut(), ids) {
+                out.push((!ids.is_null(row)).then(|| ids.value(row).to_owned()));
+            }
+        }
+    }
+    Ok(spine)
 }
 
 /// Every aggregate's value at each spine row.
-pub fn compute(def: &ViewDef, events: &[Event], spine: &[SpineRow]) -> Vec<Vec<Value>> {
-    backfill::point_in_time(def, events, spine)
+pub fn compute(def: &ViewDef, events: &[Event], spine: &Spine) -> Vec<Vec<Value>> {
+    backfill::point_in_time(def, events, &spine.rows)
 }
 
 /// Writes the spine and its values: Parquet (Snappy), or CSV when `path` ends in `.csv`.
+///
+/// Columns: `request_id` when the spine has it (so the output is a `training-set --labels` file
+/// as it is), the view's entities, `timestamp`, then one column per aggregate named after its
+/// feature.
 pub fn write(
     def: &ViewDef,
-    spine: &[SpineRow],
+    spine: &Spine,
     values: &[Vec<Value>],
     path: &Path,
 ) -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     if path.extension().is_some_and(|e| e == "csv") {
         let mut w = csv::Writer::from_path(path).map_err(|e| fail(&e))?;
-        let mut header: Vec<String> = def.keys.iter().map(|k| k.entity.clone()).collect();
+        let mut header: Vec<String> = Vec::new();
+        if spine.request_ids.is_some() {
+            header.push("request_id".into());
+        }
+        header.extend(def.keys.iter().map(|k| k.entity.clone()));
         header.push("timestamp".into());
         header.extend(def.aggregates.iter().map(|a| a.feature.clone()));
         w.write_record(&header).map_err(|e| fail(&e))?;
-        for (row, vals) in spine.iter().zip(values) {
-            let mut fields: Vec<String> = row.key.iter().map(ToString::to_string).collect();
+        for (i, (row, vals)) in spine.rows.iter().zip(values).enumerate() {
+            let mut fields: Vec<String> = Vec::new();
+            if let Some(ids) = &spine.request_ids {
+                fields.push(ids[i].clone().unwrap_or_default());
+            }
+            fields.extend(row.key.iter().map(ToString::to_string));
             fields.push(row.time.to_string());
             fields.extend(vals.iter().map(text));
             w.write_record(&fields).map_err(|e| fail(&e))?;
@@ -265,11 +403,16 @@ fn column(ty: FeatureType, cells: impl Iterator<Item = Value>) -> ArrayRef {
 
 fn record_batch(
     def: &ViewDef,
-    spine: &[SpineRow],
+    spine: &Spine,
     values: &[Vec<Value>],
 ) -> Result<RecordBatch, arrow_schema::ArrowError> {
     let mut fields = Vec::new();
-    let mut columns = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    if let Some(ids) = &spine.request_ids {
+        fields.push(Field::new("request_id", DataType::Utf8, true));
+        columns.push(Arc::new(arrow_array::StringArray::from(ids.clone())));
+    }
+    let spine = &spine.rows;
     for (i, k) in def.keys.iter().enumerate() {
         fields.push(Field::new(&k.entity, arrow_type(k.ty), false));
         columns.push(column(
@@ -435,6 +578,7 @@ mod tests {
         )
         .unwrap();
         let spine = read_spine(&def, &spine_path).unwrap();
+        assert_eq!(spine.request_ids, None);
         let values = compute(&def, &events, &spine);
         let out = dir.path().join("values.parquet");
         write(&def, &spine, &values, &out).unwrap();

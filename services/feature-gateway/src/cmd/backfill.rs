@@ -67,7 +67,7 @@ pub fn run(args: &BackfillArgs) -> Result<(), Failure> {
         println!(
             "{view}: {} events, {} spine rows, {} aggregates written to {} in {:.2?}",
             events.len(),
-            spine.len(),
+            spine.rows.len(),
             def.aggregates.len(),
             output.display(),
             started.elapsed()
