@@ -14,6 +14,7 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
   python3 loadtest/bench.py derived             # ten derived (CEL) features vs none
   python3 loadtest/bench.py drift               # the drift monitor on vs off
   python3 loadtest/bench.py reload              # fraud_v1 at 1,000 req/s while reloaded 100 times
+  python3 loadtest/bench.py feast               # the Redis vector beside Feast's feature server
   python3 loadtest/bench.py builds --other-bin DIR  # this build beside another (A/B of a change)
   python3 loadtest/bench.py all --smoke         # seconds-long runs proving the benchmarks work
 
@@ -55,6 +56,14 @@ variant that also rebuilds the `tables` source: p99 with and without reloads.
 then serves it from two gateways side by side, one with `[feature_services.fraud_v1.monitor]`
 on that reference and one without, driven in turn at saturation and at a fixed 1,000 req/s:
 throughput, p99 and gateway CPU with monitoring on beside off.
+
+`feast` serves `redis`'s 8 features for the same users from the gateway (fg-load, gRPC) and from
+Feast's Python feature server (`feast serve` of PyPI's `feast[redis]`, pinned with everything it
+pulls in by loadtest/feast/requirements.txt and installed once into a virtualenv under
+~/.cache/feature-gateway; wrk, HTTP/JSON), each from its own Redis on loopback loaded its own way
+(`feature-gateway materialize`; Feast's `apply` and `materialize` of loadtest/feast/), in
+alternating rounds at the same concurrency: throughput, p99 and CPU per request of each, and
+their ratios.
 
 `memory` fills a Redis view's in-process cache with one million distinct keys and reports the
 gateway's resident memory against the same pass on a gateway without a cache, and the cost per
@@ -698,12 +707,8 @@ def redis(args) -> str:
     lines += cpu_split(runs["fg_base"], runs["fg_feat"])
     lines += table("fg-load, fixed rate", [(f"user_stats_v1 at a fixed {rate:,} req/s (open loop)", [fixed])])
     lines += table("redis-benchmark -t get (baseline: Redis alone)", [("GET", runs["redis"])])
-    best_feast = 1090
-    fg = median_of(runs["fg_feat"], "rps")
     lines += [
-        f"- vs Feast 0.67's Python feature server in its best tuning on this machine kind "
-        f"(~{best_feast} req/s, p99 27 ms, from the issue): **{fg / best_feast:.1f}x** the throughput "
-        f"(target: at least 10x, p99 under 2 ms).",
+        "- Feast's feature server serving the same vector, side by side: `bench.py feast`.",
         f"- statuses served: {statuses}",
         "",
     ]
@@ -766,6 +771,281 @@ def redis_benchmark(port: int, concurrency: int, seconds: float) -> dict:
     return {"rps": float(row["rps"]), "p50": float(row["p50_latency_ms"]),
             "p90": float(row.get("p95_latency_ms", "nan")), "p99": float(row["p99_latency_ms"]),
             "count": n, "errors": 0, "codes": {}}
+
+
+# ---------------------------------------------------------------------------------------------
+# feast: the same 8 Redis features served by Feast's Python feature server, beside the gateway.
+
+FEAST_REPO = ROOT / "loadtest" / "feast"
+# feast[redis] and everything it pulls in, pinned (loadtest/feast/requirements.txt).
+FEAST_REQUIREMENTS = FEAST_REPO / "requirements.txt"
+FEAST_VERSION = next(line.split("==")[1].strip() for line in FEAST_REQUIREMENTS.read_text().splitlines()
+                     if line.startswith("feast[redis]=="))
+
+
+def feast_venv() -> Path:
+    """A virtualenv with FEAST_REQUIREMENTS, made once under the user's cache directory and
+    reused while that file is unchanged (its hash is written only after a complete install)."""
+    import hashlib
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    venv = cache / "feature-gateway" / f"feast-{FEAST_VERSION}"
+    marker = venv / ".installed"
+    wanted = hashlib.sha256(FEAST_REQUIREMENTS.read_bytes()).hexdigest()
+    if marker.exists() and marker.read_text().strip() == wanted:
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    started = time.time()
+    print(f"installing feast[redis]=={FEAST_VERSION} into {venv} (once)", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
+                    "-r", str(FEAST_REQUIREMENTS)], check=True, timeout=900)
+    marker.write_text(wanted + "\n")
+    print(f"feast installed in {time.time() - started:.0f} s", file=sys.stderr)
+    return venv
+
+
+def find_wrk() -> str:
+    """wrk (Debian's package), installed with apt-get when missing and this runs as root."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        install = ["apt-get", "install", "-y", "-q", "wrk"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            subprocess.run(install, env=env, capture_output=True, check=True, timeout=600)
+        found = shutil.which("wrk")
+    return found or sys.exit("wrk not found: install Debian's package `wrk`")
+
+
+class FeastServer:
+    """`feast serve` (gunicorn with uvicorn workers) on a free loopback port, in its own process
+    group; stopped by stop(), which ends that group."""
+
+    def __init__(self, venv: Path, repo: Path, env: dict, workers: int, workdir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(workdir / "feast.log", "a")
+        # Tuning from Feast's feature-server docs: worker processes, no access log, a long
+        # registry refresh interval (the registry is also refreshed off the request path, see
+        # feature_store.yaml). Worker recycling (--max-requests, a guard against leaks) is off:
+        # a restart mid-run only costs the server throughput.
+        self.proc = subprocess.Popen(
+            [str(venv / "bin" / "feast"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--no-access-log", "--workers", str(workers), "--max-requests", "0",
+             "--keep-alive-timeout", "60", "--registry_ttl_sec", "300"],
+            cwd=repo, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        import urllib.request
+        deadline = time.time() + 120
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                if urllib.request.urlopen(self.url + "/health", timeout=2).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        sys.exit(f"the Feast feature server did not start; see {workdir / 'feast.log'}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the gunicorn master, its workers, and workers that ended."""
+        tck = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            pid, ppid = int(stat.parent.name), int(fields[1])
+            if pid == self.proc.pid:
+                total += sum(int(f) for f in fields[11:15]) / tck  # utime stime cutime cstime
+            elif ppid == self.proc.pid:
+                total += (int(fields[11]) + int(fields[12])) / tck
+        return total
+
+    def stop(self):
+        if self.proc.poll() is None:
+            import signal
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.log.close()
+
+
+def feast_get(url: str, users: list[str]) -> dict:
+    import urllib.request
+    body = json.dumps({"feature_service": "user_stats_v1", "entities": {"user_id": users}}).encode()
+    request = urllib.request.Request(url + "/get-online-features", data=body,
+                                     headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+
+def feast_mismatches(url: str, users_csv: Path, sample: int) -> list[str]:
+    """Compares Feast's answer for `sample` random users with the rows they were loaded from."""
+    import csv
+    import random
+    with open(users_csv) as f:
+        rows = list(csv.DictReader(f))
+    picked = random.Random(7).sample(rows, sample)
+    answer = feast_get(url, [r["user_id"] for r in picked])
+    names = answer["metadata"]["feature_names"]
+    wrong = []
+    for column, name in zip(answer["results"], names):
+        for row, value, status in zip(picked, column["values"], column["statuses"]):
+            expected = row[name]
+            same = (value == expected if isinstance(value, str) or value is None
+                    else abs(float(value) - float(expected)) < 1e-9)
+            if status != "PRESENT" or not same:
+                wrong.append(f"{row['user_id']}.{name}: {value!r} ({status}), loaded {expected!r}")
+    return wrong
+
+
+def run_wrk(wrk_bin: str, url: str, population: int, concurrency: int, seconds: float,
+            seed: int) -> dict:
+    """wrk, closed loop, one thread and `concurrency` connections (HTTP/1.1 carries one request
+    at a time per connection), random users; bounded by its own duration plus a margin."""
+    duration = max(1, round(seconds))
+    out = subprocess.run(
+        [wrk_bin, "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "5s",
+         "-s", str(FEAST_REPO / "wrk.lua"), url, "--", str(population), "6", str(seed)],
+        capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+    line = next(l for l in out.splitlines() if l.startswith("wrk-json "))
+    report = json.loads(line.split(" ", 1)[1])
+    lat = {p: us / 1000 for p, us in report["percentiles"]}
+    codes = {k: report[k] for k in ("connect", "read", "write", "status", "timeout") if report[k]}
+    return {
+        "rps": report["requests"] / (report["duration_us"] / 1e6),
+        "p50": lat[50], "p90": lat[90], "p99": lat[99], "p999": lat[99.9],
+        "max_ms": report["max_us"] / 1000,
+        "percentiles": sorted(lat.items()),
+        "count": report["requests"],
+        "errors": sum(codes.values()),
+        "codes": codes,
+    }
+
+
+def feast_bench(args) -> tuple[str, None]:
+    bindir = build(release=not args.smoke)
+    venv = feast_venv()
+    wrk_bin = find_wrk()
+    seconds = 2.0 if args.smoke else float(args.seconds)
+    rounds = 1 if args.smoke else args.rounds
+    population = 2_000 if args.smoke else args.population
+    workers = args.feast_workers or os.cpu_count()
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "gateway").mkdir()
+        (tmp / "feast").mkdir()
+        users = tmp / "users.csv"
+        write_users(users, population)
+        servers = []
+        try:
+            # The gateway: its own Redis, materialized as `bench.py redis` does.
+            gw_redis = RedisServer(tmp / "gateway")
+            servers.append(gw_redis)
+            config = tmp / "redis.toml"
+            config.write_text(REDIS_CONFIG.format(port=gw_redis.port))
+            subprocess.run([str(bindir / "feature-gateway"), "materialize", "--config", str(config),
+                            "--view", "user_stats", "--input", str(users)],
+                           check=True, capture_output=True, timeout=600)
+            gw = Gateway(bindir, ["serve", "--config", str(config)], tmp)
+            servers.append(gw)
+            # Feast: a separate Redis, loaded through Feast's own apply + materialize.
+            feast_redis = RedisServer(tmp / "feast")
+            servers.append(feast_redis)
+            repo = tmp / "feast" / "repo"
+            shutil.copytree(FEAST_REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+            env = dict(os.environ, FEAST_BENCH_DIR=str(tmp / "feast"),
+                       FEAST_BENCH_REDIS_PORT=str(feast_redis.port), PYTHONDONTWRITEBYTECODE="1",
+                       XDG_RUNTIME_DIR=str(tmp / "feast"))  # gunicorn's control socket
+            loaded = subprocess.run([str(venv / "bin" / "python"), "load_users.py", str(users)],
+                                    cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+            if loaded.returncode != 0:
+                sys.exit(f"loading users into Feast failed:\n{loaded.stderr[-3000:]}")
+            load = json.loads(loaded.stdout.strip().splitlines()[-1])
+            keys = int(subprocess.run(["redis-cli", "-p", str(feast_redis.port), "dbsize"],
+                                      capture_output=True, text=True, check=True).stdout)
+            feast = FeastServer(venv, repo, env, workers, tmp)
+            servers.append(feast)
+            wrong = feast_mismatches(feast.url, users, 20)
+
+            scenario = ["--scenario", "features", "--feature-service", "user_stats_v1",
+                        "--entity", f"user_id=u_{{6}}:{population}"]
+            run_fg_load(bindir, gw.grpc, scenario, args.concurrency, 1.0)  # warm-up
+            run_wrk(wrk_bin, feast.url, population, args.concurrency, 1.0 if args.smoke else 3.0, 1)  # warm-up
+            runs = {"gateway": [], "feast": []}
+            for i in range(rounds):
+                runs["gateway"].append(measure(gw, lambda: run_fg_load(
+                    bindir, gw.grpc, scenario, args.concurrency, seconds), {"redis": gw_redis}))
+                runs["feast"].append(measure(feast, lambda: run_wrk(
+                    wrk_bin, feast.url, population, args.concurrency, seconds, 100 + i),
+                    {"redis": feast_redis}))
+            statuses = feature_statuses(gw)
+        finally:
+            for server in reversed(servers):
+                try:
+                    server.stop()
+                except Exception as e:  # stop the others all the same
+                    print(f"stopping {type(server).__name__}: {e}", file=sys.stderr)
+
+    g, f = runs["gateway"], runs["feast"]
+    rps_ratio = median_of(g, "rps") / median_of(f, "rps")
+    p99_ratio = median_of(f, "p99") / median_of(g, "p99")
+    lines = ["# The gateway beside Feast's feature server: the same 8 Redis features", ""]
+    lines += [
+        f"`python3 loadtest/bench.py feast{' --smoke' if args.smoke else ''}` on "
+        f"{time.strftime('%Y-%m-%d')}: {'debug' if args.smoke else 'release'} build of the gateway, "
+        f"Feast {FEAST_VERSION} (`feast[redis]` from PyPI), {rounds} alternating round(s) of "
+        f"{seconds:g} s each, concurrency {args.concurrency}, closed loop, {os.cpu_count()} CPUs "
+        "shared by the server, its Redis and the load tool. Medians over rounds.",
+        "",
+        f"{population:,} users x 8 features (`user_stats`: 5 integers, 2 doubles, 1 string; "
+        "`write_users`, as `bench.py redis`), keys drawn uniformly at random, one user per request. "
+        "Each server reads its own redis-server on loopback:",
+        "",
+        "- the gateway: gRPC `GetFeatures` for `user_stats_v1`, the rows written with "
+        "`feature-gateway materialize` (one hash per user); load from fg-load (one thread, one "
+        "HTTP/2 connection, requests built in advance).",
+        f"- Feast: HTTP/JSON `POST /get-online-features` for the feature service `user_stats_v1` "
+        f"(loadtest/feast/), the rows written in Feast's own Redis layout by `FeatureStore.apply` "
+        f"and `materialize` ({load['rows']:,} rows in {load['materialize_s']:.1f} s, {keys:,} keys); "
+        f"`feast serve --workers {workers} --no-access-log --max-requests 0 "
+        "--registry_ttl_sec 300` with the registry refreshed in a background thread (the tuning "
+        "Feast's feature-server docs give; gunicorn with uvicorn workers, uvloop and httptools); "
+        f"load from wrk (one thread, {args.concurrency} HTTP/1.1 connections, loadtest/feast/wrk.lua).",
+        "",
+        "**Throughput and latency (each load tool's own measurement)**",
+        "",
+        "| server | throughput (req/s) | p50 (ms) | p90 (ms) | p99 (ms) | server CPU per request (µs) "
+        "| load tool CPU per request (µs) | Redis CPU per request (µs) | requests | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, rs in (("feature-gateway, fg-load", g), (f"Feast {FEAST_VERSION}, {workers} workers, wrk", f)):
+        lines.append(
+            f"| {name} | {median_of(rs, 'rps'):,.0f} | {median_of(rs, 'p50'):.3f} | "
+            f"{median_of(rs, 'p90'):.3f} | {median_of(rs, 'p99'):.3f} | {median_of(rs, 'cpu_us'):.0f} | "
+            f"{median_of(rs, 'tool_cpu_us'):.0f} | {median_of(rs, 'redis_cpu_us'):.1f} | "
+            f"{sum(r['count'] for r in rs):,} | {sum(r['errors'] for r in rs)} |")
+    lines += [
+        "",
+        f"- throughput, gateway / Feast: **{rps_ratio:.1f}x** (rounds: "
+        + ", ".join(f"{a['rps'] / b['rps']:.1f}x" for a, b in zip(g, f)) + ")",
+        f"- p99, Feast / gateway: **{p99_ratio:.0f}x** lower on the gateway "
+        f"({median_of(g, 'p99'):.2f} ms against {median_of(f, 'p99'):.1f} ms)",
+        f"- server CPU per request, Feast / gateway: **{median_of(f, 'cpu_us') / median_of(g, 'cpu_us'):.0f}x**",
+        f"- goal (issue 19): at least 15x Feast's throughput with a gateway p99 under 1.5 ms: "
+        + ("not judged (a smoke run: debug build)" if args.smoke
+           else "**met**" if rps_ratio >= 15 and median_of(g, "p99") < 1.5 else "**not met**"),
+        f"- gateway statuses served: {statuses}; Feast's answers for 20 random users checked "
+        f"against the loaded rows: {len(wrong)} wrong",
+        "",
+    ]
+    lines += scenario_check(not wrong, "Feast served values other than those loaded: " + "; ".join(wrong[:5]))
+    lines += failures(g + f)
+    return "\n".join(lines), None
 
 
 class KafkaBroker:
@@ -1844,6 +2124,7 @@ def reload_bench(args) -> tuple[str, str]:
 
 
 BENCHMARKS["reload"] = reload_bench
+BENCHMARKS["feast"] = feast_bench
 
 
 def main():
@@ -1863,6 +2144,8 @@ def main():
                         help="builds: a directory holding another build's feature-gateway")
     parser.add_argument("--memory-keys", type=int, default=1_000_000,
                         help="distinct keys cached by the memory benchmark")
+    parser.add_argument("--feast-workers", type=int, default=0,
+                        help="feast: the feature server's worker processes (default: one per CPU)")
     args = parser.parse_args()
     names = sorted(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     OUT.mkdir(parents=True, exist_ok=True)
