@@ -273,6 +273,23 @@ pub async fn http_get(addr: &str, path: &str) -> String {
     body.to_owned()
 }
 
+/// `t` in RFC 3339 (UTC, microseconds), as `--from` and `--to` of `profile` and `skew` take it.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let us = t
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_micros() as i64;
+    let secs = (us / 1_000_000) % 86_400;
+    format!(
+        "{}T{:02}:{:02}:{:02}.{:06}Z",
+        training_log::record::utc_date(us),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        us % 1_000_000
+    )
+}
+
 /// Polls `probe` every 20 ms until it answers `Some`, and returns that; panics naming `what`
 /// (with the last `Err` the probe gave as the reason) once `limit` has passed. For tests that
 /// wait for a state rather than for a fixed time, so a loaded machine only makes them slower.

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use end_to_end::{GatewayProcess, demo_traffic::request, gateway_binary};
+use end_to_end::{GatewayProcess, demo_traffic::request, gateway_binary, rfc3339};
 use proto::v1;
 
 /// Vectors in the reference.
@@ -38,7 +38,13 @@ impl Deployment {
         // `feature-gateway demo` writes the demo's tables; take them and its configuration.
         let demo = GatewayProcess::demo();
         let demo_dir = demo.workdir().join("demo");
-        for file in ["users.csv", "cards.csv", "merchants.csv", "mcc_risk.csv", "payments.jsonl"] {
+        for file in [
+            "users.csv",
+            "cards.csv",
+            "merchants.csv",
+            "mcc_risk.csv",
+            "payments.jsonl",
+        ] {
             std::fs::copy(demo_dir.join(file), dir.path().join(file)).unwrap();
         }
         let config = std::fs::read_to_string(demo_dir.join("demo.toml")).unwrap();
@@ -114,23 +120,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// `t` in RFC 3339 (UTC, microseconds).
-fn time(t: SystemTime) -> String {
-    let us = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64;
-    let secs = (us / 1_000_000) % 86_400;
-    format!(
-        "{}T{:02}:{:02}:{:02}.{:06}Z",
-        training_log::record::utc_date(us),
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        us % 1_000_000
-    )
-}
-
 /// `(feature, PSI)` of each line `skew` ranks on standard output, in rank order.
 fn ranked(out: &Output) -> Vec<(String, f64)> {
     String::from_utf8_lossy(&out.stdout)
@@ -165,7 +154,7 @@ fn skew(dep: &Deployment, reference: &Path, from: &str, to: &str, out: &str) -> 
 async fn skew_finds_a_unit_change_and_nothing_in_the_same_population() {
     let dep = Deployment::new();
     dep.serve(1, REFERENCE, 1.0).await;
-    let t1 = time(SystemTime::now());
+    let t1 = rfc3339(SystemTime::now());
 
     // The reference: the first range of the log.
     let reference = dep.path("reference.json");
@@ -252,7 +241,7 @@ async fn skew_finds_a_unit_change_and_nothing_in_the_same_population() {
 
     // (a) More traffic from the same population: nothing moved.
     let sent = dep.serve(2, SERVED, 1.0).await;
-    let t2 = time(SystemTime::now());
+    let t2 = rfc3339(SystemTime::now());
     let out = skew(&dep, &reference, &t1, &t2, "same");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let ranks = ranked(&out);
@@ -308,7 +297,7 @@ async fn skew_finds_a_unit_change_and_nothing_in_the_same_population() {
 
     // (b) Amounts sent a hundred times larger: `txn:amount` first, exit code 4.
     dep.serve(3, SERVED, 100.0).await;
-    let t3 = time(SystemTime::now());
+    let t3 = rfc3339(SystemTime::now());
     let out = skew(&dep, &reference, &t2, &t3, "amount");
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     let ranks = ranked(&out);

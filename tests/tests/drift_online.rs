@@ -45,7 +45,13 @@ impl Deployment {
         let dir = tempfile::tempdir().unwrap();
         let demo = GatewayProcess::demo();
         let demo_dir = demo.workdir().join("demo");
-        for file in ["users.csv", "cards.csv", "merchants.csv", "mcc_risk.csv", "payments.jsonl"] {
+        for file in [
+            "users.csv",
+            "cards.csv",
+            "merchants.csv",
+            "mcc_risk.csv",
+            "payments.jsonl",
+        ] {
             std::fs::copy(demo_dir.join(file), dir.path().join(file)).unwrap();
         }
         let config = std::fs::read_to_string(demo_dir.join("demo.toml")).unwrap();
@@ -399,4 +405,214 @@ fn a_reference_that_does_not_match_the_feature_service_refuses_to_start() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("reference.json: not JSON"), "{stderr}");
+}
+
+/// A feature service over the fake device API (an `http` source with a 100 ms timeout) and a
+/// static table, with its training log in `log/`.
+fn devices_config(base: &str, dir: &Path, monitor: &str) -> PathBuf {
+    std::fs::write(
+        dir.join("segments.csv"),
+        "segment,weight\n".to_owned()
+            + &(0..10)
+                .map(|i| format!("s{i},{}\n", f64::from(i) / 10.0))
+                .collect::<String>(),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[entities.device_id]
+type = "string"
+[entities.segment]
+type = "string"
+
+[sources.devices]
+kind = "http"
+base_url = "{base}"
+timeout = "100ms"
+[sources.tables]
+kind = "static"
+
+[views.device]
+source = "devices"
+entities = ["device_id"]
+path = "/v1/devices/{{device_id}}/reputation"
+features = {{ risk_score = {{ type = "double" }} }}
+[views.segments]
+source = "tables"
+entities = ["segment"]
+path = "segments.csv"
+features = {{ weight = {{ type = "double" }} }}
+
+[feature_services.devices_v1]
+deadline = "500ms"
+features = ["device:risk_score", "segments:weight"]
+
+[training_log]
+dir = "log"
+spool_dir = "spool"
+rotate_interval = "1s"
+{monitor}
+"#
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Devices traffic on `CALLERS` callers until `stop`; counts vectors served.
+async fn devices_traffic(
+    gw: &GatewayProcess,
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+) -> tokio::task::JoinSet<()> {
+    let client = gw.client().await;
+    let mut callers = tokio::task::JoinSet::new();
+    for c in 0..CALLERS {
+        let (mut client, stop, served) = (client.clone(), stop.clone(), served.clone());
+        callers.spawn(async move {
+            let mut i = c as u64;
+            while !stop.load(Ordering::Relaxed) {
+                let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20;
+                client
+                    .get_features(v1::GetFeaturesRequest {
+                        feature_service: "devices_v1".into(),
+                        entities: end_to_end::map(&[
+                            (
+                                "device_id",
+                                end_to_end::s(&fake_upstreams::internal::device_id(x % 10_000)),
+                            ),
+                            ("segment", end_to_end::s(&format!("s{}", (x >> 16) % 10))),
+                        ]),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                served.fetch_add(1, Ordering::Relaxed);
+                i += CALLERS as u64;
+            }
+        });
+    }
+    callers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_source_timing_out_on_a_third_of_the_calls_moves_its_timed_out_share_and_ranks_first() {
+    use fake_upstreams::{
+        FakeConfig, FakeServer, Latency, RouteFaults, internal::DEVICE_REPUTATION,
+    };
+    let fake = FakeServer::start(FakeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run_for = async |gw: &GatewayProcess, n: u64| {
+        let (stop, served) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let mut callers = devices_traffic(gw, stop.clone(), served.clone()).await;
+        eventually(Duration::from_secs(300), "traffic", async || {
+            let done = served.load(Ordering::Relaxed);
+            if done >= n {
+                Ok(())
+            } else {
+                Err(format!("{done} served"))
+            }
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        while let Some(done) = callers.join_next().await {
+            done.unwrap();
+        }
+    };
+    // The reference, with the device API healthy.
+    let mut gw = GatewayProcess::serve(&devices_config(&fake.base_url(), dir.path(), ""));
+    run_for(&gw, 2_000).await;
+    gw.terminate();
+    assert!(
+        gw.wait(Duration::from_secs(60)).unwrap().success(),
+        "{}",
+        gw.log()
+    );
+    drop(gw);
+    let reference = dir.path().join("reference.json");
+    let out = run(&[
+        "profile",
+        "--logs",
+        dir.path().join("log").to_str().unwrap(),
+        "--feature-service",
+        "devices_v1",
+        "--out",
+        reference.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::remove_dir_all(dir.path().join("log")).unwrap();
+
+    // Monitored; then the API answers a third of the calls after the 100 ms timeout (a
+    // lognormal delay, median 75 ms, p95 300 ms: about 37% beyond 100 ms).
+    let monitor = format!(
+        "[feature_services.devices_v1.monitor]\nreference = \"reference.json\"\nwindow = \"{}s\"\n",
+        WINDOW.as_secs()
+    );
+    let gw = GatewayProcess::serve(&devices_config(&fake.base_url(), dir.path(), &monitor));
+    let (stop, served) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut callers = devices_traffic(&gw, stop.clone(), served.clone()).await;
+    fake.set_faults(
+        DEVICE_REPUTATION,
+        RouteFaults {
+            latency: Latency::LogNormal {
+                median_ms: 75.0,
+                p95_ms: 300.0,
+            },
+            ..RouteFaults::default()
+        },
+    )
+    .unwrap();
+    let switched = Instant::now();
+    gw.metric_until(
+        "feature_gateway_drift_status_share_change{feature_service=\"devices_v1\",feature=\"device:risk_score\",status=\"timed_out\"}",
+        2 * WINDOW,
+        |points| points > 5.0,
+    )
+    .await;
+    eprintln!(
+        "the timed-out share crossed 5 points {:?} after the faults",
+        switched.elapsed()
+    );
+    let from = end_to_end::rfc3339(std::time::SystemTime::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let to = end_to_end::rfc3339(std::time::SystemTime::now());
+    stop.store(true, Ordering::Relaxed);
+    while let Some(done) = callers.join_next().await {
+        done.unwrap();
+    }
+    let mut gw = gw;
+    gw.terminate();
+    assert!(
+        gw.wait(Duration::from_secs(60)).unwrap().success(),
+        "{}",
+        gw.log()
+    );
+
+    // Offline, the skew report over the faulty range ranks the timed-out feature first.
+    let out = run(&[
+        "skew",
+        "--reference",
+        reference.to_str().unwrap(),
+        "--served",
+        dir.path().join("log").to_str().unwrap(),
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--out",
+        dir.path().join("report").to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("1. "))
+        .unwrap_or_else(|| panic!("no ranking: {}", text(&out)));
+    assert!(first.starts_with("device:risk_score"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
 }

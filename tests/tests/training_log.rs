@@ -44,7 +44,13 @@ impl Deployment {
         // `feature-gateway demo` writes the demo's tables; take them and its configuration.
         let demo = GatewayProcess::demo();
         let demo_dir = demo.workdir().join("demo");
-        for file in ["users.csv", "cards.csv", "merchants.csv", "mcc_risk.csv", "payments.jsonl"] {
+        for file in [
+            "users.csv",
+            "cards.csv",
+            "merchants.csv",
+            "mcc_risk.csv",
+            "payments.jsonl",
+        ] {
             std::fs::copy(demo_dir.join(file), dir.path().join(file)).unwrap();
         }
         let config = std::fs::read_to_string(demo_dir.join("demo.toml")).unwrap();
