@@ -5,9 +5,9 @@
 //! `[auth]`), of a `stream` source, and at most [`MAX_PUSH_EVENTS`] events. Each event's fields
 //! become the JSON object a topic would carry (a timestamp as milliseconds since the epoch); an
 //! event that cannot be read is refused alone, by index, with why. A store that cannot be
-//! reached fails the push (UNAVAILABLE): nothing of it was applied, or (if the store failed
-//! midway) the events applied are the ones the answer could not report, so a producer retrying
-//! after UNAVAILABLE may count some twice.
+//! reached fails the push (UNAVAILABLE, or DEADLINE_EXCEEDED past `[limits] max_deadline`):
+//! nothing of it was applied, or (if the store failed midway) some events were, which the
+//! answer cannot report, so a producer retrying after such a failure may count some twice.
 
 use fetcher_api::EventObject;
 use proto::v1::{self, value::Kind};
@@ -76,13 +76,24 @@ pub async fn push_events(
             }),
         }
     }
-    let report = fetcher.push(name, objects).await.map_err(|e| {
-        if e.retryable() {
-            Status::unavailable(format!("view `{name}`: the tile store: {}", e.message()))
-        } else {
-            Status::internal(format!("view `{name}`: {}", e.message()))
-        }
-    })?;
+    // Bounded like every call: a store that stops answering cannot hold a push (or a drain)
+    // for longer than `[limits] max_deadline`.
+    let limit = gateway.config().limits.max_deadline;
+    let report = tokio::time::timeout(limit, fetcher.push(name, objects))
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "view `{name}`: the push took longer than {limit:?}; some of its events may have \
+                 been applied"
+            ))
+        })?
+        .map_err(|e| {
+            if e.retryable() {
+                Status::unavailable(format!("view `{name}`: the tile store: {}", e.message()))
+            } else {
+                Status::internal(format!("view `{name}`: {}", e.message()))
+            }
+        })?;
     rejected.extend(
         report
             .rejected
