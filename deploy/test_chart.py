@@ -14,7 +14,7 @@ against the Kubernetes API types (deploy/kubecheck). Then:
   within the grace period.
 
 Run by deploy/check.sh (after deploy/setup.sh): HELM and KUBECHECK name the tools, the binaries
-are taken from target/debug (FEATURE_GATEWAY_BIN_DIR overrides).
+are taken from target/debug, or $CARGO_TARGET_DIR/debug (FEATURE_GATEWAY_BIN_DIR overrides).
 """
 
 import fnmatch
@@ -51,7 +51,12 @@ HELM = os.environ.get("HELM", "helm")
 KUBECHECK = os.environ.get("KUBECHECK", str(DEPLOY / ".tools" / "kubecheck"))
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion).
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.30.0")
-BIN_DIR = Path(os.environ.get("FEATURE_GATEWAY_BIN_DIR", ROOT / "target" / "debug"))
+BIN_DIR = Path(
+    os.environ.get(
+        "FEATURE_GATEWAY_BIN_DIR",
+        Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug",
+    )
+)
 # Where the image puts the binaries (deploy/Dockerfile), and so where the manifests call them.
 IMAGE_BIN_DIR = "/usr/local/bin"
 
