@@ -13,17 +13,20 @@
 
 use std::{
     collections::VecDeque,
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
 use fetcher_api::{ErrorClass, FetchError, FetchRequest, Row};
+use futures::future::{Either, Ready, ready};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use gateway_config::BreakerConfig;
 
-use crate::{events::breaker::ResilienceMetrics, service::BoxFuture};
+use crate::events::breaker::ResilienceMetrics;
 
 #[derive(Debug)]
 enum State {
@@ -162,36 +165,56 @@ pub struct CircuitBreaker<S> {
 impl<S> Service<FetchRequest> for CircuitBreaker<S>
 where
     S: Service<FetchRequest, Response = Vec<Row>, Error = FetchError>,
-    S::Future: Send + 'static,
 {
     type Response = Vec<Row>;
     type Error = FetchError;
-    type Future = BoxFuture<Result<Vec<Row>, FetchError>>;
+    type Future = Either<BreakerFuture<S::Future>, Ready<Result<Vec<Row>, FetchError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FetchError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: FetchRequest) -> Self::Future {
-        let Some(breaker) = self.breaker.clone() else {
-            return Box::pin(self.inner.call(request));
-        };
-        let admitted = breaker.lock().map(|mut b| b.admit()).unwrap_or(true);
+        // Without a policy, a pass-through: nothing is locked or recorded.
+        let breaker = self.breaker.clone();
+        let admitted = breaker
+            .as_ref()
+            .is_none_or(|b| b.lock().map(|mut b| b.admit()).unwrap_or(true));
         if !admitted {
-            return Box::pin(async {
-                Err(FetchError::new(
-                    ErrorClass::CircuitOpen,
-                    "the source's circuit is open after repeated failures",
-                ))
-            });
+            return Either::Right(ready(Err(FetchError::new(
+                ErrorClass::CircuitOpen,
+                "the source's circuit is open after repeated failures",
+            ))));
         }
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let result = call.await;
-            if let Ok(mut b) = breaker.lock() {
-                b.record(result.as_ref().err().is_some_and(counts_as_failure));
-            }
-            result
+        Either::Left(BreakerFuture {
+            call: self.inner.call(request),
+            breaker,
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of an admitted [`CircuitBreaker`] call: its outcome recorded by the breaker,
+    /// if there is one, when it finishes.
+    pub struct BreakerFuture<F> {
+        #[pin]
+        call: F,
+        breaker: Option<Arc<Mutex<Breaker>>>,
+    }
+}
+
+impl<F> Future for BreakerFuture<F>
+where
+    F: Future<Output = Result<Vec<Row>, FetchError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.call.poll(cx));
+        if let Some(Ok(mut b)) = this.breaker.as_ref().map(|b| b.lock()) {
+            b.record(result.as_ref().err().is_some_and(counts_as_failure));
+        }
+        Poll::Ready(result)
     }
 }

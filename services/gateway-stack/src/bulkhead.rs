@@ -2,15 +2,16 @@
 //! once (SOURCE_ERROR), so a slow source cannot take every task and connection of the gateway.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 
 use fetcher_api::{ErrorClass, FetchError, FetchRequest, Row};
-use tokio::sync::Semaphore;
+use futures::future::{Either, Ready, ready};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
-
-use crate::service::BoxFuture;
 
 /// Refuses calls beyond a number in flight, at once, instead of queueing them.
 #[derive(Clone, Debug)]
@@ -48,11 +49,10 @@ pub struct Bulkhead<S> {
 impl<S> Service<FetchRequest> for Bulkhead<S>
 where
     S: Service<FetchRequest, Response = Vec<Row>, Error = FetchError>,
-    S::Future: Send + 'static,
 {
     type Response = Vec<Row>;
     type Error = FetchError;
-    type Future = BoxFuture<Result<Vec<Row>, FetchError>>;
+    type Future = Either<Permitted<S::Future>, Ready<Result<Vec<Row>, FetchError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FetchError>> {
         self.inner.poll_ready(cx)
@@ -60,20 +60,38 @@ where
 
     fn call(&mut self, request: FetchRequest) -> Self::Future {
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let call = self.inner.call(request);
-                Box::pin(async move {
-                    let result = call.await;
-                    drop(permit);
-                    result
-                })
-            }
-            Err(_) => Box::pin(async {
-                Err(FetchError::new(
-                    ErrorClass::Overloaded,
-                    "the source's concurrency limit is reached",
-                ))
+            Ok(permit) => Either::Left(Permitted {
+                call: self.inner.call(request),
+                permit: Some(permit),
             }),
+            Err(_) => Either::Right(ready(Err(FetchError::new(
+                ErrorClass::Overloaded,
+                "the source's concurrency limit is reached",
+            )))),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of an admitted [`Bulkhead`] call, holding its permit until it finishes (or
+    /// is dropped).
+    pub struct Permitted<F> {
+        #[pin]
+        call: F,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<F> Future for Permitted<F>
+where
+    F: Future<Output = Result<Vec<Row>, FetchError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.call.poll(cx));
+        drop(this.permit.take());
+        Poll::Ready(result)
     }
 }

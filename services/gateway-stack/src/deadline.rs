@@ -2,15 +2,16 @@
 //! left of the request's deadline; and the `grpc-timeout` header a deadline arrives in.
 
 use std::{
+    future::Future,
+    pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
 
 use fetcher_api::{FetchError, FetchRequest, Row};
+use futures::future::Either;
 use tokio::time::Instant;
 use tower::{Layer, Service};
-
-use crate::service::BoxFuture;
 
 /// Limits a call to the lesser of the source's timeout and the request's remaining deadline.
 #[derive(Clone, Debug)]
@@ -59,11 +60,10 @@ pub fn effective_deadline(
 impl<S> Service<FetchRequest> for Deadline<S>
 where
     S: Service<FetchRequest, Response = Vec<Row>, Error = FetchError>,
-    S::Future: Send + 'static,
 {
     type Response = Vec<Row>;
     type Error = FetchError;
-    type Future = BoxFuture<Result<Vec<Row>, FetchError>>;
+    type Future = Either<S::Future, DeadlineFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FetchError>> {
         self.inner.poll_ready(cx)
@@ -74,15 +74,32 @@ where
         // The fetcher sees the tighter limit, so it can pass it on (statement timeouts, gRPC).
         request.deadline = limit;
         let call = self.inner.call(request);
-        Box::pin(async move {
-            match limit {
-                None => call.await,
-                Some(limit) => tokio::time::timeout_at(limit, call)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(FetchError::timeout("no answer within the time limit"))
-                    }),
-            }
+        match limit {
+            None => Either::Left(call),
+            Some(limit) => Either::Right(DeadlineFuture {
+                call: tokio::time::timeout_at(limit, call),
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`Deadline`] call with a limit: a timeout when it passes.
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        call: tokio::time::Timeout<F>,
+    }
+}
+
+impl<F> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<Vec<Row>, FetchError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().call.poll(cx).map(|result| {
+            result.unwrap_or_else(|_| Err(FetchError::timeout("no answer within the time limit")))
         })
     }
 }

@@ -34,7 +34,7 @@ use std::{
 };
 
 use fetcher_api::{FetchError, FetchRequest, Row};
-use futures::{StreamExt, stream::FuturesUnordered};
+use futures::{StreamExt, future::Either, stream::FuturesUnordered};
 use tokio::time::Instant;
 use tower::{
     Layer, Service, ServiceExt,
@@ -142,20 +142,21 @@ where
 {
     type Response = Vec<Row>;
     type Error = FetchError;
-    type Future = BoxFuture<Result<Vec<Row>, FetchError>>;
+    type Future = Either<S::Future, BoxFuture<Result<Vec<Row>, FetchError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FetchError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: FetchRequest) -> Self::Future {
+        // Without a policy, a pass-through: the inner call's own future, not boxed.
         let Some(state) = self.state.clone() else {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         let start = Instant::now();
         let first = self.inner.call(request.clone());
         let inner = self.inner.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             state.budget.deposit();
             let mut attempts: FuturesUnordered<BoxFuture<Attempt>> = FuturesUnordered::new();
             attempts.push(Box::pin(async move { (0, start, first.await) }));
@@ -201,7 +202,7 @@ where
                     }
                 }
             }
-        })
+        }))
     }
 }
 

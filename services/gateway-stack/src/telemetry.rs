@@ -2,16 +2,17 @@
 //! span of the source call.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
 };
 
-use fetcher_api::{FetchError, FetchRequest, Row};
+use fetcher_api::{EntityKey, FetchError, FetchRequest, Row};
 use tokio::time::Instant;
 use tower::{Layer, Service};
-use tracing::Instrument;
 
-use crate::{events::source::SourceMetrics, service::BoxFuture};
+use crate::events::source::{InFlight, SourceMetrics};
 
 /// Records every fetch's latency and outcome.
 #[derive(Clone, Debug)]
@@ -49,11 +50,10 @@ pub struct Telemetry<S> {
 impl<S> Service<FetchRequest> for Telemetry<S>
 where
     S: Service<FetchRequest, Response = Vec<Row>, Error = FetchError>,
-    S::Future: Send + 'static,
 {
     type Response = Vec<Row>;
     type Error = FetchError;
-    type Future = BoxFuture<Result<Vec<Row>, FetchError>>;
+    type Future = TelemetryFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FetchError>> {
         self.inner.poll_ready(cx)
@@ -77,26 +77,66 @@ where
         let view = request.view.clone();
         let keys = request.keys.len();
         let started = Instant::now();
-        let in_flight = metrics.fetch_started();
+        let in_flight = Some(metrics.fetch_started());
         let call = {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        Box::pin(
-            async move {
-                let result = call.await;
-                drop(in_flight);
-                if let Ok(rows) = &result {
-                    let not_found = rows.iter().filter(|r| matches!(r, Row::NotFound)).count();
-                    metrics.keys_answered(rows.len() - not_found, not_found);
-                }
-                let error = result.as_ref().err();
-                tracing::Span::current()
-                    .record("outcome", error.map_or("ok", |e| e.class().as_str()));
-                metrics.fetch_finished(&view, keys, first_key.as_ref(), started.elapsed(), error);
-                result
-            }
-            .instrument(span),
-        )
+        TelemetryFuture {
+            call,
+            span,
+            metrics,
+            in_flight,
+            first_key,
+            view,
+            keys,
+            started,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`Telemetry`] call: the inner call inside the source call's span, its
+    /// outcome recorded when it finishes (a concrete future: no allocation per call).
+    pub struct TelemetryFuture<F> {
+        #[pin]
+        call: F,
+        span: tracing::Span,
+        metrics: SourceMetrics,
+        in_flight: Option<InFlight>,
+        first_key: Option<EntityKey>,
+        view: Arc<str>,
+        keys: usize,
+        started: Instant,
+    }
+}
+
+impl<F> Future for TelemetryFuture<F>
+where
+    F: Future<Output = Result<Vec<Row>, FetchError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let result = std::task::ready!(this.call.poll(cx));
+        drop(this.in_flight.take());
+        if let Ok(rows) = &result {
+            let not_found = rows.iter().filter(|r| matches!(r, Row::NotFound)).count();
+            this.metrics
+                .keys_answered(rows.len() - not_found, not_found);
+        }
+        let error = result.as_ref().err();
+        this.span
+            .record("outcome", error.map_or("ok", |e| e.class().as_str()));
+        this.metrics.fetch_finished(
+            this.view,
+            *this.keys,
+            this.first_key.as_ref(),
+            this.started.elapsed(),
+            error,
+        );
+        Poll::Ready(result)
     }
 }

@@ -52,13 +52,18 @@ pub mod store;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     convert::Infallible,
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use fetcher_api::{EntityKey, FetchError, FetchRequest, KeyPart, Row};
-use futures::{FutureExt, future::Shared};
+use futures::{
+    FutureExt,
+    future::{Either, Shared},
+};
 use tokio::{sync::Semaphore, time::Instant};
 use tower::{Layer, Service, ServiceExt};
 
@@ -421,6 +426,7 @@ impl Layer<SourceService> for CacheLayer {
             inner,
             state: self.state.clone(),
             source_timeout: self.source_timeout,
+            not_ready: None,
         }
     }
 }
@@ -431,33 +437,75 @@ pub struct Cached {
     inner: SourceService,
     state: Option<Arc<CacheState>>,
     source_timeout: Option<Duration>,
+    /// Without a cache: the error the source's stack answered when polled for readiness, for
+    /// the next call to answer.
+    not_ready: Option<Arc<FetchError>>,
 }
 
 impl Service<FetchRequest> for Cached {
     type Response = Vec<Slot>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Vec<Slot>, Infallible>>;
+    type Future = Either<Uncached, BoxFuture<Result<Vec<Slot>, Infallible>>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Without a cache each call goes straight to the source's stack: ready when it is. With
+        // one, the cache makes its calls on copies of the stack of their own.
+        if self.state.is_none() {
+            match self.inner.poll_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => self.not_ready = result.err().map(Arc::new),
+            }
+        }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: FetchRequest) -> Self::Future {
-        let inner = self.inner.clone();
         let Some(state) = self.state.clone() else {
             let keys = request.keys.len();
-            return Box::pin(async move {
-                Ok(match inner.oneshot(request).await {
-                    Ok(rows) => rows
-                        .into_iter()
-                        .map(|row| Slot::Fetched { row, cached: false })
-                        .collect(),
-                    Err(e) => vec![Slot::Failed(Arc::new(e)); keys],
-                })
-            });
+            let call = match self.not_ready.take() {
+                None => Ok(self.inner.call(request)),
+                Some(e) => Err(e),
+            };
+            return Either::Left(Uncached { call, keys });
         };
+        let inner = self.inner.clone();
         let source_timeout = self.source_timeout;
-        Box::pin(async move { Ok(state.serve(inner, request, source_timeout).await) })
+        Either::Right(Box::pin(async move {
+            Ok(state.serve(inner, request, source_timeout).await)
+        }))
+    }
+}
+
+/// The future of a call to a source without a cache: every key [`Slot::Fetched`], or every key
+/// [`Slot::Failed`] with the call's error.
+pub struct Uncached {
+    call: Result<BoxFuture<Result<Vec<Row>, FetchError>>, Arc<FetchError>>,
+    keys: usize,
+}
+
+impl std::fmt::Debug for Uncached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uncached")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for Uncached {
+    type Output = Result<Vec<Slot>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match &mut self.call {
+            Ok(call) => std::task::ready!(call.as_mut().poll(cx)).map_err(Arc::new),
+            Err(e) => Err(e.clone()),
+        };
+        Poll::Ready(Ok(match result {
+            Ok(rows) => rows
+                .into_iter()
+                .map(|row| Slot::Fetched { row, cached: false })
+                .collect(),
+            Err(e) => vec![Slot::Failed(e); self.keys],
+        }))
     }
 }
 
