@@ -73,7 +73,7 @@ fn validate_accepts_the_demo_configuration() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("ok (4 entities, 2 sources, 6 views, 3 feature services)"),
+        stdout.contains("ok (4 entities, 3 sources, 7 views, 4 feature services)"),
         "{stdout}"
     );
 }
