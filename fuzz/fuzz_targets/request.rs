@@ -14,7 +14,7 @@ use fetcher_api::KeyPart;
 use gateway::{
     Gateway,
     executor::RowInput,
-    request::{RequestError, row_input},
+    request::{RequestError, RowPrefix, row_input},
 };
 use gateway_config::LimitsConfig;
 use gateway_stack::parse_grpc_timeout;
@@ -115,7 +115,8 @@ fn single(bytes: &[u8]) {
     let result = gateway
         .resolve(&req.feature_service, &req.features)
         .and_then(|plan| {
-            row_input(&plan, &req.entities, &req.context, limits, "").map(|row| (plan, row))
+            row_input(&plan, &req.entities, &req.context, limits, RowPrefix(None))
+                .map(|row| (plan, row))
         });
     match result {
         Ok((plan, row)) => check_row(&row, &plan, limits),
@@ -148,7 +149,7 @@ fn batch(bytes: &[u8]) {
                         &row.entities,
                         &row.context,
                         limits,
-                        &format!("rows[{i}]."),
+                        RowPrefix(Some(i)),
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()

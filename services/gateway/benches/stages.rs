@@ -107,7 +107,16 @@ fn fixture() -> &'static Fixture {
         let limits = &gateway.config().limits;
         let rows: Vec<_> = requests
             .iter()
-            .map(|r| request::row_input(&plan, &r.entities, &r.context, limits, "").expect("row"))
+            .map(|r| {
+                request::row_input(
+                    &plan,
+                    &r.entities,
+                    &r.context,
+                    limits,
+                    request::RowPrefix(None),
+                )
+                .expect("row")
+            })
             .collect();
         let served = rows
             .iter()
@@ -256,7 +265,14 @@ fn row_input(bencher: Bencher) {
     let limits = &f.gateway.config().limits;
     bencher.bench(|| {
         let r = &f.requests[f.next()];
-        request::row_input(&f.plan, &r.entities, &r.context, limits, "").expect("row")
+        request::row_input(
+            &f.plan,
+            &r.entities,
+            &r.context,
+            limits,
+            request::RowPrefix(None),
+        )
+        .expect("row")
     });
 }
 

@@ -113,6 +113,20 @@ pub fn check_request_id(id: &str, limits: &LimitsConfig) -> Result<(), RequestEr
     }
 }
 
+/// The prefix of a row's field names in its errors: `rows[3].` for a batch's row 3, nothing for
+/// a single-row request. Written only when an error is: a batch makes no string per row.
+#[derive(Clone, Copy, Debug)]
+pub struct RowPrefix(pub Option<usize>);
+
+impl std::fmt::Display for RowPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, "rows[{i}]."),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Checks one row's entities and context against `plan` and `limits`. `prefix` is prepended to
 /// field names (`rows[3].` in a batch).
 pub fn row_input(
@@ -120,7 +134,7 @@ pub fn row_input(
     entities: &BTreeMap<String, v1::Value>,
     context: &BTreeMap<String, v1::Value>,
     limits: &LimitsConfig,
-    prefix: &str,
+    prefix: RowPrefix,
 ) -> Result<RowInput, RequestError> {
     if entities.len() > limits.max_entities_per_row {
         return Err(RequestError::invalid(
@@ -356,7 +370,7 @@ features = ["txn:amount", "txn:note", "txn:weights"]
             [("amount", true), ("note", false), ("weights", false)]
         );
         let none = BTreeMap::new();
-        let err = row_input(&plan, &none, &none, &limits, "rows[3].").unwrap_err();
+        let err = row_input(&plan, &none, &none, &limits, RowPrefix(Some(3))).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert_eq!(
             err.to_string(),
@@ -365,7 +379,8 @@ features = ["txn:amount", "txn:note", "txn:weights"]
         // Present: the optional ones may be left out; an explicit null is a value (NULL_VALUE).
         for amount in [Kind::DoubleValue(1.5), Kind::NullValue(0)] {
             let context = context_of(&[("amount", wire(amount))]);
-            let row = row_input(&plan, &none, &context, &limits, "").expect("accepted");
+            let row =
+                row_input(&plan, &none, &context, &limits, RowPrefix(None)).expect("accepted");
             assert!(row.context[0].is_some() && row.context[1].is_none());
         }
     }
@@ -381,7 +396,7 @@ features = ["txn:amount", "txn:note", "txn:weights"]
             (f64::NEG_INFINITY, "-Infinity"),
         ] {
             let context = context_of(&[("amount", wire(Kind::DoubleValue(d)))]);
-            let err = row_input(&plan, &none, &context, &limits, "").unwrap_err();
+            let err = row_input(&plan, &none, &context, &limits, RowPrefix(None)).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
             assert_eq!(
                 err.to_string(),
@@ -395,13 +410,13 @@ features = ["txn:amount", "txn:note", "txn:weights"]
                 ("amount", wire(Kind::DoubleValue(1.0))),
                 ("weights", wire(Kind::DoubleListValue(weights))),
             ]);
-            let err = row_input(&plan, &none, &context, &limits, "rows[1].").unwrap_err();
+            let err = row_input(&plan, &none, &context, &limits, RowPrefix(Some(1))).unwrap_err();
             assert_eq!(
                 err.to_string(),
                 format!("rows[1].context.weights: element 1 is {name}, which is not a value")
             );
         }
         let context = context_of(&[("amount", wire(Kind::DoubleValue(-0.0)))]);
-        assert!(row_input(&plan, &none, &context, &limits, "").is_ok());
+        assert!(row_input(&plan, &none, &context, &limits, RowPrefix(None)).is_ok());
     }
 }

@@ -39,7 +39,7 @@ use crate::{
     gateway::request_deadline,
     plan::Plan,
     reload::{ADHOC, Generation, HEALTH_TIMEOUT, Live, Outcome, Trigger},
-    request::{self, RequestError, row_input},
+    request::{self, RequestError, RowPrefix, row_input},
     status::Status as FeatureStatus,
     telemetry::ServiceMetrics,
     traces,
@@ -78,7 +78,7 @@ impl FeatureServiceImpl {
         let deadline = request_deadline(arrival, plan.deadline, client_timeout)
             .ok_or(RequestError::DeadlineExceeded)?;
         let limits = &gateway.config().limits;
-        let row = row_input(&plan, &req.entities, &req.context, limits, "")?;
+        let row = row_input(&plan, &req.entities, &req.context, limits, RowPrefix(None))?;
         let execution = gateway
             .execute(&plan, std::slice::from_ref(&row), deadline)
             .await;
@@ -153,12 +153,14 @@ impl FeatureServiceImpl {
                     &row.entities,
                     &row.context,
                     limits,
-                    &format!("rows[{i}]."),
+                    RowPrefix(Some(i)),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
         let execution = gateway.execute(&plan, &rows, deadline).await;
         record_not_present(&span, &execution.rows);
+        // The batch's statuses counted over its rows, recorded once.
+        let mut counts = [0u64; FeatureStatus::ALL.len()];
         let vectors = execution
             .rows
             .into_iter()
@@ -172,9 +174,9 @@ impl FeatureServiceImpl {
                     |id| log_record(id, row, &served, arrival),
                 );
                 gateway.observe_drift(&plan, &served);
-                generation
-                    .metrics(&plan.name)
-                    .features_served(&count_statuses(&served));
+                for s in &served {
+                    counts[s.status as usize] += 1;
+                }
                 let (values, statuses, metadata) = vector(&plan, served, req.include_metadata);
                 v1::FeatureVector {
                     values,
@@ -183,6 +185,7 @@ impl FeatureServiceImpl {
                 }
             })
             .collect();
+        generation.metrics(&plan.name).features_served(&counts);
         Ok(v1::GetFeaturesBatchResponse {
             request_id,
             feature_names: plan.outputs.iter().map(|o| o.name.clone()).collect(),
