@@ -736,6 +736,10 @@ async fn secrets_and_tokens_never_reach_errors_debug_output_or_logs() {
     // Thread-local, and the test runs on one thread, so every event of this test (the fetcher's,
     // reqwest's, hyper's) lands here.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this binary run at once on other threads with no subscriber: a callsite
+    // they reach first is cached as never enabled. Recomputed now, with this subscriber
+    // registered, every callsite is asked again (else this test's logs can come out empty).
+    tracing::callsite::rebuild_interest_cache();
 
     let server = fake().await;
     let fetcher = fetcher(&server, SECRET, "").await;
