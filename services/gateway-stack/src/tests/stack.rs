@@ -127,3 +127,62 @@ async fn bulkhead_refuses_at_once_beyond_its_limit() {
     // The permit is back.
     assert!(stack.oneshot(request(None)).await.is_ok());
 }
+
+/// A source's stack that refuses at readiness (no layer of the stack does today; tower's
+/// contract allows it).
+#[derive(Clone, Debug)]
+struct NotReady;
+
+impl tower::Service<FetchRequest> for NotReady {
+    type Response = Vec<Row>;
+    type Error = FetchError;
+    type Future = std::future::Ready<Result<Vec<Row>, FetchError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), FetchError>> {
+        std::task::Poll::Ready(Err(FetchError::new(ErrorClass::Overloaded, "not ready")))
+    }
+
+    fn call(&mut self, _: FetchRequest) -> Self::Future {
+        std::future::ready(Ok(Vec::new()))
+    }
+}
+
+#[tokio::test]
+async fn an_uncached_source_calls_its_stack_and_answers_a_readiness_error_per_key() {
+    use tower::{Layer, ServiceExt, util::BoxCloneSyncService};
+
+    use crate::{CacheLayer, Slot};
+
+    // Without a cache, each call goes straight to the source's stack.
+    let stack = source_stack(Arc::new(Slow(Duration::ZERO)), &policy(None, 8));
+    let mut request = request(None);
+    request.keys.push(vec![KeyPart::Int64(2)]);
+    let slots = CacheLayer::new(None, None, "s")
+        .layer(stack)
+        .oneshot(request.clone())
+        .await
+        .unwrap();
+    assert_eq!(slots.len(), 2);
+    assert!(
+        slots
+            .iter()
+            .all(|s| matches!(s, Slot::Fetched { cached: false, .. })),
+        "{slots:?}"
+    );
+    // A stack that is not ready answers its error for every key, as a failed call does.
+    let slots = CacheLayer::new(None, None, "s")
+        .layer(BoxCloneSyncService::new(NotReady))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(slots.len(), 2);
+    for slot in &slots {
+        let Slot::Failed(e) = slot else {
+            panic!("{slots:?}")
+        };
+        assert_eq!(e.class(), ErrorClass::Overloaded);
+    }
+}
