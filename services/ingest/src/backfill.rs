@@ -616,7 +616,7 @@ mod tests {
         assert!(
             read_spine(&def, &bad_spine)
                 .unwrap_err()
-                .ends_with("no column `timestamp`")
+                .ends_with("no column `timestamp` or `served_at`")
         );
     }
 }
