@@ -935,6 +935,7 @@ def feast_bench(args) -> tuple[str, None]:
     rounds = 1 if args.smoke else args.rounds
     population = 2_000 if args.smoke else args.population
     workers = args.feast_workers or os.cpu_count()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
         tmp = Path(tmp)
         (tmp / "gateway").mkdir()
@@ -1000,7 +1001,9 @@ def feast_bench(args) -> tuple[str, None]:
         f"{time.strftime('%Y-%m-%d')}: {'debug' if args.smoke else 'release'} build of the gateway, "
         f"Feast {FEAST_VERSION} (`feast[redis]` from PyPI), {rounds} alternating round(s) of "
         f"{seconds:g} s each, concurrency {args.concurrency}, closed loop, {os.cpu_count()} CPUs "
-        "shared by the server, its Redis and the load tool. Medians over rounds.",
+        "shared by the server, its Redis and the load tool. Medians over rounds. The machine's "
+        f"load average (1 min) when it started: {load_before:.1f} (other work on the machine "
+        "competes with both servers; a quiet machine shows under 1).",
         "",
         f"{population:,} users x 8 features (`user_stats`: 5 integers, 2 doubles, 1 string; "
         "`write_users`, as `bench.py redis`), keys drawn uniformly at random, one user per request. "
@@ -1013,8 +1016,8 @@ def feast_bench(args) -> tuple[str, None]:
         f"(loadtest/feast/), the rows written in Feast's own Redis layout by `FeatureStore.apply` "
         f"and `materialize` ({load['rows']:,} rows in {load['materialize_s']:.1f} s, {keys:,} keys); "
         f"`feast serve --workers {workers} --no-access-log --max-requests 0 "
-        "--registry_ttl_sec 300` with the registry refreshed in a background thread (the tuning "
-        "Feast's feature-server docs give; gunicorn with uvicorn workers, uvloop and httptools); "
+        "--registry_ttl_sec 300` with the registry refreshed in a background thread (tuned from "
+        "Feast's feature-server docs, see the README's `feast`; gunicorn with uvicorn workers, uvloop and httptools); "
         f"load from wrk (one thread, {args.concurrency} HTTP/1.1 connections, loadtest/feast/wrk.lua).",
         "",
         "**Throughput and latency (each load tool's own measurement)**",
