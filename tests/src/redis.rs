@@ -3,9 +3,12 @@
 //! [`RedisServer`] is one standalone server with no persistence (`--save '' --appendonly no`),
 //! which a test can [`stop`](RedisServer::stop) and [`restart`](RedisServer::restart) on the same
 //! port to exercise reconnection, or [`pause`](RedisServer::pause) (SIGSTOP) to make it hang.
-//! [`RedisCluster`] is a Redis Cluster of masters only, each in its
-//! own temporary directory, created with `redis-cli --cluster create` and returned once every node
-//! reports `cluster_state:ok`. [`RedisSentinel`] is a primary, its replica and a Redis Sentinel
+//! [`RedisCluster`] is a Redis Cluster of primaries only, or with a replica per primary, each node
+//! in its own temporary directory, created with `redis-cli --cluster create` and returned once
+//! every node reports `cluster_state:ok` (and every replica is in sync); a test can kill a
+//! primary and wait for its replica's promotion, or move a slot's keys to another primary while
+//! clients use them (`CLUSTER SETSLOT` and `MIGRATE`, as a resharding does). [`key_slot`] is
+//! Redis Cluster's hash slot of a key. [`RedisSentinel`] is a primary, its replica and a Redis Sentinel
 //! (`redis-server --sentinel`) watching them, with timeouts short enough for a failover in
 //! seconds.
 //!
@@ -358,18 +361,85 @@ impl RedisServer {
     }
 }
 
-/// A Redis Cluster of masters on loopback, each node killed when dropped.
+/// A Redis Cluster on loopback, each node killed when dropped: primaries only
+/// ([`RedisCluster::start`]) or a replica per primary ([`RedisCluster::start_with_replicas`]).
+/// A test can kill a node ([`RedisCluster::kill`]) and wait for its replica to take over
+/// ([`RedisCluster::wait_for_failover`]), or move a slot and its keys to another primary while
+/// clients use it ([`RedisCluster::migrate_slot`], step by step as `redis-cli --cluster reshard`
+/// does it).
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<Process>,
+    /// A slot each killed primary served when it was killed, by port.
+    killed_slots: Vec<(u16, u16)>,
+}
+
+/// One node as `CLUSTER NODES` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The node's id.
+    pub id: String,
+    /// Its client port.
+    pub port: u16,
+    /// Whether it is a primary (else a replica).
+    pub primary: bool,
+    /// Whether the cluster deems it failed (`fail` or `fail?`).
+    pub failing: bool,
+    /// A replica's primary.
+    pub primary_id: Option<String>,
+    /// The slots it serves (a primary's), as inclusive ranges.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl ClusterNode {
+    /// Whether it serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+    }
 }
 
 impl RedisCluster {
+    /// The `cluster-node-timeout` of a cluster with replicas: how long a primary may not answer
+    /// before the others deem it failed and its replica takes over (Redis's default is 15 s).
+    pub const FAILOVER_NODE_TIMEOUT: Duration = Duration::from_millis(2000);
+
     /// Starts `masters` nodes in cluster mode (no replicas), creates the cluster and waits until
     /// every node reports `cluster_state:ok`. Redis Cluster needs at least 3 masters.
     pub fn start(masters: usize) -> RedisCluster {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
-        let nodes: Vec<Process> = (0..masters)
+        Self::create(masters, 0, Duration::from_millis(5000))
+    }
+
+    /// Starts `primaries` primaries and a replica of each, with a node timeout of
+    /// [`RedisCluster::FAILOVER_NODE_TIMEOUT`], and waits until every node reports
+    /// `cluster_state:ok`, knows every other node, and every replica is in sync.
+    pub fn start_with_replicas(primaries: usize) -> RedisCluster {
+        assert!(primaries >= 3, "a Redis Cluster needs at least 3 primaries");
+        let cluster = Self::create(primaries, 1, Self::FAILOVER_NODE_TIMEOUT);
+        let started = Instant::now();
+        loop {
+            let nodes = cluster.cluster_nodes();
+            let replicas = nodes.iter().filter(|n| !n.primary).count();
+            let everyone_knows = cluster.nodes.iter().all(|n| {
+                redis_cli(n.port, false, &["cluster", "info"])
+                    .contains(&format!("cluster_known_nodes:{}", primaries * 2))
+            });
+            if replicas == primaries && everyone_knows {
+                break;
+            }
+            assert!(
+                started.elapsed() < CLUSTER_TIMEOUT,
+                "the cluster's replicas did not join within {CLUSTER_TIMEOUT:?}: {nodes:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster.wait_replicated();
+        cluster
+    }
+
+    fn create(primaries: usize, replicas: usize, node_timeout: Duration) -> RedisCluster {
+        let node_timeout = node_timeout.as_millis().to_string();
+        let nodes: Vec<Process> = (0..primaries * (1 + replicas))
             .map(|_| {
                 // The cluster bus gets its own free port: the default (port + 10000) may be taken
                 // or out of range for an ephemeral port.
@@ -381,7 +451,7 @@ impl RedisCluster {
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
-                        "5000",
+                        &node_timeout,
                         "--cluster-port",
                         &bus.to_string(),
                     ];
@@ -394,9 +464,10 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
+        let replicas = replicas.to_string();
         let mut args = vec!["--cluster", "create"];
         args.extend(addresses.iter().map(String::as_str));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
         let output = Command::new(executable("redis-cli"))
             .args(&args)
             .stdin(Stdio::null())
@@ -408,11 +479,19 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            killed_slots: Vec::new(),
+        };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every running node reports `cluster_state:ok`.
+    fn wait_ok(&self) {
         let started = Instant::now();
-        while !cluster
-            .nodes
-            .iter()
+        while !self
+            .running()
             .all(|n| redis_cli(n.port, false, &["cluster", "info"]).contains("cluster_state:ok"))
         {
             assert!(
@@ -421,7 +500,10 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        cluster
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Process> {
+        self.nodes.iter().filter(|n| n.child.is_some())
     }
 
     /// `redis://127.0.0.1:PORT` of every node.
@@ -445,11 +527,329 @@ impl RedisCluster {
         self.nodes.iter().map(|n| n.port).collect()
     }
 
-    /// Runs `redis-cli -c` (following redirections) against the first node with `args` and
-    /// returns its standard output.
+    /// Runs `redis-cli -c` (following redirections) against the first running node with `args`
+    /// and returns its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.nodes[0].port, true, args)
+        redis_cli(self.any_running(), true, args)
     }
+
+    /// Runs `redis-cli` (not following redirections) against the node on `port`.
+    pub fn node_cli(&self, port: u16, args: &[&str]) -> String {
+        redis_cli(port, false, args)
+    }
+
+    fn any_running(&self) -> u16 {
+        self.running()
+            .next()
+            .expect("every node of the cluster is down")
+            .port
+    }
+
+    /// The cluster's nodes as a running node sees them now.
+    pub fn cluster_nodes(&self) -> Vec<ClusterNode> {
+        parse_cluster_nodes(&redis_cli(self.any_running(), false, &["cluster", "nodes"]))
+    }
+
+    /// The port of the primary serving `slot` now, as a running node sees it.
+    pub fn owner(&self, slot: u16) -> u16 {
+        self.cluster_nodes()
+            .into_iter()
+            .find(|n| n.primary && n.serves(slot))
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+            .port
+    }
+
+    /// The port of the replica of the primary on `primary`.
+    pub fn replica_of(&self, primary: u16) -> u16 {
+        let nodes = self.cluster_nodes();
+        let id = &nodes
+            .iter()
+            .find(|n| n.port == primary)
+            .expect("a node of the cluster")
+            .id;
+        nodes
+            .iter()
+            .find(|n| n.primary_id.as_ref() == Some(id))
+            .unwrap_or_else(|| panic!("the primary on port {primary} has no replica"))
+            .port
+    }
+
+    /// Waits until every replica has every write its primary acknowledged so far (equal
+    /// replication offsets).
+    pub fn wait_replicated(&self) {
+        let started = Instant::now();
+        loop {
+            let behind: Vec<u16> = self
+                .cluster_nodes()
+                .iter()
+                .filter(|n| n.primary && !n.failing && !n.slots.is_empty())
+                .filter(|n| {
+                    let info = redis_cli(n.port, false, &["INFO", "replication"]);
+                    let primary_offset = info_field(&info, "master_repl_offset");
+                    let replica_offsets: Vec<&str> = info
+                        .lines()
+                        .filter(|l| l.starts_with("slave") && l.contains("offset="))
+                        .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")))
+                        .collect();
+                    replica_offsets.is_empty()
+                        || replica_offsets.iter().any(|o| Some(*o) != primary_offset)
+                })
+                .map(|n| n.port)
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                started.elapsed() < CLUSTER_TIMEOUT,
+                "replicas of {behind:?} not in sync within {CLUSTER_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the node on `port` (SIGKILL, as in a crash). Its port stays reserved.
+    pub fn kill(&mut self, port: u16) {
+        let served = self
+            .cluster_nodes()
+            .into_iter()
+            .find(|n| n.port == port && n.primary)
+            .and_then(|n| n.slots.first().map(|&(first, _)| first));
+        if let Some(slot) = served {
+            self.killed_slots.push((port, slot));
+        }
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of the cluster")
+            .kill();
+    }
+
+    /// Waits, at most `limit`, until the slots of the primary [killed](RedisCluster::kill) on
+    /// `killed` are served by another primary (its replica, promoted) in the view of every
+    /// running node, and every running node reports `cluster_state:ok`; returns the new
+    /// primary's port.
+    pub fn wait_for_failover(&self, killed: u16, limit: Duration) -> u16 {
+        let slot = self
+            .killed_slots
+            .iter()
+            .find(|(port, _)| *port == killed)
+            .map(|(_, slot)| *slot)
+            .unwrap_or_else(|| panic!("no primary with slots was killed on port {killed}"));
+        let started = Instant::now();
+        loop {
+            let views: Vec<Option<u16>> = self
+                .running()
+                .map(|n| {
+                    parse_cluster_nodes(&redis_cli(n.port, false, &["cluster", "nodes"]))
+                        .into_iter()
+                        .find(|m| m.primary && m.serves(slot))
+                        .map(|m| m.port)
+                })
+                .collect();
+            let agreed = views.iter().all(|v| *v == views[0]);
+            if let Some(Some(owner)) = views.first().filter(|_| agreed)
+                && *owner != killed
+                && self.running().all(|n| {
+                    redis_cli(n.port, false, &["cluster", "info"]).contains("cluster_state:ok")
+                })
+            {
+                return *owner;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no failover of port {killed} within {limit:?}: owners of slot {slot} as each \
+                 node sees them: {views:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts moving `slot` from its primary to the primary on `to`, as a resharding does: the
+    /// target marks it importing, the source migrating. Until [`SlotMigration::finish`], keys
+    /// not moved yet are served by the source, and a client asking the source for a key that has
+    /// moved gets `ASK` (to ask the target once); once finished, the source answers `MOVED`.
+    pub fn migrate_slot(&self, slot: u16, to: u16) -> SlotMigration {
+        let nodes = self.cluster_nodes();
+        let source = nodes
+            .iter()
+            .find(|n| n.primary && n.serves(slot))
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+            .clone();
+        let target = nodes
+            .iter()
+            .find(|n| n.port == to && n.primary)
+            .unwrap_or_else(|| panic!("port {to} is not a primary"))
+            .clone();
+        assert_ne!(source.port, target.port, "slot {slot} is already there");
+        let slot_text = slot.to_string();
+        let ok = |port: u16, args: &[&str]| {
+            let answer = redis_cli(port, false, args);
+            assert_eq!(answer.trim(), "OK", "{args:?} on port {port}: {answer}");
+        };
+        ok(
+            target.port,
+            &["CLUSTER", "SETSLOT", &slot_text, "IMPORTING", &source.id],
+        );
+        ok(
+            source.port,
+            &["CLUSTER", "SETSLOT", &slot_text, "MIGRATING", &target.id],
+        );
+        SlotMigration {
+            slot,
+            source,
+            target,
+        }
+    }
+}
+
+/// A slot being moved between two primaries (see [`RedisCluster::migrate_slot`]).
+#[derive(Debug)]
+pub struct SlotMigration {
+    slot: u16,
+    source: ClusterNode,
+    target: ClusterNode,
+}
+
+impl SlotMigration {
+    /// Moves up to `count` of the slot's keys still on the source to the target (`MIGRATE ...
+    /// KEYS`, atomic per batch); returns how many moved.
+    pub fn move_keys(&self, count: usize) -> usize {
+        let listed = redis_cli(
+            self.source.port,
+            false,
+            &[
+                "CLUSTER",
+                "GETKEYSINSLOT",
+                &self.slot.to_string(),
+                &count.to_string(),
+            ],
+        );
+        let keys: Vec<&str> = listed.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            return 0;
+        }
+        let port = self.target.port.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(&keys);
+        let answer = redis_cli(self.source.port, false, &args);
+        assert_eq!(answer.trim(), "OK", "MIGRATE: {answer}");
+        keys.len()
+    }
+
+    /// Moves every key left, then gives the slot to the target on every primary, and waits until
+    /// every running node names the target as its owner.
+    pub fn finish(self, cluster: &RedisCluster) {
+        while self.move_keys(100) > 0 {}
+        let slot = self.slot.to_string();
+        let give = |port: u16| {
+            let answer = redis_cli(
+                port,
+                false,
+                &["CLUSTER", "SETSLOT", &slot, "NODE", &self.target.id],
+            );
+            assert_eq!(answer.trim(), "OK", "SETSLOT NODE on {port}: {answer}");
+        };
+        // The target first (so it never refuses the slot's keys), then the source, then the
+        // other primaries; replicas learn it from the cluster bus.
+        give(self.target.port);
+        give(self.source.port);
+        for node in cluster.cluster_nodes() {
+            if node.primary
+                && !node.failing
+                && node.id != self.source.id
+                && node.id != self.target.id
+            {
+                give(node.port);
+            }
+        }
+        let started = Instant::now();
+        while !cluster.running().all(|n| {
+            parse_cluster_nodes(&redis_cli(n.port, false, &["cluster", "nodes"]))
+                .iter()
+                .any(|m| m.id == self.target.id && m.serves(self.slot))
+        }) {
+            assert!(
+                started.elapsed() < CLUSTER_TIMEOUT,
+                "the cluster did not learn slot {slot}'s new owner within {CLUSTER_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The port of the primary the slot comes from.
+    pub fn source_port(&self) -> u16 {
+        self.source.port
+    }
+
+    /// The port of the primary the slot goes to.
+    pub fn target_port(&self) -> u16 {
+        self.target.port
+    }
+}
+
+/// The value of `name:` in an `INFO` answer.
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// Parses `CLUSTER NODES`: `<id> <ip:port@bus[,hostname]> <flags> <primary> <ping> <pong>
+/// <epoch> <link> <slot>...`, slots as `N` or `A-B` (migrations, `[...]`, left out).
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                return None;
+            }
+            let address = fields[1].split(['@', ',']).next()?;
+            let port = address.rsplit_once(':')?.1.parse().ok()?;
+            let flags: Vec<&str> = fields[2].split(',').collect();
+            let slots = fields[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|n| (n, n)),
+                })
+                .collect();
+            Some(ClusterNode {
+                id: fields[0].to_owned(),
+                port,
+                primary: flags.contains(&"master"),
+                failing: flags.contains(&"fail") || flags.contains(&"fail?"),
+                primary_id: (fields[3] != "-").then(|| fields[3].to_owned()),
+                slots,
+            })
+        })
+        .collect()
+}
+
+/// The hash slot of `key`, as Redis Cluster computes it: CRC16 (XMODEM) of the key, or of its
+/// hash tag (the text between the first `{` and the next `}`, when not empty), modulo 16384.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 /// A primary, its replica and one Redis Sentinel watching them on loopback, each killed when
@@ -654,6 +1054,68 @@ mod tests {
         }
         assert!(cluster.replica_cli(&["ROLE"]).starts_with("master"));
         assert_eq!(cluster.replica_cli(&["GET", "k"]).trim(), "v");
+    }
+
+    #[test]
+    fn key_slots_are_redis_clusters() {
+        // As `CLUSTER KEYSLOT` answers them.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        // An empty tag is no tag: the whole key is hashed.
+        assert_ne!(key_slot(b"{}x"), key_slot(b"x"));
+        assert_ne!(key_slot(b"a{}{b}"), key_slot(b"b"));
+        assert_eq!(key_slot(b"x{b}y{c}"), key_slot(b"b"));
+    }
+
+    #[test]
+    fn a_cluster_with_replicas_fails_over_and_moves_slots() {
+        let mut cluster = RedisCluster::start_with_replicas(3);
+        let nodes = cluster.cluster_nodes();
+        assert_eq!(nodes.iter().filter(|n| n.primary).count(), 3);
+        for key in ["a", "b", "c"] {
+            let slot = key_slot(key.as_bytes());
+            assert_eq!(
+                cluster
+                    .node_cli(cluster.owner(slot), &["SET", key, "1"])
+                    .trim(),
+                "OK"
+            );
+            assert_eq!(
+                cluster.cli(&["CLUSTER", "KEYSLOT", key]).trim(),
+                slot.to_string()
+            );
+        }
+
+        // Slot of "a" moved to another primary, key and all.
+        let slot = key_slot(b"a");
+        let from = cluster.owner(slot);
+        let to = nodes
+            .iter()
+            .find(|n| n.primary && n.port != from)
+            .unwrap()
+            .port;
+        let migration = cluster.migrate_slot(slot, to);
+        assert_eq!(migration.move_keys(10), 1);
+        assert!(
+            cluster.node_cli(from, &["GET", "a"]).starts_with("ASK"),
+            "the source redirects"
+        );
+        migration.finish(&cluster);
+        assert_eq!(cluster.owner(slot), to);
+        assert_eq!(cluster.node_cli(to, &["GET", "a"]).trim(), "1");
+        assert!(cluster.node_cli(from, &["GET", "a"]).starts_with("MOVED"));
+
+        // The primary of "b" dies; its replica takes over with its data.
+        cluster.wait_replicated();
+        let slot = key_slot(b"b");
+        let primary = cluster.owner(slot);
+        let replica = cluster.replica_of(primary);
+        cluster.kill(primary);
+        let promoted = cluster.wait_for_failover(primary, CLUSTER_TIMEOUT);
+        assert_eq!(promoted, replica);
+        assert_eq!(cluster.owner(slot), replica);
+        assert_eq!(cluster.cli(&["GET", "b"]).trim(), "1");
     }
 
     #[test]

@@ -27,7 +27,7 @@ const DEADLINE: Duration = Duration::from_millis(1000);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// The longest wait of the Redis client between two reconnection attempts (see
 /// `fetchers/redis/src/client.rs`).
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
+const RECONNECT_MAX: Duration = Duration::from_millis(500);
 /// Slack for a loaded machine: the bounds below are what the configuration allows, times this.
 const SLACK: u32 = 5;
 

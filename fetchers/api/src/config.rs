@@ -188,6 +188,50 @@ pub fn join(problems: &[Problem], separator: &str) -> String {
         .join(separator)
 }
 
+/// Reads `text`, one more node of a deployment whose `url` (with scheme `url_scheme`) names the
+/// first, as a `host:port` address (an IPv6 host in brackets, `[::1]:6379`). The scheme, TLS and
+/// credentials are `url`'s for every node, so a node written as a URL is refused, and the message
+/// says when its scheme differs from `url`'s (`rediss://` beside a `redis://` url: TLS for some
+/// nodes only). The message quotes `text`, but for credentials written in it.
+pub fn node_address(text: &str, url_scheme: &str) -> Result<(String, u16), String> {
+    // Credentials written in a node are never quoted back.
+    let shown = match text.rsplit_once('@') {
+        Some((before, after)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…@{after}"),
+            None => format!("…@{after}"),
+        },
+        None => text.to_owned(),
+    };
+    if let Some((scheme, _)) = text.split_once("://") {
+        return Err(if scheme == url_scheme {
+            format!(
+                "`{shown}` is a URL: write `host:port` (every node is reached with the scheme, TLS \
+                 and credentials of `url`)"
+            )
+        } else {
+            format!(
+                "`{shown}` is a {scheme}:// URL while `url` is {url_scheme}://: every node is \
+                 reached the same way, with the scheme, TLS and credentials of `url`; write \
+                 `host:port`"
+            )
+        });
+    }
+    let not_an_address = || format!("`{shown}` is not a `host:port` address");
+    if text.contains(['@', '/', '?', '#']) || text.chars().any(char::is_whitespace) {
+        return Err(not_an_address());
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(not_an_address)?;
+    let host = match host.strip_prefix('[') {
+        Some(inner) => inner.strip_suffix(']').ok_or_else(not_an_address)?,
+        None if host.contains(':') => return Err(not_an_address()),
+        None => host,
+    };
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 && !host.is_empty() => Ok((host.to_owned(), port)),
+        _ => Err(not_an_address()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +279,43 @@ mod tests {
         assert_eq!(join(&problems, "; "), "a; view `v`: b");
         assert_eq!(problems, ["a", "view `v`: b"]);
         assert_eq!(Vec::<Problem>::new(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn node_addresses_are_host_and_port_only() {
+        assert_eq!(
+            node_address("cache-2.internal:6380", "redis"),
+            Ok(("cache-2.internal".to_owned(), 6380))
+        );
+        assert_eq!(
+            node_address("[::1]:7000", "rediss"),
+            Ok(("::1".to_owned(), 7000))
+        );
+        let e = node_address("rediss://cache-2:6380", "redis").unwrap_err();
+        assert!(
+            e.contains("is a rediss:// URL while `url` is redis://"),
+            "{e}"
+        );
+        let e = node_address("redis://cache-2:6380", "redis").unwrap_err();
+        assert!(e.contains("is a URL: write `host:port`"), "{e}");
+        let e = node_address("redis://:hunter2@cache:6379", "redis").unwrap_err();
+        assert!(e.starts_with("`redis://…@cache:6379` is a URL"), "{e}");
+        let e = node_address("user:hunter2@cache:6379", "redis").unwrap_err();
+        assert_eq!(e, "`…@cache:6379` is not a `host:port` address");
+        for bad in [
+            "cache-2",
+            "cache-2:",
+            ":6379",
+            "cache-2:0",
+            "cache-2:99999",
+            "::1:6379",
+            "[::1:6379",
+            "user:pw@cache:6379",
+            "cache:6379/0",
+            "cache :6379",
+        ] {
+            let e = node_address(bad, "redis").unwrap_err();
+            assert!(e.contains("is not a `host:port` address"), "{bad}: {e}");
+        }
     }
 }

@@ -1,13 +1,32 @@
 //! The connection pool of a `redis` source, and how its failures are classified.
 //!
 //! # Contract
-//! The pool reconnects by itself, forever, with an exponential backoff (50 ms doubling to 2 s).
+//! The pool reconnects by itself, forever, with an exponential backoff (50 ms doubling to 500 ms:
+//! after a failover, the next attempt finds the new primary within half a second).
 //! Commands never wait for a reconnection: every call is sent with fred's `fail_fast`, so while a
 //! connection is down it fails at once (as [`ErrorClass::Unavailable`], retryable), and with a
 //! timeout that is the lesser of `command_timeout` and what is left of the caller's deadline, so
 //! a server that accepts but does not answer fails as [`ErrorClass::Timeout`]. Commands are
 //! written once (`max_attempts = 1`): the gateway's retry layer, not the client, decides whether
 //! a failed call is repeated.
+//!
+//! # Cluster
+//! In `cluster` mode the client follows no redirection itself (`max_redirections = 0`): a command
+//! a node answers `MOVED` (its slot has moved) or `ASK` (its slot is migrating and the key has
+//! moved) fails with [`is_redirection`], which the node did not run. On `MOVED` the client reads
+//! the slot map again first, so [`crate::fetcher`] sends such a command once more and it reaches
+//! the slot's new owner. fred 10.1's own `ASK` handling is not safe to use: it sends `ASKING` to
+//! the new node, reads the next answer on that connection as its reply (an answer to another
+//! command in flight there, whose caller then gets its neighbour's answer), sends the command to
+//! the old node again, and, its attempts spent, ends the connection's task (see "Supervision").
+//! While a slot migrates, its keys already moved are thus unavailable (`unavailable`, retryable)
+//! until the migration ends; every other key is served.
+//!
+//! # Supervision
+//! fred ends a client's connection task on a few errors that no reconnection policy covers and
+//! leaves the client looking connected: every command sent to it would then wait its whole
+//! timeout, forever. [`connect`] watches each client's task and starts it again (logged) when it
+//! ends with an error; the pool quitting ends the watch.
 //!
 //! # Failure
 //! [`connect`] fails only on what waiting cannot fix: a URL that does not resolve (an unset
@@ -34,7 +53,7 @@ use fred::{
     prelude::{
         ClientLike, Config, EventInterface, Options, Pool, ReconnectPolicy, ServerConfig, TcpConfig,
     },
-    types::{Builder, config::TlsConfig},
+    types::{Builder, ConnectHandle, config::TlsConfig},
 };
 use rustls::{ClientConfig, RootCertStore};
 
@@ -42,7 +61,7 @@ use crate::config::{CompiledSource, Mode, resolve_url};
 
 /// Backoff of the background reconnection, in milliseconds.
 const RECONNECT_MIN_MS: u32 = 50;
-const RECONNECT_MAX_MS: u32 = 2_000;
+const RECONNECT_MAX_MS: u32 = 500;
 
 /// Builds the pool of `source` and waits up to its `connect_timeout` for it to connect.
 ///
@@ -92,6 +111,8 @@ pub async fn connect(
             c.internal_command_timeout = source.command_timeout.max(source.connect_timeout);
             // Retries belong to the gateway's retry layer, within its budget.
             c.max_command_attempts = 1;
+            // Redirections are followed by the fetcher (see the module doc's "Cluster").
+            c.max_redirections = 0;
             c.tcp = TcpConfig {
                 nodelay: Some(true),
                 ..TcpConfig::default()
@@ -110,7 +131,7 @@ pub async fn connect(
         .map_err(|e| format!("cannot create the Redis client ({:?})", e.kind()))?;
 
     let mut errors = pool.clients().first().map(|c| c.error_rx());
-    let _ = pool.connect_pool();
+    supervise(source_name, &pool, pool.connect_pool());
     let connected = tokio::time::timeout(source.connect_timeout, pool.wait_for_connect()).await;
     if matches!(connected, Ok(Ok(()))) {
         return Ok(pool);
@@ -228,13 +249,44 @@ fn certificate_hint(details: &str, ca_file: bool) -> &'static str {
     }
 }
 
-/// Per-call options: never wait for a reconnection, never outlive `timeout`, write once.
+/// Per-call options: never wait for a reconnection, never outlive `timeout`, write once (and
+/// follow no redirection: the pool's setting, which a call's options cannot lower).
 pub fn call_options(timeout: Duration) -> Options {
     Options {
         fail_fast: true,
         timeout: Some(timeout),
         max_attempts: Some(1),
         ..Options::default()
+    }
+}
+
+/// Whether a cluster node answered `MOVED` or `ASK` to the command, so it did not run it (see the
+/// module doc's "Cluster").
+pub fn is_redirection(error: &fred::error::Error) -> bool {
+    *error.kind() == fred::error::ErrorKind::Routing && error.details().contains("redirections")
+}
+
+/// Starts each client's connection task again when it ends with an error (see the module doc's
+/// "Supervision"); `handles` are the tasks of `pool`'s clients, in order.
+fn supervise(source_name: &str, pool: &Pool, handles: Vec<ConnectHandle>) {
+    for (client, handle) in pool.clients().iter().cloned().zip(handles) {
+        let source = source_name.to_owned();
+        tokio::spawn(async move {
+            let mut handle = handle;
+            let mut wait = Duration::from_millis(u64::from(RECONNECT_MIN_MS));
+            // A task that ends without an error was ended by `quit`.
+            while let Ok(Err(error)) = handle.await {
+                tracing::warn!(
+                    source,
+                    error = %error,
+                    "a redis connection task ended, starting it again"
+                );
+                tokio::time::sleep(wait).await;
+                // Backs off like the reconnection, should it end again and again.
+                wait = (wait * 2).min(Duration::from_millis(u64::from(RECONNECT_MAX_MS)));
+                handle = client.connect();
+            }
+        });
     }
 }
 

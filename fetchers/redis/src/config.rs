@@ -293,16 +293,24 @@ pub fn compile_source(config: &RedisSourceConfig) -> Result<CompiledSource, Vec<
     }
     let mut nodes = Vec::new();
     for node in &config.nodes {
-        match parse_host_port(node) {
-            Some(parsed) => nodes.push(parsed),
-            None => fail("nodes", format!("`{node}` is not a `host:port` address")),
+        // Compared with the URL's scheme only when the URL is good: a bad URL has its own message.
+        let scheme = match (shape_ok, tls) {
+            (true, true) => "rediss",
+            (true, false) => "redis",
+            (false, _) => node.split_once("://").map_or("redis", |(scheme, _)| scheme),
+        };
+        match fetcher_api::config::node_address(node, scheme) {
+            Ok(parsed) => nodes.push(parsed),
+            Err(e) => fail("nodes", e),
         }
     }
     match (config.mode, &config.sentinel_service_name) {
         (Mode::Standalone, _) if !config.nodes.is_empty() => {
             fail(
                 "nodes",
-                "only `cluster` and `sentinel` modes use more nodes".into(),
+                "only `cluster` and `sentinel` modes use more nodes: set `mode`, or remove \
+                 `nodes` (a standalone source reads `url` alone)"
+                    .into(),
             );
         }
         (Mode::Sentinel, None) => {
@@ -499,15 +507,6 @@ pub fn resolve_url(template: &EnvTemplate, env: &Env) -> Result<String, String> 
         .map_err(|e| format!("url: {e}"))
 }
 
-fn parse_host_port(text: &str) -> Option<(String, u16)> {
-    let (host, port) = text.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
-    }
-    Some((host.to_owned(), port.parse().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,5 +579,83 @@ mod tests {
         let e = resolve_url(&parts, &Env::from_fn(|_| None)).unwrap_err();
         assert_eq!(e, "url: environment variable `P` is not set");
         assert!(!format!("{parts:?}").contains("cache"));
+    }
+
+    /// The problems of a source with these options, as `field: message`.
+    fn problems(options: serde_json::Value) -> Vec<String> {
+        let config: RedisSourceConfig = serde_json::from_value(options).expect("well-formed");
+        match compile_source(&config) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn node_lists_that_mix_modes_or_schemes_name_the_field() {
+        use serde_json::json;
+        assert_eq!(
+            problems(json!({
+                "url": "rediss://cache-1:6380", "mode": "cluster",
+                "nodes": ["cache-2:6380", "[::1]:6380"],
+            })),
+            Vec::<String>::new()
+        );
+        // A node list beside a standalone URL: which mode was meant is not guessed.
+        let found = problems(json!({ "url": "redis://cache-1:6379", "nodes": ["cache-2:6379"] }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("nodes: only `cluster` and `sentinel` modes use more nodes"),
+            "{found:?}"
+        );
+        // TLS for some nodes only, and plain for others.
+        let found = problems(json!({
+            "url": "redis://cache-1:6379", "mode": "cluster",
+            "nodes": ["cache-2:6379", "rediss://cache-3:6380"],
+        }));
+        assert_eq!(
+            found,
+            [
+                "nodes: `rediss://cache-3:6380` is a rediss:// URL while `url` is redis://: every \
+              node is reached the same way, with the scheme, TLS and credentials of `url`; \
+              write `host:port`"
+            ]
+        );
+        let found = problems(json!({
+            "url": "rediss://cache-1:6380", "mode": "cluster", "nodes": ["redis://cache-2:6379"],
+        }));
+        assert!(
+            found[0].contains("is a redis:// URL while `url` is rediss://"),
+            "{found:?}"
+        );
+        // A URL of the same scheme, or one with a password in it: host:port only.
+        let found = problems(json!({
+            "url": "redis://cache-1:6379", "mode": "cluster",
+            "nodes": ["redis://:secret@cache-2:6379"],
+        }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("nodes: `redis://…@cache-2:6379` is a URL"),
+            "{found:?}"
+        );
+        assert!(!found[0].contains("secret"), "{found:?}");
+        // A cluster URL from another client (a scheme fred or redis-py accept) is not ours.
+        let found = problems(json!({
+            "url": "redis-cluster://cache-1:6379?node=cache-2:6379", "mode": "cluster",
+        }));
+        assert!(
+            found[0].starts_with("url: must start with redis:// or rediss://"),
+            "{found:?}"
+        );
+        // A database in a cluster, a sentinel's service name outside sentinel mode.
+        let found = problems(json!({
+            "url": "redis://cache-1:6379/2", "mode": "cluster", "sentinel_service_name": "m",
+        }));
+        assert_eq!(
+            found,
+            [
+                "url: a cluster has only database 0: remove the path",
+                "sentinel_service_name: applies only to `sentinel` mode"
+            ]
+        );
     }
 }

@@ -9,6 +9,10 @@
 //! answer holds no field at all a second round trip asks `EXISTS`. In cluster mode each command
 //! goes to its key's slot owner, so a batch may span every node. (MGET is not used for json: it cannot cross slots, and
 //! it answers nil for a key of the wrong type, which would hide the mistake as NOT_FOUND.)
+//! A command a cluster node redirected (`MOVED`: its slot moved; the client has read the slot map
+//! again) is sent once more, within the same deadline; one redirected again (`ASK`: its slot is
+//! migrating and the key has already moved) fails the call as unavailable (see
+//! [`crate::client`]'s "Cluster").
 //!
 //! | what Redis holds | what the row is |
 //! |---|---|
@@ -33,7 +37,10 @@ use async_trait::async_trait;
 use fetcher_api::{
     Cell, CellError, FeatureType, FetchError, FetchRequest, Fetcher, Record, Row, Value,
 };
-use fred::prelude::{ClientLike, HashesInterface, KeysInterface, Pool, Value as RedisValue};
+use fred::{
+    clients::WithOptions,
+    prelude::{Client, ClientLike, HashesInterface, KeysInterface, Pool, Value as RedisValue},
+};
 use futures::future::join_all;
 use tokio::time::Instant;
 
@@ -95,6 +102,38 @@ impl RedisFetcher {
         }
     }
 
+    /// Sends the commands of `answers` that a cluster node redirected once more (`send(client, i)`
+    /// sends the `i`th) on `connection`, the client they were sent on (whose slot map a `MOVED`
+    /// refreshed), within what is left of `deadline`, and puts their new answers in place.
+    /// Nothing to do outside a cluster, nor, mostly, in one: only after a slot has moved.
+    async fn send_redirected_again<F, Fut>(
+        &self,
+        connection: &Client,
+        answers: &mut [Result<RedisValue, fred::error::Error>],
+        deadline: Option<Instant>,
+        send: F,
+    ) -> Result<(), FetchError>
+    where
+        F: Fn(WithOptions<Client>, usize) -> Fut,
+        Fut: std::future::Future<Output = Result<RedisValue, fred::error::Error>>,
+    {
+        let redirected: Vec<usize> = answers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.as_ref().is_err_and(client::is_redirection))
+            .map(|(i, _)| i)
+            .collect();
+        if redirected.is_empty() {
+            return Ok(());
+        }
+        let client = connection.with_options(&call_options(self.budget(deadline)?));
+        let again = join_all(redirected.iter().map(|&i| send(client.clone(), i))).await;
+        for (i, answer) in redirected.into_iter().zip(again) {
+            answers[i] = answer;
+        }
+        Ok(())
+    }
+
     /// The lesser of `command_timeout` and what is left of `deadline`.
     fn budget(&self, deadline: Option<Instant>) -> Result<Duration, FetchError> {
         let Some(deadline) = deadline else {
@@ -135,10 +174,8 @@ impl Fetcher for RedisFetcher {
             .map(|k| view.key.render(k))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| FetchError::internal(format!("view `{}`: {e}", view.name)))?;
-        let client = self
-            .pool
-            .next_connected()
-            .with_options(&call_options(self.budget(request.deadline)?));
+        let connection = self.pool.next_connected();
+        let client = connection.with_options(&call_options(self.budget(request.deadline)?));
         // One command per key, all sent at once: the client writes whatever is queued in one
         // socket write, so a batch (and concurrent requests on the same connection) share a
         // round trip.
@@ -148,11 +185,21 @@ impl Fetcher for RedisFetcher {
                 if let Some(time) = &view.event_time_field {
                     fields.push(time);
                 }
-                let answers = join_all(
+                let mut answers = join_all(
                     keys.iter()
                         .map(|key| client.hmget::<RedisValue, _, _>(key.as_str(), fields.clone())),
                 )
                 .await;
+                self.send_redirected_again(
+                    connection,
+                    &mut answers,
+                    request.deadline,
+                    |client, i| {
+                        let (key, fields) = (keys[i].as_str(), fields.clone());
+                        async move { client.hmget(key, fields).await }
+                    },
+                )
+                .await?;
                 failed_call(&answers)?;
                 // A key whose requested fields are all missing may be a hash of nulls or no key
                 // at all; only EXISTS tells them apart, asked in a second round trip for those
@@ -166,12 +213,22 @@ impl Fetcher for RedisFetcher {
                 let mut exists = vec![true; keys.len()];
                 if !unclear.is_empty() {
                     let client = client.with_options(&call_options(self.budget(request.deadline)?));
-                    let answers = join_all(
+                    let mut answers = join_all(
                         unclear
                             .iter()
                             .map(|&i| client.exists::<RedisValue, _>(keys[i].as_str())),
                     )
                     .await;
+                    self.send_redirected_again(
+                        connection,
+                        &mut answers,
+                        request.deadline,
+                        |client, j| {
+                            let key = keys[unclear[j]].as_str();
+                            async move { client.exists(key).await }
+                        },
+                    )
+                    .await?;
                     failed_call(&answers)?;
                     for (&i, answer) in unclear.iter().zip(answers) {
                         exists[i] = matches!(answer, Ok(RedisValue::Integer(n)) if n > 0);
@@ -186,11 +243,21 @@ impl Fetcher for RedisFetcher {
                     .collect()
             }
             Encoding::Json => {
-                let answers = join_all(
+                let mut answers = join_all(
                     keys.iter()
                         .map(|key| client.get::<RedisValue, _>(key.as_str())),
                 )
                 .await;
+                self.send_redirected_again(
+                    connection,
+                    &mut answers,
+                    request.deadline,
+                    |client, i| {
+                        let key = keys[i].as_str();
+                        async move { client.get(key).await }
+                    },
+                )
+                .await?;
                 failed_call(&answers)?;
                 keys.iter()
                     .zip(answers)
