@@ -32,12 +32,28 @@ pub struct CacheConfig {
 pub struct SharedCacheConfig {
     /// `redis://[:password@]host:port[/db]` (or `rediss://`), with `${NAME}` resolved.
     pub url: String,
+    /// A single server, or a Redis Cluster that `url` and `nodes` name nodes of.
+    pub mode: SharedTierMode,
+    /// More nodes of the cluster to discover it from (`host:port`; none outside `cluster` mode).
+    pub nodes: Vec<(String, u16)>,
     /// Prepended to every key, e.g. `"fgw:"`.
     pub key_prefix: String,
     /// How long Redis keeps an entry.
     pub ttl: Duration,
     /// Longest one Redis command may take (the request's deadline applies if earlier).
     pub timeout: Duration,
+}
+
+/// How the shared tier's Redis is reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedTierMode {
+    /// One server (or a proxy in front of many): `url` names it.
+    #[default]
+    Standalone,
+    /// A Redis Cluster: `url` names one node, `nodes` any others; each key goes to the node
+    /// owning its slot.
+    Cluster,
 }
 
 /// `[sources.NAME.cache]`: the in-process cache in front of a source.
@@ -81,6 +97,13 @@ pub struct RawSharedTier {
     /// `redis://[:${PASSWORD}@]host:port[/db]` or `rediss://...`; `${NAME}` is read from the
     /// environment when the gateway starts.
     pub url: String,
+    /// `standalone` (default) or `cluster` (`url` is one node of a Redis Cluster; no database).
+    #[serde(default)]
+    pub mode: SharedTierMode,
+    /// Other nodes of the cluster, `host:port`, reached with `url`'s scheme and credentials
+    /// (`cluster` mode only). Default: none (the cluster is discovered from `url`'s node).
+    #[serde(default)]
+    pub nodes: Vec<String>,
     /// Prepended to every Redis key. Default `"feature-gateway:"`.
     #[serde(default)]
     pub key_prefix: Option<String>,
@@ -162,18 +185,51 @@ pub(crate) fn shared_tier_policy(
         path.push(name);
         path
     };
-    match fetcher_api::EnvTemplate::parse(&raw.url) {
+    let scheme = match fetcher_api::EnvTemplate::parse(&raw.url) {
         Err(e) => {
             problems.add(&field("url"), e.to_string());
             return None;
         }
         Ok(t) => {
             let text = t.with_stand_in("x");
-            if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
-                problems.add(&field("url"), "must start with redis:// or rediss://");
+            let scheme = match text.split_once("://") {
+                Some(("redis", _)) => "redis",
+                Some(("rediss", _)) => "rediss",
+                _ => {
+                    problems.add(&field("url"), "must start with redis:// or rediss://");
+                    return None;
+                }
+            };
+            if raw.mode == SharedTierMode::Cluster
+                && url::Url::parse(&text)
+                    .is_ok_and(|u| !u.path().trim_start_matches('/').is_empty())
+            {
+                problems.add(
+                    &field("url"),
+                    "a cluster has only database 0: remove the path",
+                );
                 return None;
             }
+            scheme
         }
+    };
+    let mut nodes = Vec::new();
+    if raw.mode == SharedTierMode::Standalone && !raw.nodes.is_empty() {
+        problems.add(
+            &field("nodes"),
+            "only `cluster` mode uses more nodes: set `mode = \"cluster\"`, or remove `nodes` (a \
+             standalone tier reads `url` alone)",
+        );
+        return None;
+    }
+    for node in &raw.nodes {
+        match fetcher_api::config::node_address(node, scheme) {
+            Ok(address) => nodes.push(address),
+            Err(e) => problems.add(&field("nodes"), e),
+        }
+    }
+    if nodes.len() != raw.nodes.len() {
+        return None;
     }
     let mut duration = |name: &'static str, text: Option<&str>, default: Duration| match text {
         None => Some(default),
@@ -191,6 +247,8 @@ pub(crate) fn shared_tier_policy(
     }
     Some(SharedCacheConfig {
         url: raw.url.clone(),
+        mode: raw.mode,
+        nodes,
         key_prefix: raw
             .key_prefix
             .clone()

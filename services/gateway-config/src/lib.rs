@@ -63,7 +63,7 @@ use crate::{
 
 pub use auth::{CallerConfig, RawAuth, TokenHash};
 pub use breaker::BreakerConfig;
-pub use cache::{CacheConfig, SharedCacheConfig};
+pub use cache::{CacheConfig, SharedCacheConfig, SharedTierMode};
 pub use entity::{EntityConfig, EntityFrom};
 pub use feature_service::{DEFAULT_DEADLINE, FeatureRef, FeatureServiceConfig, MonitorConfig};
 pub use hedge::{HedgeConfig, HedgeTrigger};

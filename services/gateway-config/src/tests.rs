@@ -391,6 +391,69 @@ fn cache_breaker_and_retry_settings_are_checked() {
 }
 
 #[test]
+fn a_shared_tier_on_a_cluster_names_its_nodes_and_refuses_mixed_modes() {
+    let with = |shared: &str| {
+        BASE.replace(
+            "timeout = \"20ms\"",
+            &format!(
+                "timeout = \"20ms\"\n[sources.tables.cache]\nttl = \"10s\"\nshared = {{ {shared} }}"
+            ),
+        )
+    };
+    let config = load(&with(
+        r#"url = "rediss://:${P}@cache-1:6380", mode = "cluster", nodes = ["cache-2:6380", "[::1]:6380"]"#,
+    ))
+    .unwrap();
+    let shared = config.sources["tables"]
+        .cache
+        .as_ref()
+        .unwrap()
+        .shared
+        .as_ref()
+        .unwrap();
+    assert_eq!(shared.mode, SharedTierMode::Cluster);
+    assert_eq!(
+        shared.nodes,
+        [("cache-2".to_owned(), 6380), ("::1".to_owned(), 6380)]
+    );
+    let standalone = load(&with(r#"url = "redis://cache:6379/1""#)).unwrap();
+    let shared = standalone.sources["tables"].cache.as_ref().unwrap();
+    assert_eq!(
+        shared.shared.as_ref().unwrap().mode,
+        SharedTierMode::Standalone
+    );
+
+    assert_one_error(
+        &with(r#"url = "redis://cache-1:6379", nodes = ["cache-2:6379"]"#),
+        &["sources.tables.cache.shared.nodes: only `cluster` mode uses more nodes"],
+    );
+    assert_one_error(
+        &with(
+            r#"url = "redis://cache-1:6379", mode = "cluster", nodes = ["rediss://cache-2:6380"]"#,
+        ),
+        &[
+            "sources.tables.cache.shared.nodes: `rediss://cache-2:6380` is a rediss:// URL while \
+             `url` is redis://",
+        ],
+    );
+    assert_one_error(
+        &with(r#"url = "redis://cache-1:6379/2", mode = "cluster""#),
+        &["sources.tables.cache.shared.url: a cluster has only database 0"],
+    );
+    assert_one_error(
+        &with(r#"url = "redis://cache-1:6379", mode = "sentinel""#),
+        &[
+            "mode",
+            "unknown variant `sentinel`, expected `standalone` or `cluster`",
+        ],
+    );
+    assert_one_error(
+        &with(r#"url = "redis-cluster://cache-1:6379", mode = "cluster""#),
+        &["sources.tables.cache.shared.url: must start with redis:// or rediss://"],
+    );
+}
+
+#[test]
 fn hedging_refresh_ahead_and_shedding_settings_are_checked() {
     let with = |extra: &str| {
         BASE.replace(

@@ -1,13 +1,16 @@
 //! The shared cache tier against a real Redis: newer answers win, an invalidation keeps
 //! answers from calls that started before it out, and every command to a hung or dead Redis
-//! (lookups, writes, invalidations) fails within the tier's timeout.
+//! (lookups, writes, invalidations) fails within the tier's timeout. On a Redis Cluster: a lookup
+//! of keys in many slots, writes and invalidations reach each key's node, messages reach every
+//! replica whatever node each is connected to, and a key whose slot moved is read from its new
+//! node.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use end_to_end::redis::RedisServer;
+use end_to_end::redis::{RedisCluster, RedisServer, key_slot};
 use fetcher_api::{KeyPart, Record, Row, Value};
-use gateway_config::SharedCacheConfig;
-use gateway_stack::cache::shared::{SharedTier, encode};
+use gateway_config::{SharedCacheConfig, SharedTierMode};
+use gateway_stack::cache::shared::{InvalidationMessage, SharedTier, encode};
 
 fn row(v: i64) -> Row {
     Row::Found(Record {
@@ -24,6 +27,8 @@ fn at(s: u64) -> SystemTime {
 async fn tier(redis: &RedisServer) -> SharedTier {
     let policy = SharedCacheConfig {
         url: redis.url(),
+        mode: SharedTierMode::Standalone,
+        nodes: Vec::new(),
         key_prefix: "t:".to_owned(),
         ttl: Duration::from_secs(60),
         timeout: Duration::from_secs(2),
@@ -112,6 +117,8 @@ async fn every_command_to_a_hung_or_dead_redis_fails_within_the_timeout() {
     let timeout = Duration::from_millis(300);
     let policy = SharedCacheConfig {
         url: redis.url(),
+        mode: SharedTierMode::Standalone,
+        nodes: Vec::new(),
         key_prefix: "t:".to_owned(),
         ttl: Duration::from_secs(60),
         timeout,
@@ -156,4 +163,89 @@ async fn every_command_to_a_hung_or_dead_redis_fails_within_the_timeout() {
     }
     put(&tier, &key, 5, 105, 106).await;
     assert_eq!(held(&tier, &key).await, Some(row(5)));
+}
+
+#[tokio::test]
+async fn on_a_cluster_keys_of_every_slot_are_read_at_once_and_invalidations_reach_every_replica() {
+    let cluster = RedisCluster::start(3);
+    let addresses = cluster.addresses();
+    let policy = SharedCacheConfig {
+        url: format!("redis://{}", addresses[0]),
+        mode: SharedTierMode::Cluster,
+        nodes: vec![("127.0.0.1".to_owned(), cluster.ports()[1])],
+        key_prefix: "t:".to_owned(),
+        ttl: Duration::from_secs(60),
+        timeout: Duration::from_secs(2),
+    };
+    let a = SharedTier::connect(&policy, "plaid").expect("a valid policy");
+    let b = SharedTier::connect(&policy, "plaid").expect("a valid policy");
+    assert!(a.wait_connected(Duration::from_secs(5)).await);
+    assert!(b.wait_connected(Duration::from_secs(5)).await);
+
+    // Twenty tokens' keys, over every primary: written by A, read back by B in one lookup.
+    let tokens: Vec<KeyPart> = (0..20)
+        .map(|i| KeyPart::String(format!("tok{i}")))
+        .collect();
+    let keys: Vec<String> = tokens
+        .iter()
+        .map(|t| a.redis_key("plaid", "balance", &vec![t.clone()]))
+        .collect();
+    let owners: std::collections::BTreeSet<u16> = keys
+        .iter()
+        .map(|k| cluster.owner(key_slot(k.as_bytes())))
+        .collect();
+    assert_eq!(owners.len(), 3, "the keys span every primary");
+    for (i, key) in keys.iter().enumerate() {
+        put(&a, key, i as i64, 100, 101).await;
+    }
+    let found = b.get(&keys, None).await;
+    let rows: Vec<Option<Row>> = found.into_iter().map(|e| e.map(|e| e.row)).collect();
+    assert_eq!(
+        rows,
+        (0..20).map(|i| Some(row(i))).collect::<Vec<_>>(),
+        "every key read in one lookup"
+    );
+
+    // Invalidations: tombstones on each key's node, and a message from A heard by B.
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<InvalidationMessage>();
+    b.listen(move |message| heard_tx.send(message).is_ok());
+    assert!(a.invalidate(keys[..10].to_vec(), at(102)).await);
+    let parts: std::collections::HashSet<KeyPart> = tokens[..10].iter().cloned().collect();
+    // B subscribes in the background: publish until it hears one.
+    let message = loop {
+        assert!(a.publish_invalidation(&parts, None).await);
+        match tokio::time::timeout(Duration::from_millis(200), heard.recv()).await {
+            Ok(Some(message)) => break message,
+            Ok(None) => panic!("B stopped listening"),
+            Err(_) => continue,
+        }
+    };
+    assert_eq!(message.parts.len(), 10);
+    let rows: Vec<bool> = b
+        .get(&keys, None)
+        .await
+        .iter()
+        .map(Option::is_some)
+        .collect();
+    assert_eq!(rows, [[false; 10], [true; 10]].concat());
+
+    // A slot moves: its key is read from the new node (a redirected lookup is a miss, once).
+    let key = &keys[15];
+    let slot = key_slot(key.as_bytes());
+    let from = cluster.owner(slot);
+    let to = cluster
+        .cluster_nodes()
+        .into_iter()
+        .find(|n| n.primary && n.port != from)
+        .unwrap()
+        .port;
+    let migration = cluster.migrate_slot(slot, to);
+    migration.finish(&cluster);
+    let started = std::time::Instant::now();
+    while held(&b, key).await != Some(row(15)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the key is never read from its new node"
+        );
+    }
 }

@@ -11,6 +11,16 @@
 //! access token, say) never appears in Redis. Entries expire in Redis after `ttl` (default: the
 //! cache's `max_staleness`).
 //!
+//! # Redis Cluster
+//! With `mode = "cluster"` the tier's Redis is a cluster (`url` one node, `nodes` others): each
+//! key goes to its slot's node, a lookup of many keys is one GET per key sent at once (MGET
+//! cannot cross slots) instead of one MGET, and the invalidation channel works as on one server
+//! (a cluster forwards every PUBLISH to every node). Keys carry no hash tag: one entity's entry of
+//! one view is one key, so grouping them by slot would save no round trip, and keys spread over
+//! every node. The client follows no redirection (fred's `ASK` handling is not safe to use; see
+//! the `redis` source's client): a command a node redirects is a miss, and after a `MOVED` the
+//! client has read the slot map again for the next one.
+//!
 //! # Newer answers win
 //! Each entry also holds when the call that answered it **started**. A write goes through a Lua
 //! script that refuses it when the key already holds an entry from a call that started later,
@@ -48,9 +58,9 @@ use fred::{
         ClientLike, Config, EventInterface, KeysInterface, Options, PubsubInterface,
         ReconnectPolicy, TcpConfig,
     },
-    types::{Builder, ClusterHash, CustomCommand, Value as RedisValue},
+    types::{Builder, ClusterHash, CustomCommand, Value as RedisValue, config::ServerConfig},
 };
-use gateway_config::SharedCacheConfig;
+use gateway_config::{SharedCacheConfig, SharedTierMode};
 
 use crate::events::cache::SharedTierMetrics;
 use serde::{Deserialize, Serialize};
@@ -92,6 +102,8 @@ pub struct SharedTier {
     prefix: String,
     ttl: Duration,
     timeout: Duration,
+    /// A Redis Cluster: a lookup of many keys is one GET per key.
+    cluster: bool,
     metrics: SharedTierMetrics,
 }
 
@@ -177,8 +189,19 @@ impl SharedTier {
     /// gateway, or be down): until it is up, every lookup is a counted miss.
     pub fn connect(policy: &SharedCacheConfig, source: &str) -> Result<SharedTier, String> {
         // The URL may hold a password: errors are reported by kind only.
-        let config = Config::from_url(&policy.url)
+        let mut config = Config::from_url(&policy.url)
             .map_err(|e| format!("cache.shared.url: cannot be used ({:?})", e.kind()))?;
+        let cluster = policy.mode == SharedTierMode::Cluster;
+        if cluster {
+            let first = match &config.server {
+                ServerConfig::Centralized { server } => (server.host.to_string(), server.port),
+                _ => return Err("cache.shared.url: not a server's URL".to_owned()),
+            };
+            let mut hosts = vec![first];
+            hosts.extend(policy.nodes.iter().cloned());
+            config.server = ServerConfig::new_clustered(hosts);
+            config.database = None;
+        }
         // `subscribed`: the invalidation channel's connection, which runs no command of ours
         // after SUBSCRIBE, so only keepalive notices it is dead, and bursts of messages need room
         // while one is applied.
@@ -189,6 +212,8 @@ impl SharedTier {
                     c.connection_timeout = Duration::from_secs(2);
                     if !subscribed {
                         c.max_command_attempts = 1;
+                        // A redirected command is a miss (see the module doc).
+                        c.max_redirections = 0;
                     }
                     c.tcp = TcpConfig {
                         nodelay: Some(true),
@@ -221,6 +246,7 @@ impl SharedTier {
             prefix: policy.key_prefix.clone(),
             ttl: policy.ttl,
             timeout: policy.timeout,
+            cluster,
             metrics: SharedTierMetrics::new(source),
         })
     }
@@ -366,7 +392,8 @@ impl SharedTier {
         })
     }
 
-    /// Looks `keys` up (one MGET); a failure is a miss for every key.
+    /// Looks `keys` up (one MGET; in a cluster, one GET per key sent at once); a failure is a miss
+    /// for every key.
     pub async fn get(
         &self,
         keys: &[String],
@@ -385,6 +412,15 @@ impl SharedTier {
                 .get::<Option<String>, _>(keys[0].as_str())
                 .await
                 .map(|v| vec![v])
+        } else if self.cluster {
+            let client = self.client.with_options(&options);
+            futures::future::join_all(
+                keys.iter()
+                    .map(|key| client.get::<Option<String>, _>(key.as_str())),
+            )
+            .await
+            .into_iter()
+            .collect()
         } else {
             self.client
                 .with_options(&options)
