@@ -14,7 +14,9 @@
 //! A write sets and deletes fields only if the hash's version is still the one read, and bumps
 //! it, in one script run atomically ([`CAS_WRITE`]); a refused write is read again and redone by
 //! its writer. So concurrent writers (ingest processes, replicas serving `PushEvents`) never
-//! lose each other's events.
+//! lose each other's events. One script call writes up to [`ENTITIES_PER_CALL`] entities (each
+//! compared and set on its own: atomic per entity, not across them) whose keys share a node:
+//! any keys on a single Redis, keys of one hash slot on a cluster. A batch's calls are pipelined.
 
 use std::{
     collections::HashMap,
@@ -51,7 +53,29 @@ pub trait TileStore: Send + Sync + fmt::Debug + 'static {
         changes: &Changes,
         ttl_ms: i64,
         timeout: Duration,
-    ) -> Result<bool, FetchError>;
+    ) -> Result<bool, FetchError> {
+        let answers = self
+            .write_many(
+                &[Write {
+                    key,
+                    version,
+                    changes,
+                    ttl_ms,
+                }],
+                timeout,
+            )
+            .await?;
+        Ok(answers.first().copied().unwrap_or(false))
+    }
+
+    /// Several entities' writes, each as [`TileStore::write`] and on its own (atomic per
+    /// entity, not across them): whether each was applied, in order. On an error some may have
+    /// been applied and others not.
+    async fn write_many(
+        &self,
+        writes: &[Write<'_>],
+        timeout: Duration,
+    ) -> Result<Vec<bool>, FetchError>;
 
     /// A plain string value (ingest's committed offsets).
     async fn get(&self, key: &str, timeout: Duration) -> Result<Option<String>, FetchError>;
@@ -61,6 +85,16 @@ pub trait TileStore: Send + Sync + fmt::Debug + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self, timeout: Duration) -> Result<(), FetchError>;
+}
+
+/// One entity's compare-and-set (see [`TileStore::write`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Write<'a> {
+    pub key: &'a str,
+    /// The version read (0: not stored).
+    pub version: u64,
+    pub changes: &'a Changes,
+    pub ttl_ms: i64,
 }
 
 /// The Redis key of an entity of `view`.
@@ -92,30 +126,53 @@ pub fn offsets_key(prefix: &str, source: &str, topic: &str, partition: i32) -> S
     format!("{prefix}:offsets:{{{source}}}:{topic}:{partition}")
 }
 
-/// Compare-and-set of an entity's hash. `KEYS[1]` the hash; `ARGV[1]` the version read (`0`:
-/// absent), `ARGV[2]` the time to live in ms, `ARGV[3]` the number of fields set, then that many
-/// field/value pairs, then the fields deleted. Answers the new version, or 0 when refused.
+/// Compare-and-set of entities' hashes, each on its own. `KEYS` the hashes; `ARGV`, for each
+/// key in turn: the version read (`0`: absent), the time to live in ms, the number of fields set
+/// `S`, the number of fields deleted `D`, then `S` field/value pairs, then `D` fields. Answers,
+/// per key, its new version, or 0 when its version moved (nothing of that key written).
 pub const CAS_WRITE: &str = r#"
-local held = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if held ~= tonumber(ARGV[1]) then
-  return 0
+local out = {}
+local a = 1
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local set = tonumber(ARGV[a + 2])
+  local del = tonumber(ARGV[a + 3])
+  local first = a + 4
+  local sets_end = first + 2 * set - 1
+  local held = tonumber(redis.call('HGET', key, 'v') or '0')
+  if held ~= tonumber(ARGV[a]) then
+    out[k] = 0
+  else
+    local last = math.min(first + 2 * 500 - 1, sets_end)
+    redis.call('HSET', key, 'v', held + 1, unpack(ARGV, first, last))
+    local i = last + 1
+    while i <= sets_end do
+      last = math.min(i + 2 * 500 - 1, sets_end)
+      redis.call('HSET', key, unpack(ARGV, i, last))
+      i = last + 1
+    end
+    while i <= sets_end + del do
+      last = math.min(i + 999, sets_end + del)
+      redis.call('HDEL', key, unpack(ARGV, i, last))
+      i = last + 1
+    end
+    redis.call('PEXPIRE', key, ARGV[a + 1])
+    out[k] = held + 1
+  end
+  a = sets_end + del + 1
 end
-local n = tonumber(ARGV[3])
-local i = 4
-while i < 4 + 2 * n do
-  local last = math.min(i + 2 * 500 - 1, 3 + 2 * n)
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, last))
-  i = last + 1
-end
-while i <= #ARGV do
-  local last = math.min(i + 999, #ARGV)
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i, last))
-  i = last + 1
-end
-redis.call('HSET', KEYS[1], 'v', held + 1)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return held + 1
+return out
 "#;
+
+/// Most entities one [`CAS_WRITE`] call writes: Redis runs a script to its end before anything
+/// else, so a call is kept to a fraction of a millisecond.
+pub const ENTITIES_PER_CALL: usize = 32;
+/// Most arguments of one call (an entity with many changed tiles gets a call to itself).
+const ARGS_PER_CALL: usize = 4_000;
+/// Script calls sent as one pipeline (on a single Redis).
+const CALLS_PER_PIPELINE: usize = 16;
+/// Keys read by one pipeline (on a single Redis); fewer are read by one command each.
+const PIPELINE_KEYS: usize = 256;
 
 /// Tiles in Redis.
 pub struct RedisStore {
@@ -151,18 +208,58 @@ fn redis_error(e: &fred::error::Error) -> FetchError {
     fetcher_redis::client::classify(e)
 }
 
+/// A pipeline's answers, one per command queued (`expected`); the pipeline's error (a timeout,
+/// a lost connection) when it has fewer.
+fn whole<T>(
+    answered: Result<Vec<Result<T, fred::error::Error>>, fred::error::Error>,
+    expected: usize,
+) -> Result<Vec<Result<T, fred::error::Error>>, FetchError> {
+    let answers = answered.map_err(|e| redis_error(&e))?;
+    if answers.len() == expected {
+        return Ok(answers);
+    }
+    Err(answers.into_iter().find_map(Result::err).map_or_else(
+        || FetchError::unavailable("a pipeline lost answers"),
+        |e| redis_error(&e),
+    ))
+}
+
 #[async_trait]
 impl TileStore for RedisStore {
     async fn read(&self, keys: &[String], timeout: Duration) -> Result<Vec<Fields>, FetchError> {
-        let client = self
-            .pool
-            .next_connected()
-            .with_options(&fetcher_redis::client::call_options(timeout));
-        let answers = join_all(
-            keys.iter()
-                .map(|key| client.hgetall::<HashMap<String, RedisValue>, _>(key.as_str())),
-        )
-        .await;
+        let options = fetcher_redis::client::call_options(timeout);
+        let client = self.pool.next_connected();
+        let answers: Vec<Result<HashMap<String, RedisValue>, fred::error::Error>> =
+            if keys.len() <= PIPELINE_KEYS || client.is_clustered() {
+                // A request's few keys, or keys spread over a cluster's nodes: one command
+                // each, sent together.
+                let client = client.with_options(&options);
+                join_all(
+                    keys.iter()
+                        .map(|key| client.hgetall::<HashMap<String, RedisValue>, _>(key.as_str())),
+                )
+                .await
+            } else {
+                // Ingest's thousands: pipelines of PIPELINE_KEYS commands (one future each
+                // rather than one per key).
+                let chunks = join_all(keys.chunks(PIPELINE_KEYS).map(|chunk| {
+                    let pipeline = client.pipeline().with_options(&options);
+                    async move {
+                        for key in chunk {
+                            pipeline.hgetall::<(), _>(key.as_str()).await?;
+                        }
+                        Ok::<_, fred::error::Error>(
+                            pipeline.try_all::<HashMap<String, RedisValue>>().await,
+                        )
+                    }
+                }))
+                .await;
+                let mut answers = Vec::with_capacity(keys.len());
+                for (chunk, answered) in keys.chunks(PIPELINE_KEYS).zip(chunks) {
+                    answers.extend(whole(answered, chunk.len())?);
+                }
+                answers
+            };
         answers
             .into_iter()
             .map(|answer| {
@@ -178,34 +275,54 @@ impl TileStore for RedisStore {
             .collect()
     }
 
-    async fn write(
+    async fn write_many(
         &self,
-        key: &str,
-        version: u64,
-        changes: &Changes,
-        ttl_ms: i64,
+        writes: &[Write<'_>],
         timeout: Duration,
-    ) -> Result<bool, FetchError> {
+    ) -> Result<Vec<bool>, FetchError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
         let options = fetcher_redis::client::call_options(timeout);
         let client = self.pool.next_connected().with_options(&options);
-        let mut args: Vec<RedisValue> =
-            Vec::with_capacity(6 + 2 * changes.set.len() + changes.delete.len());
-        args.push(1.into());
-        args.push(key.into());
-        args.push(version.to_string().into());
-        args.push(ttl_ms.max(1).to_string().into());
-        args.push(changes.set.len().to_string().into());
-        for (field, value) in &changes.set {
-            args.push(field.as_str().into());
-            args.push(RedisValue::Bytes(value.clone().into()));
+        // Keys one call may hold: any on a single Redis, one hash slot's on a cluster.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        if client.is_clustered() {
+            let mut by_slot: HashMap<u16, usize> = HashMap::new();
+            for (i, w) in writes.iter().enumerate() {
+                let slot = fred::util::redis_keyslot(w.key.as_bytes());
+                let group = *by_slot.entry(slot).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[group].push(i);
+            }
+        } else {
+            groups.push((0..writes.len()).collect());
         }
-        for field in &changes.delete {
-            args.push(field.as_str().into());
+        let mut calls: Vec<Vec<usize>> = Vec::new();
+        for group in groups {
+            let mut call: Vec<usize> = Vec::new();
+            let mut args = 0;
+            for i in group {
+                let w = &writes[i];
+                let n = 5 + 2 * w.changes.set.len() + w.changes.delete.len();
+                if !call.is_empty() && (call.len() == ENTITIES_PER_CALL || args + n > ARGS_PER_CALL)
+                {
+                    calls.push(std::mem::take(&mut call));
+                    args = 0;
+                }
+                call.push(i);
+                args += n;
+            }
+            if !call.is_empty() {
+                calls.push(call);
+            }
         }
         // EVALSHA of the script loaded once; EVAL (which loads it on that node) when a node does
         // not know it (a restarted or failed-over Redis, another cluster node). Both as custom
         // commands so the call's timeout and fail-fast options apply (see the shared cache),
-        // routed by the key's slot computed here: fred's `ClusterHash::Offset` sends a custom
+        // routed by the keys' slot computed here: fred's `ClusterHash::Offset` sends a custom
         // command to the wrong node of a cluster, and one attempt allows no MOVED retry.
         let sha = self
             .sha
@@ -219,31 +336,92 @@ impl TileStore for RedisStore {
             })
             .await
             .map_err(|e| redis_error(&e))?
-            .clone();
-        let mut with_sha = Vec::with_capacity(args.len() + 1);
-        with_sha.push(RedisValue::from(sha));
-        with_sha.extend(args.iter().cloned());
-        let answer = client
-            .custom::<i64, _>(
-                CustomCommand::new_static("EVALSHA", ClusterHash::from(key), false),
-                with_sha,
-            )
-            .await;
-        let answer = match answer {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                let mut with_text = Vec::with_capacity(args.len() + 1);
-                with_text.push(RedisValue::from(CAS_WRITE));
-                with_text.extend(args);
-                client
-                    .custom::<i64, _>(
-                        CustomCommand::new_static("EVAL", ClusterHash::from(key), false),
-                        with_text,
-                    )
-                    .await
+            .as_str();
+        let call_args = |call: &[usize], script: RedisValue| {
+            let mut args: Vec<RedisValue> = Vec::with_capacity(
+                2 + call
+                    .iter()
+                    .map(|&i| {
+                        let c = writes[i].changes;
+                        6 + 2 * c.set.len() + c.delete.len()
+                    })
+                    .sum::<usize>(),
+            );
+            args.push(script);
+            args.push((call.len() as i64).into());
+            for &i in call {
+                args.push(writes[i].key.into());
             }
-            other => other,
+            for &i in call {
+                let w = &writes[i];
+                args.push(w.version.to_string().into());
+                args.push(w.ttl_ms.max(1).to_string().into());
+                args.push(w.changes.set.len().to_string().into());
+                args.push(w.changes.delete.len().to_string().into());
+                for (field, value) in &w.changes.set {
+                    args.push(field.as_str().into());
+                    args.push(RedisValue::Bytes(value.clone().into()));
+                }
+                for field in &w.changes.delete {
+                    args.push(field.as_str().into());
+                }
+            }
+            args
         };
-        answer.map(|v| v > 0).map_err(|e| redis_error(&e))
+        let slot = |call: &[usize]| ClusterHash::from(writes[call[0]].key);
+        let evalsha = |call: &[usize]| CustomCommand::new_static("EVALSHA", slot(call), false);
+        let mut answers = if client.is_clustered() {
+            // Calls to several nodes: one command each, sent together.
+            join_all(calls.iter().map(|call| {
+                client.custom::<Vec<i64>, _>(evalsha(call), call_args(call, RedisValue::from(sha)))
+            }))
+            .await
+        } else {
+            // Pipelines of CALLS_PER_PIPELINE calls.
+            let pipelines = join_all(calls.chunks(CALLS_PER_PIPELINE).map(|chunk| {
+                let pipeline = client.pipeline().with_options(&options);
+                let call_args = &call_args;
+                async move {
+                    for call in chunk {
+                        pipeline
+                            .custom::<(), _>(evalsha(call), call_args(call, RedisValue::from(sha)))
+                            .await?;
+                    }
+                    Ok::<_, fred::error::Error>(pipeline.try_all::<Vec<i64>>().await)
+                }
+            }))
+            .await;
+            let mut answers = Vec::with_capacity(calls.len());
+            for (chunk, answered) in calls.chunks(CALLS_PER_PIPELINE).zip(pipelines) {
+                answers.extend(whole(answered, chunk.len())?);
+            }
+            answers
+        };
+        for (call, answer) in calls.iter().zip(answers.iter_mut()) {
+            if matches!(answer, Err(e) if e.details().starts_with("NOSCRIPT")) {
+                *answer = client
+                    .custom::<Vec<i64>, _>(
+                        CustomCommand::new_static("EVAL", slot(call), false),
+                        call_args(call, RedisValue::from(CAS_WRITE)),
+                    )
+                    .await;
+            }
+        }
+        let mut applied = vec![false; writes.len()];
+        for (call, answer) in calls.iter().zip(answers) {
+            let versions = answer.map_err(|e| redis_error(&e))?;
+            if versions.len() != call.len() {
+                return Err(FetchError::internal(format!(
+                    "the write script answered {} versions for {} keys",
+                    versions.len(),
+                    call.len()
+                )));
+            }
+            for (&i, version) in call.iter().zip(versions) {
+                applied[i] = version > 0;
+            }
+        }
+        Ok(applied)
     }
 
     async fn get(&self, key: &str, timeout: Duration) -> Result<Option<String>, FetchError> {
@@ -305,31 +483,33 @@ impl TileStore for MemoryStore {
             .collect())
     }
 
-    async fn write(
+    async fn write_many(
         &self,
-        key: &str,
-        version: u64,
-        changes: &Changes,
-        _ttl_ms: i64,
+        writes: &[Write<'_>],
         _timeout: Duration,
-    ) -> Result<bool, FetchError> {
+    ) -> Result<Vec<bool>, FetchError> {
         let mut hashes = self.hashes.lock().map_err(|_| poisoned())?;
-        let hash = hashes.entry(key.to_owned()).or_default();
-        let held = hash
-            .get("v")
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-            .unwrap_or(0);
-        if held != version {
-            return Ok(false);
-        }
-        for (field, value) in &changes.set {
-            hash.insert(field.clone(), value.clone());
-        }
-        for field in &changes.delete {
-            hash.remove(field);
-        }
-        hash.insert("v".into(), (held + 1).to_string().into_bytes());
-        Ok(true)
+        Ok(writes
+            .iter()
+            .map(|w| {
+                let hash = hashes.entry(w.key.to_owned()).or_default();
+                let held = hash
+                    .get("v")
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if held != w.version {
+                    return false;
+                }
+                for (field, value) in &w.changes.set {
+                    hash.insert(field.clone(), value.clone());
+                }
+                for field in &w.changes.delete {
+                    hash.remove(field);
+                }
+                hash.insert("v".into(), (held + 1).to_string().into_bytes());
+                true
+            })
+            .collect())
     }
 
     async fn get(&self, key: &str, _timeout: Duration) -> Result<Option<String>, FetchError> {

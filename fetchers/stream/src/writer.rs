@@ -1,14 +1,13 @@
-//! Applying events to the store: read each entity's tiles, apply with the [`aggregation`] code,
-//! write back with a compare-and-set, and redo what another writer got to first. Used by
-//! `feature-gateway ingest` and by `PushEvents`.
+//! Applying events to the store: read each entity's tiles (or take them from a [`StateCache`]),
+//! apply with the [`aggregation`] code, write back with a compare-and-set, and redo what another
+//! writer got to first. Used by `feature-gateway ingest` and by `PushEvents`.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use aggregation::{EntityState, Event, Millis, ViewDef, state::VERSION_FIELD};
 use fetcher_api::{EntityKey, FetchError};
-use futures::future::join_all;
 
-use crate::store::{TileStore, entity_key};
+use crate::store::{TileStore, Write, entity_key};
 
 /// A view as the stream source serves and writes it.
 #[derive(Debug)]
@@ -71,6 +70,69 @@ pub struct Applied {
 /// another writer's success, so this is reached only under pathological contention).
 const MAX_ATTEMPTS: usize = 50;
 
+/// Entity states a writer keeps from one batch to the next (ingest keeps one per partition and
+/// view), each at the version it was read or written at, so an entity written again soon is not
+/// read again. Nothing cached is trusted beyond the compare-and-set that checks its version: a
+/// write refused because the version moved (another writer; a hash that expired) drops the
+/// state and the entity is read afresh. Bounded by the tiles held, the least recently used
+/// entities leaving first.
+pub struct StateCache {
+    states: Option<quick_cache::unsync::Cache<String, EntityState, TileWeight>>,
+}
+
+impl fmt::Debug for StateCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateCache")
+            .field("entities", &self.states.as_ref().map_or(0, |s| s.len()))
+            .finish()
+    }
+}
+
+/// An entity's weight in a [`StateCache`]: its tiles, and one for the rest.
+#[derive(Clone, Copy, Debug)]
+struct TileWeight;
+
+impl quick_cache::Weighter<String, EntityState> for TileWeight {
+    fn weight(&self, _key: &String, state: &EntityState) -> u64 {
+        state.tiles.len() as u64 + 1
+    }
+}
+
+impl StateCache {
+    /// A cache of up to about `max_tiles` tiles (0: none, every entity read each time).
+    pub fn new(max_tiles: u64) -> StateCache {
+        StateCache {
+            states: (max_tiles > 0).then(|| {
+                quick_cache::unsync::Cache::with_weighter(
+                    usize::try_from(max_tiles / 4).unwrap_or(usize::MAX),
+                    max_tiles,
+                    TileWeight,
+                )
+            }),
+        }
+    }
+
+    /// Entities held.
+    pub fn len(&self) -> usize {
+        self.states.as_ref().map_or(0, |s| s.len())
+    }
+
+    /// Whether no entity is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn take(&mut self, key: &str) -> Option<EntityState> {
+        self.states.as_mut()?.remove(key).map(|(_, state)| state)
+    }
+
+    fn put(&mut self, key: String, state: EntityState) {
+        if let Some(states) = &mut self.states {
+            states.insert(key, state);
+        }
+    }
+}
+
 /// Applies `events` of `view` to `store`, all or (on an error) some of them: a failed batch may
 /// be applied again as a whole, events already applied being recognised by their position
 /// (pushed events, which have none, would count twice).
@@ -81,26 +143,68 @@ pub async fn apply(
     events: Vec<Positioned>,
     timeout: Duration,
 ) -> Result<Applied, FetchError> {
-    let mut by_key: HashMap<EntityKey, Vec<Positioned>> = HashMap::new();
+    apply_cached(
+        store,
+        prefix,
+        view,
+        &events,
+        timeout,
+        &mut StateCache::new(0),
+    )
+    .await
+}
+
+/// [`apply`], reading only the entities `cache` does not hold, and keeping in it the states
+/// written.
+pub async fn apply_cached(
+    store: &Arc<dyn TileStore>,
+    prefix: &str,
+    view: &StreamView,
+    events: &[Positioned],
+    timeout: Duration,
+    cache: &mut StateCache,
+) -> Result<Applied, FetchError> {
+    let mut by_key: HashMap<&EntityKey, Vec<&Positioned>> = HashMap::new();
     let mut order = Vec::new();
     for p in events {
-        let list = by_key.entry(p.event.key.clone()).or_default();
+        let list = by_key.entry(&p.event.key).or_default();
         if list.is_empty() {
-            order.push(p.event.key.clone());
+            order.push(&p.event.key);
         }
         list.push(p);
     }
     let mut report = Applied::default();
-    let mut pending: Vec<EntityKey> = order;
+    let mut pending: Vec<(&EntityKey, String)> = order
+        .into_iter()
+        .map(|k| (k, view.key(prefix, k)))
+        .collect();
     for _ in 0..MAX_ATTEMPTS {
         if pending.is_empty() {
             return Ok(report);
         }
-        let keys: Vec<String> = pending.iter().map(|k| view.key(prefix, k)).collect();
-        let stored = store.read(&keys, timeout).await?;
+        // Cached states as they are; the others read (those refused last time among them).
+        let mut states: Vec<Option<(EntityState, Option<Vec<String>>)>> = pending
+            .iter()
+            .map(|(_, key)| cache.take(key).map(|s| (s, None)))
+            .collect();
+        let missing: Vec<String> = pending
+            .iter()
+            .zip(&states)
+            .filter(|(_, s)| s.is_none())
+            .map(|((_, key), _)| key.clone())
+            .collect();
+        if !missing.is_empty() {
+            let mut stored = store.read(&missing, timeout).await?.into_iter();
+            for slot in states.iter_mut().filter(|s| s.is_none()) {
+                let fields = stored.next().unwrap_or_default();
+                *slot = Some(decode(&view.def, &fields));
+            }
+        }
         let mut writes = Vec::with_capacity(pending.len());
-        for ((entity, key), fields) in pending.iter().zip(&keys).zip(stored) {
-            let (mut state, reset) = decode(&view.def, &fields);
+        for ((entity, key), slot) in pending.iter().zip(states) {
+            let Some((mut state, reset)) = slot else {
+                continue;
+            };
             let mut applied = 0;
             let mut newest = state.newest_tile().unwrap_or(Millis::MIN);
             for p in &by_key[entity] {
@@ -128,30 +232,38 @@ pub async fn apply(
                 changes.delete.extend(stale);
             }
             if changes.is_empty() {
+                cache.put(key.clone(), state);
                 continue;
             }
-            writes.push((
-                entity.clone(),
-                key.clone(),
-                state.version,
-                changes,
-                applied,
-                was_reset,
-            ));
+            writes.push((entity, key, state, changes, applied, was_reset));
         }
-        let answers = join_all(writes.iter().map(|(_, key, version, changes, _, _)| {
-            store.write(key, *version, changes, view.ttl_ms, timeout)
-        }))
-        .await;
+        let answers = store
+            .write_many(
+                &writes
+                    .iter()
+                    .map(|(_, key, state, changes, _, _)| Write {
+                        key,
+                        version: state.version,
+                        changes,
+                        ttl_ms: view.ttl_ms,
+                    })
+                    .collect::<Vec<_>>(),
+                timeout,
+            )
+            .await?;
         let mut again = Vec::new();
-        for ((entity, _, _, _, applied, was_reset), answer) in writes.into_iter().zip(answers) {
-            if answer? {
+        for ((entity, key, mut state, _, applied, was_reset), written) in
+            writes.into_iter().zip(answers)
+        {
+            if written {
                 report.applied += applied;
                 report.entities += 1;
                 report.reset += u64::from(was_reset);
+                state.version += 1;
+                cache.put(key.clone(), state);
             } else {
                 report.conflicts += 1;
-                again.push(entity);
+                again.push((*entity, key.clone()));
             }
         }
         pending = again;

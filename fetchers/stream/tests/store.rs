@@ -1,5 +1,6 @@
 //! The `stream` source against a real Redis: pushed events read back as the backfill computes
-//! them, concurrent writers losing nothing, a replayed batch applied once, and validation.
+//! them, concurrent writers losing nothing, a replayed batch applied once, a writer's cached
+//! states checked by its compare-and-set, and validation.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::{sync::Arc, time::Duration};
@@ -215,6 +216,81 @@ async fn concurrent_writers_lose_nothing_and_a_replay_applies_once() {
         .parse()
         .unwrap();
     assert!(ttl > 3_600_000, "{ttl}");
+}
+
+#[tokio::test]
+async fn a_cached_state_is_only_trusted_as_far_as_its_compare_and_set() {
+    let redis = RedisServer::start();
+    let spec = redis_spec(&redis);
+    let stream = fetcher_stream::open(&spec, &Default::default(), true, None)
+        .await
+        .unwrap();
+    let view = &stream.views[0];
+    let positioned: Vec<Positioned> = events(3_000, 5)
+        .iter()
+        .enumerate()
+        .map(|(i, o)| Positioned {
+            event: view.def.read(o).unwrap(),
+            at: Some((0, i as i64)),
+        })
+        .collect();
+    let timeout = Duration::from_secs(5);
+    let mut cache = writer::StateCache::new(100_000);
+    let (first, rest) = positioned.split_at(1_000);
+    let (second, third) = rest.split_at(1_000);
+    // A writer keeping its states; the first batch reads every entity, a second one none.
+    let report = writer::apply_cached(&stream.store, "fg", view, first, timeout, &mut cache)
+        .await
+        .unwrap();
+    assert_eq!((report.applied, report.conflicts), (1_000, 0));
+    assert_eq!(cache.len(), 7);
+    // Another writer meanwhile (another process, a push), and one entity's hash gone (expired):
+    // every cached version is stale, so each write is refused, read afresh and redone.
+    let other: Vec<Positioned> = second
+        .iter()
+        .map(|p| Positioned {
+            event: p.event.clone(),
+            at: Some((1, p.at.unwrap().1)),
+        })
+        .collect();
+    writer::apply(&stream.store, "fg", view, other.clone(), timeout)
+        .await
+        .unwrap();
+    let gone = redis.cli(&["--scan", "--pattern", "fg:{card@*c3}"]);
+    redis.cli(&["del", gone.trim()]);
+    let report = writer::apply_cached(&stream.store, "fg", view, third, timeout, &mut cache)
+        .await
+        .unwrap();
+    assert_eq!(report.applied, 1_000);
+    assert_eq!(report.conflicts, 7, "each stale state was refused once");
+    // Replayed through the cache: nothing applies twice.
+    let again = writer::apply_cached(&stream.store, "fg", view, third, timeout, &mut cache)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.applied, again.replayed, again.conflicts),
+        (0, 1_000, 0)
+    );
+    // What is served is the events of every writer, but those of the deleted hash before it went.
+    let fetcher = StreamFactory::new().build(&spec).await.unwrap();
+    let cards: Vec<String> = (0..7).map(|i| format!("c{i}")).collect();
+    let served = read(&fetcher, &cards).await;
+    let deleted = vec![KeyPart::String("c3".into())];
+    let expected: Vec<_> = first
+        .iter()
+        .chain(&other)
+        .filter(|p| p.event.key != deleted)
+        .chain(third)
+        .map(|p| p.event.clone())
+        .collect();
+    let spine: Vec<SpineRow> = cards
+        .iter()
+        .map(|c| SpineRow {
+            key: vec![KeyPart::String(c.clone())],
+            time: now_ms(),
+        })
+        .collect();
+    assert_eq!(served, point_in_time(&view.def, &expected, &spine));
 }
 
 #[tokio::test]

@@ -17,6 +17,11 @@
 //! the batch is read again from the committed position: entities that had it applied recognise
 //! every event by its offset and skip it, the others apply it. Nothing is lost or counted twice.
 //!
+//! Each partition's task keeps the entity states it wrote ([`StateCache`], bounded), each at the
+//! version it wrote: an entity seen again is not read again, and the compare-and-set of its next
+//! write is what checks that nobody else wrote it meanwhile (if someone did, it is read afresh
+//! and the events applied again to what is stored).
+//!
 //! # Late and bad events
 //! Per partition and view, the watermark is the newest event time seen. An event older than the
 //! watermark minus `allowed_lateness` is counted as late and dropped; any other is applied to its
@@ -45,7 +50,7 @@ use fetcher_stream::{
     Positioned, Stream,
     config::{DEFAULT_FETCH_MAX_BYTES, DEFAULT_FETCH_MAX_WAIT, KafkaConfig},
     store::offsets_key,
-    writer,
+    writer::{self, StateCache},
 };
 use rskafka::{
     chrono::{TimeZone, Utc},
@@ -111,6 +116,9 @@ pub struct Position {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Timeout of one store call made by ingest (a batch's writes are many such calls at once).
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tiles of entity states one process keeps between batches (split evenly between its
+/// partitions' tasks and the views): an entity written again while held is not read again.
+const STATE_CACHE_TILES: u64 = 1_000_000;
 
 /// Consumes `stream`'s topic until `stop` turns true (or, with `until_caught_up`, until caught
 /// up). Returns when every partition's task has committed its last batch.
@@ -177,6 +185,8 @@ pub async fn run(
         dead_letter,
     });
     tracing::info!(source = %shared.stream.name, topic = %shared.kafka.topic, partitions = ?assigned, "ingesting");
+    let cache_tiles =
+        STATE_CACHE_TILES / (assigned.len() * shared.stream.views.len()).max(1) as u64;
     let mut tasks = Vec::new();
     for partition in assigned {
         let client = client
@@ -191,6 +201,7 @@ pub async fn run(
             shared.clone(),
             partition,
             client,
+            cache_tiles,
             stop.clone(),
         )));
     }
@@ -282,14 +293,22 @@ async fn retry<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
     }
 }
 
-/// One partition: read a batch, apply it, commit the position, until stopped.
+/// One partition: read a batch, apply it, commit the position, until stopped. The entity states
+/// written are kept (up to `cache_tiles` tiles per view) for the next batches.
 async fn consume(
     shared: Arc<Shared>,
     partition: i32,
     client: PartitionClient,
+    cache_tiles: u64,
     mut stop: watch::Receiver<bool>,
 ) {
     let source = shared.stream.name.clone();
+    let mut caches: Vec<StateCache> = shared
+        .stream
+        .views
+        .iter()
+        .map(|_| StateCache::new(cache_tiles))
+        .collect();
     let label = partition.to_string();
     let key = shared.position_key(partition);
     let store = shared.stream.store.clone();
@@ -396,7 +415,7 @@ async fn consume(
                 );
             }
             let next = last.offset + 1;
-            if !apply(&shared, &mut stop, batch, partition).await {
+            if !apply(&shared, &mut stop, batch, partition, &mut caches).await {
                 break;
             }
             position.next = next;
@@ -513,24 +532,36 @@ async fn apply(
     stop: &mut watch::Receiver<bool>,
     batch: Batch,
     partition: i32,
+    caches: &mut [StateCache],
 ) -> bool {
     let stream = &shared.stream;
     let source = &stream.name;
     for (index, events) in batch.events {
         let view = &stream.views[index];
         let name = &view.def.name;
-        let applied = retry(shared, stop, "store", || {
-            writer::apply(
+        // As `retry` does, but each attempt borrows the view's cache.
+        let mut backoff = Duration::from_millis(50);
+        let applied = loop {
+            match writer::apply_cached(
                 &stream.store,
                 &stream.source.key_prefix,
                 view,
-                events.clone(),
+                &events,
                 STORE_TIMEOUT,
+                &mut caches[index],
             )
-        })
-        .await;
-        let Some(applied) = applied else {
-            return false;
+            .await
+            {
+                Ok(applied) => break applied,
+                Err(e) => {
+                    shared.error("store");
+                    tracing::warn!(source = %source, stage = "store", error = %e, "failed; retrying");
+                }
+            }
+            if sleep_or_stop(stop, backoff).await {
+                return false;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         };
         let p = &shared.progress;
         p.applied.fetch_add(applied.applied, Ordering::Relaxed);
