@@ -8,6 +8,7 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
 
   python3 loadtest/bench.py overhead            # the gateway's own overhead (release build)
   python3 loadtest/bench.py redis               # a Redis-only feature vector
+  python3 loadtest/bench.py cluster             # the Redis vector on a Redis Cluster beside standalone
   python3 loadtest/bench.py training-log        # logging off vs Parquet vs Kafka
   python3 loadtest/bench.py fraud               # the full fraud service: load, cold start, outage
   python3 loadtest/bench.py memory              # resident memory with 1M cached entries
@@ -25,6 +26,11 @@ baseline of the gRPC health check RPC of the same server (the gRPC floor of this
 `redis` materializes a population of users into a Redis server it starts, serves an 8-feature
 Redis-only feature service with random keys, and sets it beside two baselines: the gateway's
 health RPC under the same load tool, and `redis-benchmark -t get` at the same concurrency.
+
+`cluster` serves `redis`'s vector from two gateways side by side, one over a standalone Redis and
+one over a three-primary Redis Cluster holding the same users, in alternating rounds (one row per
+request and 100-row batches at saturation, then a fixed rate): throughput, p99, gateway and Redis
+CPU per request of each, and their ratios.
 
 `training-log` serves the demo's `fraud_v1` vector from three gateways running side by side: one
 with no training log (the baseline), one logging to Parquet files (the demo's settings), and one
@@ -2128,6 +2134,158 @@ def reload_bench(args) -> tuple[str, str]:
 
 BENCHMARKS["reload"] = reload_bench
 BENCHMARKS["feast"] = feast_bench
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster: the Redis vector served from a three-primary Redis Cluster beside a standalone Redis.
+
+class RedisClusterNodes:
+    """A Redis Cluster of `primaries` primaries (no replicas) on loopback ports, each node a
+    redis-server without persistence in a directory of its own, created with `redis-cli --cluster
+    create` and ready once every node reports cluster_state:ok; stopped by stop()."""
+
+    def __init__(self, workdir: Path, primaries: int = 3):
+        self.procs, self.ports = [], []
+        try:
+            for _ in range(primaries):
+                port, bus = free_port(), free_port()
+                node_dir = workdir / f"cluster-node-{port}"
+                node_dir.mkdir()
+                self.procs.append(subprocess.Popen(
+                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", str(node_dir), "--cluster-enabled", "yes",
+                     "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                self.ports.append(port)
+            for port in self.ports:
+                self._wait(port, "ping", "PONG", "redis-server did not start")
+            subprocess.run(["redis-cli", "--cluster", "create",
+                            *[f"127.0.0.1:{p}" for p in self.ports],
+                            "--cluster-replicas", "0", "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+            for port in self.ports:
+                self._wait(port, "cluster info", "cluster_state:ok", "the cluster did not form")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait(self, port: int, command: str, expected: str, failure: str):
+        for _ in range(1500):
+            out = subprocess.run(["redis-cli", "-p", str(port), *command.split()],
+                                 capture_output=True, text=True).stdout
+            if expected in out:
+                return
+            time.sleep(0.02)
+        sys.exit(failure)
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+
+def cluster_bench(args) -> tuple[str, str]:
+    """The `redis` benchmark's 8-feature vector from two gateways side by side, one reading a
+    standalone Redis and one a three-primary Redis Cluster holding the same users (each loaded
+    with `feature-gateway materialize`), in alternating rounds: single-row requests and 100-row
+    batches at saturation, then a fixed rate."""
+    bindir = build(release=not args.smoke)
+    seconds = 2.0 if args.smoke else float(args.seconds)
+    rounds = 1 if args.smoke else args.rounds
+    rate = 50 if args.smoke else 1000
+    population = 2_000 if args.smoke else args.population
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        tmp = Path(tmp)
+        server = cluster = None
+        gateways = {}
+        try:
+            server = RedisServer(tmp)
+            cluster = RedisClusterNodes(tmp)
+            users = tmp / "users.csv"
+            write_users(users, population)
+            configs = {
+                "standalone": REDIS_CONFIG.format(port=server.port),
+                "cluster": REDIS_CONFIG.format(port=cluster.ports[0]).replace(
+                    "pool_size = 4",
+                    'mode = "cluster"\nnodes = ['
+                    + ", ".join(f'"127.0.0.1:{p}"' for p in cluster.ports[1:]) + "]\npool_size = 4"),
+            }
+            redises = {"standalone": server, "cluster": cluster}
+            load_s = {}
+            for name, text in configs.items():
+                config = tmp / f"{name}.toml"
+                config.write_text(text)
+                started = time.time()
+                subprocess.run([str(bindir / "feature-gateway"), "materialize", "--config",
+                                str(config), "--view", "user_stats", "--input", str(users)],
+                               check=True, capture_output=True)
+                load_s[name] = time.time() - started
+                workdir = tmp / name
+                workdir.mkdir()
+                gateways[name] = Gateway(bindir, ["serve", "--config", str(config)], workdir)
+            keys = {name: sum(int(subprocess.run(["redis-cli", "-p", str(p), "dbsize"], capture_output=True,
+                                                 text=True, check=True).stdout) for p in ports)
+                    for name, ports in (("standalone", [server.port]), ("cluster", cluster.ports))}
+            single = ["--scenario", "features", "--feature-service", "user_stats_v1",
+                      "--entity", f"user_id=u_{{6}}:{population}"]
+            batch = single + ["--batch-rows", "100"]
+            for gw in gateways.values():
+                run_fg_load(bindir, gw.grpc, single, args.concurrency, 1.0)  # warm-up
+            runs = {f"{kind}_{name}": [] for kind in ("single", "batch") for name in gateways}
+            for _ in range(rounds):
+                for kind, scenario in (("single", single), ("batch", batch)):
+                    for name, gw in gateways.items():
+                        runs[f"{kind}_{name}"].append(measure(
+                            gw, lambda: run_fg_load(bindir, gw.grpc, scenario, args.concurrency, seconds),
+                            {"redis": redises[name]}))
+            fixed = {name: measure(gw, lambda: run_fg_load(
+                bindir, gw.grpc, single + ["--rps", str(rate)], args.concurrency, seconds))
+                for name, gw in gateways.items()}
+            statuses = {name: feature_statuses(gw) for name, gw in gateways.items()}
+        finally:
+            for gw in gateways.values():
+                gw.stop()
+            for redis_server in (server, cluster):
+                if redis_server:
+                    redis_server.stop()
+    lines = ["# The Redis vector on a Redis Cluster beside a standalone Redis", ""]
+    lines += header("cluster", args, seconds, rounds)
+    lines += [f"{population} users (`bench.py redis`'s 8 features) materialized with `feature-gateway "
+              f"materialize` into a standalone redis-server ({load_s['standalone']:.1f} s, {keys['standalone']} keys) "
+              f"and into a Redis Cluster of three primaries on the same machine ({load_s['cluster']:.1f} s, "
+              f"{keys['cluster']} keys), each served by its own gateway (`mode = \"cluster\"` for the second); "
+              "keys drawn uniformly at random. A 100-row batch spans every primary of the cluster: "
+              "its commands go to three nodes at once.", ""]
+    for kind, title in (("single", "fg-load, one row per request"), ("batch", "fg-load, 100-row batches")):
+        lines += table(title, [("standalone Redis (baseline)", runs[f"{kind}_standalone"]),
+                               ("Redis Cluster, 3 primaries", runs[f"{kind}_cluster"])])
+        lines += ratios(runs[f"{kind}_standalone"], runs[f"{kind}_cluster"], "no target: the cost of the cluster",
+                        "no target")
+        lines += [f"- Redis CPU per request (all nodes): standalone {median_of(runs[f'{kind}_standalone'], 'redis_cpu_us'):.1f} µs, "
+                  f"cluster {median_of(runs[f'{kind}_cluster'], 'redis_cpu_us'):.1f} µs", ""]
+    lines += table(f"fg-load, fixed rate ({rate:,} req/s, open loop)",
+                   [("standalone Redis", [fixed["standalone"]]), ("Redis Cluster, 3 primaries", [fixed["cluster"]])])
+    lines += [f"- statuses served, standalone: {statuses['standalone']}",
+              f"- statuses served, cluster: {statuses['cluster']}", ""]
+    lines += failures([r for v in runs.values() for r in v] + list(fixed.values()))
+    plot = svg_plot("cluster: latency by percentile (fg-load, one row per request)", [
+        ("standalone (closed loop)", runs["single_standalone"][-1]["percentiles"]),
+        ("cluster (closed loop)", runs["single_cluster"][-1]["percentiles"]),
+        (f"standalone at {rate:,} req/s", fixed["standalone"]["percentiles"]),
+        (f"cluster at {rate:,} req/s", fixed["cluster"]["percentiles"]),
+    ])
+    return "\n".join(lines), plot
+
+
+BENCHMARKS["cluster"] = cluster_bench
 
 
 def main():
