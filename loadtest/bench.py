@@ -16,6 +16,7 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
   python3 loadtest/bench.py drift               # the drift monitor on vs off
   python3 loadtest/bench.py reload              # fraud_v1 at 1,000 req/s while reloaded 100 times
   python3 loadtest/bench.py feast               # the Redis vector beside Feast's feature server
+  python3 loadtest/bench.py streaming           # a stream source: ingest, freshness, read cost, memory
   python3 loadtest/bench.py builds --other-bin DIR  # this build beside another (A/B of a change)
   python3 loadtest/bench.py all --smoke         # seconds-long runs proving the benchmarks work
 
@@ -71,6 +72,15 @@ pulls in by loadtest/feast/requirements.txt and installed once into a virtualenv
 alternating rounds at the same concurrency: throughput, p99 and CPU per request of each, and
 their ratios.
 
+`streaming` runs a single-node Kafka broker (tests/kafka/lib) and Redis with a `stream` source
+whose view aggregates payment events 4 ways over 4 windows (10m, 1h, 24h, 7d), a week of history
+for 10,000 cards loaded with `backfill --load`, and measures, each beside a baseline: one ingest
+process at saturation (300,000 events produced beforehand; beside a bare consumer of the same
+records), freshness at 5,000 events/s with the gateway serving 1,000 req/s (probe events from
+produce acknowledgement to the first GetFeatures answer counting them; beside a bare consumer's
+fetch of them), the read cost of the 16 aggregates beside the demo's fraud_v1 at 1,000 req/s,
+and Redis memory per entity (stream-load, loadtest/src/stream_load.rs, is the Kafka side).
+
 `memory` fills a Redis view's in-process cache with one million distinct keys and reports the
 gateway's resident memory against the same pass on a gateway without a cache, and the cost per
 entry and per cached value.
@@ -116,7 +126,7 @@ def find_ghz() -> str:
 
 def build(release: bool) -> Path:
     args = ["cargo", "build", "--quiet", "-p", "feature-gateway", "--bin", "feature-gateway",
-            "-p", "loadtest", "--bin", "fg-load", "--bin", "cache-mem", "--bin", "derived-eval", "-p", "fake-upstreams", "--bin", "fake-upstreams"]
+            "-p", "loadtest", "--bin", "fg-load", "--bin", "cache-mem", "--bin", "derived-eval", "--bin", "stream-load", "-p", "fake-upstreams", "--bin", "fake-upstreams"]
     if release:
         args.append("--release")
     subprocess.run(args, cwd=ROOT, check=True)
@@ -2134,6 +2144,467 @@ def reload_bench(args) -> tuple[str, str]:
 
 BENCHMARKS["reload"] = reload_bench
 BENCHMARKS["feast"] = feast_bench
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming: a `stream` source (aggregates of a Kafka topic kept as tiles in Redis), end to end.
+
+# The benchmark's view: 4 aggregations x 4 windows of the cards' payments.
+STREAM_WINDOWS = ("10m", "1h", "24h", "7d")
+STREAM_AGGREGATIONS = (
+    ("txn_count", 'op = "count"', "int64"),
+    ("amount_sum", 'op = "sum", field = "amount"', "double"),
+    ("amount_max", 'op = "max", field = "amount"', "double"),
+    ("merchants", 'op = "approx_distinct", field = "merchant_id"', "int64"),
+)
+
+
+def streaming_config(base: str, redis_port: int, broker: str, topic: str = "payments") -> str:
+    """The demo's configuration (tables, request context, fraud_v1) with a stream source in
+    Redis fed from `broker`'s `topic`: the view card_stream (STREAM_AGGREGATIONS over
+    STREAM_WINDOWS), the feature service fraud_stream (fraud_v1's features and card_stream's) and
+    probe (card_stream's 10-minute count alone); and, in a second source without Kafka, the
+    demo's own card_activity windows (loaded from history only, for their memory)."""
+    import tomllib
+    demo = tomllib.loads(base)
+    fraud_v1 = demo["feature_services"]["fraud_v1"]
+    features = ",\n  ".join(f'"{f}"' for f in fraud_v1["features"] + ["card_stream:*"])
+    defaults = "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in fraud_v1.get("defaults", {}).items())
+    aggregations = "\n".join(f"{name}_{w} = {{ {op}, window = \"{w}\" }}"
+                             for name, op, _ in STREAM_AGGREGATIONS for w in STREAM_WINDOWS)
+    types = "\n".join(f'{name}_{w} = {{ type = "{ty}" }}'
+                      for name, _, ty in STREAM_AGGREGATIONS for w in STREAM_WINDOWS)
+    activity = demo["views"]["card_activity"]
+    demo_aggregations = "\n".join(
+        f"{name} = {{ {', '.join(f'{k} = {json.dumps(v)}' for k, v in spec.items())} }}"
+        for name, spec in activity["aggregations"].items())
+    demo_types = "\n".join(f'{name} = {{ type = "{spec["type"]}" }}'
+                           for name, spec in activity["features"].items())
+    redis = f'redis = {{ url = "redis://127.0.0.1:{redis_port}", pool_size = 4 }}'
+    return f"""{base}
+
+[sources.stream]
+kind = "stream"
+timeout = "20ms"
+{redis}
+kafka = {{ brokers = ["{broker}"], topic = "{topic}" }}
+
+[views.card_stream]
+source = "stream"
+entities = ["card_id"]
+time_field = "ts"
+allowed_lateness = "5m"
+
+[views.card_stream.aggregations]
+{aggregations}
+
+[views.card_stream.features]
+{types}
+
+[sources.demo_stream]
+kind = "stream"
+timeout = "20ms"
+{redis}
+
+[views.card_activity_redis]
+source = "demo_stream"
+entities = ["card_id"]
+time_field = "ts"
+allowed_lateness = "{activity.get("allowed_lateness", "5m")}"
+
+[views.card_activity_redis.aggregations]
+{demo_aggregations}
+
+[views.card_activity_redis.features]
+{demo_types}
+
+[feature_services.fraud_stream]
+deadline = "30ms"
+features = [
+  {features},
+]
+
+[feature_services.fraud_stream.defaults]
+{defaults}
+
+[feature_services.probe]
+deadline = "1s"
+features = ["card_stream:txn_count_10m"]
+"""
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class IngestProcess:
+    """`feature-gateway ingest` on a loopback admin port; stopped by stop(). finish() waits for
+    an `--until-caught-up` run to end and returns its CPU seconds (from the kernel's accounting
+    of the reaped process)."""
+
+    def __init__(self, bindir: Path, config: Path, workdir: Path, extra: list[str] | None = None):
+        self.log = open(workdir / "ingest.log", "a")
+        self.proc = subprocess.Popen(
+            [str(bindir / "feature-gateway"), "ingest", "--config", str(config),
+             "--admin-listen", "127.0.0.1:0", *(extra or [])],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=dict(os.environ, RUST_LOG="warn"))
+        line = self.proc.stdout.readline()
+        if not line.startswith("feature-gateway ingest ready"):
+            self.stop()
+            sys.exit(f"ingest did not start: {line!r}; see {workdir / 'ingest.log'}")
+        self.started = time.time()
+        self.admin = dict(kv.split("=", 1) for kv in line.split()[3:])["admin"]
+
+    def metrics(self) -> str:
+        import urllib.request
+        return urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=5).read().decode()
+
+    def counter(self, name: str, **labels) -> float:
+        return Gateway.counter(self, name, **labels)
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.proc.pid)
+
+    def finish(self, timeout: float) -> tuple[float, float, float]:
+        """Waits for the process to exit (killing it past `timeout`): wall seconds since ready,
+        CPU seconds, and peak resident memory (MiB)."""
+        import signal
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:
+                self.proc.returncode = os.waitstatus_to_exitcode(status)
+                self.log.close()
+                return (time.time() - self.started, usage.ru_utime + usage.ru_stime,
+                        usage.ru_maxrss / 1024)
+            time.sleep(0.01)
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.log.close()
+        sys.exit(f"ingest did not catch up within {timeout:.0f} s")
+
+    def stop(self):
+        if self.proc.returncode is None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if not self.log.closed:
+            self.log.close()
+
+
+def redis_info(port: int, field: str) -> int:
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "memory"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return int(next(l.split(":", 1)[1] for l in out.splitlines() if l.startswith(field + ":")))
+
+
+def redis_hash_fields(port: int, pattern: str, sample: int) -> tuple[int, float, dict]:
+    """Keys matching `pattern`, and over a sample of them the mean fields per hash and the mean
+    fields by kind (`t:SIZE` tiles by size in ms, `o` offsets, `v`)."""
+    keys = subprocess.run(["redis-cli", "-p", str(port), "--scan", "--pattern", pattern],
+                          capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    picked = keys[:sample]
+    fields = subprocess.run(["redis-cli", "-p", str(port)], input="".join(f"HKEYS {k}\n" for k in picked),
+                            capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    kinds: dict = {}
+    for f in fields:
+        kind = ":".join(f.split(":")[:2]) if f.startswith("t:") else f.split(":")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    n = max(len(picked), 1)
+    return len(keys), len(fields) / n, {k: v / n for k, v in sorted(kinds.items())}
+
+
+def run_stream_load(bindir: Path, mode: str, args: list[str], timeout: float) -> dict:
+    out = subprocess.run([str(bindir / "stream-load"), mode, *args],
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        sys.exit(f"stream-load {mode} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def streaming(args) -> tuple[str, None]:
+    bindir = build(release=not args.smoke)
+    smoke = args.smoke
+    seconds = 2.0 if smoke else float(args.seconds)
+    rounds = 1 if smoke else args.rounds
+    rate = 50 if smoke else 1000
+    # History (7 days of each card's payments, loaded as tiles with `backfill --load`), the
+    # events ingest reads at saturation, and the freshness run's event rate and probes.
+    history_cards, history_days = (300, 1.0) if smoke else (10_000, 7.0)
+    saturation_events, saturation_cards = (5_000, 1_000) if smoke else (300_000, 100_000)
+    event_rate, fresh_seconds, probe_rate = (500, 3.0, 5.0) if smoke else (5_000, 20.0, 10.0)
+    warmup = 1.0 if smoke else 5.0  # events before the probes: ingest's states cached, as when running
+    partitions = 4
+    fraud = ["--scenario", "features",
+             "--entity", "user_id=u_{5}:10000", "--entity", f"card_id=c_{{5}}:{history_cards}",
+             "--entity", "merchant_id=m_{4}:2000",
+             "--context", "amount=129.99", "--context", "currency=USD", "--context", "channel=ecom"]
+    base_service = ["--feature-service", "fraud_v1"] + fraud
+    stream_service = ["--feature-service", "fraud_stream"] + fraud
+    stats = {}
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        tmp = Path(tmp)
+        servers = []
+        try:
+            demo = Gateway(bindir, ["demo", "--dir", str(tmp / "demo")], tmp)
+            demo.stop()
+            base = (tmp / "demo" / "demo.toml").read_text().split("\n[training_log]")[0]
+            history = tmp / "history.jsonl"
+            generating = subprocess.Popen(
+                [str(bindir / "stream-load"), "history", "--cards", str(history_cards), "--width", "5",
+                 "--days", str(history_days), "--out", str(history)],
+                stdout=subprocess.PIPE, text=True)
+            servers.append(generating)
+            broker = KafkaBroker(tmp)
+            servers.append(broker)
+            broker.create_topic("payments", partitions)
+            redis = RedisServer(tmp)
+            servers.append(redis)
+            config = tmp / "demo" / "streaming.toml"
+            config.write_text(streaming_config(base, redis.port, broker.bootstrap()))
+            topic = ["--brokers", broker.bootstrap(), "--topic", "payments", "--partitions", str(partitions)]
+            stats["history"] = json.loads(generating.communicate(timeout=300)[0])
+
+            # Memory: each view's history loaded into an empty Redis as tiles.
+            memory = {}
+            for view, pattern in (("card_stream", "fg:{card_stream@*"),
+                                  ("card_activity_redis", "fg:{card_activity_redis@*")):
+                before = redis_info(redis.port, "used_memory")
+                started = time.time()
+                subprocess.run([str(bindir / "feature-gateway"), "backfill", "--config", str(config),
+                                "--view", view, "--events", str(history), "--load"],
+                               check=True, capture_output=True, timeout=600)
+                took = time.time() - started
+                after = redis_info(redis.port, "used_memory")
+                entities, fields, kinds = redis_hash_fields(redis.port, pattern, 200)
+                memory[view] = {"bytes": after - before, "entities": entities, "fields": fields,
+                                "kinds": kinds, "load_s": took}
+
+            # Read cost: fraud_v1 beside fraud_stream (its 20 features and card_stream's 16).
+            gw = Gateway(bindir, ["serve", "--config", str(config)], tmp)
+            servers.append(gw)
+            for service in (base_service, stream_service):
+                run_fg_load(bindir, gw.grpc, service, args.concurrency, 1.0)  # warm-up
+            runs = {"base": [], "stream": []}
+            for _ in range(rounds):
+                for key, service in (("base", base_service), ("stream", stream_service)):
+                    runs[key].append(measure(gw, lambda: run_fg_load(
+                        bindir, gw.grpc, service + ["--rps", str(rate)], args.concurrency, seconds),
+                        {"redis": redis}))
+
+            # Ingest at saturation, in rounds: each round's events (new cards, a topic of their
+            # own) read by a bare consumer (the baseline), then by one ingest process from the
+            # first offset to the end.
+            saturation = []
+            for r in range(rounds):
+                round_topic = f"payments-{r}"
+                broker.create_topic(round_topic, partitions)
+                round_config = tmp / "demo" / f"saturation-{r}.toml"
+                round_config.write_text(streaming_config(base, redis.port, broker.bootstrap(), round_topic))
+                on_topic = ["--brokers", broker.bootstrap(), "--topic", round_topic,
+                            "--partitions", str(partitions)]
+                produced = run_stream_load(bindir, "produce", on_topic + [
+                    "--events", str(saturation_events), "--cards", str(saturation_cards),
+                    "--prefix", f"r{r}_", "--width", "6"], 300)
+                consumed = run_stream_load(bindir, "consume", on_topic, 300)
+                redis_before, broker_before = redis.cpu_seconds(), proc_cpu_seconds(broker.proc.pid)
+                ingest = IngestProcess(bindir, round_config, tmp, ["--until-caught-up"])
+                servers.append(ingest)
+                wall, cpu, rss = ingest.finish(timeout=60 if smoke else 240)
+                with open(tmp / "ingest.log") as f:
+                    summary = [l.strip() for l in f if "records read" in l]
+                saturation.append({
+                    "produced": produced, "consumed": consumed, "wall": wall, "cpu": cpu,
+                    "rss_mb": rss, "rate": saturation_events / wall,
+                    "redis_cpu": redis.cpu_seconds() - redis_before,
+                    "broker_cpu": proc_cpu_seconds(broker.proc.pid) - broker_before,
+                    "summary": summary[-1] if summary else "(no summary line)",
+                })
+
+            # Freshness: ingest running, events produced at a fixed rate (a warm-up, then probes
+            # among them), the gateway serving fraud_stream at a fixed rate meanwhile.
+            ingest = IngestProcess(bindir, config, tmp)
+            servers.append(ingest)
+            producer = subprocess.Popen(
+                [str(bindir / "stream-load"), "fresh", *topic,
+                 "--cards", str(history_cards), "--width", "5", "--rate", str(event_rate),
+                 "--warmup-seconds", str(warmup), "--seconds", str(fresh_seconds),
+                 "--probes-per-second", str(probe_rate), "--probe-prefix", "probe_",
+                 "--target", gw.grpc, "--feature-service", "probe"],
+                stdout=subprocess.PIPE, text=True)
+            servers.append(producer)
+            time.sleep(warmup)
+            load = subprocess.Popen(fg_load_args(bindir, gw.grpc, stream_service + ["--rps", str(rate)],
+                                                 args.concurrency, fresh_seconds),
+                                    stdout=subprocess.PIPE, text=True)
+            servers.append(load)
+            redis_before, ingest_before = redis.cpu_seconds(), ingest.cpu_seconds()
+            out, _ = producer.communicate(timeout=fresh_seconds + 60)
+            if producer.returncode != 0:
+                sys.exit("stream-load fresh failed")
+            fresh = json.loads(out)
+            fresh["ingest_cpu"] = ingest.cpu_seconds() - ingest_before
+            fresh["redis_cpu"] = redis.cpu_seconds() - redis_before
+            during = fg_load_result(load.communicate(timeout=fresh_seconds + 60)[0])
+            fresh_errors = ingest.counter("feature_gateway_ingest_errors_total")
+        finally:
+            for server in reversed(servers):
+                try:
+                    if isinstance(server, subprocess.Popen):
+                        if server.poll() is None:
+                            server.kill()
+                            server.wait(timeout=10)
+                    else:
+                        server.stop()
+                except Exception as e:  # stop the others all the same
+                    print(f"stopping {type(server).__name__}: {e}", file=sys.stderr)
+
+    lines = ["# Streaming features: ingest throughput, freshness, read cost and memory", ""]
+    lines += [
+        f"`python3 loadtest/bench.py streaming{' --smoke' if smoke else ''}` on "
+        f"{time.strftime('%Y-%m-%d')}: {'debug' if smoke else 'release'} build, {os.cpu_count()} CPUs "
+        "shared by the gateway, ingest, Redis, a single-node Kafka broker (KRaft, one JVM) and the "
+        "load tools, all on loopback.",
+        "",
+        "The view `card_stream` aggregates the cards' JSON payment events "
+        f"(`card_id`, `ts`, `amount`, `merchant_id`) {len(STREAM_AGGREGATIONS)} ways "
+        f"({', '.join(n for n, _, _ in STREAM_AGGREGATIONS)}) over {len(STREAM_WINDOWS)} windows "
+        f"({', '.join(STREAM_WINDOWS)}): {len(STREAM_AGGREGATIONS) * len(STREAM_WINDOWS)} features, "
+        "in 1-minute tiles (10m, 1h) and 1-hour tiles (24h, 7d). History: "
+        f"{stats['history']['events']:,} events of {history_cards:,} cards over {history_days:g} "
+        f"day{'' if history_days == 1 else 's'} "
+        "(each card at its own rate, log-uniform between 1 and 100 payments a day), loaded with "
+        "`feature-gateway backfill --load`.",
+        "",
+    ]
+    # 1. Ingest throughput.
+    consume_rate = statistics.median(s["consumed"]["rate"] for s in saturation)
+    events_per_s = median_of(saturation, "rate")
+    per_event = lambda key: statistics.median(s[key] * 1e6 / saturation_events for s in saturation)
+    lines += [
+        "**Ingest throughput of one process at saturation**",
+        "",
+        f"{rounds} round(s), each of {saturation_events:,} events of {saturation_cards:,} new cards "
+        f"produced beforehand to a topic of {partitions} partitions; `feature-gateway ingest "
+        "--until-caught-up` from the first offset to the end (defaults: 1 MiB fetches, 100 ms "
+        "fetch_max_wait). Baseline: the same records read by a bare consumer (the same Kafka client "
+        "and fetch sizes, nothing decoded or written): the rate Kafka delivers them at on this "
+        "machine. CPU from the kernel's accounting of each process. Medians over rounds.",
+        "",
+        "| | events/s | CPU per event (µs) | Redis CPU per event (µs) | broker CPU per event (µs) |",
+        "|---|---:|---:|---:|---:|",
+        f"| bare consumer (baseline) | {consume_rate:,.0f} | | | |",
+        f"| feature-gateway ingest | {events_per_s:,.0f} | {per_event('cpu'):.1f} | "
+        f"{per_event('redis_cpu'):.1f} | {per_event('broker_cpu'):.1f} |",
+        "",
+        f"- ingest / bare consumer: **{events_per_s / consume_rate:.0%}**; goal at least "
+        f"50,000 events/s: **{'met' if events_per_s >= 50_000 else 'not met'}** (rounds: "
+        + ", ".join(f"{s['rate']:,.0f}" for s in saturation) + " events/s)",
+        f"- ingest peak RSS: {max(s['rss_mb'] for s in saturation):.0f} MiB; producing each round took "
+        + ", ".join(f"{s['produced']['seconds']:.1f} s" for s in saturation) + " (acks=all)",
+        f"- ingest's own count, last round: {saturation[-1]['summary']}",
+        "",
+    ]
+    incomplete = [s["summary"] for s in saturation
+                  if f"{saturation_events} records read; {saturation_events} events applied" not in s["summary"]]
+    lines += scenario_check(not incomplete, f"ingest did not apply the {saturation_events} events: {incomplete}")
+    # 2. Freshness.
+    g, k = fresh["gateway"], fresh["kafka"]
+    lines += [
+        "**Freshness**",
+        "",
+        f"Ingest running; {fresh['rate']:,.0f} events/s produced for {fresh['seconds']:.0f} s "
+        f"(goal {event_rate:,}) to the history's cards: {warmup:g} s of warm-up (the cards' "
+        f"states read once and cached by ingest, as in a running process), then {probe_rate:g} "
+        "probes a second among them, each the first event of a card of its own; the gateway meanwhile serves "
+        f"`fraud_stream` at a fixed {rate:,} req/s (fg-load). For each probe: the time from its "
+        "produce acknowledgement to the first `GetFeatures` answer (feature service `probe`, polled "
+        f"every {fresh['poll_ms']} ms) whose 10-minute count includes it. Baseline: the same probes "
+        "fetched by a bare consumer of the topic (same fetch_max_wait, 100 ms): Kafka's own delivery.",
+        "",
+        "| | probes | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | not seen within 5 s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| bare consumer fetches it (baseline) | {k['count']} | {k['p50']:.1f} | {k['p90']:.1f} | "
+        f"{k['p99']:.1f} | {k['max']:.1f} | {fresh['kafka_missed']} |",
+        f"| GetFeatures serves it | {g['count']} | {g['p50']:.1f} | {g['p90']:.1f} | {g['p99']:.1f} | "
+        f"{g['max']:.1f} | {fresh['missed']} |",
+        "",
+        f"- p99 freshness: **{g['p99']:.0f} ms** (goal at most 500 ms: "
+        f"**{'met' if g['p99'] <= 500 and not fresh['missed'] else 'not met'}**), "
+        f"{g['p99'] - k['p99']:+.0f} ms beside Kafka's own delivery",
+        f"- ingest CPU per event meanwhile: {fresh['ingest_cpu'] * 1e6 / max(fresh['produced'], 1):.1f} µs; "
+        f"Redis: {fresh['redis_cpu'] * 1e6 / max(fresh['produced'], 1):.1f} µs (reads included); "
+        f"probe polls: {fresh['polls']:,}; ingest errors retried: {fresh_errors:.0f}",
+        "- slowest probe of each second of probing (ms): "
+        + ", ".join(f"{row[3]:.0f}" for row in fresh["timeline"]),
+        f"- `fraud_stream` at {rate:,} req/s while ingest writes: p99 {during['p99']:.3f} ms "
+        f"({during['count']:,} calls, {during['errors']} failed) beside {median_of(runs['stream'], 'p99'):.3f} ms "
+        "with no events arriving (below)",
+        "",
+    ]
+    lines += scenario_check(not fresh["missed"], f"{fresh['missed']} probes never served within 5 s")
+    # 3. Read cost.
+    base_p99, stream_p99 = median_of(runs["base"], "p99"), median_of(runs["stream"], "p99")
+    counts: dict = {}
+    for r in runs["stream"]:
+        for status, n in (r.get("statuses_by_view") or {}).get("card_stream", {}).items():
+            counts[status] = counts.get(status, 0) + n
+    statuses = ", ".join(f"{k}={v:,}" for k, v in sorted(counts.items())) or "none"
+    lines += [
+        "**Read cost**",
+        "",
+        f"`fraud_v1` (the demo's 20 features: static tables and request context, no I/O) beside "
+        f"`fraud_stream` (the same 20 and card_stream's 16: one Redis round trip and the tiles "
+        f"merged), alternating, {rounds} round(s) of {seconds:g} s at a fixed {rate:,} req/s "
+        "(fg-load, open loop), cards drawn at random from the history's. Medians over rounds.",
+        "",
+    ]
+    lines += table(f"fg-load, a fixed {rate:,} req/s", [("fraud_v1, 20 features (baseline)", runs["base"]),
+                                                        ("fraud_stream, 20 + 16 streaming", runs["stream"])])
+    lines += [
+        f"- p99, fraud_stream / fraud_v1: **{stream_p99 / base_p99:.2f}x** (goal within 1.5x: "
+        f"**{'met' if stream_p99 <= 1.5 * base_p99 else 'not met'}**)",
+        f"- gateway CPU per request: {median_of(runs['stream'], 'cpu_us'):.0f} µs beside "
+        f"{median_of(runs['base'], 'cpu_us'):.0f} µs; Redis CPU per request "
+        f"{median_of(runs['stream'], 'redis_cpu_us'):.1f} µs",
+        f"- card_stream's statuses served: {statuses}",
+        "",
+    ]
+    # 4. Memory.
+    lines += [
+        "**Redis memory per entity**",
+        "",
+        "INFO memory's used_memory before and after loading a view's history into Redis, divided "
+        "by the entities (hashes) written; fields per hash averaged over 200 of them.",
+        "",
+        "| view | windows | entities | bytes per entity | fields per hash | of which tiles, by size | load (s) |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    windows = {"card_stream": "4 aggregations x (10m, 1h, 24h, 7d)",
+               "card_activity_redis": "the demo's card_activity (10m, 1h, 1h, 24h, 24h)"}
+    for view, m in memory.items():
+        tiles = ", ".join(f"{v:.1f} of {int(kind.split(':')[1]) // 60000} min"
+                          for kind, v in m["kinds"].items() if kind.startswith("t:"))
+        lines.append(f"| {view} | {windows[view]} | {m['entities']:,} | "
+                     f"{m['bytes'] / max(m['entities'], 1):,.0f} | {m['fields']:.1f} | {tiles} | {m['load_s']:.1f} |")
+    lines += ["", "Each hash also holds its version (`v`); ingest adds one offset field per partition "
+              "that wrote to it.", ""]
+    lines += ["card_activity keeps a card's tiles for its longest window (24 hours), one tile and "
+              "its allowed lateness: a card with no payment in that time has nothing to load for it, "
+              "so it holds fewer entities.", ""]
+    lines += scenario_check(memory["card_stream"]["entities"] == history_cards
+                            and 0 < memory["card_activity_redis"]["entities"] <= history_cards,
+                            "a view's history did not load one hash per card: "
+                            + ", ".join(f"{v} {m['entities']}" for v, m in memory.items()))
+    lines += failures(runs["base"] + runs["stream"] + [during])
+    return "\n".join(lines), None
+
+
+BENCHMARKS["streaming"] = streaming
 
 
 # ---------------------------------------------------------------------------------------------
