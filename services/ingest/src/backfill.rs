@@ -351,42 +351,27 @@ fn column(ty: FeatureType, cells: impl Iterator<Item = Value>) -> ArrayRef {
             });
             Arc::new(b.finish())
         }
-        FeatureType::Int64List => {
-            let mut b = ListBuilder::new(Int64Builder::new());
-            for v in cells {
-                if let Value::Int64List(l) = v {
-                    l.into_iter().for_each(|x| b.values().append_value(x));
-                    b.append(true);
-                } else {
-                    b.append(false);
-                }
+        FeatureType::Int64List => list(Int64Builder::new(), cells, |b, v| match v {
+            Value::Int64List(l) => {
+                l.into_iter().for_each(|x| b.append_value(x));
+                true
             }
-            Arc::new(b.finish())
-        }
-        FeatureType::DoubleList => {
-            let mut b = ListBuilder::new(Float64Builder::new());
-            for v in cells {
-                if let Value::DoubleList(l) = v {
-                    l.into_iter().for_each(|x| b.values().append_value(x));
-                    b.append(true);
-                } else {
-                    b.append(false);
-                }
+            _ => false,
+        }),
+        FeatureType::DoubleList => list(Float64Builder::new(), cells, |b, v| match v {
+            Value::DoubleList(l) => {
+                l.into_iter().for_each(|x| b.append_value(x));
+                true
             }
-            Arc::new(b.finish())
-        }
-        FeatureType::StringList => {
-            let mut b = ListBuilder::new(StringBuilder::new());
-            for v in cells {
-                if let Value::StringList(l) = v {
-                    l.iter().for_each(|x| b.values().append_value(x));
-                    b.append(true);
-                } else {
-                    b.append(false);
-                }
+            _ => false,
+        }),
+        FeatureType::StringList => list(StringBuilder::new(), cells, |b, v| match v {
+            Value::StringList(l) => {
+                l.iter().for_each(|x| b.append_value(x));
+                true
             }
-            Arc::new(b.finish())
-        }
+            _ => false,
+        }),
         FeatureType::String | FeatureType::Bytes => {
             let mut b = StringBuilder::new();
             cells.for_each(|v| {
@@ -399,6 +384,21 @@ fn column(ty: FeatureType, cells: impl Iterator<Item = Value>) -> ArrayRef {
             Arc::new(b.finish())
         }
     }
+}
+
+/// A list column: `push` appends a cell's items to the values and says whether it was a list
+/// (a null list otherwise).
+fn list<B: arrow_array::builder::ArrayBuilder>(
+    values: B,
+    cells: impl Iterator<Item = Value>,
+    mut push: impl FnMut(&mut B, Value) -> bool,
+) -> ArrayRef {
+    let mut b = ListBuilder::new(values);
+    for v in cells {
+        let is_list = push(b.values(), v);
+        b.append(is_list);
+    }
+    Arc::new(b.finish())
 }
 
 fn record_batch(
