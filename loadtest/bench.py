@@ -2383,6 +2383,7 @@ def streaming(args) -> tuple[str, None]:
                 entities, fields, kinds = redis_hash_fields(redis.port, pattern, 200)
                 memory[view] = {"bytes": after - before, "entities": entities, "fields": fields,
                                 "kinds": kinds, "load_s": took}
+            history.unlink()  # about 130 MB at full size
 
             # Read cost: fraud_v1 beside fraud_stream (its 20 features and card_stream's 16).
             gw = Gateway(bindir, ["serve", "--config", str(config)], tmp)
