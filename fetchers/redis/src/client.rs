@@ -13,14 +13,15 @@
 //! # Cluster
 //! In `cluster` mode the client follows no redirection itself (`max_redirections = 0`): a command
 //! a node answers `MOVED` (its slot has moved) or `ASK` (its slot is migrating and the key has
-//! moved) fails with [`is_redirection`], which the node did not run. On `MOVED` the client reads
-//! the slot map again first, so [`crate::fetcher`] sends such a command once more and it reaches
-//! the slot's new owner. fred 10.1's own `ASK` handling is not safe to use: it sends `ASKING` to
-//! the new node, reads the next answer on that connection as its reply (an answer to another
-//! command in flight there, whose caller then gets its neighbour's answer), sends the command to
-//! the old node again, and, its attempts spent, ends the connection's task (see "Supervision").
-//! While a slot migrates, its keys already moved are thus unavailable (`unavailable`, retryable)
-//! until the migration ends; every other key is served.
+//! moved) fails with [`is_redirection`], and the node did not run it. [`crate::fetcher`] follows
+//! both. On `MOVED` the client has read the slot map again before failing the command, so the
+//! command sent once more reaches the slot's new owner. A command redirected again is an `ASK`:
+//! [`redirect_target`] asks the slot's owner where the slot is migrating to, and the command is
+//! sent there right after `ASKING`, the two in one pipeline, so nothing else runs between them on
+//! that connection. fred 10.1's own `ASK` handling is not safe to use: it writes `ASKING` to the
+//! new node and takes the next answer on that connection as its reply (whatever command it
+//! answers), sends the command to the old node again, and, its attempts spent, ends the
+//! connection's task (see "Supervision").
 //!
 //! # Supervision
 //! fred ends a client's connection task on a few errors that no reconnection policy covers and
@@ -51,9 +52,13 @@ use std::{
 use fetcher_api::{Env, ErrorClass, FetchError, tls};
 use fred::{
     prelude::{
-        ClientLike, Config, EventInterface, Options, Pool, ReconnectPolicy, ServerConfig, TcpConfig,
+        Client, ClientLike, Config, EventInterface, Options, Pool, ReconnectPolicy, ServerConfig,
+        TcpConfig,
     },
-    types::{Builder, ConnectHandle, config::TlsConfig},
+    types::{
+        Builder, ClusterHash, ConnectHandle, CustomCommand,
+        config::{Server, TlsConfig},
+    },
 };
 use rustls::{ClientConfig, RootCertStore};
 
@@ -266,6 +271,60 @@ pub fn is_redirection(error: &fred::error::Error) -> bool {
     *error.kind() == fred::error::ErrorKind::Routing && error.details().contains("redirections")
 }
 
+/// Where the keys of `slot` are to be asked for after nodes redirected a command twice, as the
+/// node the client routes the slot to now reports it (`CLUSTER NODES`, within `timeout`): the
+/// node the slot is migrating to (its keys already moved are there, to be asked for right after
+/// `ASKING`), else the node serving the slot, in that node's view (itself, or the new owner when
+/// the node the client read its slot map from had not heard of the move yet). `None` when it
+/// cannot say.
+pub async fn redirect_target(client: &Client, slot: u16, timeout: Duration) -> Option<Server> {
+    let nodes: String = client
+        .with_options(&call_options(timeout))
+        .custom(
+            CustomCommand::new_static("CLUSTER", ClusterHash::Custom(slot), false),
+            vec!["NODES"],
+        )
+        .await
+        .ok()?;
+    redirect_target_in(&nodes, slot)
+}
+
+/// [`redirect_target`] in a `CLUSTER NODES` answer: the answering node's own line (`myself`)
+/// lists `[SLOT->-ID]` while the slot migrates to node `ID`; otherwise the line whose slot ranges
+/// hold the slot names its owner. A node's address is `host:port@bus[,hostname]`.
+fn redirect_target_in(nodes: &str, slot: u16) -> Option<Server> {
+    let lines: Vec<Vec<&str>> = nodes
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .filter(|fields: &Vec<&str>| fields.len() >= 8)
+        .collect();
+    let myself = |fields: &Vec<&str>| fields[2].split(',').any(|f| f == "myself");
+    let migrating = format!("[{slot}->-");
+    let target = lines
+        .iter()
+        .filter(|fields| myself(fields))
+        .find_map(|fields| {
+            fields[8..]
+                .iter()
+                .find_map(|s| s.strip_prefix(migrating.as_str())?.strip_suffix(']'))
+        });
+    let serves = |fields: &&Vec<&str>| {
+        fields[8..].iter().any(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            matches!((first.parse::<u16>(), last.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+        })
+    };
+    let line = match target {
+        Some(id) => lines.iter().find(|fields| fields[0] == id)?,
+        None => lines.iter().find(serves)?,
+    };
+    let address = line[1].split(['@', ',']).next()?;
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok()?;
+    (!host.is_empty() && port != 0).then(|| Server::new(host, port))
+}
+
 /// Starts each client's connection task again when it ends with an error (see the module doc's
 /// "Supervision"); `handles` are the tasks of `pool`'s clients, in order.
 fn supervise(source_name: &str, pool: &Pool, handles: Vec<ConnectHandle>) {
@@ -341,4 +400,58 @@ pub async fn ping(pool: &Pool, timeout: Duration) -> Result<(), FetchError> {
         .ping::<()>(None)
         .await
         .map_err(|e| classify(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirected_slots_keys_are_where_its_node_says() {
+        let nodes = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+e7d1 127.0.0.1:30002@31002,cache-2 master - 0 1426238316232 2 connected 5461-10922 [42-<-292f]
+292f 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-99 101-5460 [42->-e7d1] [43->-67ed]
+67ed [::1]:30003@31003 master - 0 1426238318243 3 connected 10923-16383 100
+";
+        // Migrating: the node it migrates to.
+        assert_eq!(
+            redirect_target_in(nodes, 42),
+            Some(Server::new("127.0.0.1", 30002))
+        );
+        assert_eq!(
+            redirect_target_in(nodes, 43),
+            Some(Server::new("::1", 30003))
+        );
+        // Handed over: the node serving it now, as this node knows.
+        assert_eq!(
+            redirect_target_in(nodes, 6000),
+            Some(Server::new("127.0.0.1", 30002))
+        );
+        assert_eq!(
+            redirect_target_in(nodes, 100),
+            Some(Server::new("::1", 30003))
+        );
+        // Its own slot, not migrating: itself.
+        assert_eq!(
+            redirect_target_in(nodes, 44),
+            Some(Server::new("127.0.0.1", 30001))
+        );
+        assert_eq!(
+            redirect_target_in(nodes, 16384 - 1),
+            Some(Server::new("::1", 30003))
+        );
+        assert_eq!(redirect_target_in("", 42), None);
+        // A node importing the slot names its owner.
+        let target_view = nodes
+            .replace("myself,master - 0 0 1", "master - 0 0 1")
+            .replace(
+                "master - 0 1426238316232 2",
+                "myself,master - 0 1426238316232 2",
+            );
+        assert_eq!(
+            redirect_target_in(&target_view, 42),
+            Some(Server::new("127.0.0.1", 30001))
+        );
+    }
 }

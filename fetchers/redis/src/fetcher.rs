@@ -10,9 +10,9 @@
 //! goes to its key's slot owner, so a batch may span every node. (MGET is not used for json: it cannot cross slots, and
 //! it answers nil for a key of the wrong type, which would hide the mistake as NOT_FOUND.)
 //! A command a cluster node redirected (`MOVED`: its slot moved; the client has read the slot map
-//! again) is sent once more, within the same deadline; one redirected again (`ASK`: its slot is
-//! migrating and the key has already moved) fails the call as unavailable (see
-//! [`crate::client`]'s "Cluster").
+//! again) is sent once more; one redirected again (`ASK`: its slot is migrating and the key has
+//! already moved) is sent to the node the slot migrates to, right after `ASKING`; all within the
+//! same deadline (see [`crate::client`]'s "Cluster"). A slot moving is thus invisible.
 //!
 //! | what Redis holds | what the row is |
 //! |---|---|
@@ -31,15 +31,23 @@
 //! [`ErrorClass::Unavailable`]: fetcher_api::ErrorClass::Unavailable
 //! [`ErrorClass::Timeout`]: fetcher_api::ErrorClass::Timeout
 
-use std::{collections::HashMap, fmt, time::Duration, time::SystemTime};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    fmt,
+    time::Duration,
+    time::SystemTime,
+};
 
 use async_trait::async_trait;
 use fetcher_api::{
     Cell, CellError, FeatureType, FetchError, FetchRequest, Fetcher, Record, Row, Value,
 };
 use fred::{
-    clients::WithOptions,
-    prelude::{Client, ClientLike, HashesInterface, KeysInterface, Pool, Value as RedisValue},
+    prelude::{
+        Client, ClientLike, HashesInterface, KeysInterface, Options, Pool, Value as RedisValue,
+    },
+    types::{ClusterHash, CustomCommand, config::Server},
+    util::redis_keyslot,
 };
 use futures::future::join_all;
 use tokio::time::Instant;
@@ -81,6 +89,34 @@ impl Drop for RedisFetcher {
     }
 }
 
+/// One command of a batch, kept as data so that it can be sent again, or after `ASKING`.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    Hmget(&'a str, &'a [&'a str]),
+    Exists(&'a str),
+    Get(&'a str),
+}
+
+impl Read<'_> {
+    fn key(&self) -> &str {
+        match self {
+            Read::Hmget(key, _) | Read::Exists(key) | Read::Get(key) => key,
+        }
+    }
+
+    /// Sends it on `client` (or queues it, on a pipeline).
+    async fn send<C>(self, client: &C) -> Result<RedisValue, fred::error::Error>
+    where
+        C: HashesInterface + KeysInterface + Sync,
+    {
+        match self {
+            Read::Hmget(key, fields) => client.hmget(key, fields.to_vec()).await,
+            Read::Exists(key) => client.exists(key).await,
+            Read::Get(key) => client.get(key).await,
+        }
+    }
+}
+
 /// A requested feature: its field and type.
 struct Wanted<'a> {
     field: &'a str,
@@ -102,34 +138,79 @@ impl RedisFetcher {
         }
     }
 
-    /// Sends the commands of `answers` that a cluster node redirected once more (`send(client, i)`
-    /// sends the `i`th) on `connection`, the client they were sent on (whose slot map a `MOVED`
-    /// refreshed), within what is left of `deadline`, and puts their new answers in place.
-    /// Nothing to do outside a cluster, nor, mostly, in one: only after a slot has moved.
-    async fn send_redirected_again<F, Fut>(
+    /// Follows the redirections of a cluster among `answers` (see the module doc): each
+    /// redirected read (`read(i)` is the `i`th) is sent again on `connection`, the client it was
+    /// sent on (whose slot map a `MOVED` refreshed), and one redirected again (`ASK`, or a `MOVED`
+    /// the refreshed map did not know of yet) is sent to the node its slot's node names
+    /// ([`client::redirect_target`]), after `ASKING`; within what is left of `deadline`. The new
+    /// answers take the old ones' places. Nothing to do outside a cluster, nor, mostly, in one:
+    /// only while or after a slot moves.
+    async fn follow_redirections<'r>(
         &self,
         connection: &Client,
         answers: &mut [Result<RedisValue, fred::error::Error>],
         deadline: Option<Instant>,
-        send: F,
-    ) -> Result<(), FetchError>
-    where
-        F: Fn(WithOptions<Client>, usize) -> Fut,
-        Fut: std::future::Future<Output = Result<RedisValue, fred::error::Error>>,
-    {
-        let redirected: Vec<usize> = answers
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.as_ref().is_err_and(client::is_redirection))
-            .map(|(i, _)| i)
-            .collect();
-        if redirected.is_empty() {
+        read: impl Fn(usize) -> Read<'r>,
+    ) -> Result<(), FetchError> {
+        let redirected = |answers: &[Result<RedisValue, fred::error::Error>]| -> Vec<usize> {
+            answers
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.as_ref().is_err_and(client::is_redirection))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let moved = redirected(answers);
+        if moved.is_empty() {
             return Ok(());
         }
         let client = connection.with_options(&call_options(self.budget(deadline)?));
-        let again = join_all(redirected.iter().map(|&i| send(client.clone(), i))).await;
-        for (i, answer) in redirected.into_iter().zip(again) {
+        let again = join_all(moved.iter().map(|&i| read(i).send(&client))).await;
+        for (i, answer) in moved.into_iter().zip(again) {
             answers[i] = answer;
+        }
+        let asked = redirected(answers);
+        if asked.is_empty() {
+            return Ok(());
+        }
+        // Where each slot's keys are, asked once per slot (a batch rarely spans two moving slots).
+        // Only a node the client is connected to: a command for another node would make it
+        // reconnect to the whole cluster (a slot migrating to a node that serves no slot yet
+        // stays unavailable until it is handed over).
+        let budget = self.budget(deadline)?;
+        let connected = connection.active_connections();
+        let mut targets: HashMap<u16, Option<Server>> = HashMap::new();
+        for &i in &asked {
+            let slot = redis_keyslot(read(i).key().as_bytes());
+            if let Entry::Vacant(entry) = targets.entry(slot) {
+                let target = client::redirect_target(connection, slot, budget).await;
+                entry.insert(target.filter(|node| connected.contains(node)));
+            }
+        }
+        let budget = self.budget(deadline)?;
+        let asking = asked.iter().map(|&i| {
+            let read = read(i);
+            let slot = redis_keyslot(read.key().as_bytes());
+            let target = targets.get(&slot).cloned().flatten();
+            async move {
+                let target = target?;
+                let pipeline = connection.pipeline();
+                let pipeline = pipeline.with_options(&Options {
+                    cluster_node: Some(target),
+                    ..call_options(budget)
+                });
+                let asking = CustomCommand::new_static("ASKING", ClusterHash::Custom(slot), false);
+                let _ = pipeline
+                    .custom::<RedisValue, _>(asking, Vec::<RedisValue>::new())
+                    .await;
+                let _ = read.send(&pipeline).await;
+                pipeline.try_all::<RedisValue>().await.pop()
+            }
+        });
+        for (i, answer) in asked.iter().zip(join_all(asking).await) {
+            if let Some(answer) = answer {
+                answers[*i] = answer;
+            }
         }
         Ok(())
     }
@@ -190,15 +271,9 @@ impl Fetcher for RedisFetcher {
                         .map(|key| client.hmget::<RedisValue, _, _>(key.as_str(), fields.clone())),
                 )
                 .await;
-                self.send_redirected_again(
-                    connection,
-                    &mut answers,
-                    request.deadline,
-                    |client, i| {
-                        let (key, fields) = (keys[i].as_str(), fields.clone());
-                        async move { client.hmget(key, fields).await }
-                    },
-                )
+                self.follow_redirections(connection, &mut answers, request.deadline, |i| {
+                    Read::Hmget(&keys[i], &fields)
+                })
                 .await?;
                 failed_call(&answers)?;
                 // A key whose requested fields are all missing may be a hash of nulls or no key
@@ -219,15 +294,9 @@ impl Fetcher for RedisFetcher {
                             .map(|&i| client.exists::<RedisValue, _>(keys[i].as_str())),
                     )
                     .await;
-                    self.send_redirected_again(
-                        connection,
-                        &mut answers,
-                        request.deadline,
-                        |client, j| {
-                            let key = keys[unclear[j]].as_str();
-                            async move { client.exists(key).await }
-                        },
-                    )
+                    self.follow_redirections(connection, &mut answers, request.deadline, |j| {
+                        Read::Exists(&keys[unclear[j]])
+                    })
                     .await?;
                     failed_call(&answers)?;
                     for (&i, answer) in unclear.iter().zip(answers) {
@@ -248,15 +317,9 @@ impl Fetcher for RedisFetcher {
                         .map(|key| client.get::<RedisValue, _>(key.as_str())),
                 )
                 .await;
-                self.send_redirected_again(
-                    connection,
-                    &mut answers,
-                    request.deadline,
-                    |client, i| {
-                        let key = keys[i].as_str();
-                        async move { client.get(key).await }
-                    },
-                )
+                self.follow_redirections(connection, &mut answers, request.deadline, |i| {
+                    Read::Get(&keys[i])
+                })
                 .await?;
                 failed_call(&answers)?;
                 keys.iter()

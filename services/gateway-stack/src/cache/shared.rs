@@ -18,8 +18,9 @@
 //! (a cluster forwards every PUBLISH to every node). Keys carry no hash tag: one entity's entry of
 //! one view is one key, so grouping them by slot would save no round trip, and keys spread over
 //! every node. The client follows no redirection (fred's `ASK` handling is not safe to use; see
-//! the `redis` source's client): a command a node redirects is a miss, and after a `MOVED` the
-//! client has read the slot map again for the next one.
+//! the `redis` source's client): a command a node redirects is a miss (the tier is a cache; the
+//! `redis` source follows both redirections, the tier need not), and after a `MOVED` the client
+//! has read the slot map again for the next one.
 //!
 //! # Newer answers win
 //! Each entry also holds when the call that answered it **started**. A write goes through a Lua
