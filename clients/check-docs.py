@@ -19,6 +19,8 @@
   python     clients/README.md's Python snippet runs against FEATURE_GATEWAY_ADDR.
   java       clients/README.md's Java snippet makes its warm-up call (wait-for-ready, a GetFeatures
              the gateway refuses) before the GetFeatures with a 50 ms deadline.
+  service-config  the service config in clients/README.md's "Calling several replicas" is the one
+             clients/go/balance dials with (balance.ServiceConfig), as JSON.
 
 Needs python3; go-module needs clients/setup.sh's tools and go (it runs offline: the module's
 dependencies come from the module cache that setup.sh fills). Every check runs even when an
@@ -333,8 +335,25 @@ def check_java() -> None:
         fail("java", "the snippet should build exactly one channel and reuse it")
 
 
+def check_service_config() -> None:
+    print("service-config: clients/README.md's service config against clients/go/balance")
+    text = section(CLIENTS_README.read_text(), "## Calling several replicas")
+    blocks = code_blocks(text, "json")
+    if len(blocks) != 1:
+        fail("service-config", f"want one ```json block in \"Calling several replicas\", found {len(blocks)}")
+        return
+    go = (CLIENTS / "go" / "balance" / "balance.go").read_text()
+    match = re.search(r"^const ServiceConfig = `(.*?)`", go, re.M | re.S)
+    if not match:
+        fail("service-config", "no `const ServiceConfig = `...`` in clients/go/balance/balance.go")
+        return
+    if json.loads(blocks[0]) != json.loads(match.group(1)):
+        fail("service-config", "clients/README.md's service config differs from balance.ServiceConfig")
+
+
 def main() -> int:
-    for check in (check_statuses, check_ghz, check_go_module, check_python, check_java):
+    for check in (check_statuses, check_ghz, check_go_module, check_python, check_java,
+                  check_service_config):
         try:
             check()
         except Exception as e:  # a parse error in one check must not hide the others
@@ -342,7 +361,7 @@ def main() -> int:
     if failures:
         print(f"clients/check-docs: FAILED ({len(failures)}):\n  " + "\n  ".join(failures))
         return 1
-    print("clients/check-docs: ok (statuses, ghz, go-module, python, java)")
+    print("clients/check-docs: ok (statuses, ghz, go-module, python, java, service-config)")
     return 0
 
 

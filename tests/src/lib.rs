@@ -186,6 +186,13 @@ impl GatewayProcess {
         self.signal("TERM");
     }
 
+    /// Sends SIGKILL and waits for the process to end: a replica lost at once, its calls in
+    /// flight with it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGHUP: the gateway reloads its configuration file.
     pub fn hangup(&self) {
         self.signal("HUP");
