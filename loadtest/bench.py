@@ -9,6 +9,7 @@ duration, and reports p50 / p99 / throughput of each and their ratios.
   python3 loadtest/bench.py overhead            # the gateway's own overhead (release build)
   python3 loadtest/bench.py redis               # a Redis-only feature vector
   python3 loadtest/bench.py cluster             # the Redis vector on a Redis Cluster beside standalone
+  python3 loadtest/bench.py replicas            # three gateways behind the Go client, one killed
   python3 loadtest/bench.py training-log        # logging off vs Parquet vs Kafka
   python3 loadtest/bench.py fraud               # the full fraud service: load, cold start, outage
   python3 loadtest/bench.py memory              # resident memory with 1M cached entries
@@ -32,6 +33,11 @@ health RPC under the same load tool, and `redis-benchmark -t get` at the same co
 one over a three-primary Redis Cluster holding the same users, in alternating rounds (one row per
 request and 100-row batches at saturation, then a fixed rate): throughput, p99, gateway and Redis
 CPU per request of each, and their ratios.
+
+`replicas` serves `redis`'s vector from a Redis Cluster through three gateways, called by the Go
+client balanced over them (clients/go/balance: round_robin, reads retried on UNAVAILABLE): one
+replica's address against the three's, alternating, then a run in which one replica is SIGKILLed
+halfway (calls, retries, failures).
 
 `training-log` serves the demo's `fraud_v1` vector from three gateways running side by side: one
 with no training log (the baseline), one logging to Parquet files (the demo's settings), and one
@@ -2758,6 +2764,128 @@ def cluster_bench(args) -> tuple[str, str]:
 
 
 BENCHMARKS["cluster"] = cluster_bench
+
+
+# replicas: three gateways behind the Go client's round_robin (clients/go/balance), one killed.
+
+def replicas_bench(args) -> tuple[str, None]:
+    """The `redis` benchmark's 8-feature vector on a three-primary Redis Cluster, served by three
+    gateways and called by the Go client (clients/go/cmd/replicas: one connection per replica,
+    round_robin, reads retried on UNAVAILABLE), in alternating rounds over one replica's address
+    and over the three; then a run over the three in which one is SIGKILLed halfway."""
+    bindir = build(release=not args.smoke)
+    seconds = 2.0 if args.smoke else float(args.seconds)
+    rounds = 1 if args.smoke else args.rounds
+    population = 2_000 if args.smoke else args.population
+    with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
+        tmp = Path(tmp)
+        driver = tmp / "replicas"
+        subprocess.run(["go", "build", "-o", str(driver), "./cmd/replicas"],
+                       cwd=ROOT / "clients" / "go", check=True, capture_output=True)
+        cluster = None
+        gateways: list[Gateway] = []
+        try:
+            cluster = RedisClusterNodes(tmp)
+            users = tmp / "users.csv"
+            write_users(users, population)
+            # The Go client's rows: the entity key, then each feature as the answer names it.
+            rows = tmp / "rows.csv"
+            user_lines = users.read_text().splitlines()
+            columns = user_lines[0].split(",")
+            rows.write_text(",".join([columns[0]] + [f"user_stats:{c}" for c in columns[1:]]) + "\n"
+                            + "\n".join(user_lines[1:]) + "\n")
+            config = tmp / "cluster.toml"
+            config.write_text(REDIS_CONFIG.format(port=cluster.ports[0]).replace(
+                "pool_size = 4",
+                'mode = "cluster"\nnodes = ['
+                + ", ".join(f'"127.0.0.1:{p}"' for p in cluster.ports[1:]) + "]\npool_size = 4")
+                # What is measured is the spread over replicas, not a tight deadline on a shared
+                # machine: a 500 ms budget, so that a busy second reads as latency, not TIMED_OUT.
+                .replace('timeout = "20ms"', 'timeout = "500ms"')
+                .replace('deadline = "50ms"', 'deadline = "500ms"'))
+            subprocess.run([str(bindir / "feature-gateway"), "materialize", "--config", str(config),
+                            "--view", "user_stats", "--input", str(users)], check=True, capture_output=True)
+            for n in range(3):
+                workdir = tmp / f"replica-{n}"
+                workdir.mkdir()
+                gateways.append(Gateway(bindir, ["serve", "--config", str(config)], workdir))
+
+            class AllGateways:
+                """Every replica's CPU, whichever the client calls."""
+                def cpu_seconds(self) -> float:
+                    return sum(g.cpu_seconds() for g in gateways if g.proc.poll() is None)
+
+            def drive(replicas: list[Gateway], duration: float,
+                      during=None) -> dict:
+                cmd = [str(driver), "-addrs", ",".join(g.grpc for g in replicas),
+                       "-service", "user_stats_v1", "-entities", "user_id", "-rows", str(rows),
+                       "-concurrency", str(args.concurrency), "-duration", f"{duration}s",
+                       "-timeout", "5s"]
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                if during:
+                    during()
+                out, err = proc.communicate(timeout=duration + 60)
+                if proc.returncode != 0:
+                    sys.exit(f"clients/go/cmd/replicas failed: {err}")
+                r = json.loads(out)
+                return {**r, "go_errors": r["errors"], "count": r["calls"], "p50": r["p50_ms"],
+                        "p90": r["p90_ms"], "p99": r["p99_ms"],
+                        "errors": sum(r["errors"].values()) + r["wrong"],
+                        "codes": {**r["errors"], **({"wrong value": r["wrong"]} if r["wrong"] else {})}}
+
+            all_gateways = AllGateways()
+            drive(gateways, 1.0)  # warm-up: every replica's connections
+            runs = {"one": [], "three": []}
+            for _ in range(rounds):
+                runs["one"].append(measure(all_gateways, lambda: drive(gateways[:1], seconds)))
+                runs["three"].append(measure(all_gateways, lambda: drive(gateways, seconds)))
+            served_before = [g.counter("feature_gateway_requests_total", method="GetFeatures")
+                             for g in gateways]
+
+            def kill_halfway():
+                time.sleep(seconds)
+                gateways[2].proc.kill()
+                gateways[2].proc.wait()
+
+            killed = drive(gateways, 2 * seconds, kill_halfway)
+        finally:
+            for gw in gateways:
+                gw.stop()
+            if cluster:
+                cluster.stop()
+    shares = [(g.counter("feature_gateway_requests_total", method="GetFeatures") - b)
+              if g.proc.poll() is None else None for g, b in zip(gateways, served_before)]
+    lines = ["# Three replicas behind the Go client's round_robin, one of them killed", ""]
+    lines += header("replicas", args, seconds, rounds)
+    lines += [f"{population} users (`bench.py redis`'s 8 features) materialized into a Redis Cluster of "
+              "three primaries, served by three gateways on the same machine. The load is "
+              "`clients/go/cmd/replicas`: Go's gRPC client over `clients/go/balance` (one connection per "
+              "replica, `round_robin`, reads retried on UNAVAILABLE), checking every answer against "
+              "the rows loaded. The baseline calls one replica's address, the scenario all three's; "
+              "gateway CPU is the three processes' together.", ""]
+    lines += table("Go client, closed loop", [("one replica (baseline)", runs["one"]),
+                                              ("three replicas", runs["three"])])
+    lines += ratios(runs["one"], runs["three"], "no target", f"on {os.cpu_count()} CPUs")
+    per_second = killed["per_second"]
+    lines += [f"**One replica of three SIGKILLed after {seconds:g} s of a {2 * seconds:g} s run**", "",
+              f"- calls: {killed['calls']}, attempts: {killed['attempts']} "
+              f"({killed['attempts'] - killed['calls']} retried), failed: {sum(killed['go_errors'].values())}, "
+              f"wrong values: {killed['wrong']}, answers with a feature not PRESENT: "
+              f"{killed['not_present'] or 'none'}",
+              f"- calls answered each second: {per_second}",
+              f"- p99 {killed['p99_ms']:.3f} ms, slowest call {killed['max_ms']:.3f} ms", ""]
+    lines += scenario_check(sum(killed["go_errors"].values()) == 0,
+                            "a call failed while a replica was killed")
+    not_present = {}
+    for r in runs["one"] + runs["three"]:
+        for st, n in r["not_present"].items():
+            not_present[st] = not_present.get(st, 0) + n
+    lines += [f"- answers with a feature not PRESENT in the closed-loop runs: {not_present or 'none'}", ""]
+    lines += failures(runs["one"] + runs["three"] + [killed])
+    return "\n".join(lines), None
+
+
+BENCHMARKS["replicas"] = replicas_bench
 
 
 def main():
