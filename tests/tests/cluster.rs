@@ -48,7 +48,7 @@ use end_to_end::{
 };
 use fake_upstreams::{
     FakeConfig, FakeServer,
-    plaid::{self, PlaidConfig, RateLimitConfig, data},
+    plaid::{self, PlaidConfig, data},
     seeded::rfc3339,
 };
 use proto::v1::{self, FeatureStatus as St, feature_service_client::FeatureServiceClient};
@@ -710,14 +710,7 @@ async fn the_shared_tier_on_a_cluster_serves_every_replica_and_carries_webhook_i
     let cluster = RedisCluster::start(3);
     let plaid = FakeServer::start(FakeConfig {
         population: 8,
-        plaid: PlaidConfig {
-            client_id: PLAID_ID.into(),
-            secret: PLAID_SECRET.into(),
-            rate_limits: RateLimitConfig {
-                window_ms: 60_000,
-                routes: Default::default(),
-            },
-        },
+        plaid: PlaidConfig::unlimited(PLAID_ID, PLAID_SECRET),
         ..FakeConfig::default()
     })
     .await

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use end_to_end::{GatewayProcess, map, postgres::PostgresServer, s, statuses, with_timeout};
 use fake_upstreams::{
     FakeConfig, FakeServer, Latency, RouteFaults,
-    plaid::{self, ItemState, PlaidConfig, RateLimitConfig, data},
+    plaid::{self, ItemState, PlaidConfig, data},
     seeded::rfc3339,
 };
 use proto::v1::{self, FeatureStatus as St};
@@ -97,15 +97,8 @@ struct Stack {
 async fn start() -> Stack {
     let plaid = FakeServer::start(FakeConfig {
         population: 20,
-        plaid: PlaidConfig {
-            client_id: CLIENT_ID.into(),
-            secret: SECRET.into(),
-            // The test calls the same Items repeatedly; limits have tests of their own.
-            rate_limits: RateLimitConfig {
-                window_ms: 60_000,
-                routes: Default::default(),
-            },
-        },
+        // The test calls the same Items repeatedly; limits have tests of their own.
+        plaid: PlaidConfig::unlimited(CLIENT_ID, SECRET),
         ..FakeConfig::default()
     })
     .await

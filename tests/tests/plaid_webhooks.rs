@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use end_to_end::{GatewayProcess, map, redis::RedisServer, s, statuses, with_timeout};
 use fake_upstreams::{
     FakeConfig, FakeServer,
-    plaid::{self, PlaidConfig, RateLimitConfig, data, webhooks::unix_now},
+    plaid::{self, PlaidConfig, data, webhooks::unix_now},
     seeded::rfc3339,
 };
 use proto::v1::{self, FeatureStatus as St};
@@ -74,14 +74,7 @@ struct Stack {
 async fn start(prefix: &str) -> Stack {
     let plaid = FakeServer::start(FakeConfig {
         population: 5,
-        plaid: PlaidConfig {
-            client_id: CLIENT_ID.into(),
-            secret: SECRET.into(),
-            rate_limits: RateLimitConfig {
-                window_ms: 60_000,
-                routes: Default::default(),
-            },
-        },
+        plaid: PlaidConfig::unlimited(CLIENT_ID, SECRET),
         ..FakeConfig::default()
     })
     .await

@@ -28,7 +28,7 @@ use std::{
 use end_to_end::{GatewayProcess, gateway_binary, redis::RedisCluster};
 use fake_upstreams::{
     FakeConfig, FakeServer,
-    plaid::{self, PlaidConfig, RateLimitConfig, data},
+    plaid::{self, PlaidConfig, data},
     seeded::rfc3339,
 };
 use serde_json::Value as Json;
@@ -245,14 +245,7 @@ async fn three_replicas_share_the_load_and_losing_one_costs_no_call() {
     let cluster = RedisCluster::start(3);
     let plaid = FakeServer::start(FakeConfig {
         population: TOKENS,
-        plaid: PlaidConfig {
-            client_id: PLAID_ID.into(),
-            secret: PLAID_SECRET.into(),
-            rate_limits: RateLimitConfig {
-                window_ms: 60_000,
-                routes: Default::default(),
-            },
-        },
+        plaid: PlaidConfig::unlimited(PLAID_ID, PLAID_SECRET),
         ..FakeConfig::default()
     })
     .await

@@ -19,7 +19,7 @@ use end_to_end::{
 use fake_upstreams::{
     FakeConfig, FakeServer, Latency, RouteFaults,
     internal::DEVICE_REPUTATION,
-    plaid::{self, PlaidConfig, RateLimitConfig, data},
+    plaid::{self, PlaidConfig, data},
     seeded::rfc3339,
 };
 use proto::v1::{self, FeatureStatus as St};
@@ -115,14 +115,7 @@ features = [
 async fn fake_server() -> FakeServer {
     FakeServer::start(FakeConfig {
         population: 20,
-        plaid: PlaidConfig {
-            client_id: CLIENT_ID.into(),
-            secret: SECRET.into(),
-            rate_limits: RateLimitConfig {
-                window_ms: 60_000,
-                routes: Default::default(),
-            },
-        },
+        plaid: PlaidConfig::unlimited(CLIENT_ID, SECRET),
         ..FakeConfig::default()
     })
     .await

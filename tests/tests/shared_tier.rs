@@ -19,9 +19,7 @@ use std::time::Duration;
 use end_to_end::{GatewayProcess, eventually, map, redis::RedisServer, s, statuses, with_timeout};
 use fake_upstreams::{
     FakeConfig, FakeServer,
-    plaid::{
-        self, ACCOUNTS_BALANCE_GET, PlaidConfig, PlaidFaults, PlaidHoldNext, RateLimitConfig, data,
-    },
+    plaid::{self, ACCOUNTS_BALANCE_GET, PlaidConfig, PlaidFaults, PlaidHoldNext, data},
     seeded::rfc3339,
 };
 use proto::v1::{self, FeatureStatus as St};
@@ -108,14 +106,7 @@ const ENV: [(&str, &str); 2] = [("PLAID_CLIENT_ID", CLIENT_ID), ("PLAID_SECRET",
 async fn start(prefix: &str, replicas: usize, settings: &Settings) -> Stack {
     let plaid = FakeServer::start(FakeConfig {
         population: POPULATION,
-        plaid: PlaidConfig {
-            client_id: CLIENT_ID.into(),
-            secret: SECRET.into(),
-            rate_limits: RateLimitConfig {
-                window_ms: 60_000,
-                routes: Default::default(),
-            },
-        },
+        plaid: PlaidConfig::unlimited(CLIENT_ID, SECRET),
         ..FakeConfig::default()
     })
     .await

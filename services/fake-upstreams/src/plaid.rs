@@ -134,6 +134,17 @@ impl Default for PlaidConfig {
     }
 }
 
+impl PlaidConfig {
+    /// These credentials and no rate limit (see [`RateLimitConfig::unlimited`]).
+    pub fn unlimited(client_id: &str, secret: &str) -> Self {
+        PlaidConfig {
+            client_id: client_id.into(),
+            secret: secret.into(),
+            rate_limits: RateLimitConfig::unlimited(),
+        }
+    }
+}
+
 impl fmt::Debug for PlaidConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PlaidConfig")

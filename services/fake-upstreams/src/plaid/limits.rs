@@ -40,6 +40,16 @@ pub struct RateLimitConfig {
     pub routes: BTreeMap<String, RateLimit>,
 }
 
+impl RateLimitConfig {
+    /// No route limited: a test about something else than Plaid's limits.
+    pub fn unlimited() -> Self {
+        RateLimitConfig {
+            window_ms: 60_000,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
 impl Default for RateLimitConfig {
     /// Plaid's documented production limits.
     fn default() -> Self {
