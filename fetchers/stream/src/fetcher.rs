@@ -3,8 +3,9 @@
 //!
 //! # Contract
 //! Every key has a row: an entity with no events aggregates nothing (`count` 0, `mean` null...,
-//! see [`aggregation`]), which is a value, not a missing row. A stored tile that does not decode
-//! makes that row's cells errors (SOURCE_ERROR), the rest of the batch is served. The read time
+//! see [`aggregation`]), which is a value, not a missing row. Only the tiles the wanted windows
+//! cover are decoded ([`aggregation::read_fields`]); one that does not decode makes that row's
+//! cells errors (SOURCE_ERROR), the rest of the batch is served. The read time
 //! is the gateway's clock when the answer arrives.
 //!
 //! # Failure
@@ -13,7 +14,7 @@
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration, time::SystemTime};
 
-use aggregation::{EntityState, Millis};
+use aggregation::Millis;
 use async_trait::async_trait;
 use fetcher_api::{
     CellError, EventObject, FetchError, FetchRequest, Fetcher, PushReport, Record, Row,
@@ -21,7 +22,7 @@ use fetcher_api::{
 use tokio::time::Instant;
 
 use crate::{
-    store::TileStore,
+    store::{TileStore, named},
     writer::{self, Positioned, StreamView},
 };
 
@@ -129,15 +130,9 @@ impl Fetcher for StreamFetcher {
         Ok(stored
             .iter()
             .map(|fields| {
-                let decoded = EntityState::from_fields(
-                    &view.def,
-                    fields.iter().map(|(f, v)| (f.as_str(), v.as_slice())),
-                );
-                let cells = match decoded {
-                    Ok(state) => wanted
-                        .iter()
-                        .map(|&i| Ok(state.value(&view.def, i, at)))
-                        .collect(),
+                let read = aggregation::read_fields(&view.def, named(fields), &wanted, at);
+                let cells = match read {
+                    Ok(values) => values.into_iter().map(Ok).collect(),
                     Err(e) => {
                         tracing::warn!(view = %view.def.name, error = %e, "stored tiles do not decode");
                         wanted

@@ -29,13 +29,22 @@ use aggregation::{Changes, ViewDef};
 use async_trait::async_trait;
 use fetcher_api::{EntityKey, FetchError, KeyPart};
 use fred::{
-    prelude::{ClientLike, HashesInterface, KeysInterface, Pool, Value as RedisValue},
+    bytes::Bytes,
+    prelude::{ClientLike, KeysInterface, Pool, Value as RedisValue},
     types::{ClusterHash, CustomCommand},
 };
 use futures::future::join_all;
 
-/// One entity's stored fields.
-pub type Fields = Vec<(String, Vec<u8>)>;
+/// One entity's stored fields, names and values as the store answered them (for Redis, slices
+/// of its reply: nothing copied).
+pub type Fields = Vec<(Bytes, Bytes)>;
+
+/// The fields of `fields` named in UTF-8 (every field this crate writes), as text and bytes.
+pub fn named(fields: &Fields) -> impl Iterator<Item = (&str, &[u8])> {
+    fields
+        .iter()
+        .filter_map(|(name, value)| Some((std::str::from_utf8(name).ok()?, value.as_ref())))
+}
 
 /// A store of tiles.
 #[async_trait]
@@ -224,20 +233,56 @@ fn whole<T>(
     ))
 }
 
+/// A hash's fields from an HGETALL reply: pairs of an array (RESP2), or a map (RESP3).
+fn hash_fields(reply: RedisValue) -> Result<Fields, FetchError> {
+    let bytes = |v: RedisValue| {
+        v.into_bytes()
+            .ok_or_else(|| FetchError::internal("HGETALL answered a field that is not a string"))
+    };
+    match reply {
+        RedisValue::Null => Ok(Fields::new()),
+        RedisValue::Array(items) => {
+            let mut fields = Vec::with_capacity(items.len() / 2);
+            let mut items = items.into_iter();
+            while let (Some(name), Some(value)) = (items.next(), items.next()) {
+                fields.push((bytes(name)?, bytes(value)?));
+            }
+            Ok(fields)
+        }
+        RedisValue::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(name, value)| Ok((name.into_bytes(), bytes(value)?)))
+            .collect(),
+        other => Err(FetchError::internal(format!(
+            "HGETALL answered a {}",
+            other.kind()
+        ))),
+    }
+}
+
 #[async_trait]
 impl TileStore for RedisStore {
     async fn read(&self, keys: &[String], timeout: Duration) -> Result<Vec<Fields>, FetchError> {
         let options = fetcher_redis::client::call_options(timeout);
         let client = self.pool.next_connected();
-        let answers: Vec<Result<HashMap<String, RedisValue>, fred::error::Error>> =
+        // HGETALL as a custom command: its reply stays a list of the hash's fields and values,
+        // slices of the bytes read (`hgetall` builds a map of them, then of strings).
+        let hgetall = |key: &str| {
+            (
+                CustomCommand::new_static("HGETALL", ClusterHash::from(key), false),
+                vec![RedisValue::from(key)],
+            )
+        };
+        let answers: Vec<Result<RedisValue, fred::error::Error>> =
             if keys.len() <= PIPELINE_KEYS || client.is_clustered() {
                 // A request's few keys, or keys spread over a cluster's nodes: one command
                 // each, sent together.
                 let client = client.with_options(&options);
-                join_all(
-                    keys.iter()
-                        .map(|key| client.hgetall::<HashMap<String, RedisValue>, _>(key.as_str())),
-                )
+                join_all(keys.iter().map(|key| {
+                    let (command, args) = hgetall(key);
+                    client.custom::<RedisValue, _>(command, args)
+                }))
                 .await
             } else {
                 // Ingest's thousands: pipelines of PIPELINE_KEYS commands (one future each
@@ -246,11 +291,10 @@ impl TileStore for RedisStore {
                     let pipeline = client.pipeline().with_options(&options);
                     async move {
                         for key in chunk {
-                            pipeline.hgetall::<(), _>(key.as_str()).await?;
+                            let (command, args) = hgetall(key);
+                            pipeline.custom::<(), _>(command, args).await?;
                         }
-                        Ok::<_, fred::error::Error>(
-                            pipeline.try_all::<HashMap<String, RedisValue>>().await,
-                        )
+                        Ok::<_, fred::error::Error>(pipeline.try_all::<RedisValue>().await)
                     }
                 }))
                 .await;
@@ -262,16 +306,7 @@ impl TileStore for RedisStore {
             };
         answers
             .into_iter()
-            .map(|answer| {
-                let map = answer.map_err(|e| redis_error(&e))?;
-                Ok(map
-                    .into_iter()
-                    .map(|(field, value)| {
-                        let bytes = value.as_bytes().map(<[u8]>::to_vec).unwrap_or_default();
-                        (field, bytes)
-                    })
-                    .collect())
-            })
+            .map(|answer| hash_fields(answer.map_err(|e| redis_error(&e))?))
             .collect()
     }
 
@@ -477,7 +512,11 @@ impl TileStore for MemoryStore {
             .iter()
             .map(|key| {
                 hashes.get(key).map_or_else(Vec::new, |h| {
-                    h.iter().map(|(f, v)| (f.clone(), v.clone())).collect()
+                    h.iter()
+                        .map(|(f, v)| {
+                            (Bytes::copy_from_slice(f.as_bytes()), Bytes::from(v.clone()))
+                        })
+                        .collect()
                 })
             })
             .collect())

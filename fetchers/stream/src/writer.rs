@@ -7,7 +7,7 @@ use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 use aggregation::{EntityState, Event, Millis, ViewDef, state::VERSION_FIELD};
 use fetcher_api::{EntityKey, FetchError};
 
-use crate::store::{TileStore, Write, entity_key};
+use crate::store::{Fields, TileStore, Write, entity_key, named};
 
 /// A view as the stream source serves and writes it.
 #[derive(Debug)]
@@ -278,23 +278,21 @@ pub async fn apply_cached(
 /// An entity's state from its stored fields. Tiles that do not decode (damage, a bug) would
 /// block every later write of the entity: it is started afresh at its stored version, the
 /// fields to delete returned beside, and an error logged.
-pub fn decode(def: &ViewDef, fields: &[(String, Vec<u8>)]) -> (EntityState, Option<Vec<String>>) {
-    match EntityState::from_fields(def, fields.iter().map(|(f, v)| (f.as_str(), v.as_slice()))) {
+pub fn decode(def: &ViewDef, fields: &Fields) -> (EntityState, Option<Vec<String>>) {
+    match EntityState::from_fields(def, named(fields)) {
         Ok(state) => (state, None),
         Err(e) => {
             tracing::error!(view = %def.name, error = %e, "an entity's tiles do not decode; it starts afresh");
-            let version = fields
-                .iter()
-                .find(|(f, _)| f == VERSION_FIELD)
+            let version = named(fields)
+                .find(|(f, _)| *f == VERSION_FIELD)
                 .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
                 .unwrap_or(0);
             let mut state = EntityState::new();
             state.version = version;
             // Offsets are kept (they decode on their own or not at all): a replay stays a no-op.
-            let stale = fields
-                .iter()
-                .map(|(f, _)| f.clone())
-                .filter(|f| f.starts_with("t:"))
+            let stale = named(fields)
+                .filter(|(f, _)| f.starts_with("t:"))
+                .map(|(f, _)| f.to_owned())
                 .collect();
             (state, Some(stale))
         }

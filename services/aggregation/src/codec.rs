@@ -6,7 +6,7 @@
 use datasketches::hll::HllSketch;
 
 use crate::{
-    partial::{Partial, Scalar, Timed},
+    partial::{Kind, Partial, Scalar, Timed},
     spec::Series,
 };
 
@@ -61,31 +61,53 @@ pub fn decode<'a>(
     bytes: &[u8],
     series: impl Iterator<Item = &'a Series>,
 ) -> Result<Vec<Partial>, DecodeError> {
-    let mut r = Reader { bytes, at: 0 };
-    if r.byte()? != FORMAT {
-        return Err(DecodeError("unknown format"));
+    let mut tile = TileReader::new(bytes)?;
+    let partials = series
+        .map(|s| tile.read(Kind::of(s)))
+        .collect::<Result<Vec<Partial>, DecodeError>>()?;
+    tile.finish()?;
+    Ok(partials)
+}
+
+/// A tile's partials read one at a time, in series order, each decoded ([`TileReader::read`])
+/// or stepped over ([`TileReader::skip`]: a read wanting some series of a tile builds no other,
+/// its sketches above all); [`TileReader::finish`] checks that nothing is left.
+#[derive(Debug)]
+pub struct TileReader<'a> {
+    r: Reader<'a>,
+}
+
+impl<'a> TileReader<'a> {
+    /// A reader of the tile `bytes`, its format checked.
+    pub fn new(bytes: &'a [u8]) -> Result<TileReader<'a>, DecodeError> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.byte()? != FORMAT {
+            return Err(DecodeError("unknown format"));
+        }
+        Ok(TileReader { r })
     }
-    let mut partials = Vec::new();
-    for s in series {
-        let empty = Partial::empty(s);
-        partials.push(match empty {
-            Partial::Count(_) => Partial::Count(r.i64()?),
-            Partial::SumInt(_) => Partial::SumInt(r.i64()?),
-            Partial::SumFixed(_) => Partial::SumFixed(r.i128()?),
-            Partial::Mean { .. } => Partial::Mean {
+
+    /// The next partial, of kind `kind`.
+    pub fn read(&mut self, kind: Kind) -> Result<Partial, DecodeError> {
+        let r = &mut self.r;
+        Ok(match kind {
+            Kind::Count => Partial::Count(r.i64()?),
+            Kind::SumInt => Partial::SumInt(r.i64()?),
+            Kind::SumFixed => Partial::SumFixed(r.i128()?),
+            Kind::Mean => Partial::Mean {
                 sum: r.i128()?,
                 count: r.i64()?,
             },
-            Partial::Min(_) => Partial::Min(r.opt_scalar()?),
-            Partial::Max(_) => Partial::Max(r.opt_scalar()?),
-            Partial::Last(_) => Partial::Last(match r.byte()? {
+            Kind::Min => Partial::Min(r.opt_scalar()?),
+            Kind::Max => Partial::Max(r.opt_scalar()?),
+            Kind::Last => Partial::Last(match r.byte()? {
                 0 => None,
                 _ => Some(Timed {
                     time: r.i64()?,
                     value: r.scalar()?,
                 }),
             }),
-            Partial::LastN(_) => {
+            Kind::LastN => {
                 let n = r.len()?;
                 let mut list = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
@@ -96,18 +118,62 @@ pub fn decode<'a>(
                 }
                 Partial::LastN(list)
             }
-            Partial::Distinct(_) => {
+            Kind::Distinct => {
                 let n = r.len()?;
                 let sketch = HllSketch::deserialize(r.take(n)?)
                     .map_err(|_| DecodeError("a damaged sketch"))?;
                 Partial::Distinct(Box::new(sketch))
             }
-        });
+        })
     }
-    if r.at != bytes.len() {
-        return Err(DecodeError("trailing bytes"));
+
+    /// Steps over the next partial, of kind `kind`, checking only its framing.
+    pub fn skip(&mut self, kind: Kind) -> Result<(), DecodeError> {
+        let r = &mut self.r;
+        match kind {
+            Kind::Count | Kind::SumInt => {
+                r.u64()?;
+            }
+            Kind::SumFixed => {
+                r.take(16)?;
+            }
+            Kind::Mean => {
+                r.take(16)?;
+                r.u64()?;
+            }
+            Kind::Min | Kind::Max => {
+                if r.byte()? != 0 {
+                    r.at -= 1;
+                    r.skip_scalar()?;
+                }
+            }
+            Kind::Last => {
+                if r.byte()? != 0 {
+                    r.u64()?;
+                    r.skip_scalar()?;
+                }
+            }
+            Kind::LastN => {
+                for _ in 0..r.len()? {
+                    r.u64()?;
+                    r.skip_scalar()?;
+                }
+            }
+            Kind::Distinct => {
+                let n = r.len()?;
+                r.take(n)?;
+            }
+        }
+        Ok(())
     }
-    Ok(partials)
+
+    /// Checks that every partial was read or skipped.
+    pub fn finish(self) -> Result<(), DecodeError> {
+        if self.r.at != self.r.bytes.len() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(())
+    }
 }
 
 fn put_u64(out: &mut Vec<u8>, mut v: u64) {
@@ -160,6 +226,7 @@ fn put_opt_scalar(out: &mut Vec<u8>, v: Option<&Scalar>) {
     }
 }
 
+#[derive(Debug)]
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -236,6 +303,24 @@ impl<'a> Reader<'a> {
             6 => Ok(Scalar::Time(self.i64()?)),
             _ => Err(DecodeError("an unknown value tag")),
         }
+    }
+
+    fn skip_scalar(&mut self) -> Result<(), DecodeError> {
+        match self.byte()? {
+            1 | 6 => {
+                self.u64()?;
+            }
+            2 => {
+                self.take(8)?;
+            }
+            3 => {
+                let n = self.len()?;
+                self.take(n)?;
+            }
+            4 | 5 => {}
+            _ => return Err(DecodeError("an unknown value tag")),
+        }
+        Ok(())
     }
 
     fn opt_scalar(&mut self) -> Result<Option<Scalar>, DecodeError> {
@@ -325,7 +410,30 @@ mod tests {
             }
         }
         let bytes = encode(&partials);
-        assert_eq!(decode(&bytes, series.iter()), Ok(partials));
+        assert_eq!(decode(&bytes, series.iter()), Ok(partials.clone()));
+        // Any series stepped over, the others read as they were.
+        for skipped in 0..series.len() {
+            let mut tile = TileReader::new(&bytes).expect("a tile");
+            for (i, (s, p)) in series.iter().zip(&partials).enumerate() {
+                if i == skipped {
+                    tile.skip(Kind::of(s)).expect("steps over");
+                } else {
+                    assert_eq!(tile.read(Kind::of(s)).as_ref(), Ok(p));
+                }
+            }
+            assert_eq!(tile.finish(), Ok(()));
+        }
+        let skip_all = |bytes: &[u8]| {
+            let mut tile = TileReader::new(bytes)?;
+            for s in &series {
+                tile.skip(Kind::of(s))?;
+            }
+            tile.finish()
+        };
+        assert_eq!(skip_all(&bytes), Ok(()));
+        for cut in 0..bytes.len() {
+            assert!(skip_all(&bytes[..cut]).is_err(), "{cut}");
+        }
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut], series.iter()).is_err(), "{cut}");
         }

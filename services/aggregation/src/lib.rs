@@ -5,7 +5,9 @@
 //! mean, min, max, last, last_n, approx_distinct) read over windows (`10m`, `1h`, `7d`). Events
 //! ([`Event`], read from JSON by [`ViewDef::read`]) update **tiles**: per entity, per tile size,
 //! one partial aggregate of each series for the events whose time falls in the tile
-//! ([`EntityState::apply`]). A read merges the tiles covering the window ([`EntityState::value`]).
+//! ([`EntityState::apply`]). A read merges the tiles covering the window ([`crate::window`]):
+//! [`EntityState::value`] over decoded tiles, [`read_fields`] (the gateway) over an entity's
+//! stored fields, decoding only the tiles and series the aggregates asked for cover.
 //!
 //! # Window semantics
 //! A feature over window `W` in tiles of size `g`, read at time `t`, aggregates the events of
@@ -30,11 +32,14 @@ pub mod backfill;
 pub mod codec;
 pub mod event;
 pub mod partial;
+pub mod read;
 pub mod spec;
 pub mod state;
+pub mod window;
 
 pub use backfill::{SpineRow, point_in_time};
 pub use event::{BadEvent, Event};
 pub use partial::{Partial, Scalar};
+pub use read::read_fields;
 pub use spec::{Aggregate, Field, KeyField, Millis, Op, Series, ViewDef};
 pub use state::{Changes, EntityState};

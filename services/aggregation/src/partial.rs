@@ -163,23 +163,54 @@ impl PartialEq for Partial {
     }
 }
 
-impl Partial {
-    /// The state of a tile with no events.
-    pub fn empty(series: &Series) -> Partial {
+/// Which [`Partial`] a series keeps, known without building one (an empty sketch allocates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Count,
+    SumInt,
+    SumFixed,
+    Mean,
+    Min,
+    Max,
+    Last,
+    LastN,
+    Distinct,
+}
+
+impl Kind {
+    /// The kind of `series`' partials.
+    pub fn of(series: &Series) -> Kind {
         let double = series
             .field
             .as_ref()
             .is_some_and(|f| f.ty == FeatureType::Double);
         match series.op {
-            Op::Count => Partial::Count(0),
-            Op::Sum if double => Partial::SumFixed(0),
-            Op::Sum => Partial::SumInt(0),
-            Op::Mean => Partial::Mean { sum: 0, count: 0 },
-            Op::Min => Partial::Min(None),
-            Op::Max => Partial::Max(None),
-            Op::Last => Partial::Last(None),
-            Op::LastN(_) => Partial::LastN(Vec::new()),
-            Op::ApproxDistinct => Partial::Distinct(Box::new(new_sketch())),
+            Op::Count => Kind::Count,
+            Op::Sum if double => Kind::SumFixed,
+            Op::Sum => Kind::SumInt,
+            Op::Mean => Kind::Mean,
+            Op::Min => Kind::Min,
+            Op::Max => Kind::Max,
+            Op::Last => Kind::Last,
+            Op::LastN(_) => Kind::LastN,
+            Op::ApproxDistinct => Kind::Distinct,
+        }
+    }
+}
+
+impl Partial {
+    /// The state of a tile with no events.
+    pub fn empty(series: &Series) -> Partial {
+        match Kind::of(series) {
+            Kind::Count => Partial::Count(0),
+            Kind::SumFixed => Partial::SumFixed(0),
+            Kind::SumInt => Partial::SumInt(0),
+            Kind::Mean => Partial::Mean { sum: 0, count: 0 },
+            Kind::Min => Partial::Min(None),
+            Kind::Max => Partial::Max(None),
+            Kind::Last => Partial::Last(None),
+            Kind::LastN => Partial::LastN(Vec::new()),
+            Kind::Distinct => Partial::Distinct(Box::new(new_sketch())),
         }
     }
 

@@ -254,6 +254,16 @@ impl ViewDef {
         Ok(())
     }
 
+    /// The distinct tile sizes, in the order of their first series (no allocation: an event's
+    /// application walks them).
+    pub fn each_tile_size(&self) -> impl Iterator<Item = Millis> + '_ {
+        self.series
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| self.series[..*i].iter().all(|t| t.tile != s.tile))
+            .map(|(_, s)| s.tile)
+    }
+
     /// The distinct tile sizes, ascending.
     pub fn tile_sizes(&self) -> Vec<Millis> {
         let mut sizes: Vec<Millis> = self.series.iter().map(|s| s.tile).collect();
@@ -349,6 +359,7 @@ mod tests {
         assert_eq!(v.aggregates[0].series, v.aggregates[1].series);
         assert_eq!(v.aggregates[3].output, FeatureType::Double);
         assert_eq!(v.tile_sizes(), [60_000, 3_600_000]);
+        assert_eq!(v.each_tile_size().collect::<Vec<_>>(), [60_000, 3_600_000]);
         assert_eq!(v.retention(60_000), 3_600_000 + 60_000 + 60_000);
         let before = v.layout_hash();
         v.add("max_1h", Op::Max, amount, 3_600_000, None)

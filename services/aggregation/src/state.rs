@@ -16,6 +16,7 @@ use crate::{
     event::Event,
     partial::Partial,
     spec::{Millis, ViewDef, tile_start},
+    window,
 };
 
 /// The store's field holding the version.
@@ -58,6 +59,13 @@ pub fn tile_field((size, start): TileId) -> String {
     format!("t:{size}:{start}")
 }
 
+/// A tile's size and start from its store field, less the `t:` (`SIZE:START`).
+pub fn parse_tile_field(id: &str) -> Result<TileId, DecodeError> {
+    id.split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or(DecodeError("a tile field that is not `t:SIZE:START`"))
+}
+
 /// The store field of a partition's offset.
 pub fn offset_field(partition: i32) -> String {
     format!("o:{partition}")
@@ -75,7 +83,6 @@ impl EntityState {
         def: &ViewDef,
         fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<EntityState, DecodeError> {
-        let sizes = def.tile_sizes();
         let mut state = EntityState::new();
         for (name, bytes) in fields {
             let text = || std::str::from_utf8(bytes).ok();
@@ -92,11 +99,8 @@ impl EntityState {
                     .ok_or(DecodeError("an offset that is not a number"))?;
                 state.offsets.insert(partition, offset);
             } else if let Some(id) = name.strip_prefix("t:") {
-                let (size, start) = id
-                    .split_once(':')
-                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-                    .ok_or(DecodeError("a tile field that is not `t:SIZE:START`"))?;
-                if sizes.contains(&size) {
+                let (size, start) = parse_tile_field(id)?;
+                if def.each_tile_size().any(|s| s == size) {
                     let partials = codec::decode(bytes, def.series_of(size).map(|(_, s)| s))?;
                     state.tiles.insert((size, start), partials);
                 }
@@ -118,7 +122,7 @@ impl EntityState {
 
     /// Applies an event to the tile of each tile size holding its time.
     pub fn apply(&mut self, def: &ViewDef, event: &Event) {
-        for size in def.tile_sizes() {
+        for size in def.each_tile_size() {
             let id = (size, tile_start(event.time, size));
             let tile = self.tiles.entry(id).or_insert_with(|| {
                 def.series_of(size)
@@ -135,16 +139,19 @@ impl EntityState {
 
     /// Drops the tiles no window read at or after `now` covers (see [`ViewDef::retention`]).
     pub fn expire(&mut self, def: &ViewDef, now: Millis) {
-        let expired: Vec<TileId> = self
-            .tiles
-            .keys()
-            .filter(|(size, start)| start + def.retention(*size) < now)
-            .copied()
-            .collect();
-        for id in expired {
-            self.tiles.remove(&id);
-            self.changed.remove(&id);
-            self.removed.insert(id);
+        for size in def.each_tile_size() {
+            // A size's tiles by start: the expired ones come first.
+            let oldest_kept = now.saturating_sub(def.retention(size));
+            let expired: Vec<TileId> = self
+                .tiles
+                .range((size, Millis::MIN)..(size, oldest_kept))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                self.tiles.remove(&id);
+                self.changed.remove(&id);
+                self.removed.insert(id);
+            }
         }
     }
 
@@ -154,28 +161,18 @@ impl EntityState {
     }
 
     /// The value of aggregate `index` of the view read at `at`: the merge, oldest tile first, of
-    /// the tiles from the one holding `at - window` to the one holding `at`.
+    /// the tiles from the one holding `at - window` to the one holding `at` (see [`window`]).
     pub fn value(&self, def: &ViewDef, index: usize, at: Millis) -> Value {
         let aggregate = &def.aggregates[index];
-        let series = &def.series[aggregate.series];
-        let size = series.tile;
-        let position = def
-            .series_of(size)
-            .position(|(i, _)| i == aggregate.series)
-            .unwrap_or(0);
-        let first = tile_start(at.saturating_sub(aggregate.window), size);
-        let last = tile_start(at, size);
-        let mut merged = Partial::empty(series);
-        for tile in self
-            .tiles
-            .range((size, first)..=(size, last))
-            .map(|(_, t)| t)
-        {
-            if let Some(partial) = tile.get(position) {
-                merged.merge(series, partial);
-            }
-        }
-        merged.value(aggregate.output)
+        let size = def.series[aggregate.series].tile;
+        let (first, last) = window::covered(def, aggregate, at);
+        window::fold(
+            def,
+            index,
+            self.tiles
+                .range((size, first)..=(size, last))
+                .map(|(_, t)| t),
+        )
     }
 
     /// Every aggregate's value read at `at`, in the view's order.

@@ -20,7 +20,11 @@ use arrow_array::{
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use fetcher_api::{FeatureType, KeyPart, Value};
-use fetcher_stream::{StreamView, TileStore, store::Fields, writer};
+use fetcher_stream::{
+    StreamView, TileStore,
+    store::{self, Fields},
+    writer,
+};
 use parquet::{arrow::ArrowWriter, basic::Compression, file::properties::WriterProperties};
 
 /// The lines of a file that could not be read: 1-based line number and why.
@@ -473,7 +477,7 @@ pub async fn load(
             for (&i, fields) in indexes.iter().zip(stored) {
                 let (current, _) = writer::decode(&view.def, &fields);
                 let held: std::collections::HashSet<&str> =
-                    fields.iter().map(|(f, _)| f.as_str()).collect();
+                    store::named(&fields).map(|(f, _)| f).collect();
                 let mut changes = aggregation::Changes::default();
                 for (field, bytes) in chunk[i].1.fields() {
                     if !field.starts_with("t:") {
