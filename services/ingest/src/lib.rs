@@ -9,8 +9,15 @@
 //! a restart exact. A partition consumed by two processes at once stays correct (the per-entity
 //! offsets below make the second application a no-op) but wastes work.
 //!
+//! # Batches
+//! Each partition's fetches run ahead on a task of their own, up to 4 of them (each up to
+//! `fetch_max_bytes`), so the next records are on their way while a batch is applied. A batch is
+//! what has arrived by the time the previous one is committed, up to 4 fetches: one fetch when
+//! ingest keeps up with the topic, several when it is behind, where an entity seen in several
+//! fetches is then read and written once rather than once per fetch.
+//!
 //! # Exactly once in effect
-//! A batch (one fetch of a partition) is applied view by view: per entity, its tiles and the
+//! A batch is applied view by view: per entity, its tiles and the
 //! offset of the last event of this partition applied to it are written together, by one
 //! compare-and-set ([`fetcher_stream::store::CAS_WRITE`]). Then the partition's position (next
 //! offset, and each view's event-time watermark) is committed. After a crash anywhere in between,
@@ -58,10 +65,10 @@ use rskafka::{
         Client, ClientBuilder,
         partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling},
     },
-    record::Record,
+    record::{Record, RecordAndOffset},
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// What ingest is asked to do.
 #[derive(Clone, Debug, Default)]
@@ -364,45 +371,66 @@ async fn consume(
         .fetch_max_wait
         .map_or(DEFAULT_FETCH_MAX_WAIT, |d| d.get());
     let max_wait_ms = i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX);
+    // Fetches run ahead of the batches, on a task of their own: the next records are on their
+    // way while a batch is applied.
+    let (fetched_tx, mut fetched) = mpsc::channel(FETCHES_AHEAD);
+    let fetcher = AbortOnDrop(tokio::spawn(fetch_ahead(
+        shared.clone(),
+        client,
+        Fetches {
+            partition,
+            from: position.next,
+            end,
+            max_bytes,
+            max_wait_ms,
+        },
+        fetched_tx,
+        stop.clone(),
+    )));
+    let mut held: Option<Fetched> = None;
     let mut lag_seen: i64 = 0;
     loop {
         if *stop.borrow() || end.is_some_and(|end| position.next >= end) {
             break;
         }
-        let fetched = match client
-            .fetch_records(position.next, 1..max_bytes, max_wait_ms)
-            .await
-        {
-            Ok(fetched) => fetched,
-            Err(rskafka::client::error::Error::ServerError {
-                protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
-                ..
-            }) => {
-                let earliest = retry(&shared, &mut stop, "kafka", || {
-                    client.get_offset(OffsetAt::Earliest)
-                })
-                .await;
-                let Some(earliest) = earliest else { break };
+        let first = match held.take() {
+            Some(f) => f,
+            None => {
+                let received = tokio::select! {
+                    f = fetched.recv() => f,
+                    _ = stop.wait_for(|s| *s) => None,
+                };
+                let Some(f) = received else { break };
+                f
+            }
+        };
+        let (mut records, mut high_watermark) = match first {
+            Fetched::Records(records, high_watermark) => (records, high_watermark),
+            Fetched::Reset(earliest) => {
                 tracing::error!(source = %source, partition, next = position.next, earliest, "the committed offset is no longer in the topic (retention): events were lost; resuming at the earliest");
                 position.next = earliest.max(position.next);
                 continue;
             }
-            Err(e) => {
-                shared.error("kafka");
-                tracing::warn!(source = %source, partition, error = %e, "fetch failed; retrying");
-                if sleep_or_stop(&mut stop, Duration::from_millis(500)).await {
+        };
+        // What else has arrived meanwhile joins the batch: behind the topic's end, batches grow
+        // up to FETCHES_PER_BATCH fetches (an entity written once per batch, not per fetch).
+        for _ in 1..FETCHES_PER_BATCH {
+            match fetched.try_recv() {
+                Ok(Fetched::Records(more, high)) => {
+                    records.extend(more);
+                    high_watermark = high;
+                }
+                Ok(reset) => {
+                    held = Some(reset);
                     break;
                 }
-                continue;
+                Err(_) => break,
             }
-        };
+        }
         let started = Instant::now();
-        let (records, high_watermark) = fetched;
-        let records: Vec<_> = records
-            .into_iter()
-            .filter(|r| r.offset >= position.next)
-            .collect();
+        records.retain(|r| r.offset >= position.next);
         if let Some(last) = records.last() {
+            let next = last.offset + 1;
             let mut batch = Batch::default();
             for r in &records {
                 read_record(
@@ -414,7 +442,6 @@ async fn consume(
                     &mut batch,
                 );
             }
-            let next = last.offset + 1;
             if !apply(&shared, &mut stop, batch, partition, &mut caches).await {
                 break;
             }
@@ -445,7 +472,95 @@ async fn consume(
         lag_seen = lag;
         metrics::gauge!("feature_gateway_ingest_lag_records", "source" => source.clone(), "partition" => label.clone()).set(lag as f64);
     }
+    drop(fetcher);
     tracing::info!(source = %source, partition, next = position.next, "stopped");
+}
+
+/// Fetches a partition holds ahead of the batch being applied (each up to `fetch_max_bytes`).
+const FETCHES_AHEAD: usize = 4;
+/// Most fetches one batch applies.
+const FETCHES_PER_BATCH: usize = 4;
+
+/// What [`fetch_ahead`] hands the partition's task, in offset order.
+enum Fetched {
+    /// A fetch's records (possibly none) and the partition's high watermark.
+    Records(Vec<RecordAndOffset>, i64),
+    /// The offset asked for is no longer in the topic (retention): fetching resumed at this
+    /// earliest offset.
+    Reset(i64),
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What [`fetch_ahead`] fetches.
+struct Fetches {
+    partition: i32,
+    /// The first offset.
+    from: i64,
+    /// The offset to stop at, if any.
+    end: Option<i64>,
+    max_bytes: i32,
+    max_wait_ms: i32,
+}
+
+/// Fetches a partition into `fetched`, one fetch after another, until the end (when given),
+/// `stop`, or the receiver is gone. Errors are retried as the batches' are.
+async fn fetch_ahead(
+    shared: Arc<Shared>,
+    client: PartitionClient,
+    plan: Fetches,
+    fetched: mpsc::Sender<Fetched>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let source = &shared.stream.name;
+    let Fetches {
+        partition,
+        from,
+        end,
+        max_bytes,
+        max_wait_ms,
+    } = plan;
+    let mut next = from;
+    while !*stop.borrow() && end.is_none_or(|end| next < end) {
+        let message = match client.fetch_records(next, 1..max_bytes, max_wait_ms).await {
+            Ok((records, high_watermark)) => {
+                if let Some(last) = records.last() {
+                    next = next.max(last.offset + 1);
+                }
+                Fetched::Records(records, high_watermark)
+            }
+            Err(rskafka::client::error::Error::ServerError {
+                protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                ..
+            }) => {
+                let earliest = retry(&shared, &mut stop, "kafka", || {
+                    client.get_offset(OffsetAt::Earliest)
+                })
+                .await;
+                let Some(earliest) = earliest else { return };
+                next = earliest.max(next);
+                Fetched::Reset(earliest)
+            }
+            Err(e) => {
+                shared.error("kafka");
+                tracing::warn!(source = %source, partition, error = %e, "fetch failed; retrying");
+                if sleep_or_stop(&mut stop, Duration::from_millis(500)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if fetched.send(message).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A batch's events per view, and its bad records for the dead-letter topic.
