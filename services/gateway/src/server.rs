@@ -606,6 +606,10 @@ fn next_wait(all_up: bool, retry: Duration) -> (Duration, Duration) {
     }
 }
 
+/// How many calls cancelled by their client before the server took them one connection may hold
+/// before the server closes it (see where the server is built).
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+
 /// Serves the `live` gateway on `grpc` (and metrics, reloads and webhooks on `admin`) until
 /// `shutdown` resolves, then drains the calls in flight, flushes the training log and returns.
 /// Meanwhile the configuration file is watched and reloaded when it changes.
@@ -722,6 +726,12 @@ pub async fn serve(
     drop(gateway);
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Calls a client cancels (RST_STREAM) before the server has taken them off the
+        // connection: h2 closes the whole connection (GOAWAY ENHANCE_YOUR_CALM) past 20 of them
+        // at once, a defence against "Rapid Reset" floods, which fails every other call on it.
+        // A busy gateway with callers' short deadlines reaches 20 in a burst; 1,024 is still a
+        // bound (tests/tests/transport.rs).
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         // Outermost: who is calling, and is it within its rate? Refused callers take no
         // capacity from the others. Health checks pass.
         .layer(tower::util::option_layer(
