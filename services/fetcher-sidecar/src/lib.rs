@@ -340,6 +340,10 @@ pub async fn serve(
     let router = tonic::transport::Server::builder()
         // Notices gateways that vanished without closing their connections.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // The gateway cancels a call at its deadline, possibly before this server took it off
+        // the connection; past h2's 20 such calls at once the server would close the connection
+        // (GOAWAY) and fail every other call on it. The gateway's own server allows as many.
+        .http2_max_pending_accept_reset_streams(Some(1024))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
