@@ -48,10 +48,7 @@ pub fn read_fields<'a>(
                 size: series.tile,
                 first,
                 last,
-                position: def
-                    .series_of(series.tile)
-                    .position(|(s, _)| s == aggregate.series)
-                    .unwrap_or(0),
+                position: def.place(aggregate.series),
                 merge: Merge::new(series),
             }
         })

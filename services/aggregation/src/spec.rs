@@ -280,6 +280,13 @@ impl ViewDef {
             .filter(move |(_, s)| s.tile == size)
     }
 
+    /// The place of series `series` among the series of its tile size (in a tile's partials).
+    pub fn place(&self, series: usize) -> usize {
+        self.series_of(self.series[series].tile)
+            .position(|(i, _)| i == series)
+            .unwrap_or(0)
+    }
+
     /// How long a tile of `size` is kept after its start: its longest window, one more tile (the
     /// window's oldest tile is the one holding its start) and the allowed lateness.
     pub fn retention(&self, size: Millis) -> Millis {

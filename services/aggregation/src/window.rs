@@ -78,10 +78,7 @@ pub(crate) fn fold<'t>(
 ) -> Value {
     let aggregate = &def.aggregates[index];
     let series = &def.series[aggregate.series];
-    let position = def
-        .series_of(series.tile)
-        .position(|(i, _)| i == aggregate.series)
-        .unwrap_or(0);
+    let position = def.place(aggregate.series);
     let mut merge = Merge::new(series);
     for tile in tiles {
         if let Some(partial) = tile.get(position) {
