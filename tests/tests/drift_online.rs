@@ -8,13 +8,14 @@
 //! larger (a unit change upstream) makes the `txn:amount` gauge cross 0.2 within two windows,
 //! and no other feature's; a fifth of the customers unknown moves the customer features' null
 //! rate past its threshold, and the `atm` channel disappearing moves `txn:channel`'s PSI past
-//! 0.2, each within two windows. A reference that does not match the feature service refuses to start
-//! naming the feature (exit code 2).
+//! 0.2, each within two windows. A reference that does not match the feature service refuses to
+//! start naming the feature (exit code 2). (A long run of the same population: tests/drift_long_run.rs.)
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod drift_support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -22,230 +23,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use end_to_end::{GatewayProcess, demo_traffic::request, eventually, gateway_binary};
+use drift_support::{
+    CALLERS, Deployment, Shift, Traffic, WINDOW, monitored, profile_reference, psi_gauges, run,
+    text, window_rows,
+};
+use end_to_end::{GatewayProcess, eventually};
 use proto::v1;
-
-/// Vectors in the reference.
-const REFERENCE: usize = 3000;
-/// Concurrent callers.
-const CALLERS: usize = 4;
-/// The monitor's window (five buckets of a second).
-const WINDOW: Duration = Duration::from_secs(5);
-
-/// A gateway deployment in a temporary directory: the demo's tables and configuration, its
-/// training log in `log/`.
-struct Deployment {
-    dir: tempfile::TempDir,
-    /// The demo's configuration with the training log in `log/`.
-    config: String,
-}
-
-impl Deployment {
-    fn new() -> Deployment {
-        let dir = tempfile::tempdir().unwrap();
-        let demo = GatewayProcess::demo();
-        let demo_dir = demo.workdir().join("demo");
-        for file in [
-            "users.csv",
-            "cards.csv",
-            "merchants.csv",
-            "mcc_risk.csv",
-            "payments.jsonl",
-        ] {
-            std::fs::copy(demo_dir.join(file), dir.path().join(file)).unwrap();
-        }
-        let config = std::fs::read_to_string(demo_dir.join("demo.toml")).unwrap();
-        drop(demo);
-        let base = config.split("\n[training_log]").next().unwrap();
-        let config = format!(
-            "{base}\n[training_log]\ndir = \"log\"\nspool_dir = \"spool\"\n\
-             rotate_interval = \"1s\"\n"
-        );
-        Deployment { dir, config }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes `gateway.toml`: the configuration with `extra` after it.
-    fn write_config(&self, extra: &str) -> PathBuf {
-        let path = self.path("gateway.toml");
-        std::fs::write(&path, format!("{}\n{extra}", self.config)).unwrap();
-        path
-    }
-}
-
-/// A change injected into the traffic.
-#[derive(Clone, Copy, Debug)]
-enum Shift {
-    /// The population as profiled.
-    None,
-    /// Amounts this many times larger (a unit change upstream).
-    AmountTimes(f64),
-    /// This percentage of requests for customers the tables do not hold (2% in the population):
-    /// the customer's features served null.
-    UnknownCustomers(u64),
-    /// The `atm` channel no longer sent (10% of the population): a category disappearing.
-    NoAtm,
-}
-
-impl Shift {
-    fn apply(self, i: usize, entities: &mut Fields, context: &mut Fields) {
-        match self {
-            Shift::None | Shift::AmountTimes(_) => {}
-            Shift::UnknownCustomers(percent) => {
-                if ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 < percent {
-                    entities.insert("user_id".into(), end_to_end::s("u_99999"));
-                }
-            }
-            Shift::NoAtm => {
-                if context.get("channel") == Some(&end_to_end::s("atm")) {
-                    context.insert("channel".into(), end_to_end::s("pos"));
-                }
-            }
-        }
-    }
-}
-
-use end_to_end::demo_traffic::Fields;
-
-/// Traffic from the population of `seed` on `CALLERS` callers until stopped, changed by
-/// `shift`; counts the vectors served.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    served: Arc<AtomicU64>,
-    callers: tokio::task::JoinSet<()>,
-}
-
-impl Traffic {
-    async fn start(gw: &GatewayProcess, seed: u64, shift: Shift) -> Traffic {
-        let amount_times = match shift {
-            Shift::AmountTimes(times) => times,
-            _ => 1.0,
-        };
-        let client = gw.client().await;
-        let stop = Arc::new(AtomicBool::new(false));
-        let served = Arc::new(AtomicU64::new(0));
-        let mut callers = tokio::task::JoinSet::new();
-        for c in 0..CALLERS {
-            let (mut client, stop, served) = (client.clone(), stop.clone(), served.clone());
-            callers.spawn(async move {
-                let mut i = c;
-                while !stop.load(Ordering::Relaxed) {
-                    let (mut entities, mut context, _) = request(seed, i, amount_times);
-                    shift.apply(i, &mut entities, &mut context);
-                    client
-                        .get_features(v1::GetFeaturesRequest {
-                            feature_service: "fraud_v1".into(),
-                            entities,
-                            context,
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap();
-                    served.fetch_add(1, Ordering::Relaxed);
-                    i += CALLERS;
-                }
-            });
-        }
-        Traffic {
-            stop,
-            served,
-            callers,
-        }
-    }
-
-    /// Serves exactly `n` vectors (at least), then stops.
-    async fn serve(gw: &GatewayProcess, seed: u64, n: u64) {
-        let traffic = Traffic::start(gw, seed, Shift::None).await;
-        let served = traffic.served.clone();
-        eventually(Duration::from_secs(300), "reference traffic", async || {
-            let done = served.load(Ordering::Relaxed);
-            if done >= n {
-                Ok(())
-            } else {
-                Err(format!("{done} served"))
-            }
-        })
-        .await;
-        traffic.stop().await;
-    }
-
-    async fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        while let Some(done) = self.callers.join_next().await {
-            done.unwrap();
-        }
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(gateway_binary()).args(args).output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Every `feature_gateway_drift_psi` gauge of `fraud_v1` in a scrape: `(feature, value)`.
-fn psi_gauges(scrape: &str) -> Vec<(String, f64)> {
-    scrape
-        .lines()
-        .filter_map(|line| {
-            let labels = line.strip_prefix("feature_gateway_drift_psi{")?;
-            let (labels, value) = labels.rsplit_once("} ")?;
-            if !labels.contains("feature_service=\"fraud_v1\"") {
-                return None;
-            }
-            let feature = labels.split("feature=\"").nth(1)?.split('"').next()?;
-            Some((feature.to_owned(), value.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The gauge of `fraud_v1`'s window rows now.
-async fn window_rows(gw: &GatewayProcess) -> f64 {
-    gw.metric("feature_gateway_drift_window_rows{feature_service=\"fraud_v1\"}")
-        .await
-        .unwrap_or(0.0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn psi_gauges_stay_low_on_the_same_population_and_a_unit_change_crosses_within_two_windows() {
     let dep = Deployment::new();
     // The reference: vectors served from the population, profiled from the training log.
-    let mut gw = GatewayProcess::serve(&dep.write_config(""));
-    Traffic::serve(&gw, 1, REFERENCE as u64).await;
-    gw.terminate();
-    assert!(
-        gw.wait(Duration::from_secs(60)).unwrap().success(),
-        "{}",
-        gw.log()
-    );
-    drop(gw);
-    let reference = dep.path("reference.json");
-    let out = run(&[
-        "profile",
-        "--logs",
-        dep.path("log").to_str().unwrap(),
-        "--feature-service",
-        "fraud_v1",
-        "--out",
-        reference.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-
-    let monitored = format!(
-        "[feature_services.fraud_v1.monitor]\nreference = \"reference.json\"\nwindow = \"{}s\"\n",
-        WINDOW.as_secs()
-    );
-    let gw = GatewayProcess::serve(&dep.write_config(&monitored));
+    profile_reference(&dep).await;
+    let gw = GatewayProcess::serve(&dep.write_config(&monitored(WINDOW)));
     assert_eq!(
         gw.metric("feature_gateway_drift_observations_dropped_total")
             .await,

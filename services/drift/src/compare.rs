@@ -4,8 +4,10 @@
 //! bins or its top categories and "other", then "null") and the reference's share of each. A
 //! [`Window`] counts observations into those buckets exactly — per feature a few counters, no
 //! sketch — so it is cheap enough to run beside serving, and two windows of one reference add up
-//! ([`Window::merge`]). [`Window::compare`] gives each feature's [`FeatureDrift`], ranked by
-//! severity.
+//! ([`Window::merge`]). An observation can be coded where it is served ([`Reference::code`]: the
+//! status, null and default flags and the bucket, four bytes) and counted later, with a weight
+//! when it was sampled ([`Window::count`]). [`Window::compare`] gives each feature's
+//! [`FeatureDrift`], ranked by severity.
 
 use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
@@ -199,10 +201,35 @@ impl Reference {
         )))
     }
 
+    /// What a window counts of feature `feature` served with `status` and `value` (`default`:
+    /// whether the value is the configured default, `None` when not known): the status, whether
+    /// the value is null and known to be the default, and the bucket it falls into. The value
+    /// itself is not kept, so a server codes a vector where it serves it and hands only the codes
+    /// on (four bytes a feature, nothing allocated). An index out of range codes as no bucket.
+    pub fn code(
+        &self,
+        feature: usize,
+        status: Status,
+        value: &Value,
+        default: Option<bool>,
+    ) -> Code {
+        let bucket = self
+            .bucket(feature, value)
+            .and_then(|b| u16::try_from(b).ok())
+            .unwrap_or(Code::NO_BUCKET);
+        Code(
+            u32::from(bucket)
+                | (status.index() as u32) << Code::STATUS_SHIFT
+                | u32::from(value.is_null()) << Code::NULL_BIT
+                | u32::from(default == Some(true)) << Code::DEFAULT_BIT,
+        )
+    }
+
     /// The bucket an observed value falls into (the null bucket is the last); `None` when the
-    /// feature's values are not compared.
+    /// feature's values are not compared. A number's bin is one binary search of the
+    /// reference's edges (at most 9); a category's, one lookup of its top categories.
     fn bucket(&self, feature: usize, value: &Value) -> Option<usize> {
-        let f = &self.features[feature];
+        let f = self.features.get(feature)?;
         let null = f.labels.len().checked_sub(1)?;
         Some(match (&f.bins, Kind::of(f.spec.ty)) {
             (Bins::None, _) => return None,
@@ -216,6 +243,36 @@ impl Reference {
             },
             _ => null,
         })
+    }
+}
+
+/// One feature of one served vector as a [`Window`] counts it ([`Reference::code`]): its status,
+/// whether its value is null and known to be the default, and the reference bucket the value
+/// falls into, packed in four bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Code(u32);
+
+impl Code {
+    /// Bits 0..16: the bucket, or this when the value falls into none (values not compared).
+    const NO_BUCKET: u16 = u16::MAX;
+    /// Bits 16..19: the status's index in [`Status::ALL`].
+    const STATUS_SHIFT: u32 = 16;
+    /// Bit 19: the value is null.
+    const NULL_BIT: u32 = 19;
+    /// Bit 20: the value is the configured default.
+    const DEFAULT_BIT: u32 = 20;
+
+    fn bucket(self) -> Option<usize> {
+        let b = (self.0 & 0xFFFF) as u16;
+        (b != Code::NO_BUCKET).then_some(usize::from(b))
+    }
+
+    fn status(self) -> usize {
+        ((self.0 >> Code::STATUS_SHIFT) & 0b111) as usize
+    }
+
+    fn flag(self, bit: u32) -> bool {
+        self.0 >> bit & 1 == 1
     }
 }
 
@@ -310,19 +367,28 @@ impl Window {
         value: &Value,
         default: Option<bool>,
     ) {
+        let code = self.reference.code(feature, status, value, default);
+        self.count(feature, code, 1);
+    }
+
+    /// Counts feature `feature` coded as `code` (by this window's reference) with `weight`: a
+    /// sampled observation standing for that many served vectors, in whatever unit every count
+    /// of the window shares (the comparison reads shares, ratios of counts; [`Window::observe`]
+    /// counts 1). An index out of range is ignored.
+    pub fn count(&mut self, feature: usize, code: Code, weight: u64) {
         let Some(f) = self.features.get_mut(feature) else {
             return;
         };
-        f.count += 1;
-        f.statuses[status.index()] += 1;
-        if default == Some(true) {
-            f.default_served += 1;
+        f.count += weight;
+        f.statuses[code.status()] += weight;
+        if code.flag(Code::DEFAULT_BIT) {
+            f.default_served += weight;
         }
-        if value.is_null() {
-            f.nulls += 1;
+        if code.flag(Code::NULL_BIT) {
+            f.nulls += weight;
         }
-        if let Some(b) = self.reference.bucket(feature, value) {
-            f.buckets[b] += 1;
+        if let Some(slot) = code.bucket().and_then(|b| f.buckets.get_mut(b)) {
+            *slot += weight;
         }
     }
 

@@ -88,7 +88,7 @@ use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-pub use compare::{Comparison, Crossed, FeatureDrift, Reference, Thresholds, Window};
+pub use compare::{Code, Comparison, Crossed, FeatureDrift, Reference, Thresholds, Window};
 pub use consistency::Consistency;
 pub use profile::{
     FeatureProfile, FeatureSpec, Profile, ProfileError, Profiler, Source, SourceKind,

@@ -292,6 +292,52 @@ fn windows_add_up() {
 }
 
 #[test]
+fn a_coded_observation_counts_as_the_value_and_a_weight_as_that_many() {
+    // Every feature of a shifted population (nulls, timeouts with defaults, a category gone),
+    // coded first and counted three times each, against each observed three times; and a code
+    // of a feature the reference has not, ignored.
+    let reference = reference();
+    let shift = Shift {
+        score_nulls: Some(0.2),
+        no_us: true,
+        risk_timeouts: 0.3,
+        ..Shift::default()
+    };
+    let mut served = Vec::new();
+    let mut rows = 0;
+    traffic(
+        9,
+        500,
+        shift,
+        |i, s, v, d| served.push((i, s, v.clone(), d)),
+        || rows += 1,
+    );
+    let (mut observed, mut coded) = (
+        Window::new(reference.clone()),
+        Window::new(reference.clone()),
+    );
+    for (i, s, v, d) in &served {
+        for _ in 0..3 {
+            observed.observe(*i, *s, v, *d);
+        }
+        coded.count(*i, reference.code(*i, *s, v, *d), 3);
+    }
+    for _ in 0..rows {
+        observed.row();
+        coded.row();
+    }
+    coded.count(
+        99,
+        reference.code(99, Status::Present, &Value::Int64(1), None),
+        1,
+    );
+    assert_eq!(
+        observed.compare(&Thresholds::default()),
+        coded.compare(&Thresholds::default())
+    );
+}
+
+#[test]
 fn features_that_do_not_match_are_named_on_both_sides() {
     let reference = reference();
     let mut logged: Vec<(String, FeatureType)> = features()

@@ -46,10 +46,15 @@ pub mod names {
     pub const TRAINING_LOG_DROPPED: &str = "feature_gateway_training_log_records_dropped_total";
     /// Gauge: 1 while the training log's file sink works, 0 while it fails.
     pub const TRAINING_LOG_SINK_UP: &str = "feature_gateway_training_log_sink_up";
-    /// Counter: served vectors the drift monitor did not observe because its queue was full.
+    /// Counter: vectors sampled for the drift monitor that it did not observe because its queue
+    /// was full.
     pub const DRIFT_DROPPED: &str = "feature_gateway_drift_observations_dropped_total";
-    /// Gauge: vectors in a monitored feature service's rolling window, by feature_service.
+    /// Gauge: vectors observed in a monitored feature service's rolling window (sampled: see
+    /// the next gauge), by feature_service.
     pub const DRIFT_WINDOW_ROWS: &str = "feature_gateway_drift_window_rows";
+    /// Gauge: the share of a monitored feature service's served vectors the drift monitor
+    /// observes (its `sample` times the rate budget's share), by feature_service.
+    pub const DRIFT_OBSERVED_SHARE: &str = "feature_gateway_drift_observed_share";
     /// Gauge: population stability index of the rolling window against the reference, by
     /// feature_service and feature (NaN when not known: an empty window, a `pii` feature).
     pub const DRIFT_PSI: &str = "feature_gateway_drift_psi";
@@ -252,11 +257,14 @@ pub fn drift_observation_dropped() {
     counter!(names::DRIFT_DROPPED).increment(1);
 }
 
-/// A monitored feature service's rolling window compared with its reference: every gauge set.
-/// A window without vectors sets them to NaN (nothing is known), as is a `pii` feature's PSI.
-pub fn drift_compared(feature_service: &str, comparison: &drift::Comparison) {
+/// A monitored feature service's rolling window compared with its reference: every gauge set,
+/// with the share of its vectors observed now. A window without vectors sets them to NaN
+/// (nothing is known), as is a `pii` feature's PSI.
+pub fn drift_compared(feature_service: &str, comparison: &drift::Comparison, observed_share: f64) {
     gauge!(names::DRIFT_WINDOW_ROWS, "feature_service" => feature_service.to_owned())
         .set(comparison.rows as f64);
+    gauge!(names::DRIFT_OBSERVED_SHARE, "feature_service" => feature_service.to_owned())
+        .set(observed_share);
     for f in &comparison.features {
         let known = |x: f64| if f.served_count == 0 { f64::NAN } else { x };
         let labels = [
