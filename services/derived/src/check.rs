@@ -306,6 +306,13 @@ pub(crate) struct Checked {
     pub has_comprehension: bool,
     /// Calls the gateway evaluates with its own function (module `parity`): node id → name.
     pub replaced: HashMap<u64, &'static str>,
+    /// The nodes that read an input (`view.feature`, or `has(view.feature)` when the flag is
+    /// set): node id → (view, feature, presence test).
+    pub refs: HashMap<u64, (String, String, bool)>,
+    /// Calls of a `math.` function, written as a call on the identifier `math`: their ids.
+    pub namespaced: Vec<u64>,
+    /// `!x` where `x` is a bool: their ids.
+    pub negations: Vec<u64>,
 }
 
 /// Type-checks `expr`; `ids` of the errors locate them through the program's source info.
@@ -317,6 +324,9 @@ pub(crate) fn check(expr: &IdedExpr, catalog: &Catalog, limits: &Limits) -> Chec
         inputs: BTreeMap::new(),
         errors: Vec::new(),
         replaced: HashMap::new(),
+        refs: HashMap::new(),
+        namespaced: Vec::new(),
+        negations: Vec::new(),
         nodes: 0,
         comprehension: None,
         has_comprehension: false,
@@ -352,6 +362,9 @@ pub(crate) fn check(expr: &IdedExpr, catalog: &Catalog, limits: &Limits) -> Chec
         errors: c.errors,
         has_comprehension: c.has_comprehension,
         replaced: c.replaced,
+        refs: c.refs,
+        namespaced: c.namespaced,
+        negations: c.negations,
     }
 }
 
@@ -368,6 +381,9 @@ struct Checker<'a> {
     inputs: BTreeMap<(String, String), InputRef>,
     errors: Vec<(u64, String)>,
     replaced: HashMap<u64, &'static str>,
+    refs: HashMap<u64, (String, String, bool)>,
+    namespaced: Vec<u64>,
+    negations: Vec<u64>,
     nodes: usize,
     comprehension: Option<InLoop>,
     has_comprehension: bool,
@@ -447,6 +463,8 @@ impl Checker<'_> {
                         self.error(e.id, format!("view `{view}` has no feature `{}`", s.field));
                         return Ty::Dyn;
                     };
+                    self.refs
+                        .insert(e.id, (view.clone(), s.field.clone(), s.test));
                     self.inputs
                         .entry((view.clone(), s.field.clone()))
                         .or_insert_with(|| InputRef {
@@ -611,6 +629,7 @@ impl Checker<'_> {
                 && self.local(ns).is_none()
                 && !self.catalog.views.contains_key(ns) =>
             {
+                self.namespaced.push(id);
                 (format!("math.{}", call.func_name), None)
             }
             t => (call.func_name.clone(), t),
@@ -677,6 +696,9 @@ impl Checker<'_> {
             {
                 if let Some(function) = parity::replacement(&name, &args) {
                     self.replaced.insert(id, function);
+                }
+                if name == "!_" && args == [Ty::Bool] {
+                    self.negations.push(id);
                 }
                 return result(*ret, &b);
             }

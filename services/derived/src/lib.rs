@@ -95,7 +95,7 @@
 #![forbid(unsafe_code)]
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, LazyLock},
 };
@@ -215,8 +215,9 @@ pub enum EvalError {
 /// A compiled, type-checked expression.
 pub struct Expression {
     source: String,
-    /// What the evaluator runs: the parsed expression, with the calls module `parity` evaluates
-    /// renamed to its functions.
+    /// What the evaluator runs: the parsed expression with its input references resolved to
+    /// input indexes and the calls module `parity` evaluates renamed to its functions (see
+    /// `eval::lower`).
     expr: cel::IdedExpr,
     inputs: Vec<InputRef>,
     ty: FeatureType,
@@ -329,8 +330,29 @@ pub fn compile(
         errors.dedup();
         return Err(errors);
     }
+    let index: HashMap<(&str, &str), usize> = checked
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.view.as_str(), r.feature.as_str()), i))
+        .collect();
+    let refs: HashMap<u64, (usize, bool)> = checked
+        .refs
+        .iter()
+        .map(|(id, (view, feature, test))| {
+            (*id, (index[&(view.as_str(), feature.as_str())], *test))
+        })
+        .collect();
     let mut expr = program.expression().clone();
-    parity::rewrite(&mut expr, &checked.replaced);
+    eval::lower(
+        &mut expr,
+        &eval::Lowering {
+            calls: &checked.replaced,
+            refs: &refs,
+            namespaced: &checked.namespaced,
+            negations: &checked.negations,
+        },
+    );
     Ok(Arc::new(Expression {
         source: source.to_owned(),
         expr,
@@ -442,7 +464,7 @@ pub enum Reason {
 }
 
 /// Inputs of at most this many are passed to [`Expression::eval`] without an allocation.
-const INPUTS_ON_STACK: usize = 8;
+const INPUTS_ON_STACK: usize = 4;
 
 impl Expression {
     /// Evaluates the expression over one row's inputs as served (`inputs[i]` is input `i` of

@@ -3,7 +3,7 @@
 //! every case and tests/tests/cel_parity.rs checks them over generated rows).
 //!
 //! The checker decides, from the types it found, which calls are evaluated here
-//! ([`replacement`]); [`rewrite`] renames those calls in the expression the evaluator runs to
+//! ([`replacement`]); `eval::lower` renames those calls in the expression the evaluator runs to
 //! functions registered by [`register`] under names no expression can spell (they start with
 //! `@`). Each function handles the case the `cel` crate gets wrong and hands every other to the
 //! crate's own overload, so a call whose argument is `dyn` behaves the same either way.
@@ -18,8 +18,7 @@ use std::{
 use cel::{
     Env, ExecutionError,
     common::{
-        ast::{EntryExpr, Expr, IdedExpr},
-        types::{CelBool, CelDouble, CelString, CelTimestamp, DYN_TYPE},
+        types::{CelBool, CelDouble, CelInt, CelString, CelTimestamp, DYN_TYPE},
         value::{CowVal, Val},
     },
     objects::Value,
@@ -40,6 +39,16 @@ pub(crate) fn replacement(function: &str, args: &[Ty]) -> Option<&'static str> {
             "_<=_" => "@less_equals",
             "_>_" => "@greater",
             _ => "@greater_equals",
+        }),
+        // Not a difference of results but of cost: the `cel` crate's own comparison builds
+        // the error it would report (type names, strings: five allocations) before comparing,
+        // on every evaluation. These compare the same way (the crate's own ordering) and make
+        // the error only when there is one.
+        "_<_" | "_<=_" | "_>_" | "_>=_" => Some(match function {
+            "_<_" => "@ordered_less",
+            "_<=_" => "@ordered_less_equals",
+            "_>_" => "@ordered_greater",
+            _ => "@ordered_greater_equals",
         }),
         // cel-go writes doubles as Go's %g does ("1e+21", "1.5e-07"); the `cel` crate as Rust's
         // Display ("1000000000000000000000", "0.00000015"). A timestamp past year 9999 (outside
@@ -79,6 +88,26 @@ pub(crate) fn register(env: &mut Env) -> Result<(), cel::DeclarationError> {
         vec![DYN_TYPE, DYN_TYPE],
         greater_equals,
     )?;
+    for (name, id, f) in [
+        (
+            "@ordered_less",
+            "@ordered_less_dyn",
+            ordered_less as cel::common::functions::Function,
+        ),
+        (
+            "@ordered_less_equals",
+            "@ordered_less_equals_dyn",
+            ordered_less_equals,
+        ),
+        ("@ordered_greater", "@ordered_greater_dyn", ordered_greater),
+        (
+            "@ordered_greater_equals",
+            "@ordered_greater_equals_dyn",
+            ordered_greater_equals,
+        ),
+    ] {
+        env.add_overload(name, id, vec![DYN_TYPE, DYN_TYPE], f)?;
+    }
     env.add_overload("@string", "@string_dyn", vec![DYN_TYPE], string)?;
     env.add_overload("@double", "@double_dyn", vec![DYN_TYPE], double)?;
     env.add_overload("@timestamp", "@timestamp_dyn", vec![DYN_TYPE], timestamp)?;
@@ -96,52 +125,6 @@ pub(crate) fn register(env: &mut Env) -> Result<(), cel::DeclarationError> {
         matches,
     )?;
     Ok(())
-}
-
-/// Renames the calls the checker chose (node id → function) in `expr`.
-pub(crate) fn rewrite(expr: &mut IdedExpr, calls: &HashMap<u64, &'static str>) {
-    if calls.is_empty() {
-        return;
-    }
-    match &mut expr.expr {
-        Expr::Call(call) => {
-            if let Some(function) = calls.get(&expr.id) {
-                call.func_name = (*function).to_owned();
-            }
-            if let Some(target) = &mut call.target {
-                rewrite(target, calls);
-            }
-            for arg in &mut call.args {
-                rewrite(arg, calls);
-            }
-        }
-        Expr::Comprehension(c) => {
-            for e in [
-                &mut c.iter_range,
-                &mut c.accu_init,
-                &mut c.loop_cond,
-                &mut c.loop_step,
-                &mut c.result,
-            ] {
-                rewrite(e, calls);
-            }
-        }
-        Expr::List(list) => {
-            for e in &mut list.elements {
-                rewrite(e, calls);
-            }
-        }
-        Expr::Map(map) => {
-            for entry in &mut map.entries {
-                if let EntryExpr::MapEntry(entry) = &mut entry.expr {
-                    rewrite(&mut entry.key, calls);
-                    rewrite(&mut entry.value, calls);
-                }
-            }
-        }
-        Expr::Select(select) => rewrite(&mut select.operand, calls),
-        Expr::Struct(_) | Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
-    }
 }
 
 /// The `cel` crate's own overload of `function` for `args`.
@@ -180,6 +163,11 @@ fn order(
     let [a, b] = args else {
         return Err(no_overload(function, args));
     };
+    // Two doubles, by far the most common, compared in place (NaN compares to nothing, so
+    // every comparison with it is false).
+    if let (Some(x), Some(y)) = (a.downcast_ref::<CelDouble>(), b.downcast_ref::<CelDouble>()) {
+        return Ok(x.inner().partial_cmp(y.inner()).is_some_and(holds));
+    }
     if is_nan(a.as_ref()) || is_nan(b.as_ref()) {
         return Ok(false);
     }
@@ -190,8 +178,11 @@ fn order(
     }
 }
 
+/// A comparison's result: one of two constants, no allocation.
 fn boolean<'b, 'v>(b: Result<bool, ExecutionError>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    b.map(|b| CowVal::owned(CelBool::from(b)))
+    static TRUE: CelBool = CelBool::TRUE;
+    static FALSE: CelBool = CelBool::FALSE;
+    b.map(|b| CowVal::Borrowed(if b { &TRUE } else { &FALSE }))
 }
 
 fn less<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
@@ -208,6 +199,45 @@ fn greater<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Executio
 
 fn greater_equals<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
     boolean(order("_>=_", &args, Ordering::is_ge))
+}
+
+/// Orders two values of types the checker found concrete and not double, as the `cel` crate's
+/// own `<` does (its `Comparer`), two ints compared in place.
+fn ordered(
+    function: &str,
+    args: &[CowVal<'_, '_>],
+    holds: fn(Ordering) -> bool,
+) -> Result<bool, ExecutionError> {
+    let [a, b] = args else {
+        return Err(no_overload(function, args));
+    };
+    if let (Some(x), Some(y)) = (a.downcast_ref::<CelInt>(), b.downcast_ref::<CelInt>()) {
+        return Ok(holds(x.inner().cmp(y.inner())));
+    }
+    match a.as_comparer() {
+        Some(comparer) => comparer.compare(b.as_ref()).map(holds),
+        None => Err(no_overload(function, args)),
+    }
+}
+
+fn ordered_less<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    boolean(ordered("_<_", &args, Ordering::is_lt))
+}
+
+fn ordered_less_equals<'b, 'v>(
+    args: Vec<CowVal<'b, 'v>>,
+) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    boolean(ordered("_<=_", &args, Ordering::is_le))
+}
+
+fn ordered_greater<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    boolean(ordered("_>_", &args, Ordering::is_gt))
+}
+
+fn ordered_greater_equals<'b, 'v>(
+    args: Vec<CowVal<'b, 'v>>,
+) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    boolean(ordered("_>=_", &args, Ordering::is_ge))
 }
 
 fn string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
