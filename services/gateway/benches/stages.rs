@@ -340,6 +340,7 @@ fn log_record(bencher: Bencher) {
             "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
             &f.rows[i],
             &f.served[i],
+            &[],
             arrival,
         )
     });
@@ -358,6 +359,7 @@ fn log_submit(bencher: Bencher) {
                 "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
                 &f.rows[i],
                 &f.served[i],
+                &[],
                 arrival,
             )
         })

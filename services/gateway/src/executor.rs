@@ -23,7 +23,7 @@ use tracing::Instrument;
 use gateway_stack::{GatewayService, Slot};
 
 use crate::{
-    plan::{Derived, KeyInput, Origin, Plan},
+    plan::{Arg, At, Derived, KeyInput, Origin, Plan},
     status::Status,
 };
 
@@ -161,6 +161,9 @@ fn short_duration(d: Duration) -> String {
 pub struct Execution {
     /// One vector per input row, one entry per plan output.
     pub rows: Vec<Vec<Served>>,
+    /// Per input row, the derived features' inputs the training log holds beside the outputs,
+    /// one per [`Plan::logged_inputs`]; empty when the plan has none.
+    pub logged_inputs: Vec<Vec<Served>>,
     /// Wall time of each stage.
     pub stage_times: Vec<Duration>,
 }
@@ -241,17 +244,6 @@ impl Outcome {
         } else {
             slot.clone()
         })
-    }
-
-    /// A copy of cell `cell` of request row `row`'s fetched row, if found.
-    fn peek_cell(&self, row: usize, cell: usize) -> Option<Cell> {
-        let Outcome::Ran { row_of, slots, .. } = self else {
-            return None;
-        };
-        let Some(Row::Found(record)) = slots[row_of[row]?].row() else {
-            return None;
-        };
-        record.cells.get(cell).cloned()
     }
 
     /// The row's state, the fetch's latency, its cache use, and the age of a cached value.
@@ -362,8 +354,10 @@ pub async fn execute(
         }
         stage_times.push(started.elapsed());
     }
+    let (rows, logged_inputs) = assemble(plan, rows, outcomes, SystemTime::now());
     Execution {
-        rows: assemble(plan, rows, outcomes, SystemTime::now()),
+        rows,
+        logged_inputs,
         stage_times,
     }
 }
@@ -435,13 +429,15 @@ fn key_part(input: KeyInput, r: usize, row: &RowInput, outcomes: &[Outcome]) -> 
     }
 }
 
-/// Builds each row's vector from the fetch outcomes. Pure, so every status rule is unit-tested.
+/// Builds each row's vector from the fetch outcomes, and the derived features' inputs the
+/// training log holds beside it ([`Plan::logged_inputs`]). Pure, so every status rule is
+/// unit-tested.
 fn assemble(
     plan: &Plan,
     rows: &[RowInput],
     mut outcomes: Vec<Outcome>,
     now: SystemTime,
-) -> Vec<Vec<Served>> {
+) -> (Vec<Vec<Served>>, Vec<Vec<Served>>) {
     // A single row reads each fetched row once, so its values can always be moved out.
     let readers: Vec<Vec<u32>> = if rows.len() == 1 {
         Vec::new()
@@ -449,37 +445,55 @@ fn assemble(
         outcomes.iter().map(Outcome::readers).collect()
     };
     let mut vectors = Vec::with_capacity(rows.len());
-    let mut derived: Vec<Served> = Vec::with_capacity(plan.derived.len());
+    let mut logged = Vec::new();
+    // The derived inputs and derived features that are not outputs (none, most often: then
+    // nothing is allocated), reused from row to row.
+    let mut own_inputs: Vec<Served> = Vec::with_capacity(plan.own.0);
+    let mut own_derived: Vec<Served> = Vec::with_capacity(plan.own.1);
     for (r, row) in rows.iter().enumerate() {
-        // Derived features first: they read cells that the outputs then move out.
-        derived.clear();
-        for (i, d) in plan.derived.iter().enumerate() {
-            let inputs: Vec<Served> = d
-                .inputs
+        // Each cell is read once: by its output, or as a derived input kept on its own.
+        let mut cell = |fetch: usize, cell: usize, ty| {
+            let shared = readers.get(fetch).map(Vec::as_slice);
+            let value = outcomes[fetch].take_cell(r, cell, shared);
+            fetched(plan, &outcomes, fetch, r, row, value, ty, now)
+        };
+        let mut gather = |origin: Origin, ty| match origin {
+            Origin::Context(i) => from_context(&row.context[i]),
+            Origin::Fetched { fetch, cell: c } => cell(fetch, c, ty),
+            // a placeholder, evaluated below
+            Origin::Derived(_) => served(Value::Null, Status::NotFound, None),
+        };
+        let mut vector: Vec<Served> = plan
+            .outputs
+            .iter()
+            .map(|output| gather(output.origin, output.ty))
+            .collect();
+        own_inputs.clear();
+        own_inputs.extend(
+            plan.derived_inputs
                 .iter()
-                .zip(d.expr.inputs())
-                .map(|(origin, input)| match *origin {
-                    Origin::Context(c) => from_context(&row.context[c]),
-                    Origin::Fetched { fetch, cell } => {
-                        let value = outcomes[fetch].peek_cell(r, cell);
-                        fetched(plan, &outcomes, fetch, r, row, value, input.ty, now)
-                    }
-                    Origin::Derived(j) => derived[j].clone(),
-                })
-                .collect();
-            derived.push(evaluate(i, d, &inputs));
-        }
-        let mut vector = Vec::with_capacity(plan.outputs.len());
-        for output in &plan.outputs {
-            let mut served = match output.origin {
-                Origin::Context(i) => from_context(&row.context[i]),
-                Origin::Fetched { fetch, cell } => {
-                    let shared = readers.get(fetch).map(Vec::as_slice);
-                    let value = outcomes[fetch].take_cell(r, cell, shared);
-                    fetched(plan, &outcomes, fetch, r, row, value, output.ty, now)
+                .filter(|input| matches!(input.at, At::Own(_)))
+                .map(|input| gather(input.origin, input.ty)),
+        );
+        // Derived features, each after those it reads, from the values before any default.
+        own_derived.clear();
+        for (i, d) in plan.derived.iter().enumerate() {
+            let served = evaluate(i, d, |arg| {
+                let (at, own) = match *arg {
+                    Arg::Input(k) => (plan.derived_inputs[k].at, &own_inputs),
+                    Arg::Derived(j) => (plan.derived[j].at, &own_derived),
+                };
+                match at {
+                    At::Output(o) => &vector[o],
+                    At::Own(k) => &own[k],
                 }
-                Origin::Derived(i) => derived[i].clone(),
-            };
+            });
+            match d.at {
+                At::Output(o) => vector[o] = served,
+                At::Own(_) => own_derived.push(served),
+            }
+        }
+        for (output, served) in plan.outputs.iter().zip(&mut vector) {
             debug_assert_eq!(
                 served.detail.is_none(),
                 served.status == Status::Present,
@@ -491,11 +505,26 @@ fn assemble(
                 served.value = default.clone();
                 served.default_applied = true;
             }
-            vector.push(served);
         }
         vectors.push(vector);
+        if !plan.logged_inputs.is_empty() {
+            logged.push(
+                plan.logged_inputs
+                    .iter()
+                    .filter_map(|&i| match plan.derived_inputs[i].at {
+                        At::Own(k) => Some(take(&mut own_inputs[k])),
+                        At::Output(_) => None,
+                    })
+                    .collect(),
+            );
+        }
     }
-    vectors
+    (vectors, logged)
+}
+
+/// Moves a served feature out, leaving a placeholder (each is taken once).
+fn take(served: &mut Served) -> Served {
+    std::mem::replace(served, self::served(Value::Null, Status::NotFound, None))
 }
 
 /// A context value as served.
@@ -541,12 +570,15 @@ fn fetched(
     s
 }
 
-/// Derived feature `i` (`d`) of one row, from its inputs as served. The status rules are the
+/// Derived feature `i` (`d`) of one row, from its inputs as served (`arg` gives each). The status rules are the
 /// `derived` crate's ([`derived::Expression::evaluate`], which `training-set` recomputes with
 /// too): an unavailable input read passes its status on, an evaluation error is SOURCE_ERROR, a
 /// null result NULL_VALUE, and a value computed from a STALE input is STALE.
-fn evaluate(i: usize, d: &Derived, inputs: &[Served]) -> Served {
+fn evaluate<'a>(i: usize, d: &Derived, arg: impl Fn(&Arg) -> &'a Served) -> Served {
     use derived::{Reason, Status as D};
+    /// Inputs of at most this many are passed without an allocation.
+    const ON_STACK: usize = 8;
+    static NULL: Value = Value::Null;
     let to_rule = |status: Status| match status {
         Status::Present => D::Present,
         Status::NotFound => D::NotFound,
@@ -556,11 +588,28 @@ fn evaluate(i: usize, d: &Derived, inputs: &[Served]) -> Served {
         Status::SourceError => D::SourceError,
         Status::Stale => D::Stale,
     };
-    let rows: Vec<(D, &Value)> = inputs
-        .iter()
-        .map(|s| (to_rule(s.status), &s.value))
-        .collect();
-    let outcome = d.expr.evaluate(&rows);
+    let mut on_stack = [(D::NotFound, &NULL); ON_STACK];
+    let mut on_heap = Vec::new();
+    let rows: &mut [(D, &Value)] = if d.inputs.len() <= ON_STACK {
+        &mut on_stack[..d.inputs.len()]
+    } else {
+        on_heap.resize(d.inputs.len(), (D::NotFound, &NULL));
+        &mut on_heap
+    };
+    // The value is as old as its oldest available input, and took as long as its slowest.
+    let mut event_time: Option<SystemTime> = None;
+    let mut latency = Duration::ZERO;
+    for (row, a) in rows.iter_mut().zip(&d.inputs) {
+        let s = arg(a);
+        *row = (to_rule(s.status), &s.value);
+        if row.0.is_available()
+            && let Some(t) = s.event_time
+        {
+            event_time = Some(event_time.map_or(t, |e| e.min(t)));
+        }
+        latency = latency.max(s.latency);
+    }
+    let outcome = d.expr.evaluate(rows);
     let status = match outcome.status {
         D::Present => Status::Present,
         D::NotFound => Status::NotFound,
@@ -576,18 +625,13 @@ fn evaluate(i: usize, d: &Derived, inputs: &[Served]) -> Served {
         Reason::Input { input, .. } => Detail::Input {
             derived: i,
             input,
-            status: inputs[input].status,
+            status: arg(&d.inputs[input]).status,
         },
         Reason::Failed(reason) => Detail::Message(format!("expression: {reason}")),
     });
     let mut out = served(outcome.value, status, detail);
-    // The value is as old as its oldest input, and took as long as its slowest.
-    out.event_time = inputs
-        .iter()
-        .filter(|s| to_rule(s.status).is_available())
-        .filter_map(|s| s.event_time)
-        .min();
-    out.latency = inputs.iter().map(|s| s.latency).max().unwrap_or_default();
+    out.event_time = event_time;
+    out.latency = latency;
     out
 }
 

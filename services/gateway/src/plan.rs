@@ -45,6 +45,18 @@ pub struct Plan {
     pub context: Vec<Input>,
     /// The derived features the outputs need, each after those it reads.
     pub derived: Vec<Derived>,
+    /// What the derived features read that is not itself derived: each fetched feature or
+    /// context value once, however many expressions read it. A row's value of each is gathered
+    /// once ([`DerivedInput::at`]), before the row's derived features are evaluated.
+    pub derived_inputs: Vec<DerivedInput>,
+    /// The derived inputs the training log holds beside the outputs (indexes into
+    /// [`Plan::derived_inputs`]): fetched features that are not outputs, so that `training-set`
+    /// can evaluate the derived features again from the log. (A context value is logged
+    /// anyway, and an output is logged as served.)
+    pub logged_inputs: Vec<usize>,
+    /// How many derived inputs, then derived features, are not outputs (each is kept
+    /// [`At::Own`] while a row is evaluated).
+    pub own: (usize, usize),
 }
 
 /// A derived feature to evaluate per row.
@@ -55,8 +67,47 @@ pub struct Derived {
     /// The expression.
     pub expr: Arc<derived::Expression>,
     /// Where each of the expression's inputs comes from, in [`derived::Expression::inputs`]
-    /// order; a [`Origin::Derived`] input is always an earlier entry of [`Plan::derived`].
-    pub inputs: Vec<Origin>,
+    /// order.
+    pub inputs: Vec<Arg>,
+    /// Where a row's value is kept.
+    pub at: At,
+}
+
+/// Where a row's value of a derived feature, or of a derived feature's input, is kept while the
+/// row's derived features are evaluated: in the row's vector when it is an output (nothing is
+/// gathered or copied twice), else in a place of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// `outputs[i]` of the row.
+    Output(usize),
+    /// Entry `i` of the row's own derived inputs or derived features, numbered in
+    /// [`Plan::derived_inputs`] or [`Plan::derived`] order.
+    Own(usize),
+}
+
+/// Where an input of a derived feature comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// `plan.derived_inputs[i]`.
+    Input(usize),
+    /// `plan.derived[i]`, always an earlier entry than the feature reading it.
+    Derived(usize),
+}
+
+/// A fetched feature or context value that derived features read.
+#[derive(Debug)]
+pub struct DerivedInput {
+    /// `VIEW:FEATURE`.
+    pub name: String,
+    /// Its declared type.
+    pub ty: FeatureType,
+    /// Where it comes from: [`Origin::Context`] or [`Origin::Fetched`], never
+    /// [`Origin::Derived`].
+    pub origin: Origin,
+    /// Whether it is marked `pii` (the training log hashes or drops its value).
+    pub pii: bool,
+    /// Where a row's value is kept.
+    pub at: At,
 }
 
 /// A named, typed input of a request.
@@ -198,6 +249,7 @@ pub fn compile(
         visiting: Vec::new(),
         derived: Vec::new(),
         derived_index: HashMap::new(),
+        derived_inputs: Vec::new(),
     };
     let mut outputs = Vec::with_capacity(features.len());
     for r in features {
@@ -225,6 +277,28 @@ pub fn compile(
             description: feature.description.clone(),
         });
     }
+    // Where each derived input and derived feature is kept: its output, else a place of its own.
+    let mut own = (0, 0);
+    let at =
+        |origin: Origin, count: &mut usize| match outputs.iter().position(|o| o.origin == origin) {
+            Some(o) => At::Output(o),
+            None => {
+                *count += 1;
+                At::Own(*count - 1)
+            }
+        };
+    for input in &mut b.derived_inputs {
+        input.at = at(input.origin, &mut own.0);
+    }
+    for (i, d) in b.derived.iter_mut().enumerate() {
+        d.at = at(Origin::Derived(i), &mut own.1);
+    }
+    let logged_inputs = (0..b.derived_inputs.len())
+        .filter(|&i| {
+            let input = &b.derived_inputs[i];
+            matches!(input.origin, Origin::Fetched { .. }) && matches!(input.at, At::Own(_))
+        })
+        .collect();
     let depth = b.fetches.iter().map(|f| f.stage + 1).max().unwrap_or(0);
     let mut stages = vec![Vec::new(); depth];
     let fetches: Vec<Fetch> = b
@@ -262,6 +336,9 @@ pub fn compile(
         entities: b.entities,
         context: b.context,
         derived: b.derived,
+        derived_inputs: b.derived_inputs,
+        logged_inputs,
+        own,
     })
 }
 
@@ -286,6 +363,7 @@ struct Builder<'a> {
     derived: Vec<Derived>,
     /// `VIEW:FEATURE` → index into `derived`; `None` while its inputs are being planned.
     derived_index: HashMap<String, Option<usize>>,
+    derived_inputs: Vec<DerivedInput>,
 }
 
 impl Builder<'_> {
@@ -329,16 +407,37 @@ impl Builder<'_> {
         self.derived_index.insert(name.clone(), None);
         let mut inputs = Vec::with_capacity(expr.inputs().len());
         for input in expr.inputs() {
-            inputs.push(self.origin(&input.view, &input.feature)?);
+            inputs.push(match self.origin(&input.view, &input.feature)? {
+                Origin::Derived(j) => Arg::Derived(j),
+                origin => Arg::Input(self.derived_input(input, origin)),
+            });
         }
         let i = self.derived.len();
         self.derived.push(Derived {
             name: name.clone(),
             expr,
             inputs,
+            // decided once the outputs are known
+            at: At::Own(0),
         });
         self.derived_index.insert(name, Some(i));
         Ok(i)
+    }
+
+    /// The index in `derived_inputs` of `input` (from `origin`), added if new.
+    fn derived_input(&mut self, input: &derived::InputRef, origin: Origin) -> usize {
+        if let Some(i) = self.derived_inputs.iter().position(|d| d.origin == origin) {
+            return i;
+        }
+        self.derived_inputs.push(DerivedInput {
+            name: format!("{}:{}", input.view, input.feature),
+            ty: input.ty,
+            origin,
+            pii: self.config.views[&input.view].features[&input.feature].pii,
+            // decided once the outputs are known
+            at: At::Own(0),
+        });
+        self.derived_inputs.len() - 1
     }
 
     /// The fetch of `view`, planned (with the fetches its keys depend on) if not yet.

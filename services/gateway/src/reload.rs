@@ -233,7 +233,8 @@ impl LogSlot {
 }
 
 /// The training log schema of a feature service's plan: its inputs and outputs with their
-/// types, and which outputs the configuration marks `pii`.
+/// types, which outputs the configuration marks `pii`, and the fetched features its derived
+/// features read that are not outputs ([`Plan::logged_inputs`], the log's `input:` columns).
 pub fn log_schema(config: &Config, plan: &Plan) -> SchemaDef {
     let column = |i: &crate::plan::Input| training_log::Column {
         name: i.name.clone(),
@@ -258,6 +259,18 @@ pub fn log_schema(config: &Config, plan: &Plan) -> SchemaDef {
                         .and_then(|v| v.features.get(&r.feature))
                         .is_some_and(|f| f.pii)
                 }),
+            })
+            .collect(),
+        inputs: plan
+            .logged_inputs
+            .iter()
+            .map(|&i| {
+                let input = &plan.derived_inputs[i];
+                training_log::FeatureColumn {
+                    name: input.name.clone(),
+                    ty: input.ty,
+                    pii: input.pii,
+                }
             })
             .collect(),
         pii: config

@@ -83,11 +83,15 @@ impl FeatureServiceImpl {
             .execute(&plan, std::slice::from_ref(&row), deadline)
             .await;
         let served = execution.rows.into_iter().next().unwrap_or_default();
+        let inputs = execution
+            .logged_inputs
+            .first()
+            .map_or(&[][..], Vec::as_slice);
         record_not_present(&span, std::slice::from_ref(&served));
         generation.log_vector(
             &plan,
             || request_id.clone(),
-            |id| log_record(id, &row, &served, arrival),
+            |id| log_record(id, &row, &served, inputs, arrival),
         );
         gateway.observe_drift(&plan, &served);
         generation
@@ -168,10 +172,14 @@ impl FeatureServiceImpl {
             .enumerate()
             .map(|(i, (served, row))| {
                 // Each row is its own labelled example: `<request_id>/<row>`.
+                let inputs = execution
+                    .logged_inputs
+                    .get(i)
+                    .map_or(&[][..], Vec::as_slice);
                 generation.log_vector(
                     &plan,
                     || format!("{request_id}/{i}"),
-                    |id| log_record(id, row, &served, arrival),
+                    |id| log_record(id, row, &served, inputs, arrival),
                 );
                 gateway.observe_drift(&plan, &served);
                 for s in &served {
@@ -242,14 +250,24 @@ fn count_statuses(served: &[Served]) -> [u64; FeatureStatus::ALL.len()] {
     counts
 }
 
-/// The training log record of one served vector.
+/// The training log record of one served vector, with the derived features' inputs that are
+/// logged beside it (`inputs`, one per [`Plan::logged_inputs`]).
 pub fn log_record(
     request_id: String,
     row: &RowInput,
     served: &[Served],
+    inputs: &[Served],
     arrival: Instant,
 ) -> training_log::Record {
     let now = SystemTime::now();
+    let entry = |s: &Served| FeatureEntry {
+        value: s.value.clone().into(),
+        status: logged_status(s.status),
+        age_ms: s
+            .event_time
+            .and_then(|t| now.duration_since(t).ok())
+            .map(|age| age.as_millis() as i64),
+    };
     training_log::Record {
         request_id,
         served_at_us: training_log::record::nanos_since_epoch(now) / 1000,
@@ -264,17 +282,8 @@ pub fn log_record(
             .iter()
             .map(|c| c.clone().map_or(Cell::Null, Cell::from))
             .collect(),
-        features: served
-            .iter()
-            .map(|s| FeatureEntry {
-                value: s.value.clone().into(),
-                status: logged_status(s.status),
-                age_ms: s
-                    .event_time
-                    .and_then(|t| now.duration_since(t).ok())
-                    .map(|age| age.as_millis() as i64),
-            })
-            .collect(),
+        features: served.iter().map(entry).collect(),
+        inputs: inputs.iter().map(entry).collect(),
     }
 }
 

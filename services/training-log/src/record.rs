@@ -23,6 +23,10 @@ pub struct Record {
     pub context: Vec<Cell>,
     /// One per feature of the schema.
     pub features: Vec<FeatureEntry>,
+    /// One per input of the schema (derived features' inputs logged beside the features).
+    /// Absent from the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<FeatureEntry>,
 }
 
 /// One feature of a vector.
@@ -165,6 +169,7 @@ impl Record {
             + self
                 .features
                 .iter()
+                .chain(&self.inputs)
                 .map(|f| f.value.size() + 12)
                 .sum::<usize>()
     }

@@ -13,6 +13,17 @@
 //! | `feature:<view>:<feature>` | the feature's type, nullable | the value served (defaults included) |
 //! | `status:<view>:<feature>` | string | `PRESENT`, `NOT_FOUND`, `NULL_VALUE`, `OUTSIDE_MAX_AGE`, `TIMED_OUT`, `SOURCE_ERROR`, `STALE` |
 //! | `age_ms:<view>:<feature>` | int64, nullable | age of the value by the source's event time, when known |
+//! | `input:<view>:<feature>` | the feature's type, nullable | a derived feature's input that is not an output: the value read (no default applies) |
+//! | `input_status:<view>:<feature>` | string | its status, as `status:` |
+//! | `input_age_ms:<view>:<feature>` | int64, nullable | its age, as `age_ms:` |
+//!
+//! The `input:` columns are log-only: a derived feature may read a feature that its feature
+//! service does not serve (`amount / user_profile.avg_txn_amount_30d` in a service without
+//! `user_profile:avg_txn_amount_30d`); the log holds what it read there, after every
+//! `feature:` column, so that `training-set` can evaluate the derived feature again from the
+//! log. A `request` view's feature is a `context:` column and a served feature its `feature:`
+//! column, so neither is an `input:` one; a schema without such inputs has no `input:` columns
+//! and keeps the JSON (and schema id) it had before them.
 //!
 //! The feature service and the date are not columns of the files but their hive partition
 //! directories (`feature_service=NAME/date=YYYY-MM-DD/`), which pandas, pyarrow, DuckDB and
@@ -91,6 +102,10 @@ pub struct SchemaDef {
     pub context: Vec<Column>,
     /// Features, in output order.
     pub features: Vec<FeatureColumn>,
+    /// The derived features' inputs that are logged beside the features (the `input:` columns),
+    /// in the plan's order. Absent from the JSON when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<FeatureColumn>,
     /// How `pii` features are logged.
     pub pii: PiiMode,
 }
@@ -129,12 +144,12 @@ impl LogSchema {
                 fields.push(Field::new(context_column(&c.name), ty, true));
             }
         }
-        for f in &def.features {
+        for (f, [value, status, age]) in def.columns() {
             if let Some(ty) = def.logged_type(f) {
-                fields.push(Field::new(feature_column(&f.name), ty, true));
+                fields.push(Field::new(value, ty, true));
             }
-            fields.push(Field::new(status_column(&f.name), DataType::Utf8, false));
-            fields.push(Field::new(age_column(&f.name), DataType::Int64, true));
+            fields.push(Field::new(status, DataType::Utf8, false));
+            fields.push(Field::new(age, DataType::Int64, true));
         }
         let mut metadata = std::collections::HashMap::new();
         metadata.insert(VERSION_KEY.to_owned(), SCHEMA_VERSION.to_string());
@@ -168,9 +183,28 @@ impl SchemaDef {
         }
     }
 
-    /// Whether any feature or context value is `pii` (a `hash` mode log then needs the salt).
+    /// Whether any feature, input or context value is `pii` (a `hash` mode log then needs the
+    /// salt).
     pub fn has_pii(&self) -> bool {
-        self.features.iter().any(|f| f.pii) || self.context.iter().any(|c| c.pii)
+        self.features.iter().chain(&self.inputs).any(|f| f.pii)
+            || self.context.iter().any(|c| c.pii)
+    }
+
+    /// The features, then the inputs, each with the names of its value, status and age columns
+    /// (a `pii` one's value column may be left out: [`SchemaDef::logged_type`]).
+    pub fn columns(&self) -> impl Iterator<Item = (&FeatureColumn, [String; 3])> {
+        let features = self.features.iter().map(|f| {
+            let n = &f.name;
+            (f, [feature_column(n), status_column(n), age_column(n)])
+        });
+        let inputs = self.inputs.iter().map(|f| {
+            let n = &f.name;
+            (
+                f,
+                [input_column(n), input_status_column(n), input_age_column(n)],
+            )
+        });
+        features.chain(inputs)
     }
 }
 
@@ -193,6 +227,19 @@ pub fn status_column(name: &str) -> String {
 /// The age column of feature `name`.
 pub fn age_column(name: &str) -> String {
     format!("age_ms:{name}")
+}
+
+/// The value column of derived features' input `name`, logged beside the features.
+pub fn input_column(name: &str) -> String {
+    format!("input:{name}")
+}
+/// The status column of derived features' input `name`.
+pub fn input_status_column(name: &str) -> String {
+    format!("input_status:{name}")
+}
+/// The age column of derived features' input `name`.
+pub fn input_age_column(name: &str) -> String {
+    format!("input_age_ms:{name}")
 }
 
 /// The Arrow type of a feature type.
@@ -264,6 +311,7 @@ mod tests {
                 },
             ],
             pii,
+            inputs: Vec::new(),
         }
     }
 

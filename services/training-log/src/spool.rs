@@ -302,6 +302,7 @@ mod tests {
             entities: vec![Cell::String("u".into())],
             context: vec![],
             features: vec![],
+            inputs: Vec::new(),
         }
     }
 

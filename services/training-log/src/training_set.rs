@@ -286,25 +286,43 @@ pub fn read_records(path: &Path) -> Result<(SchemaDef, Vec<Record>), String> {
                 Some(ty) => Ok(Some((column(&context_column(&c.name))?, ty))),
             })
             .collect::<Result<_, String>>()?;
-        let mut features = Vec::new();
-        for f in &def.features {
+        // The features' columns, then the derived features' inputs'.
+        let mut columns = Vec::new();
+        for (f, [value, status, age]) in def.columns() {
             let value = match def.logged_type(f) {
                 None => None,
                 Some(_) => Some((
-                    column(&feature_column(&f.name))?,
+                    column(&value)?,
                     if f.pii { FeatureType::String } else { f.ty },
                 )),
             };
-            let status = string_column(batch, &status_column(&f.name)).map_err(|e| fail(&e))?;
-            let age = column(&age_column(&f.name))?
+            let status = string_column(batch, &status).map_err(|e| fail(&e))?;
+            let age = column(&age)?
                 .as_primitive_opt::<Int64Type>()
                 .ok_or_else(|| fail("an age column is not int64"))?;
-            features.push((value, status, age));
+            columns.push((value, status, age));
         }
         for row in 0..batch.num_rows() {
             let cell = |(array, ty): &(&ArrayRef, FeatureType)| {
                 cell_at(array.as_ref(), *ty, row).ok_or_else(|| fail("a column of another type"))
             };
+            let mut features = columns
+                .iter()
+                .map(|(value, status, age)| {
+                    Ok(FeatureEntry {
+                        value: match value {
+                            Some(v) => cell(v)?,
+                            None => Cell::Null,
+                        },
+                        status: serde_json::from_value(serde_json::Value::String(
+                            status.value(row).to_owned(),
+                        ))
+                        .map_err(|e| fail(&e.to_string()))?,
+                        age_ms: (!age.is_null(row)).then(|| age.value(row)),
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let inputs = features.split_off(def.features.len());
             records.push(Record {
                 request_id: ids.value(row).to_owned(),
                 served_at_us: served.value(row),
@@ -314,22 +332,8 @@ pub fn read_records(path: &Path) -> Result<(SchemaDef, Vec<Record>), String> {
                     .iter()
                     .map(|c| c.as_ref().map_or(Ok(Cell::Null), cell))
                     .collect::<Result<_, _>>()?,
-                features: features
-                    .iter()
-                    .map(|(value, status, age)| {
-                        Ok(FeatureEntry {
-                            value: match value {
-                                Some(v) => cell(v)?,
-                                None => Cell::Null,
-                            },
-                            status: serde_json::from_value(serde_json::Value::String(
-                                status.value(row).to_owned(),
-                            ))
-                            .map_err(|e| fail(&e.to_string()))?,
-                            age_ms: (!age.is_null(row)).then(|| age.value(row)),
-                        })
-                    })
-                    .collect::<Result<_, String>>()?,
+                features,
+                inputs,
             });
         }
     }

@@ -237,7 +237,8 @@ impl TrainingLog {
                 PiiMode::Drop => Cell::Null,
             };
         };
-        for (entry, f) in record.features.iter_mut().zip(&def.features) {
+        let entries = record.features.iter_mut().chain(record.inputs.iter_mut());
+        for (entry, f) in entries.zip(def.features.iter().chain(&def.inputs)) {
             if f.pii {
                 protect(&mut entry.value);
             }

@@ -509,6 +509,9 @@ fn reasons_name_every_key_and_durations_read_short() {
         entities: Vec::new(),
         context: Vec::new(),
         derived: Vec::new(),
+        derived_inputs: Vec::new(),
+        logged_inputs: Vec::new(),
+        own: (0, 0),
     };
     assert_eq!(
         Detail::NoRow { fetch: 0 }.into_text(&plan),
@@ -635,7 +638,7 @@ async fn values_from_the_cache_past_their_ttl_say_so() {
         event_time: None,
     }));
     outcomes[merchants] = stale(Row::NotFound);
-    let rows = assemble(
+    let (rows, _) = assemble(
         &s.plan,
         &[row("u1", "m1", Some(1.0))],
         outcomes,
@@ -711,6 +714,25 @@ async fn derived_features_are_evaluated_from_their_inputs_with_their_statuses() 
     assert_eq!((s.status, &s.value), (Status::SourceError, &Value::Null));
     assert_eq!(detail, "expression: division by zero");
     assert_eq!(plan.outputs[0].source_kind.as_ref(), "derived");
+    // What the expressions read that is not an output, for the training log: each fetched
+    // input once, as read (the context value is logged as context, not here).
+    let logged: Vec<(&str, Status, &Value)> = plan
+        .logged_inputs
+        .iter()
+        .zip(&execution.logged_inputs[0])
+        .map(|(&i, s)| (plan.derived_inputs[i].name.as_str(), s.status, &s.value))
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            ("users:age", Status::Present, &Value::Int64(30)),
+            ("users:score", Status::Present, &Value::Double(0.9)),
+            ("broken:v", Status::SourceError, &Value::Null),
+            ("merchants:mcc", Status::Present, &Value::Int64(5411)),
+            ("mcc_risk:rate", Status::Present, &Value::Double(0.01)),
+            ("slow:v", Status::TimedOut, &Value::Null),
+        ]
+    );
 
     // Without the context value, what reads it is NOT_FOUND and says which input.
     let input = RowInput {

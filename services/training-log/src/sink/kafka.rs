@@ -60,7 +60,9 @@ const MAX_REQUEST_BYTES: usize = 768 * 1024;
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
-/// The message of `record`, of the feature service `schema`.
+/// The message of `record`, of the feature service `schema`. The message has the served
+/// features only: the derived features' inputs that are logged beside them
+/// ([`Record::inputs`]) are in the Parquet log alone, which `training-set` reads.
 pub(crate) fn message(schema: &LogSchema, record: &Record) -> v1::TrainingLogRecord {
     let def = &schema.def;
     let named = |cols: &[crate::schema::Column], cells: &[Cell]| {
@@ -139,6 +141,8 @@ pub fn decode(bytes: &[u8]) -> Result<(v1::TrainingLogRecord, Record), String> {
         entities: msg.entities.iter().map(|n| cell(&n.value)).collect(),
         context: msg.context.iter().map(|n| cell(&n.value)).collect(),
         features,
+        // Not in the message (see `message`).
+        inputs: Vec::new(),
     };
     Ok((msg, record))
 }
@@ -505,6 +509,7 @@ mod tests {
                     value,
                 })
                 .collect(),
+            inputs: Vec::new(),
         }
     }
 
@@ -574,6 +579,7 @@ mod tests {
             ],
             features: vec![f("v:email", true), f("v:name", false)],
             pii,
+            inputs: Vec::new(),
         };
         let mut r = record(vec![Cell::String("5f3a".into()), Cell::Null]);
         r.context[1] = Cell::String("9c0d".into());

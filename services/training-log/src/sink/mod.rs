@@ -95,6 +95,7 @@ pub(crate) mod tests {
                 .map(|ty| f(&format!("v:{}", ty.name()), *ty))
                 .collect(),
             pii: PiiMode::Hash,
+            inputs: Vec::new(),
         })
     }
 }

@@ -148,10 +148,18 @@ fn to_batch(schema: &LogSchema, records: &[Record]) -> Result<RecordBatch, Strin
             columns.push(cells(ty, records.iter().map(|r| r.context.get(i))));
         }
     }
-    for (i, f) in def.features.iter().enumerate() {
-        fn entry(r: &Record, i: usize) -> Option<&crate::record::FeatureEntry> {
-            r.features.get(i)
+    // The features, then the derived features' inputs (schema order: `SchemaDef::columns`).
+    let n = def.features.len();
+    let entries = def.features.iter().chain(&def.inputs).enumerate();
+    for (i, f) in entries {
+        fn entry(r: &Record, i: usize, n: usize) -> Option<&crate::record::FeatureEntry> {
+            if i < n {
+                r.features.get(i)
+            } else {
+                r.inputs.get(i - n)
+            }
         }
+        let entry = |r, i| entry(r, i, n);
         if let Some(ty) = def.logged_as(f.ty, f.pii) {
             columns.push(cells(
                 ty,
@@ -424,6 +432,7 @@ mod tests {
                 age_ms: Some(5),
             })
             .collect(),
+            inputs: Vec::new(),
         };
         let mut empty = full.clone();
         empty.request_id = "r2".into();

@@ -12,13 +12,16 @@
 //! - A feature of a `request` view: the `context:` column of that name, PRESENT when it holds a
 //!   value and NOT_FOUND when null (online, an absent context value is NOT_FOUND and a null one
 //!   NULL_VALUE; both are unavailable and both make a derived feature NOT_FOUND).
+//! - A feature the feature service did not serve but a derived feature it served read: its
+//!   `input:`, `input_status:` and `input_age_ms:` columns, which the gateway logs for exactly
+//!   this (the value read, never replaced by a default).
 //! - Another derived feature: recomputed first, never read from the log, where a default may
 //!   have replaced it.
 //!
 //! Anything else is refused before a row is read, naming the input: a feature the feature
-//! service never served (nor, for a context value, read), a `pii` one in the configuration or
-//! in the log (hashed or dropped there, a feature's value and a context value alike), or one
-//! whose logged type is not the configuration's.
+//! service neither served nor read for a derived feature (nor, for a context value, read), a
+//! `pii` one in the configuration or in the log (hashed or dropped there, a feature's value and
+//! a context value alike), or one whose logged type is not the configuration's.
 //!
 //! # Results
 //! A recomputed feature is what serving would have logged: the value before the default with
@@ -44,7 +47,10 @@ use gateway_config::{Config, FeatureRef, REQUEST_KIND};
 use super::{TrainingSetError, cell_at, string_column};
 use crate::{
     record::{Cell, LoggedStatus},
-    schema::{SchemaDef, age_column, context_column, feature_column, status_column},
+    schema::{
+        SchemaDef, age_column, context_column, feature_column, input_age_column, input_column,
+        input_status_column, status_column,
+    },
 };
 
 /// What one derived feature is for one row, as it would be logged.
@@ -322,12 +328,34 @@ impl Planner<'_> {
             return Ok(Input::Context { value, ty });
         }
         let name = r.to_string();
-        let Some(f) = self.def.features.iter().find(|f| f.name == name) else {
-            return Err(self.refuse(format!(
-                "input `{view}.{feature}` is not in the log: feature service `{}` never served \
-                 `{name}`",
-                self.def.feature_service
-            )));
+        // Served, or read by a derived feature that was served (an `input:` column, never
+        // replaced by a default).
+        let served = self.def.features.iter().find(|f| f.name == name);
+        let read = || self.def.inputs.iter().find(|f| f.name == name);
+        let (f, [value_name, status_name, age_name]) = match (served, read()) {
+            (Some(f), _) => (
+                f,
+                [
+                    feature_column(&name),
+                    status_column(&name),
+                    age_column(&name),
+                ],
+            ),
+            (None, Some(f)) => (
+                f,
+                [
+                    input_column(&name),
+                    input_status_column(&name),
+                    input_age_column(&name),
+                ],
+            ),
+            (None, None) => {
+                return Err(self.refuse(format!(
+                    "input `{view}.{feature}` is not in the log: feature service `{}` never \
+                     served `{name}`, nor read it for a derived feature",
+                    self.def.feature_service
+                )));
+            }
         };
         if f.pii {
             return Err(self.refuse(format!(
@@ -346,23 +374,23 @@ impl Planner<'_> {
             )));
         }
         let missing = |what: &str| TrainingSetError::Failed(format!("the log has no {what}"));
-        let value =
-            column(&feature_column(&name)).ok_or_else(|| missing(&feature_column(&name)))?;
-        let status = string_column(self.log, &status_column(&name))
+        let value = column(&value_name).ok_or_else(|| missing(&value_name))?;
+        let status = string_column(self.log, &status_name)
             .map_err(TrainingSetError::Failed)?
             .clone();
         let age = self
             .log
-            .column_by_name(&age_column(&name))
+            .column_by_name(&age_name)
             .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            .ok_or_else(|| missing(&age_column(&name)))?
+            .ok_or_else(|| missing(&age_name))?
             .clone();
         Ok(Input::Logged(Box::new(Logged {
             value,
             ty,
             status,
             age,
-            defaulted: self.defaults.contains_key(&r),
+            // An input column holds the value read, before any default.
+            defaulted: served.is_some() && self.defaults.contains_key(&r),
         })))
     }
 

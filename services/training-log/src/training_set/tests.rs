@@ -34,6 +34,7 @@ fn schema(hash: &str) -> LogSchema {
             },
         ],
         pii: PiiMode::Hash,
+        inputs: Vec::new(),
     })
 }
 
@@ -61,6 +62,7 @@ fn record(id: &str, served_at_us: i64, score: f64, status: LoggedStatus) -> Reco
                 age_ms: None,
             },
         ],
+        inputs: Vec::new(),
     }
 }
 
@@ -366,6 +368,7 @@ features = ["user:avg", "user:count", "user:email", "risk:ratio", "risk:per_txn"
                 feature("risk:twice", FeatureType::Double, false),
             ],
             pii: PiiMode::Hash,
+            inputs: Vec::new(),
         })
     }
 
@@ -392,6 +395,7 @@ features = ["user:avg", "user:count", "user:email", "risk:ratio", "risk:per_txn"
             entities: vec![Cell::String(format!("u-{id}"))],
             context: vec![amount.map_or(Cell::Null, d)],
             features: features.to_vec(),
+            inputs: Vec::new(),
         }
     }
 
@@ -716,12 +720,13 @@ features = ["user:avg", "user:count", "user:email", "risk:ratio", "risk:per_txn"
         assert_eq!(
             refusal("risk:from_unserved"),
             "derived feature `risk:from_unserved`: input `user.unserved` is not in the log: \
-             feature service `fs` never served `user:unserved`"
+             feature service `fs` never served `user:unserved`, nor read it for a derived feature"
         );
         assert_eq!(
             refusal("risk:via_unserved"),
             "derived feature `risk:via_unserved` reads `risk:from_unserved`: input \
-             `user.unserved` is not in the log: feature service `fs` never served `user:unserved`"
+             `user.unserved` is not in the log: feature service `fs` never served \
+             `user:unserved`, nor read it for a derived feature"
         );
         assert_eq!(
             refusal("risk:from_unread"),

@@ -67,6 +67,7 @@ fn def() -> SchemaDef {
             },
         ],
         pii: PiiMode::Hash,
+        inputs: Vec::new(),
     }
 }
 
@@ -89,6 +90,7 @@ fn record(id: &str) -> Record {
                 age_ms: None,
             },
         ],
+        inputs: Vec::new(),
     }
 }
 
