@@ -3,10 +3,11 @@
 //! `bench.py derived` measures the real gateway serving the demo's `fraud_v2` (ten derived
 //! features) beside `fraud_v1` (the same twenty features without them). This tool takes the
 //! difference apart: it compiles every derived feature of the demo's configuration exactly as
-//! the gateway does, and times `Expression::eval` over rows of random inputs of the declared
-//! types, the inputs bound as the gateway binds them. It then times the costliest expressions
-//! the load-time limits admit, over inputs at the run-time limits (a 1,024-element list, 16 KiB
-//! strings): the bound on what one evaluation can cost. Output: JSON, one object per line.
+//! the gateway does, and times `Expression::evaluate` (what the gateway calls per row: the
+//! value and its status) over rows of random inputs of the declared types. It then times the
+//! costliest expressions the load-time limits admit, over inputs at the run-time limits (a
+//! 1,024-element list, 16 KiB strings): the bound on what one evaluation can cost. Output:
+//! JSON, one object per line.
 
 use std::{hint::black_box, path::Path, time::Instant};
 
@@ -43,18 +44,19 @@ fn random_value(ty: FeatureType, rng: &mut SmallRng) -> Value {
     }
 }
 
-/// Mean nanoseconds per evaluation of `expr` over `rows`, cycling through them.
+/// Mean nanoseconds per evaluation of `expr` over `rows`, cycling through them, every input
+/// PRESENT: `Expression::evaluate`, as the gateway calls it (the value with its status).
 fn time(expr: &derived::Expression, rows: &[Vec<Value>], iterations: u32) -> f64 {
-    let bound: Vec<Vec<Option<&Value>>> = rows
+    let bound: Vec<Vec<(derived::Status, &Value)>> = rows
         .iter()
-        .map(|row| row.iter().map(Some).collect())
+        .map(|row| row.iter().map(|v| (derived::Status::Present, v)).collect())
         .collect();
     for row in &bound {
-        let _ = black_box(expr.eval(row));
+        let _ = black_box(expr.evaluate(row));
     }
     let started = Instant::now();
     for k in 0..iterations as usize {
-        let _ = black_box(expr.eval(&bound[k % bound.len()]));
+        let _ = black_box(expr.evaluate(&bound[k % bound.len()]));
     }
     started.elapsed().as_nanos() as f64 / f64::from(iterations)
 }
