@@ -608,8 +608,9 @@ mod status_rules {
         let values: Vec<Value> = (0..names.len() as i64).map(Value::Int64).collect();
         let mut inputs: Vec<(Status, &Value)> =
             values.iter().map(|v| (Status::Present, v)).collect();
-        assert_eq!(e.evaluate(&inputs).value, Value::Int64(55));
-        inputs[10].0 = Status::TimedOut;
+        let sum: i64 = (0..names.len() as i64).sum();
+        assert_eq!(e.evaluate(&inputs).value, Value::Int64(sum));
+        inputs[INPUTS_ON_STACK + 1].0 = Status::TimedOut;
         let o = e.evaluate(&inputs);
         assert_eq!(o.status, Status::TimedOut);
     }
