@@ -3004,9 +3004,6 @@ def replicas_bench(args) -> tuple[str, None]:
             for _ in range(rounds):
                 runs["one"].append(measure(all_gateways, lambda: drive(gateways[:1], seconds)))
                 runs["three"].append(measure(all_gateways, lambda: drive(gateways, seconds)))
-            served_before = [g.counter("feature_gateway_requests_total", method="GetFeatures")
-                             for g in gateways]
-
             def kill_halfway():
                 time.sleep(seconds)
                 gateways[2].proc.kill()
@@ -3018,8 +3015,6 @@ def replicas_bench(args) -> tuple[str, None]:
                 gw.stop()
             if cluster:
                 cluster.stop()
-    shares = [(g.counter("feature_gateway_requests_total", method="GetFeatures") - b)
-              if g.proc.poll() is None else None for g, b in zip(gateways, served_before)]
     lines = ["# Three replicas behind the Go client's round_robin, one of them killed", ""]
     lines += header("replicas", args, seconds, rounds)
     lines += [f"{population} users (`bench.py redis`'s 8 features) materialized into a Redis Cluster of "
