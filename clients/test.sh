@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tests every generated client against a live gateway:
-#   1. builds the gateway (cargo build -p feature-gateway --bin feature-gateway; honours CARGO_TARGET_DIR)
+#   1. builds the gateway (cargo build --workspace --bins, the command tests/run builds with, so
+#      it finds everything up to date there; honours CARGO_TARGET_DIR)
 #   2. starts `feature-gateway demo` on loopback, port 0, and reads its address from the ready line
 #   3. check-generated.sh: the checked-in Go and Python clients match proto/; check-docs.py: what
 #      README.md and clients/README.md tell a caller to do (status names, the ghz command, the Go
@@ -25,7 +26,7 @@ if [ ! -x "$clients/python/.venv/bin/pytest" ] || [ ! -x "$clients/.tools/bin/pr
 fi
 
 echo "clients/test: building the gateway"
-(cd "$root" && cargo build --locked -p feature-gateway --bin feature-gateway) || exit 1
+(cd "$root" && cargo build --locked --workspace --bins) || exit 1
 # Ask cargo where it put the binary rather than guessing: it resolves a relative
 # CARGO_TARGET_DIR, and build.target-dir from a .cargo/config.toml, the same way as the build.
 target_dir="$(cd "$root" && cargo metadata --format-version 1 --no-deps |

@@ -132,10 +132,15 @@ def find_ghz() -> str:
 
 
 def build(release: bool) -> Path:
-    args = ["cargo", "build", "--quiet", "-p", "feature-gateway", "--bin", "feature-gateway",
-            "-p", "loadtest", "--bin", "fg-load", "--bin", "cache-mem", "--bin", "derived-eval", "--bin", "stream-load", "-p", "fake-upstreams", "--bin", "fake-upstreams"]
+    # Debug (smoke) runs build with the command tests/run builds with (every binary of the
+    # workspace), which finds everything up to date there: a build of a few packages would
+    # resolve other features for the shared dependencies and compile them all a second time.
     if release:
-        args.append("--release")
+        args = ["cargo", "build", "--quiet", "--release", "-p", "feature-gateway", "--bin", "feature-gateway",
+                "-p", "loadtest", "--bin", "fg-load", "--bin", "cache-mem", "--bin", "derived-eval",
+                "--bin", "stream-load", "-p", "fake-upstreams", "--bin", "fake-upstreams"]
+    else:
+        args = ["cargo", "build", "--quiet", "--workspace", "--bins", "--locked"]
     subprocess.run(args, cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     return target / ("release" if release else "debug")

@@ -1,7 +1,7 @@
 //! The end-to-end test harness: runs the real `feature-gateway` binary as a child process on
 //! loopback ports it picks itself, and hands out gRPC clients to it.
 //!
-//! The binary is built (or found up to date) with `cargo build` once per test process, so the
+//! The binaries are built (or found up to date) with `cargo build` once per test process, so the
 //! tests always drive the code of this checkout.
 #![forbid(unsafe_code)]
 
@@ -40,30 +40,34 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     })
 }
 
+/// The workspace's binaries, built once per test process with the same command as `tests/run`
+/// (`cargo build --workspace --bins`). A build of one package (`-p`) would resolve other
+/// features for the shared dependencies and compile all of them a second time, doubling the
+/// build's time and its target directory; the same command finds everything up to date.
+/// Returns `target/<profile>`, where the binaries are.
+pub fn workspace_binaries() -> &'static Path {
+    static PROFILE_DIR: OnceLock<PathBuf> = OnceLock::new();
+    PROFILE_DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--workspace", "--bins", "--locked"])
+            .status()
+            .expect("cannot run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
+        // target/<profile>/deps/<test binary> -> target/<profile>
+        let exe = std::env::current_exe().expect("current_exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf()
+    })
+}
+
 /// Path of the `feature-gateway` binary of this checkout, built on first use.
 pub fn gateway_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "feature-gateway",
-                "--bin",
-                "feature-gateway",
-            ])
-            .status()
-            .expect("cannot run cargo build");
-        assert!(status.success(), "cargo build of feature-gateway failed");
-        // target/<profile>/deps/<test binary> -> target/<profile>/feature-gateway
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps");
-        let binary = profile_dir.join("feature-gateway");
+        let binary = workspace_binaries().join("feature-gateway");
         assert!(binary.exists(), "{} was not built", binary.display());
         binary
     })

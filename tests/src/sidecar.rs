@@ -17,26 +17,7 @@ use std::{
 pub fn sidecar_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "fetcher-sidecar-host",
-                "--bin",
-                "fetcher-sidecar",
-            ])
-            .status()
-            .expect("cannot run cargo build");
-        assert!(status.success(), "cargo build of fetcher-sidecar failed");
-        // target/<profile>/deps/<test binary> -> target/<profile>/fetcher-sidecar
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps");
-        let binary = profile_dir.join("fetcher-sidecar");
+        let binary = crate::workspace_binaries().join("fetcher-sidecar");
         assert!(binary.exists(), "{} was not built", binary.display());
         binary
     })
