@@ -8,7 +8,8 @@
 //! (a view keyed by the merchant's `mcc`, fetched in the second stage): none of those is served.
 //! The log holds each as an `input:` column (value, status, age) beside the served features,
 //! and no column for what is served or read from the context; `training-set --recompute` finds
-//! every derived feature as served, and `--derive` adds one from the logged inputs.
+//! every derived feature as served, and `--derive` adds one from the logged inputs. The Kafka
+//! sink's records carry the same inputs (the message's `inputs` field).
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 use std::{
@@ -18,7 +19,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use end_to_end::{GatewayProcess, d, eventually, gateway_binary, map, s, with_timeout};
+use end_to_end::{
+    GatewayProcess, d, eventually, gateway_binary, kafka::KafkaBroker, map, s, with_timeout,
+};
 use proto::v1;
 use training_log::{
     Cell, LoggedStatus, Record,
@@ -105,12 +108,17 @@ deadline = "2s"
 features = ["txn:amount", "merchant_profile:country", "risk:amount_to_avg", "risk:abroad", "risk:expected_loss", "risk:flagged"]
 [feature_services.scoring.defaults]
 "risk:expected_loss" = 0.0
+"#;
 
+/// The training log to Parquet files in `log/`.
+const PARQUET_LOG: &str = r#"
 [training_log]
 dir = "log"
 spool_dir = "spool"
 rotate_interval = "200ms"
 "#;
+
+const TOPIC: &str = "training-log";
 
 fn request(n: usize) -> tonic::Request<v1::GetFeaturesRequest> {
     // Every seventh request has no amount: NOT_FOUND in the context.
@@ -154,26 +162,96 @@ fn status(wire: i32) -> LoggedStatus {
     serde_json::from_value(serde_json::Value::String(name)).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn derived_features_inputs_that_are_not_served_are_logged_and_recomputed() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes the tables and the configuration (with `training_log`) into `dir`, starts the
+/// gateway on it and sends the requests: the answers by request id, and the config's path.
+async fn serve(
+    dir: &Path,
+    training_log: &str,
+) -> (
+    GatewayProcess,
+    HashMap<String, v1::GetFeaturesResponse>,
+    std::path::PathBuf,
+) {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    std::fs::write(dir.path().join("users.csv"), users_csv(now)).unwrap();
-    std::fs::write(dir.path().join("merchants.csv"), MERCHANTS_CSV).unwrap();
-    std::fs::write(dir.path().join("mcc_risk.csv"), MCC_CSV).unwrap();
-    let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, CONFIG).unwrap();
-    let mut gw = GatewayProcess::serve(&config_path);
+    std::fs::write(dir.join("users.csv"), users_csv(now)).unwrap();
+    std::fs::write(dir.join("merchants.csv"), MERCHANTS_CSV).unwrap();
+    std::fs::write(dir.join("mcc_risk.csv"), MCC_CSV).unwrap();
+    let config_path = dir.join("gateway.toml");
+    std::fs::write(&config_path, format!("{CONFIG}{training_log}")).unwrap();
+    let gw = GatewayProcess::serve(&config_path);
     let mut client = gw.client().await;
-
-    let mut served: HashMap<String, v1::GetFeaturesResponse> = HashMap::new();
+    let mut served = HashMap::new();
     for n in 0..REQUESTS {
         let response = client.get_features(request(n)).await.unwrap().into_inner();
         served.insert(response.request_id.clone(), response);
     }
+    (gw, served, config_path)
+}
+
+/// Checks that `record` holds what request `n` was served, and what its derived features read
+/// but the feature service does not serve: the customer's average and country, the fraud
+/// rate of the merchant's category (values, statuses, ages).
+fn check_logged(n: usize, response: &v1::GetFeaturesResponse, record: &Record) {
+    let id = format!("req-{n}");
+    for (k, (value, wire)) in response.values.iter().zip(&response.statuses).enumerate() {
+        let entry = &record.features[k];
+        assert_eq!(
+            (&entry.value, entry.status),
+            (
+                &Cell::from(fetcher_api::Value::from(value.clone())),
+                status(*wire)
+            ),
+            "{id}: {}",
+            response.feature_names[k]
+        );
+    }
+    let (user, merchant) = (USERS[n % USERS.len()], MERCHANTS[n % MERCHANTS.len()]);
+    let average = match user {
+        "u1" => (Cell::Double(50.0f64.to_bits()), LoggedStatus::Present),
+        "u2" => (Cell::Null, LoggedStatus::NullValue),
+        "u3" => (Cell::Null, LoggedStatus::OutsideMaxAge),
+        "u4" => (Cell::Double(33.3f64.to_bits()), LoggedStatus::Present),
+        _ => (Cell::Null, LoggedStatus::NotFound),
+    };
+    let rate = match merchant {
+        "m1" => (Cell::Double(0.012f64.to_bits()), LoggedStatus::Present),
+        "m2" => (Cell::Double(0.2f64.to_bits()), LoggedStatus::Present),
+        _ => (Cell::Null, LoggedStatus::NotFound),
+    };
+    let got = |i: usize| (record.inputs[i].value.clone(), record.inputs[i].status);
+    assert_eq!(got(0), average, "{id}: the average read");
+    assert_eq!(got(2), rate, "{id}: the fraud rate read");
+    assert_eq!(
+        record.inputs[0].age_ms.is_some(),
+        user != "u9",
+        "{id}: an input's age is logged as a feature's (a row's event time)"
+    );
+    assert_eq!(
+        record.inputs[1].status,
+        match user {
+            "u3" => LoggedStatus::OutsideMaxAge,
+            "u9" => LoggedStatus::NotFound,
+            _ => LoggedStatus::Present,
+        },
+        "{id}: the country read"
+    );
+}
+
+/// The inputs read and not served, and nothing else: the merchant's country is served, the
+/// amount is a context column, a derived feature is recomputed.
+const INPUTS: [&str; 3] = [
+    "user_profile:avg_amount_30d",
+    "user_profile:country",
+    "mcc_risk:fraud_rate",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_features_inputs_that_are_not_served_are_logged_and_recomputed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut gw, served, config_path) = serve(dir.path(), PARQUET_LOG).await;
     let log_dir = dir.path().join("log");
     let records = eventually(Duration::from_secs(60), "every vector logged", async || {
         let records = logged(&log_dir)?;
@@ -187,80 +265,16 @@ async fn derived_features_inputs_that_are_not_served_are_logged_and_recomputed()
     gw.wait(Duration::from_secs(60))
         .expect("the gateway exits after SIGTERM");
 
-    // The inputs read and not served, and nothing else: the merchant's country is served, the
-    // amount is a context column, a derived feature is recomputed.
     let def = log_files(&log_dir, "scoring").unwrap().remove(0).2;
     let inputs: Vec<&str> = def.inputs.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(
-        inputs,
-        [
-            "user_profile:avg_amount_30d",
-            "user_profile:country",
-            "mcc_risk:fraud_rate"
-        ]
-    );
+    assert_eq!(inputs, INPUTS);
 
     // The log holds what was served, and what each derived feature read.
-    let averages: HashMap<&str, (Cell, LoggedStatus)> = [
-        (
-            "u1",
-            (Cell::Double(50.0f64.to_bits()), LoggedStatus::Present),
-        ),
-        ("u2", (Cell::Null, LoggedStatus::NullValue)),
-        ("u3", (Cell::Null, LoggedStatus::OutsideMaxAge)),
-        (
-            "u4",
-            (Cell::Double(33.3f64.to_bits()), LoggedStatus::Present),
-        ),
-        ("u9", (Cell::Null, LoggedStatus::NotFound)),
-    ]
-    .into();
-    let rates: HashMap<&str, (Cell, LoggedStatus)> = [
-        (
-            "m1",
-            (Cell::Double(0.012f64.to_bits()), LoggedStatus::Present),
-        ),
-        (
-            "m2",
-            (Cell::Double(0.2f64.to_bits()), LoggedStatus::Present),
-        ),
-        ("m3", (Cell::Null, LoggedStatus::NotFound)),
-    ]
-    .into();
     let mut seen = HashMap::new();
     for n in 0..REQUESTS {
         let id = format!("req-{n}");
-        let (response, record) = (&served[&id], &records[&id]);
-        for (k, (value, wire)) in response.values.iter().zip(&response.statuses).enumerate() {
-            let entry = &record.features[k];
-            assert_eq!(
-                (&entry.value, entry.status),
-                (
-                    &Cell::from(fetcher_api::Value::from(value.clone())),
-                    status(*wire)
-                ),
-                "{id}: {}",
-                response.feature_names[k]
-            );
-        }
-        let (user, merchant) = (USERS[n % USERS.len()], MERCHANTS[n % MERCHANTS.len()]);
-        let got = |i: usize| (record.inputs[i].value.clone(), record.inputs[i].status);
-        assert_eq!(got(0), averages[user], "{id}: the average read");
-        assert_eq!(got(2), rates[merchant], "{id}: the fraud rate read");
-        assert_eq!(
-            record.inputs[0].age_ms.is_some(),
-            user != "u9",
-            "{id}: an input's age is logged as a feature's (a row's event time)"
-        );
-        let country = record.inputs[1].status;
-        assert_eq!(
-            country,
-            match user {
-                "u3" => LoggedStatus::OutsideMaxAge,
-                "u9" => LoggedStatus::NotFound,
-                _ => LoggedStatus::Present,
-            }
-        );
+        let record = &records[&id];
+        check_logged(n, &served[&id], record);
         for (i, entry) in record.features.iter().enumerate() {
             *seen
                 .entry((def.features[i].name.clone(), entry.status.as_str()))
@@ -370,4 +384,34 @@ async fn derived_features_inputs_that_are_not_served_are_logged_and_recomputed()
         present += usize::from(expected.1 == "PRESENT");
     }
     assert!(present > 0 && present < rows.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kafka_sinks_records_carry_the_same_inputs() {
+    let broker = KafkaBroker::start().await;
+    broker.create_topic(TOPIC, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = format!(
+        "[training_log]\ndir = \"log\"\nspool_dir = \"spool\"\nsink = \"kafka\"\n[training_log.kafka]\n\
+         brokers = [\"{}\"]\ntopic = \"{TOPIC}\"\nlinger = \"10ms\"\n",
+        broker.bootstrap()
+    );
+    let (mut gw, served, _) = serve(dir.path(), &kafka).await;
+    gw.terminate();
+    gw.wait(Duration::from_secs(60))
+        .expect("the gateway exits after SIGTERM, its records delivered");
+
+    let mut logged = HashMap::new();
+    for (_, r) in broker.read_all(TOPIC).await {
+        let (msg, record) = training_log::kafka::decode(r.record.value.as_deref().unwrap())
+            .unwrap_or_else(|e| panic!("the value does not decode: {e}"));
+        let names: Vec<&str> = msg.inputs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, INPUTS, "{}", record.request_id);
+        logged.insert(record.request_id.clone(), record);
+    }
+    assert_eq!(logged.len(), REQUESTS, "every vector, once");
+    for n in 0..REQUESTS {
+        let id = format!("req-{n}");
+        check_logged(n, &served[&id], &logged[&id]);
+    }
 }

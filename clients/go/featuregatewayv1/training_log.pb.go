@@ -59,7 +59,13 @@ type TrainingLogRecord struct {
 	// of the value (pii = "hash") or unset (pii = "drop").
 	Context []*NamedValue `protobuf:"bytes,8,rep,name=context,proto3" json:"context,omitempty"`
 	// Every feature, in the feature service's output order (the order of the response's values).
-	Features      []*LoggedFeature `protobuf:"bytes,9,rep,name=features,proto3" json:"features,omitempty"`
+	Features []*LoggedFeature `protobuf:"bytes,9,rep,name=features,proto3" json:"features,omitempty"`
+	// What the derived features read from fetched views that the feature service does not serve,
+	// in plan order (the Parquet log's `input:` columns): the value read (no default applies),
+	// its status and age, pii as in `features`. With them a derived feature is evaluated again
+	// from the log alone (`training-set --recompute`, `--derive`). Empty when the derived
+	// features read only served features and context values, or there are none.
+	Inputs        []*LoggedFeature `protobuf:"bytes,10,rep,name=inputs,proto3" json:"inputs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -153,6 +159,13 @@ func (x *TrainingLogRecord) GetContext() []*NamedValue {
 func (x *TrainingLogRecord) GetFeatures() []*LoggedFeature {
 	if x != nil {
 		return x.Features
+	}
+	return nil
+}
+
+func (x *TrainingLogRecord) GetInputs() []*LoggedFeature {
+	if x != nil {
+		return x.Inputs
 	}
 	return nil
 }
@@ -290,7 +303,7 @@ var File_featuregateway_v1_training_log_proto protoreflect.FileDescriptor
 
 const file_featuregateway_v1_training_log_proto_rawDesc = "" +
 	"\n" +
-	"$featuregateway/v1/training_log.proto\x12\x11featuregateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a'featuregateway/v1/feature_service.proto\"\xb5\x03\n" +
+	"$featuregateway/v1/training_log.proto\x12\x11featuregateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a'featuregateway/v1/feature_service.proto\"\xef\x03\n" +
 	"\x11TrainingLogRecord\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\rR\rschemaVersion\x12\x1d\n" +
 	"\n" +
@@ -302,7 +315,9 @@ const file_featuregateway_v1_training_log_proto_rawDesc = "" +
 	"latency_us\x18\x06 \x01(\x03R\tlatencyUs\x129\n" +
 	"\bentities\x18\a \x03(\v2\x1d.featuregateway.v1.NamedValueR\bentities\x127\n" +
 	"\acontext\x18\b \x03(\v2\x1d.featuregateway.v1.NamedValueR\acontext\x12<\n" +
-	"\bfeatures\x18\t \x03(\v2 .featuregateway.v1.LoggedFeatureR\bfeatures\"P\n" +
+	"\bfeatures\x18\t \x03(\v2 .featuregateway.v1.LoggedFeatureR\bfeatures\x128\n" +
+	"\x06inputs\x18\n" +
+	" \x03(\v2 .featuregateway.v1.LoggedFeatureR\x06inputs\"P\n" +
 	"\n" +
 	"NamedValue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12.\n" +
@@ -341,14 +356,15 @@ var file_featuregateway_v1_training_log_proto_depIdxs = []int32{
 	1, // 1: featuregateway.v1.TrainingLogRecord.entities:type_name -> featuregateway.v1.NamedValue
 	1, // 2: featuregateway.v1.TrainingLogRecord.context:type_name -> featuregateway.v1.NamedValue
 	2, // 3: featuregateway.v1.TrainingLogRecord.features:type_name -> featuregateway.v1.LoggedFeature
-	4, // 4: featuregateway.v1.NamedValue.value:type_name -> featuregateway.v1.Value
-	4, // 5: featuregateway.v1.LoggedFeature.value:type_name -> featuregateway.v1.Value
-	5, // 6: featuregateway.v1.LoggedFeature.status:type_name -> featuregateway.v1.FeatureStatus
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2, // 4: featuregateway.v1.TrainingLogRecord.inputs:type_name -> featuregateway.v1.LoggedFeature
+	4, // 5: featuregateway.v1.NamedValue.value:type_name -> featuregateway.v1.Value
+	4, // 6: featuregateway.v1.LoggedFeature.value:type_name -> featuregateway.v1.Value
+	5, // 7: featuregateway.v1.LoggedFeature.status:type_name -> featuregateway.v1.FeatureStatus
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_featuregateway_v1_training_log_proto_init() }

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from featuregateway.v1 import feature_service_pb2 as featuregateway_dot_v1_dot_feature__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$featuregateway/v1/training_log.proto\x12\x11\x66\x65\x61turegateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'featuregateway/v1/feature_service.proto\"\xc9\x02\n\x11TrainingLogRecord\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12-\n\tserved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x04 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_hash\x18\x05 \x01(\t\x12\x12\n\nlatency_us\x18\x06 \x01(\x03\x12/\n\x08\x65ntities\x18\x07 \x03(\x0b\x32\x1d.featuregateway.v1.NamedValue\x12.\n\x07\x63ontext\x18\x08 \x03(\x0b\x32\x1d.featuregateway.v1.NamedValue\x12\x32\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32 .featuregateway.v1.LoggedFeature\"C\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.featuregateway.v1.Value\"\x98\x01\n\rLoggedFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.featuregateway.v1.Value\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .featuregateway.v1.FeatureStatus\x12\x13\n\x06\x61ge_ms\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_age_msB\x84\x01\n\x15\x64\x65v.featuregateway.v1B\x10TrainingLogProtoP\x01ZWgithub.com/feature-gateway/feature-gateway/clients/go/featuregatewayv1;featuregatewayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$featuregateway/v1/training_log.proto\x12\x11\x66\x65\x61turegateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'featuregateway/v1/feature_service.proto\"\xfb\x02\n\x11TrainingLogRecord\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12-\n\tserved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x04 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_hash\x18\x05 \x01(\t\x12\x12\n\nlatency_us\x18\x06 \x01(\x03\x12/\n\x08\x65ntities\x18\x07 \x03(\x0b\x32\x1d.featuregateway.v1.NamedValue\x12.\n\x07\x63ontext\x18\x08 \x03(\x0b\x32\x1d.featuregateway.v1.NamedValue\x12\x32\n\x08\x66\x65\x61tures\x18\t \x03(\x0b\x32 .featuregateway.v1.LoggedFeature\x12\x30\n\x06inputs\x18\n \x03(\x0b\x32 .featuregateway.v1.LoggedFeature\"C\n\nNamedValue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.featuregateway.v1.Value\"\x98\x01\n\rLoggedFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.featuregateway.v1.Value\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .featuregateway.v1.FeatureStatus\x12\x13\n\x06\x61ge_ms\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_age_msB\x84\x01\n\x15\x64\x65v.featuregateway.v1B\x10TrainingLogProtoP\x01ZWgithub.com/feature-gateway/feature-gateway/clients/go/featuregatewayv1;featuregatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\025dev.featuregateway.v1B\020TrainingLogProtoP\001ZWgithub.com/feature-gateway/feature-gateway/clients/go/featuregatewayv1;featuregatewayv1'
   _globals['_TRAININGLOGRECORD']._serialized_start=134
-  _globals['_TRAININGLOGRECORD']._serialized_end=463
-  _globals['_NAMEDVALUE']._serialized_start=465
-  _globals['_NAMEDVALUE']._serialized_end=532
-  _globals['_LOGGEDFEATURE']._serialized_start=535
-  _globals['_LOGGEDFEATURE']._serialized_end=687
+  _globals['_TRAININGLOGRECORD']._serialized_end=513
+  _globals['_NAMEDVALUE']._serialized_start=515
+  _globals['_NAMEDVALUE']._serialized_end=582
+  _globals['_LOGGEDFEATURE']._serialized_start=585
+  _globals['_LOGGEDFEATURE']._serialized_end=737
 # @@protoc_insertion_point(module_scope)

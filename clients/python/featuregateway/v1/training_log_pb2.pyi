@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainingLogRecord(_message.Message):
-    __slots__ = ("schema_version", "request_id", "served_at", "feature_service", "definition_hash", "latency_us", "entities", "context", "features")
+    __slots__ = ("schema_version", "request_id", "served_at", "feature_service", "definition_hash", "latency_us", "entities", "context", "features", "inputs")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SERVED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class TrainingLogRecord(_message.Message):
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     request_id: str
     served_at: _timestamp_pb2.Timestamp
@@ -30,7 +31,8 @@ class TrainingLogRecord(_message.Message):
     entities: _containers.RepeatedCompositeFieldContainer[NamedValue]
     context: _containers.RepeatedCompositeFieldContainer[NamedValue]
     features: _containers.RepeatedCompositeFieldContainer[LoggedFeature]
-    def __init__(self, schema_version: _Optional[int] = ..., request_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_service: _Optional[str] = ..., definition_hash: _Optional[str] = ..., latency_us: _Optional[int] = ..., entities: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., features: _Optional[_Iterable[_Union[LoggedFeature, _Mapping]]] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[LoggedFeature]
+    def __init__(self, schema_version: _Optional[int] = ..., request_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., feature_service: _Optional[str] = ..., definition_hash: _Optional[str] = ..., latency_us: _Optional[int] = ..., entities: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., context: _Optional[_Iterable[_Union[NamedValue, _Mapping]]] = ..., features: _Optional[_Iterable[_Union[LoggedFeature, _Mapping]]] = ..., inputs: _Optional[_Iterable[_Union[LoggedFeature, _Mapping]]] = ...) -> None: ...
 
 class NamedValue(_message.Message):
     __slots__ = ("name", "value")

@@ -43,7 +43,7 @@ use rskafka::{
 use crate::{
     PiiMode,
     record::{Cell, FeatureEntry, LoggedStatus, Record},
-    schema::LogSchema,
+    schema::{FeatureColumn, LogSchema},
     sink::{Batch, Sink, TICK},
     spool::SpooledRecords,
 };
@@ -60,11 +60,22 @@ const MAX_REQUEST_BYTES: usize = 768 * 1024;
 // ---------------------------------------------------------------------------------------------
 // Encoding
 
-/// The message of `record`, of the feature service `schema`. The message has the served
-/// features only: the derived features' inputs that are logged beside them
-/// ([`Record::inputs`]) are in the Parquet log alone, which `training-set` reads.
+/// The message of `record`, of the feature service `schema`: the served features, and the
+/// derived features' inputs logged beside them ([`Record::inputs`]) as the Parquet log's
+/// `input:` columns hold them.
 pub(crate) fn message(schema: &LogSchema, record: &Record) -> v1::TrainingLogRecord {
     let def = &schema.def;
+    let logged = |cols: &[FeatureColumn], entries: &[FeatureEntry]| {
+        cols.iter()
+            .zip(entries)
+            .map(|(f, e)| v1::LoggedFeature {
+                name: f.name.clone(),
+                value: (!f.pii || def.pii == PiiMode::Hash).then(|| wire_value(&e.value)),
+                status: wire_status(e.status) as i32,
+                age_ms: e.age_ms,
+            })
+            .collect()
+    };
     let named = |cols: &[crate::schema::Column], cells: &[Cell]| {
         cols.iter()
             .zip(cells)
@@ -86,17 +97,8 @@ pub(crate) fn message(schema: &LogSchema, record: &Record) -> v1::TrainingLogRec
         latency_us: record.latency_us,
         entities: named(&def.entities, &record.entities),
         context: named(&def.context, &record.context),
-        features: def
-            .features
-            .iter()
-            .zip(&record.features)
-            .map(|(f, e)| v1::LoggedFeature {
-                name: f.name.clone(),
-                value: (!f.pii || def.pii == PiiMode::Hash).then(|| wire_value(&e.value)),
-                status: wire_status(e.status) as i32,
-                age_ms: e.age_ms,
-            })
-            .collect(),
+        features: logged(&def.features, &record.features),
+        inputs: logged(&def.inputs, &record.inputs),
     }
 }
 
@@ -123,26 +125,26 @@ pub fn decode(bytes: &[u8]) -> Result<(v1::TrainingLogRecord, Record), String> {
         .served_at
         .as_ref()
         .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000);
-    let features = msg
-        .features
-        .iter()
-        .map(|f| {
-            Ok(FeatureEntry {
-                value: cell(&f.value),
-                status: logged_status(f.status)?,
-                age_ms: f.age_ms,
+    let entries = |logged: &[v1::LoggedFeature]| {
+        logged
+            .iter()
+            .map(|f| {
+                Ok(FeatureEntry {
+                    value: cell(&f.value),
+                    status: logged_status(f.status)?,
+                    age_ms: f.age_ms,
+                })
             })
-        })
-        .collect::<Result<_, String>>()?;
+            .collect::<Result<Vec<_>, String>>()
+    };
     let record = Record {
         request_id: msg.request_id.clone(),
         served_at_us,
         latency_us: msg.latency_us,
         entities: msg.entities.iter().map(|n| cell(&n.value)).collect(),
         context: msg.context.iter().map(|n| cell(&n.value)).collect(),
-        features,
-        // Not in the message (see `message`).
-        inputs: Vec::new(),
+        features: entries(&msg.features)?,
+        inputs: entries(&msg.inputs)?,
     };
     Ok((msg, record))
 }
@@ -614,6 +616,68 @@ mod tests {
         let mut other = message(&LogSchema::new(def(PiiMode::Hash)), &r);
         other.schema_version = 2;
         assert!(decode(&prost::Message::encode_to_vec(&other)).is_err());
+    }
+
+    #[test]
+    fn derived_inputs_travel_with_their_names_statuses_and_ages() {
+        let input = |name: &str, ty, pii| FeatureColumn {
+            name: name.into(),
+            ty,
+            pii,
+        };
+        let with_inputs = |pii| {
+            let mut def = schema().def.clone();
+            def.inputs = vec![
+                input("user_profile:avg_amount_30d", FeatureType::Double, false),
+                input("user_profile:email", FeatureType::String, true),
+                input("mcc_risk:fraud_rate", FeatureType::Double, false),
+            ];
+            def.pii = pii;
+            LogSchema::new(def)
+        };
+        let mut r = record(vec![]);
+        r.entities.truncate(1);
+        r.context.truncate(1);
+        r.inputs = vec![
+            FeatureEntry {
+                value: Cell::Double(33.3f64.to_bits()),
+                status: LoggedStatus::Present,
+                age_ms: Some(3_600_000),
+            },
+            FeatureEntry {
+                value: Cell::String("5f3a".into()),
+                status: LoggedStatus::Stale,
+                age_ms: None,
+            },
+            FeatureEntry {
+                value: Cell::Null,
+                status: LoggedStatus::TimedOut,
+                age_ms: None,
+            },
+        ];
+        let (msg, back) = decode(&encode(&with_inputs(PiiMode::Hash), &r)).unwrap();
+        assert_eq!(back, r, "the inputs come back bit for bit");
+        let names: Vec<&str> = msg.inputs.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "user_profile:avg_amount_30d",
+                "user_profile:email",
+                "mcc_risk:fraud_rate"
+            ]
+        );
+        assert_eq!(msg.inputs[1].status, v1::FeatureStatus::Stale as i32);
+        assert_eq!(msg.inputs[2].status, v1::FeatureStatus::TimedOut as i32);
+        assert_eq!(msg.inputs[0].age_ms, Some(3_600_000));
+        // Drop mode: a pii input's value is left out, as a pii feature's is.
+        let (msg, back) = decode(&encode(&with_inputs(PiiMode::Drop), &r)).unwrap();
+        assert_eq!(msg.inputs[1].value, None);
+        assert_eq!(back.inputs[1].value, Cell::Null);
+        assert_eq!(back.inputs[1].status, LoggedStatus::Stale);
+        assert_eq!(back.inputs[0], r.inputs[0]);
+        // A feature service without such inputs sends none.
+        r.inputs.clear();
+        assert!(message(&schema(), &r).inputs.is_empty());
     }
 
     #[test]
