@@ -21,8 +21,12 @@ use cli::{Cli, Command, LogFormat};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    allocator::configure();
+    // Parsing the arguments starts no thread: the allocator is still configurable after it.
     let cli = Cli::parse();
+    allocator::configure(matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Demo { .. }
+    ));
     let json_logs = matches!(cli.log_format, LogFormat::Json);
     if !matches!(cli.command, Command::Serve { .. } | Command::Demo { .. }) {
         // `serve` and `demo` install the subscriber once their configuration is read, since it
