@@ -6,6 +6,9 @@ folds the stacks and draws the flame graph.
   python3 loadtest/profile.py demo      # the demo's fraud_v1 (20 features, training log on)
   python3 loadtest/profile.py health    # the gRPC health check of the same demo gateway
   python3 loadtest/profile.py redis     # user_stats_v1: 8 Redis features (Redis started here)
+  python3 loadtest/profile.py stream    # fraud_stream: fraud_v1 and 16 windowed aggregates read
+                                        # from tiles in Redis (a week of 10,000 cards' history
+                                        # loaded with `backfill --load`, as `bench.py streaming`)
 
 Options: --seconds (sampled, default 5), --frequency (Hz, default 999), --concurrency (16).
 Writes loadtest/results/profile-<scenario>.svg and loadtest/out/profile-<scenario>.folded, and
@@ -36,6 +39,8 @@ STAGES = [
     ("  plan execution (executor::execute)", "gateway::executor::execute"),
     ("    source stack (tower layers and fetcher)", "gateway_stack::"),
     ("    fetchers (static, redis)", "as fetcher_api::fetcher::Fetcher>::fetch"),
+    ("    windowed aggregates: tiles read and merged (aggregation)", "aggregation::read"),
+    ("    Redis client (fred)", "fred::"),
     ("    assemble", "gateway::executor::assemble"),
     ("  request checks (row_input)", "gateway::request::row_input"),
     ("  training log submit (record and queue)", "Generation::log_vector"),
@@ -95,7 +100,7 @@ def summary(folded: Path) -> list[str]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["demo", "health", "redis"])
+    parser.add_argument("scenario", choices=["demo", "health", "redis", "stream"])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--frequency", type=int, default=999)
     parser.add_argument("--concurrency", type=int, default=16)
@@ -122,6 +127,23 @@ def main():
                 gw = bench.Gateway(bindir, ["serve", "--config", str(config)], tmp)
                 scenario = ["--scenario", "features", "--feature-service", "user_stats_v1",
                             "--entity", f"user_id=u_{{6}}:{args.population}"]
+            elif args.scenario == "stream":
+                demo = bench.Gateway(bindir, ["demo", "--dir", str(tmp / "demo")], tmp)
+                demo.stop()
+                base = (tmp / "demo" / "demo.toml").read_text().split("\n[training_log]")[0]
+                server = bench.RedisServer(tmp)
+                config = tmp / "demo" / "streaming.toml"
+                # Serving reads tiles from Redis alone: no broker is contacted.
+                config.write_text(bench.streaming_config(base, server.port, "127.0.0.1:9"))
+                history = tmp / "history.jsonl"
+                subprocess.run([str(bindir / "stream-load"), "history", "--cards", "10000",
+                                "--width", "5", "--days", "7", "--out", str(history)],
+                               check=True, capture_output=True)
+                subprocess.run([str(bindir / "feature-gateway"), "backfill", "--config",
+                                str(config), "--view", "card_stream", "--events", str(history),
+                                "--load"], check=True, capture_output=True)
+                gw = bench.Gateway(bindir, ["serve", "--config", str(config)], tmp)
+                scenario = [a.replace("fraud_v1", "fraud_stream") for a in fraud]
             else:
                 gw = bench.Gateway(bindir, ["demo", "--dir", str(tmp / "demo")], tmp)
                 scenario = fraud if args.scenario == "demo" else ["--scenario", "health"]
