@@ -41,15 +41,26 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 }
 
 /// The workspace's binaries, built once per test process with the same command as `tests/run`
-/// (`cargo build --workspace --bins`). A build of one package (`-p`) would resolve other
-/// features for the shared dependencies and compile all of them a second time, doubling the
-/// build's time and its target directory; the same command finds everything up to date.
-/// Returns `target/<profile>`, where the binaries are.
+/// (`cargo build --workspace --bins`), so that it finds everything up to date there. Returns
+/// `target/<profile>`, where the binaries are.
+///
+/// Two things would make it compile again what `tests/run` built: a build of one package
+/// (`-p`), which resolves other features for the shared dependencies, and the variables cargo
+/// sets for a test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, `OUT_DIR`...), which some
+/// build scripts watch (`ring`'s, through the `cc` crate): seen in this process's environment,
+/// they would rerun that script and recompile everything above it. So the build runs without
+/// them.
 pub fn workspace_binaries() -> &'static Path {
     static PROFILE_DIR: OnceLock<PathBuf> = OnceLock::new();
     PROFILE_DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(set_for_a_test) {
+                build.env_remove(&name);
+            }
+        }
+        let status = build
             .args(["build", "--quiet", "--workspace", "--bins", "--locked"])
             .status()
             .expect("cannot run cargo build");
@@ -61,6 +72,25 @@ pub fn workspace_binaries() -> &'static Path {
             .expect("test binary lives in target/<profile>/deps")
             .to_path_buf()
     })
+}
+
+/// Whether cargo sets the variable `name` for a test (or build script) it runs, rather than the
+/// user for cargo itself.
+fn set_for_a_test(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_MANIFEST_LINKS",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ]
+        .contains(&name)
 }
 
 /// Path of the `feature-gateway` binary of this checkout, built on first use.
