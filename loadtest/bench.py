@@ -3040,7 +3040,8 @@ def replicas_bench(args) -> tuple[str, None]:
               f"- calls answered each second: {per_second}",
               f"- p99 {killed['p99_ms']:.3f} ms, slowest call {killed['max_ms']:.3f} ms", ""]
     lines += scenario_check(sum(killed["go_errors"].values()) == 0,
-                            "a call failed while a replica was killed")
+                            "a call failed while a replica was killed: "
+                            + "; ".join(killed.get("examples") or []))
     not_present = {}
     for r in runs["one"] + runs["three"]:
         for st, n in r["not_present"].items():

@@ -13,14 +13,23 @@
 // Only reads are retried: GetFeatures, GetFeaturesBatch, ListFeatureServices and
 // DescribeFeatureService. PushEvents is not, since a push a replica applied just before it went
 // away would be applied twice.
+//
+// gRPC's retry policy never retries a call whose response headers arrived: a replica killed
+// between writing an answer's headers and its message leaves such a call UNAVAILABLE.
+// [RetryInterrupted] retries those reads too; [Dial] installs it, and a client of a dns:///
+// target adds it with grpc.WithChainUnaryInterceptor.
 package balance
 
 import (
+	"context"
 	"errors"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 )
 
 // ServiceConfig is the gRPC service config of a client of several replicas:
@@ -55,10 +64,42 @@ const ServiceConfig = `{
   "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1}
 }`
 
+// reads are the methods [ServiceConfig] retries, by their full names.
+var reads = map[string]bool{
+	"/featuregateway.v1.FeatureService/GetFeatures":            true,
+	"/featuregateway.v1.FeatureService/GetFeaturesBatch":       true,
+	"/featuregateway.v1.FeatureService/ListFeatureServices":    true,
+	"/featuregateway.v1.FeatureService/DescribeFeatureService": true,
+}
+
+// interruptedRetries is how many times [RetryInterrupted] sends a read again.
+const interruptedRetries = 2
+
+// RetryInterrupted is a unary client interceptor that sends a read again (up to twice, each time
+// with the service config's own retries) when it failed UNAVAILABLE after its response headers
+// arrived: the replica went away in the middle of its answer. gRPC's retry policy leaves such a
+// call alone (a call that received headers is committed to its replica). Any other outcome,
+// and every method that is not a read, is returned as it is. The call's deadline bounds every
+// attempt.
+func RetryInterrupted(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if !reads[method] {
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+	for retry := 0; ; retry++ {
+		var header metadata.MD
+		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Header(&header))...)
+		interrupted := status.Code(err) == codes.Unavailable && len(header) > 0
+		if !interrupted || retry == interruptedRetries || ctx.Err() != nil {
+			return err
+		}
+	}
+}
+
 // Dial returns a client connection to the replicas at addrs (host:port each) with
-// [ServiceConfig]. opts come after the ones Dial sets (transport credentials are the caller's
-// to give). Like grpc.NewClient, it connects lazily: call Connect and wait for Ready before the
-// first deadline-bound call.
+// [ServiceConfig] and [RetryInterrupted]. opts come after the ones Dial sets (transport
+// credentials are the caller's to give). Like grpc.NewClient, it connects lazily: call Connect
+// and wait for Ready before the first deadline-bound call.
 func Dial(addrs []string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if len(addrs) == 0 {
 		return nil, errors.New("balance.Dial: no address")
@@ -73,6 +114,7 @@ func Dial(addrs []string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	all := append([]grpc.DialOption{
 		grpc.WithResolvers(r),
 		grpc.WithDefaultServiceConfig(ServiceConfig),
+		grpc.WithChainUnaryInterceptor(RetryInterrupted),
 	}, opts...)
 	return grpc.NewClient(r.Scheme()+":///replicas", all...)
 }

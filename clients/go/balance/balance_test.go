@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/feature-gateway/feature-gateway/clients/go/balance"
@@ -84,5 +85,66 @@ func TestNoReplicaUpIsUnavailable(t *testing.T) {
 func TestDialNeedsAnAddress(t *testing.T) {
 	if _, err := balance.Dial(nil); err == nil {
 		t.Fatal("Dial(nil) succeeded")
+	}
+}
+
+// invoker answers each call with the next outcome: an error, and whether the response headers
+// had arrived before it (as a replica killed in the middle of its answer leaves a call).
+type invoker struct {
+	outcomes []outcome
+	calls    int
+}
+
+type outcome struct {
+	err     error
+	headers bool
+}
+
+func (f *invoker) invoke(_ context.Context, _ string, _, _ any, _ *grpc.ClientConn, opts ...grpc.CallOption) error {
+	o := f.outcomes[min(f.calls, len(f.outcomes)-1)]
+	f.calls++
+	if o.headers {
+		for _, opt := range opts {
+			if h, ok := opt.(grpc.HeaderCallOption); ok {
+				*h.HeaderAddr = metadata.Pairs("content-type", "application/grpc")
+			}
+		}
+	}
+	return o.err
+}
+
+var reset = status.Error(codes.Unavailable, "error reading from server: connection reset by peer")
+
+// A read interrupted after its headers is sent again; one that failed before them (which the
+// service config's retries already handled), a push, and any other error are not.
+func TestRetryInterruptedSendsAnInterruptedReadAgain(t *testing.T) {
+	const get = "/featuregateway.v1.FeatureService/GetFeatures"
+	const push = "/featuregateway.v1.FeatureService/PushEvents"
+	cases := []struct {
+		name     string
+		method   string
+		outcomes []outcome
+		calls    int
+		code     codes.Code
+	}{
+		{"interrupted then answered", get, []outcome{{reset, true}, {nil, true}}, 2, codes.OK},
+		{"interrupted on every replica", get, []outcome{{reset, true}}, 3, codes.Unavailable},
+		{"unavailable before any header", get, []outcome{{reset, false}, {nil, true}}, 1, codes.Unavailable},
+		{"another error", get, []outcome{{status.Error(codes.InvalidArgument, "x"), true}}, 1, codes.InvalidArgument},
+		{"a push is never sent twice", push, []outcome{{reset, true}, {nil, true}}, 1, codes.Unavailable},
+	}
+	for _, c := range cases {
+		f := &invoker{outcomes: c.outcomes}
+		err := balance.RetryInterrupted(context.Background(), c.method, nil, nil, nil, f.invoke)
+		if status.Code(err) != c.code || f.calls != c.calls {
+			t.Errorf("%s: %d calls, %v; want %d calls, %v", c.name, f.calls, err, c.calls, c.code)
+		}
+	}
+	// A call past its deadline is not sent again.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f := &invoker{outcomes: []outcome{{reset, true}, {nil, true}}}
+	if err := balance.RetryInterrupted(ctx, get, nil, nil, nil, f.invoke); status.Code(err) != codes.Unavailable || f.calls != 1 {
+		t.Errorf("cancelled: %d calls, %v", f.calls, err)
 	}
 }
