@@ -93,6 +93,20 @@ fn set_for_a_test(name: &str) -> bool {
         .contains(&name)
 }
 
+/// Every vector the Parquet training log in `log` holds for `feature_service`, by request id.
+pub fn logged_vectors(
+    log: &Path,
+    feature_service: &str,
+) -> Result<std::collections::HashMap<String, training_log::Record>, String> {
+    let mut records = std::collections::HashMap::new();
+    for (path, _, _) in training_log::training_set::log_files(log, feature_service)? {
+        for r in training_log::training_set::read_records(&path)?.1 {
+            records.insert(r.request_id.clone(), r);
+        }
+    }
+    Ok(records)
+}
+
 /// Path of the `feature-gateway` binary of this checkout, built on first use.
 pub fn gateway_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();

@@ -20,7 +20,8 @@ use std::{
 };
 
 use end_to_end::{
-    GatewayProcess, d, eventually, gateway_binary, kafka::KafkaBroker, map, s, with_timeout,
+    GatewayProcess, d, eventually, gateway_binary, kafka::KafkaBroker, logged_vectors, map, s,
+    with_timeout,
 };
 use proto::v1;
 use training_log::{
@@ -142,17 +143,6 @@ fn request(n: usize) -> tonic::Request<v1::GetFeaturesRequest> {
     )
 }
 
-/// Every logged vector of `scoring`, by request id.
-fn logged(log: &Path) -> Result<HashMap<String, Record>, String> {
-    let mut records = HashMap::new();
-    for (path, _, _) in log_files(log, "scoring")? {
-        for r in read_records(&path)?.1 {
-            records.insert(r.request_id.clone(), r);
-        }
-    }
-    Ok(records)
-}
-
 fn status(wire: i32) -> LoggedStatus {
     let name = v1::FeatureStatus::try_from(wire)
         .unwrap()
@@ -254,7 +244,7 @@ async fn derived_features_inputs_that_are_not_served_are_logged_and_recomputed()
     let (mut gw, served, config_path) = serve(dir.path(), PARQUET_LOG).await;
     let log_dir = dir.path().join("log");
     let records = eventually(Duration::from_secs(60), "every vector logged", async || {
-        let records = logged(&log_dir)?;
+        let records = logged_vectors(&log_dir, "scoring")?;
         match records.len() == REQUESTS {
             true => Ok(records),
             false => Err(format!("{} of {REQUESTS} logged", records.len())),

@@ -14,7 +14,9 @@ use std::{
     time::Duration,
 };
 
-use end_to_end::{GatewayProcess, d, eventually, gateway_binary, i, map, s, with_timeout};
+use end_to_end::{
+    GatewayProcess, d, eventually, gateway_binary, i, logged_vectors, map, s, with_timeout,
+};
 use fake_upstreams::{
     FakeConfig, FakeServer,
     faults::{FailNext, Latency, RouteFaults},
@@ -149,17 +151,6 @@ fn request(id: &str, n: usize) -> tonic::Request<v1::GetFeaturesRequest> {
     )
 }
 
-/// Every logged vector of `scoring`, by request id.
-fn logged(log: &Path) -> Result<HashMap<String, Record>, String> {
-    let mut records = HashMap::new();
-    for (path, _, _) in log_files(log, "scoring")? {
-        for r in read_records(&path)?.1 {
-            records.insert(r.request_id.clone(), r);
-        }
-    }
-    Ok(records)
-}
-
 /// Runs `feature-gateway training-set` over the log with `extra` flags.
 fn training_set(dir: &Path, out: &Path, extra: &[&str]) -> (Output, String, String) {
     let output = Command::new(gateway_binary())
@@ -233,7 +224,7 @@ async fn derived_features_recompute_from_the_log_as_served_and_new_ones_are_adde
     // The log commits every 200 ms: wait until it holds every vector.
     let log_dir = dir.path().join("log");
     let records = eventually(Duration::from_secs(60), "every vector logged", async || {
-        let records = logged(&log_dir)?;
+        let records = logged_vectors(&log_dir, "scoring")?;
         match records.len() == ids.len() {
             true => Ok(records),
             false => Err(format!("{} of {} logged", records.len(), ids.len())),
