@@ -583,6 +583,11 @@ async fn worker(
 }
 
 /// Open loop: starts a call every 1/`rps` s until `until`, each timed from its scheduled start.
+/// The open loop: call number `i` is due at `start + i / rps`. The schedule is kept by a thread
+/// of its own that sleeps until each call is due (the kernel's timer, tens of microseconds late
+/// at most) and hands it to the runtime; tokio's timers round up to the millisecond, so a call
+/// scheduled by them would start up to a millisecond late, and that wait, counted in its
+/// latency, would hide any difference smaller than it.
 async fn open_loop(
     channel: Channel,
     calls: Arc<Calls>,
@@ -592,15 +597,30 @@ async fn open_loop(
     tally: Tally,
 ) -> Tally {
     let tally = Arc::new(Mutex::new(tally));
-    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rps));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (due, mut calls_due) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let limit = calls.limit();
+    let pacer = std::thread::Builder::new()
+        .name("fg-load-pacer".into())
+        .spawn(move || {
+            let start = Instant::now();
+            let period = Duration::from_secs_f64(1.0 / rps);
+            for i in 0.. {
+                let scheduled = start + period.mul_f64(i as f64);
+                if scheduled >= until || limit.is_some_and(|limit| i >= limit) {
+                    break;
+                }
+                std::thread::sleep(scheduled.saturating_duration_since(Instant::now()));
+                if due.send((i, scheduled)).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = pacer {
+        eprintln!("fg-load: cannot start the open loop's pacing thread: {e}");
+        std::process::exit(1);
+    }
     let mut in_flight = tokio::task::JoinSet::new();
-    let mut i = 0;
-    loop {
-        let scheduled = ticks.tick().await.into_std();
-        if scheduled >= until || calls.limit().is_some_and(|limit| i >= limit) {
-            break;
-        }
+    while let Some((i, scheduled)) = calls_due.recv().await {
         let (channel, calls, tally) = (channel.clone(), calls.clone(), tally.clone());
         in_flight.spawn(async move {
             let result = calls.call(&channel, i, timeout).await;
@@ -608,7 +628,6 @@ async fn open_loop(
                 t.record(scheduled, result);
             }
         });
-        i += 1;
         // Reap finished calls so the set stays small.
         while in_flight.try_join_next().is_some() {}
     }
