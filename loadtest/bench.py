@@ -67,7 +67,8 @@ variant that also rebuilds the `tables` source: p99 with and without reloads.
 
 `drift` serves two vectors, each from two gateways side by side, one monitoring it
 (`[feature_services.NAME.monitor]`, against a reference profiled from its own traffic with
-`feature-gateway profile`) and one not, driven in turn at saturation and at a fixed 1,000 req/s:
+`feature-gateway profile`) and one not, driven in turn at saturation and at the same time at a
+fixed 1,000 req/s (one fg-load each, so a stall of the shared machine falls on both alike):
 the demo's `fraud_v1`, and `redis`'s 8-feature vector over its materialized users. Throughput,
 p99, gateway CPU per request and the monitor thread's with monitoring on beside off.
 
@@ -325,6 +326,62 @@ def measure(gw: Gateway, run, others: dict | None = None) -> dict:
     return result
 
 
+def measure_together(bindir: Path, loads: dict, concurrency: int, seconds: float) -> dict:
+    """Runs one fg-load per entry of `loads` (key -> (gateway, fg-load scenario)) at the same
+    time, each against its own gateway, and adds each gateway's CPU time per request. For a
+    comparison at a fixed rate on a shared machine: a stall of the machine (another tenant, a
+    hypervisor's pause) that lasts a few milliseconds moves a 10-second run's p99 by more than
+    what is compared, and run side by side, every stall falls on both alike."""
+    before = {key: gw.cpu_seconds() for key, (gw, _) in loads.items()}
+    procs = {key: subprocess.Popen(fg_load_args(bindir, gw.grpc, scenario, concurrency, seconds),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for key, (gw, scenario) in loads.items()}
+    results = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
+        results[key] = fg_load_result(out)
+    for key, (gw, _) in loads.items():
+        count = max(results[key]["count"], 1)
+        results[key]["cpu_us"] = (gw.cpu_seconds() - before[key]) * 1e6 / count
+    return results
+
+
+def perf_tools() -> tuple[str | None, str]:
+    return shutil.which("perf"), shutil.which("inferno-collapse-perf") or str(
+        Path.home() / ".cargo" / "bin" / "inferno-collapse-perf")
+
+
+def perf_available() -> bool:
+    perf, collapse = perf_tools()
+    return bool(perf) and Path(collapse).exists()
+
+
+def perf_shares(gw: Gateway, seconds: float, parts: list, data: Path) -> dict:
+    """Samples the gateway with perf (999 Hz, call graphs) for `seconds` while a load runs, and
+    returns each of `parts` (label, marker or tuple of markers) its share of the samples: each
+    sample counted in the first part one of whose markers its folded stack holds (a frame's
+    name, or a thread's name and `;`). The last part's marker is "" (everything else)."""
+    perf, collapse = perf_tools()
+    subprocess.run([perf, "record", "-q", "-F", "999", "--call-graph", "dwarf,16384", "-p",
+                    str(gw.proc.pid), "-o", str(data), "--", "sleep", str(seconds)],
+                   check=True, stderr=subprocess.DEVNULL)
+    script = subprocess.run([perf, "script", "-i", str(data)], capture_output=True, check=True)
+    folded = subprocess.run([collapse], input=script.stdout, capture_output=True,
+                            check=True).stdout.decode()
+    data.unlink()
+    total, samples = 0, {label: 0 for label, _ in parts}
+    for line in folded.splitlines():
+        stack, n = line.rsplit(" ", 1)
+        total += int(n)
+        for label, markers in parts:
+            if any(m in stack for m in ((markers,) if isinstance(markers, str) else markers)):
+                samples[label] += int(n)
+                break
+    return {label: n / max(total, 1) for label, n in samples.items()}
+
+
 def svg_plot(title: str, curves: list[tuple[str, list[tuple[float, float]]]]) -> str:
     """Latency percentile curves as an SVG: x in "nines" (p50 .. p99.99), y in ms, log scale."""
     import math
@@ -502,9 +559,7 @@ def derived(args) -> tuple[str, str]:
         ("the rest of the handler (get_features_inner: checks, metrics, drift)", "get_features_inner"),
         ("everything else (HTTP/2, tonic, request decoding, runtime, kernel)", ""),
     ]
-    perf, collapse = shutil.which("perf"), shutil.which("inferno-collapse-perf") or str(
-        Path.home() / ".cargo" / "bin" / "inferno-collapse-perf")
-    profiling = not args.smoke and perf and Path(collapse).exists()
+    profiling = not args.smoke and perf_available()
     profile_seconds = min(seconds, 5.0)
 
     def profile(gw: Gateway, service: str, tmp: Path) -> dict:
@@ -512,24 +567,9 @@ def derived(args) -> tuple[str, str]:
         load = subprocess.Popen(fg_load_args(bindir, gw.grpc, vector(service), args.concurrency,
                                              profile_seconds + 3), stdout=subprocess.DEVNULL)
         time.sleep(1)
-        data = tmp / f"{service}.perf.data"
-        subprocess.run([perf, "record", "-q", "-F", "999", "--call-graph", "dwarf,16384", "-p",
-                        str(gw.proc.pid), "-o", str(data), "--", "sleep", str(profile_seconds)],
-                       check=True, stderr=subprocess.DEVNULL)
+        shares = perf_shares(gw, profile_seconds, parts, tmp / f"{service}.perf.data")
         load.wait()
-        script = subprocess.run([perf, "script", "-i", str(data)], capture_output=True, check=True)
-        folded = subprocess.run([collapse], input=script.stdout, capture_output=True,
-                                check=True).stdout.decode()
-        data.unlink()
-        total, samples = 0, {label: 0 for label, _ in parts}
-        for line in folded.splitlines():
-            stack, n = line.rsplit(" ", 1)
-            total += int(n)
-            for label, markers in parts:
-                if any(m in stack for m in ((markers,) if isinstance(markers, str) else markers)):
-                    samples[label] += int(n)
-                    break
-        return {label: n / max(total, 1) for label, n in samples.items()}
+        return shares
 
     v1, v2 = vector("fraud_v1"), vector("fraud_v2")
     with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
@@ -645,6 +685,37 @@ def drift(args) -> tuple[str, str]:
         subprocess.run([fg, "profile", "--logs", str(logs), "--feature-service", service,
                         "--out", str(out)], check=True, capture_output=True, text=True)
 
+    # The monitor's two costs on a request's latency: coding and queueing its vector on the
+    # request thread, and the worker's passes, which may hold a core a request needs.
+    parts = [
+        ("coding and queueing the vector on the request thread (Monitor::observe)",
+         "gateway::monitor::Monitor::observe"),
+        ("the drift-monitor thread", "drift-monitor;"),
+        ("everything else", ""),
+    ]
+    profiling = not args.smoke and perf_available()
+    profile_seconds = min(seconds, 10.0)
+
+    def pass_histogram(scrape: str) -> dict:
+        """The worker's passes: how many, their mean, and the upper bounds of the buckets
+        holding the 99th percentile and the longest, in µs."""
+        name = "feature_gateway_drift_worker_pass_cpu_seconds"
+        buckets, count, total = [], 0.0, 0.0
+        for line in scrape.splitlines():
+            if line.startswith(name + "_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+            elif line.startswith(name + "_count"):
+                count = float(line.rsplit(" ", 1)[1])
+            elif line.startswith(name + "_sum"):
+                total = float(line.rsplit(" ", 1)[1])
+        buckets.sort()
+        bound = lambda share: next((le * 1e6 for le, n in buckets if n >= share * count), float("nan"))
+        p99 = bound(0.99)
+        under = next((n for le, n in buckets if le * 1e6 >= p99), count)
+        return {"count": count, "mean_us": total / max(count, 1) * 1e6,
+                "p99_us": p99, "max_us": bound(1.0), "longer": count - under}
+
     def worker_cpu(gw: Gateway) -> float:
         """CPU seconds of the gateway's drift-monitor thread so far."""
         total = 0.0
@@ -701,6 +772,7 @@ def drift(args) -> tuple[str, str]:
                 wd = tmp / f"{service}-{mode}"
                 wd.mkdir()
                 gws[service, mode] = Gateway(bindir, ["serve", "--config", str(where / f"{mode}.toml")], wd)
+            started = time.monotonic()
             for (service, _), gw in gws.items():
                 run_fg_load(bindir, gw.grpc, vectors[service], args.concurrency, 1.0)  # warm-up
             runs = {(service, mode, kind): [] for service in vectors for mode in modes
@@ -717,14 +789,17 @@ def drift(args) -> tuple[str, str]:
                                     {"redis": server} if service == "user_stats_v1" else None)
                         r["worker_cpu_us"] = (worker_cpu(gw) - before) * 1e6 / max(r["count"], 1)
                         runs[service, mode, "closed"].append(r)
-                    for mode in order:
-                        gw = gws[service, mode]
-                        runs[service, mode, "fixed"].append(measure(gw, lambda: run_fg_load(
-                            bindir, gw.grpc, scenario + ["--rps", str(rate)], args.concurrency, seconds)))
+                    # At a fixed rate, off and on at the same time (`measure_together`).
+                    fixed = measure_together(bindir, {mode: (gws[service, mode], scenario + ["--rps", str(rate)])
+                                                      for mode in order}, args.concurrency, seconds)
+                    for mode in modes:
+                        runs[service, mode, "fixed"].append(fixed[mode])
             on = {}
             for service in vectors:
                 gw = gws[service, "on"]
                 on[service] = {
+                    "passes": pass_histogram(gw.metrics()),
+                    "seconds": time.monotonic() - started,
                     "dropped": gw.counter("feature_gateway_drift_observations_dropped_total"),
                     "rows": gw.gauge("feature_gateway_drift_window_rows", feature_service=service),
                     "share": gw.gauge("feature_gateway_drift_observed_share", feature_service=service),
@@ -733,6 +808,19 @@ def drift(args) -> tuple[str, str]:
                                 and f'feature_service="{service}"' in line), default=float("nan")),
                     "rss": {m: gws[service, m].rss_mb() for m in modes},
                 }
+            # Where the monitor's time goes at the fixed rate: perf samples each monitoring
+            # gateway alone at that rate, after its gauges are read (perf's report takes
+            # longer than a window).
+            shares = {}
+            if profiling:
+                for service, scenario in vectors.items():
+                    gw = gws[service, "on"]
+                    load = subprocess.Popen(fg_load_args(bindir, gw.grpc, scenario + ["--rps", str(rate)],
+                                                         args.concurrency, profile_seconds + 2),
+                                            stdout=subprocess.DEVNULL)
+                    time.sleep(1)
+                    shares[service] = perf_shares(gw, profile_seconds, parts, tmp / f"{service}.perf.data")
+                    load.wait()
         finally:
             for gw in gws.values():
                 gw.stop()
@@ -741,8 +829,9 @@ def drift(args) -> tuple[str, str]:
     lines += header("drift", args, seconds, rounds)
     lines += [f"Each vector is served by two gateways side by side, one monitoring it against a "
               f"reference profiled from its own traffic (`feature-gateway profile` of a training "
-              f"log; 1-minute window), one not; fg-load drives each in turn, alternating, at "
-              f"saturation and at a fixed {rate:,} req/s. The demo's `fraud_v1` (static tables, "
+              f"log; 1-minute window), one not. At saturation fg-load drives each in turn, "
+              f"alternating; at a fixed {rate:,} req/s, one fg-load drives each at the same time, "
+              f"so a stall of the shared machine falls on both alike. The demo's `fraud_v1` (static tables, "
               f"request context; the training log on in both) and `user_stats_v1`, 8 features "
               f"of {population:,} users materialized into one Redis (`bench.py redis`'s; no "
               f"training log). The monitor observes at most about 1,000 vectors per second and "
@@ -775,13 +864,53 @@ def drift(args) -> tuple[str, str]:
             f"{o['psi']:.4f} | {o['dropped']:.0f} | {o['rss']['off']:.0f} / {o['rss']['on']:.0f} MB |")
         verdicts.append(f"{service}: throughput {'held' if rps >= 0.95 else 'NOT held'} ({rps:.0%}), "
                         f"p99 {'held' if p99 <= 0.1 else 'NOT held'} ({p99:+.3f} ms)")
-    lines += ["**Monitoring on beside off** (each round's on beside its off, run back to back; "
+    lines += ["**Monitoring on beside off** (each round's on beside its off, back to back at "
+              "saturation, at the same time at the fixed rate; "
               "medians over rounds. Observed share, window rows and the largest PSI at the end, "
               "from the monitored gateway's gauges)", ""]
     lines += summary + [""]
     if args.smoke:
         verdicts = ["a smoke run (debug build, one short round) measures nothing: see a full run"]
     lines += [f"- {v}" for v in verdicts] + [""]
+    # The p99 of a 10-second run on a shared machine moves by milliseconds from run to run (a
+    # stall of a few ms on 1% of the calls is the p99), so the +0.1 ms target is also checked
+    # from its parts. The monitor delays a request by the time its vector takes to code and
+    # queue on the request thread, plus, when a worker pass holds the core the request needs at
+    # that moment, that pass. A request can meet a pass only if they overlap in time: passes
+    # longer than the 99th percentile's bucket happen `longer / seconds` times a second, so at
+    # most that rate times (the p99 latency + the longest pass) of the requests meet one. When
+    # that share is under 1%, the p99 grows by at most observe + the 99th percentile's pass.
+    bound = ["**What the monitor can add to a request's p99, from its parts** (at the fixed "
+             f"rate: perf at 999 Hz, {profile_seconds:g} s of each monitoring gateway alone after "
+             "the rounds, each part's share of the samples times the median gateway CPU per "
+             "request at that rate; the worker's passes from its histogram "
+             "`feature_gateway_drift_worker_pass_cpu_seconds` over the whole run, as the upper "
+             "bounds of the buckets holding them. A request meets a pass only when they overlap: "
+             "the longer passes can meet at most their rate times (p99 latency + longest pass) "
+             "of the requests; under 1%, they cannot move the p99, and the p99 grows by at most "
+             "observe + the 99th percentile's pass)", "",
+             "| vector | Monitor::observe on the request thread (µs per request) | drift-monitor "
+             "thread (µs per request) | passes | mean pass (µs) | 99% of passes under (µs) | "
+             "longest pass under (µs) | requests that can meet a longer pass | "
+             "bound: observe + 99th percentile's pass (target ≤ 100 µs) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for service in vectors:
+        h, o = on[service]["passes"], on[service]
+        fixed_on = runs[service, "on", "fixed"]
+        cpu = median_of(fixed_on, "cpu_us")
+        meet = h["longer"] / max(o["seconds"], 1e-9) * (median_of(fixed_on, "p99") / 1e3 + h["max_us"] / 1e6)
+        cells = (f"{h['count']:.0f} | {h['mean_us']:.1f} | {h['p99_us']:.0f} | {h['max_us']:.0f} | "
+                 f"{meet:.3%} |")
+        if service in shares:
+            observe = shares[service][parts[0][0]] * cpu
+            thread = shares[service][parts[1][0]] * cpu
+            total = observe + h["p99_us"]
+            held = total <= 100 and meet < 0.01
+            bound.append(f"| {service} | {observe:.2f} | {thread:.2f} | {cells} "
+                         f"**{total:.0f} µs** ({'held' if held else 'NOT held'}) |")
+        else:
+            bound.append(f"| {service} | (no perf) | (no perf) | {cells} |")
+    lines += bound + [""]
     lines += failures([r for v in runs.values() for r in v])
     return "\n".join(lines), None
 

@@ -75,6 +75,26 @@ async fn psi_gauges_stay_low_on_the_same_population_and_a_unit_change_crosses_wi
         .metric("feature_gateway_drift_observations_dropped_total")
         .await;
     assert_eq!(dropped, Some(0.0));
+    // The worker times its passes, in buckets of their own from 5 µs: one pass at least every
+    // 50 ms over the two windows.
+    let scrape = gw.admin_get("/metrics").await;
+    let passes = end_to_end::metric(
+        &scrape,
+        "feature_gateway_drift_worker_pass_cpu_seconds_count",
+    )
+    .expect("the worker's passes are timed");
+    assert!(
+        passes >= (2 * WINDOW).as_millis() as f64 / 50.0,
+        "{passes} passes"
+    );
+    assert!(
+        end_to_end::metric(
+            &scrape,
+            "feature_gateway_drift_worker_pass_cpu_seconds_bucket{le=\"0.000005\"}"
+        )
+        .is_some(),
+        "the passes' own buckets: {scrape}"
+    );
     same.stop().await;
 
     // Amounts a hundred times larger: `txn:amount` crosses 0.2 within two windows; nothing else

@@ -21,7 +21,9 @@
 //! each bucket's end (a wake per vector cost more than counting it): per feature service a
 //! [`drift::Window`] per bucket (the window's length over [`BUCKETS`]), the last [`BUCKETS`] of
 //! them forming the rolling window. At each bucket's end the rolling window is compared with the
-//! reference and the gauges are set (see [`crate::telemetry`]).
+//! reference and the gauges are set (see [`crate::telemetry`]). Each pass's CPU time is
+//! recorded (`feature_gateway_drift_worker_pass_cpu_seconds`): how long the worker holds a
+//! core when it wakes bounds the delay it can add to a request on a busy machine.
 //!
 //! A configuration reload builds new [`Monitored`] feature services; one whose reference,
 //! features and settings are those of the running one is kept as it is ([`Monitored::keep`]), so
@@ -309,8 +311,15 @@ impl Monitor {
 /// on the channel, so a request never wakes it.
 fn run(receiver: mpsc::Receiver<Observation>) {
     let mut tracker = Tracker::default();
+    let mut gauges: HashMap<String, telemetry::DriftGauges> = HashMap::new();
     let mut publish = |m: &Monitored, c: &Comparison| {
-        telemetry::drift_compared(&m.feature_service, c, m.observed_share())
+        let service = &m.feature_service;
+        if !gauges.contains_key(service) {
+            gauges.insert(service.clone(), telemetry::DriftGauges::new(service));
+        }
+        if let Some(g) = gauges.get_mut(service) {
+            g.publish(c, m.observed_share());
+        }
     };
     let mut drained = Instant::now();
     loop {
@@ -319,6 +328,7 @@ fn run(receiver: mpsc::Receiver<Observation>) {
             .map_or(drained + DRAIN_EVERY, |end| end.min(drained + DRAIN_EVERY));
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
         let now = Instant::now();
+        let cpu = thread_cpu_time();
         // What is queued was served since the last drain: counted as of then, so a bucket
         // ending meanwhile (the worker wakes at its end) holds it. At most a queue's worth, so
         // the buckets end on time under any load.
@@ -330,8 +340,15 @@ fn run(receiver: mpsc::Receiver<Observation>) {
             }
         }
         tracker.tick(now, &mut publish);
+        telemetry::drift_worker_pass(thread_cpu_time().saturating_sub(cpu));
         drained = now;
     }
+}
+
+/// The CPU time the calling thread has used: a pass's CPU, not the time it was preempted for.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Every monitored feature service's buckets; time is given, so tests drive it.

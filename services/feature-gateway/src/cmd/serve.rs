@@ -132,12 +132,17 @@ fn start_training_log(gateway: &Gateway) -> Result<Option<TrainingLog>, Training
     Ok(log)
 }
 
-/// The Prometheus recorder, with the latency buckets on every `_seconds` histogram.
+/// The Prometheus recorder, with the latency buckets on every `_seconds` histogram but the
+/// drift monitor's passes, which have finer ones (a full name's buckets take precedence).
 pub(crate) fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".to_owned()),
             gateway_stack::events::LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::names::DRIFT_WORKER_PASS_SECONDS.to_owned()),
+            telemetry::DRIFT_PASS_BUCKETS,
         )?
         .install_recorder()?;
     Ok(handle)
