@@ -181,6 +181,7 @@ impl TrainingLog {
         std::thread::Builder::new()
             .name("training-log".into())
             .spawn(move || {
+                lower_priority();
                 // Its own runtime, with I/O for the Kafka client: the sink never occupies the
                 // serving runtime.
                 match tokio::runtime::Builder::new_current_thread()
@@ -520,3 +521,18 @@ impl<S: Sink> Writer<S> {
 
 #[cfg(test)]
 mod tests;
+
+/// The writer thread's nice value, below the request path's priority (a gateway runs at 0):
+/// when both want a core, the kernel runs a request's work first, so encoding a row group does
+/// not hold up an answer; the writer's share of a contended core (about a tenth of a core's
+/// weight against each busy request thread) is still more than it uses at saturation.
+pub const WRITER_NICENESS: i32 = 10;
+
+/// Sets the calling thread's nice value to [`WRITER_NICENESS`] (on Linux a nice value belongs
+/// to a thread). A failure leaves it as it was: the log is only less polite.
+fn lower_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(thread), WRITER_NICENESS) {
+        tracing::debug!("training log writer keeps its priority: {e}");
+    }
+}

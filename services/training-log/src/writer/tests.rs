@@ -192,6 +192,43 @@ async fn close_writes_every_record_once_with_pii_hashed() {
     assert_eq!(counts.spooled.load(Ordering::SeqCst), 1);
 }
 
+/// The nice value of every thread of this process named `name`, from `/proc/self/task`.
+fn nice_values(name: &str) -> Vec<i32> {
+    let mut values = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // After the command's closing parenthesis: state is field 3, nice field 19.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        values.push(fields[16].parse().unwrap());
+    }
+    values
+}
+
+#[tokio::test]
+async fn the_writer_thread_runs_below_the_request_paths_priority() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(&tmp);
+    let counts = Arc::new(Counts::default());
+    let log = start(&config, &counts);
+    log.submit("fs", record("r00000"));
+    eventually("the writer's thread at its nice value", || {
+        let values = nice_values("training-log");
+        !values.is_empty() && values.iter().all(|&n| n == WRITER_NICENESS)
+    })
+    .await;
+    log.close().await;
+    assert_eq!(logged_ids(&config.dir), expected(1));
+}
+
 #[tokio::test]
 async fn a_full_queue_spills_to_the_spool_and_nothing_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
