@@ -359,15 +359,21 @@ def perf_available() -> bool:
     return bool(perf) and Path(collapse).exists()
 
 
-def perf_shares(gw: Gateway, seconds: float, parts: list, data: Path) -> dict:
-    """Samples the gateway with perf (999 Hz, call graphs) for `seconds` while a load runs, and
-    returns each of `parts` (label, marker or tuple of markers) its share of the samples: each
-    sample counted in the first part one of whose markers its folded stack holds (a frame's
-    name, or a thread's name and `;`). The last part's marker is "" (everything else)."""
+def perf_shares(bindir: Path, gw: Gateway, scenario: list[str], concurrency: int, seconds: float,
+                parts: list, data: Path) -> dict:
+    """Samples the gateway with perf (999 Hz, call graphs) for `seconds` while fg-load drives
+    `scenario` (from a second before to a second after), and returns each of `parts` (label,
+    marker or tuple of markers) its share of the samples: each sample counted in the first part
+    one of whose markers its folded stack holds (a frame's name, or a thread's name and `;`).
+    The last part's marker is "" (everything else)."""
     perf, collapse = perf_tools()
+    load = subprocess.Popen(fg_load_args(bindir, gw.grpc, scenario, concurrency, seconds + 2),
+                            stdout=subprocess.DEVNULL)
+    time.sleep(1)
     subprocess.run([perf, "record", "-q", "-F", "999", "--call-graph", "dwarf,16384", "-p",
                     str(gw.proc.pid), "-o", str(data), "--", "sleep", str(seconds)],
                    check=True, stderr=subprocess.DEVNULL)
+    load.wait()
     script = subprocess.run([perf, "script", "-i", str(data)], capture_output=True, check=True)
     folded = subprocess.run([collapse], input=script.stdout, capture_output=True,
                             check=True).stdout.decode()
@@ -563,15 +569,6 @@ def derived(args) -> tuple[str, str]:
     profiling = not args.smoke and perf_available()
     profile_seconds = min(seconds, 5.0)
 
-    def profile(gw: Gateway, service: str, tmp: Path) -> dict:
-        """Each of `parts`' share of the gateway's samples for `service` under the closed loop."""
-        load = subprocess.Popen(fg_load_args(bindir, gw.grpc, vector(service), args.concurrency,
-                                             profile_seconds + 3), stdout=subprocess.DEVNULL)
-        time.sleep(1)
-        shares = perf_shares(gw, profile_seconds, parts, tmp / f"{service}.perf.data")
-        load.wait()
-        return shares
-
     v1, v2 = vector("fraud_v1"), vector("fraud_v2")
     with tempfile.TemporaryDirectory(prefix="fg-bench-") as tmp:
         gw = Gateway(bindir, ["demo", "--dir", str(Path(tmp) / "demo")], Path(tmp))
@@ -593,8 +590,11 @@ def derived(args) -> tuple[str, str]:
                                          args.concurrency, seconds)
                 runs["v1_fixed"].append(fixed["v1"])
                 runs["v2_fixed"].append(fixed["v2"])
-            profiles = ({s: profile(gw, s, Path(tmp)) for s in ("fraud_v1", "fraud_v2")}
-                        if profiling else None)
+            # Each of `parts`' share of the gateway's samples for each service under the
+            # closed loop.
+            profiles = ({s: perf_shares(bindir, gw, vector(s), args.concurrency, profile_seconds,
+                                        parts, Path(tmp) / f"{s}.perf.data")
+                         for s in ("fraud_v1", "fraud_v2")} if profiling else None)
         finally:
             gw.stop()
             twin.stop()
@@ -830,13 +830,9 @@ def drift(args) -> tuple[str, str]:
             shares = {}
             if profiling:
                 for service, scenario in vectors.items():
-                    gw = gws[service, "on"]
-                    load = subprocess.Popen(fg_load_args(bindir, gw.grpc, scenario + ["--rps", str(rate)],
-                                                         args.concurrency, profile_seconds + 2),
-                                            stdout=subprocess.DEVNULL)
-                    time.sleep(1)
-                    shares[service] = perf_shares(gw, profile_seconds, parts, tmp / f"{service}.perf.data")
-                    load.wait()
+                    shares[service] = perf_shares(bindir, gws[service, "on"], scenario + ["--rps", str(rate)],
+                                                  args.concurrency, profile_seconds, parts,
+                                                  tmp / f"{service}.perf.data")
         finally:
             for gw in gws.values():
                 gw.stop()
