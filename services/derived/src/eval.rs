@@ -443,6 +443,17 @@ impl Expression {
                 )));
             }
         }
+        if let Some(plan) = &self.plan
+            && let Ok(value) = plan.run(values, self.ty)
+        {
+            return Ok(value);
+        }
+        self.interpret(values)
+    }
+
+    /// [`Expression::eval`] by the `cel` crate's interpreter, once the inputs are known to be
+    /// within the limits.
+    pub(crate) fn interpret(&self, values: &[Option<&Value>]) -> Result<Value, EvalError> {
         let mut on_stack: [Bound<'_>; crate::INPUTS_ON_STACK] =
             std::array::from_fn(|_| Bound::Missing);
         let mut on_heap = Vec::new();

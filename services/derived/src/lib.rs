@@ -7,6 +7,14 @@
 //! against the declared types of the features it reads (module `check`), refuses the functions
 //! not listed below, and bounds what an evaluation can cost.
 //!
+//! An expression made only of numbers, strings and bools (inputs, literals, arithmetic,
+//! comparisons, `&& || ! ?:`, `has`, `double(int)`, `math.greatest` and `math.least` of two
+//! numbers) is also compiled into a plan (module `plan`) that evaluates a row in tens of
+//! nanoseconds instead of the interpreter's hundreds. A plan only gives the results of
+//! evaluations that succeed; a row that reads an unavailable input or meets an error is
+//! evaluated again by the interpreter, which decides what it gives. Its differential test sets
+//! every plan beside the interpreter over generated rows, edge values included.
+//!
 //! # References
 //! An expression reads features as `view.feature`: any view of the configuration, `request`
 //! views (the request's context) and other derived views included. `has(view.feature)` tests
@@ -105,6 +113,7 @@ use fetcher_api::{FeatureType, Value};
 mod check;
 mod eval;
 mod parity;
+mod plan;
 mod types;
 
 pub use types::Ty;
@@ -219,6 +228,9 @@ pub struct Expression {
     /// input indexes and the calls module `parity` evaluates renamed to its functions (see
     /// `eval::lower`).
     expr: cel::IdedExpr,
+    /// The compiled form that evaluates the rows that succeed, when the expression is made of
+    /// what one has (module `plan`); the rest go to the interpreter.
+    plan: Option<plan::Plan>,
     inputs: Vec<InputRef>,
     ty: FeatureType,
     limits: Limits,
@@ -353,9 +365,11 @@ pub fn compile(
             negations: &checked.negations,
         },
     );
+    let plan = plan::Plan::build(&expr, &checked.inputs, ty);
     Ok(Arc::new(Expression {
         source: source.to_owned(),
         expr,
+        plan,
         inputs: checked.inputs,
         ty,
         limits: limits.clone(),
