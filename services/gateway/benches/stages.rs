@@ -11,7 +11,8 @@
 //! (the plan: every source call through its stack, then assembly; `source_call` and `fetcher`
 //! time each view's call with and without the stack, so assembly is `execute` less the calls),
 //! `vector` (values and statuses to the wire), `encode` (the response message), `log_record` and
-//! `log_submit` (the training log), `metrics`, `tracing` (the request span), and `handler` (all
+//! `log_submit` (the training log, on the request's thread), `log_write` (the training log's
+//! writer thread, per record), `metrics`, `tracing` (the request span), and `handler` (all
 //! of it but the transport: the service method called directly).
 #![allow(missing_docs)]
 
@@ -364,6 +365,56 @@ fn log_submit(bencher: Bencher) {
             )
         })
         .bench_values(|record| f.log.submit("fraud_v1", record));
+}
+
+/// Records written by one run of [`log_write`].
+const LOG_WRITE_RECORDS: usize = 4096;
+
+/// The training log's writer thread: [`LOG_WRITE_RECORDS`] records submitted to a log of their
+/// own, which is then closed, so each is taken from the queue, held in its open file and encoded
+/// into Parquet, and the file committed (`fsync` included). The time per record is the time
+/// divided by the count, the writer's CPU per logged request (its thread is otherwise idle).
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn log_write(bencher: Bencher) {
+    let f = fixture();
+    let arrival = Instant::now();
+    let runs = AtomicUsize::new(0);
+    bencher
+        .counter(divan::counter::ItemsCount::new(LOG_WRITE_RECORDS))
+        .with_inputs(|| {
+            let mut config = f.gateway.config().training_log.clone().expect("logged");
+            let dir = f.dir.join(format!(
+                "log-write-{}",
+                runs.fetch_add(1, Ordering::Relaxed)
+            ));
+            config.dir = dir.join("log");
+            config.spool_dir = dir.join("spool");
+            let log = TrainingLog::start(
+                config,
+                gateway::reload::log_schemas(&f.gateway),
+                Arc::new(gateway::telemetry::TrainingLogTelemetry::new()),
+            )
+            .expect("training log");
+            let records: Vec<_> = (0..LOG_WRITE_RECORDS)
+                .map(|_| {
+                    let i = f.next();
+                    server::log_record(
+                        "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
+                        &f.rows[i],
+                        &f.served[i],
+                        &[],
+                        arrival,
+                    )
+                })
+                .collect();
+            (log, records)
+        })
+        .bench_local_values(|(log, records)| {
+            for record in records {
+                log.submit("fraud_v1", record);
+            }
+            f.rt.block_on(log.close());
+        });
 }
 
 #[divan::bench]

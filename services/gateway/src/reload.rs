@@ -282,7 +282,7 @@ pub fn log_schema(config: &Config, plan: &Plan) -> SchemaDef {
 }
 
 /// The training log schemas of `gateway`'s feature services, in name order.
-fn log_schemas(gateway: &Gateway) -> Vec<SchemaDef> {
+pub fn log_schemas(gateway: &Gateway) -> Vec<SchemaDef> {
     gateway
         .plans()
         .values()

@@ -46,6 +46,16 @@ use crate::{
 /// Rows per Arrow batch handed to the Parquet writer: bounds the memory of the columns built.
 const BATCH_ROWS: usize = 8192;
 
+/// The largest dictionary a column chunk keeps before it falls back to plain encoding (the
+/// `parquet` crate's default is 1 MiB). A logged column is either of few values (statuses,
+/// countries, flags, small counts), whose dictionary stays well under this, or of nearly as many
+/// values as rows (amounts, ratios, ages, ids): with the default, a file of 16 MiB of records never
+/// reaches the limit, so every such value was hashed into a dictionary as large as the column,
+/// for a file larger than plain encoding gives. At 64 KiB such a column falls back after a few
+/// thousand values. On `fraud_v1`'s records (`cargo bench -p gateway --bench stages --
+/// log_write`) the writer's time per record went from 3.0 µs to 1.6 µs.
+const DICTIONARY_PAGE_LIMIT: usize = 64 * 1024;
+
 /// The partition directory of `feature_service` on `date`.
 pub(crate) fn partition_dir(root: &Path, feature_service: &str, date: &str) -> PathBuf {
     root.join(format!("feature_service={}", escape(feature_service)))
@@ -110,6 +120,7 @@ fn write_tmp(tmp: &Path, schema: &LogSchema, records: &[Record]) -> Result<(), S
         .collect();
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_LIMIT)
         .set_key_value_metadata(Some(metadata))
         .build();
     let mut writer =
