@@ -53,7 +53,7 @@ const BATCH_ROWS: usize = 8192;
 /// reaches the limit, so every such value was hashed into a dictionary as large as the column,
 /// for a file larger than plain encoding gives. At 64 KiB such a column falls back after a few
 /// thousand values. On `fraud_v1`'s records (`cargo bench -p gateway --bench stages --
-/// log_write`) the writer's time per record went from 3.0 µs to 1.6 µs.
+/// log_write`, its 1,024 requests cycled) the writer's time per record went from 3.0 µs to 2.5 µs.
 const DICTIONARY_PAGE_LIMIT: usize = 64 * 1024;
 
 /// The partition directory of `feature_service` on `date`.
