@@ -17,14 +17,16 @@ use crate::events::source::{InFlight, SourceMetrics};
 /// Records every fetch's latency and outcome.
 #[derive(Clone, Debug)]
 pub struct TelemetryLayer {
-    metrics: SourceMetrics,
+    /// Shared by the stack's clones and the calls' futures: one reference count per clone,
+    /// where the handles themselves are six.
+    metrics: Arc<SourceMetrics>,
 }
 
 impl TelemetryLayer {
     /// A layer recording under the source's name.
     pub fn new(source: Arc<str>) -> Self {
         TelemetryLayer {
-            metrics: SourceMetrics::new(source),
+            metrics: Arc::new(SourceMetrics::new(source)),
         }
     }
 }
@@ -44,7 +46,7 @@ impl<S> Layer<S> for TelemetryLayer {
 #[derive(Clone, Debug)]
 pub struct Telemetry<S> {
     inner: S,
-    metrics: SourceMetrics,
+    metrics: Arc<SourceMetrics>,
 }
 
 impl<S> Service<FetchRequest> for Telemetry<S>
@@ -102,7 +104,7 @@ pin_project_lite::pin_project! {
         #[pin]
         call: F,
         span: tracing::Span,
-        metrics: SourceMetrics,
+        metrics: Arc<SourceMetrics>,
         in_flight: Option<InFlight>,
         first_key: Option<EntityKey>,
         view: Arc<str>,
