@@ -331,20 +331,23 @@ fn encode(bencher: Bencher) {
         });
 }
 
+/// The training log record of the next request's vector.
+fn record(f: &Fixture, arrival: Instant) -> training_log::Record {
+    let i = f.next();
+    server::log_record(
+        "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
+        &f.rows[i],
+        &f.served[i],
+        &[],
+        arrival,
+    )
+}
+
 #[divan::bench]
 fn log_record(bencher: Bencher) {
     let f = fixture();
     let arrival = Instant::now();
-    bencher.bench(|| {
-        let i = f.next();
-        server::log_record(
-            "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
-            &f.rows[i],
-            &f.served[i],
-            &[],
-            arrival,
-        )
-    });
+    bencher.bench(|| record(f, arrival));
 }
 
 /// Handing a record to the training log's queue (few samples: the writer must keep up, or the
@@ -354,16 +357,7 @@ fn log_submit(bencher: Bencher) {
     let f = fixture();
     let arrival = Instant::now();
     bencher
-        .with_inputs(|| {
-            let i = f.next();
-            server::log_record(
-                "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
-                &f.rows[i],
-                &f.served[i],
-                &[],
-                arrival,
-            )
-        })
+        .with_inputs(|| record(f, arrival))
         .bench_values(|record| f.log.submit("fraud_v1", record));
 }
 
@@ -395,18 +389,7 @@ fn log_write(bencher: Bencher) {
                 Arc::new(gateway::telemetry::TrainingLogTelemetry::new()),
             )
             .expect("training log");
-            let records: Vec<_> = (0..LOG_WRITE_RECORDS)
-                .map(|_| {
-                    let i = f.next();
-                    server::log_record(
-                        "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
-                        &f.rows[i],
-                        &f.served[i],
-                        &[],
-                        arrival,
-                    )
-                })
-                .collect();
+            let records: Vec<_> = (0..LOG_WRITE_RECORDS).map(|_| record(f, arrival)).collect();
             (log, records)
         })
         .bench_local_values(|(log, records)| {
