@@ -444,9 +444,9 @@ impl Expression {
             }
         }
         if let Some(plan) = &self.plan
-            && let Ok(value) = plan.run(values, self.ty)
+            && let Some(result) = plan.run(values, self.ty)
         {
-            return Ok(value);
+            return result;
         }
         self.interpret(values)
     }

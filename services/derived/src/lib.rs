@@ -10,10 +10,11 @@
 //! An expression made only of numbers, strings and bools (inputs, literals, arithmetic,
 //! comparisons, `&& || ! ?:`, `has`, `double(int)`, `math.greatest` and `math.least` of two
 //! numbers) is also compiled into a plan (module `plan`) that evaluates a row in tens of
-//! nanoseconds instead of the interpreter's hundreds. A plan only gives the results of
-//! evaluations that succeed; a row that reads an unavailable input or meets an error is
-//! evaluated again by the interpreter, which decides what it gives. Its differential test sets
-//! every plan beside the interpreter over generated rows, edge values included.
+//! nanoseconds instead of the interpreter's hundreds. A plan gives the value of a row, or the
+//! unavailable input it read first, with CEL's rules for `&&` and `||`; a row that meets any
+//! other error is evaluated again by the interpreter, which decides the error. Its differential
+//! test sets every plan beside the interpreter over generated rows, edge values and unavailable
+//! inputs included.
 //!
 //! # References
 //! An expression reads features as `view.feature`: any view of the configuration, `request`
@@ -228,8 +229,9 @@ pub struct Expression {
     /// input indexes and the calls module `parity` evaluates renamed to its functions (see
     /// `eval::lower`).
     expr: cel::IdedExpr,
-    /// The compiled form that evaluates the rows that succeed, when the expression is made of
-    /// what one has (module `plan`); the rest go to the interpreter.
+    /// The compiled form, when the expression is made of what one has (module `plan`): it
+    /// decides the rows that succeed or read an unavailable input; the rest go to the
+    /// interpreter.
     plan: Option<plan::Plan>,
     inputs: Vec<InputRef>,
     ty: FeatureType,
