@@ -77,33 +77,58 @@ fn measure(n: usize) -> (f64, f64) {
 }
 
 /// Each fill runs in a process of its own (this test binary, running [`fill_one_store`]): in one
-/// process, a second fill could reuse memory the allocator kept from the first.
+/// process, a second fill could reuse memory the allocator kept from the first. What else the
+/// machine does only adds to a process's resident memory (pages the allocator or the kernel
+/// keep beyond what entries take), never takes from it, so a fill whose figure is off is run
+/// again, up to [`FILLS`] times, and the least resident figure is the one that counts.
 #[test]
 fn the_weigher_charges_what_entries_really_take() {
     for n in [8, 1] {
-        let exe = std::env::current_exe().expect("the test binary");
-        let out = std::process::Command::new(exe)
-            .args(["fill_one_store", "--exact", "--ignored", "--nocapture"])
-            .env(FEATURES_VAR, n.to_string())
-            .output()
-            .expect("the test binary runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}");
-        let (real, charged) = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("measured "))
-            .and_then(|l| l.split_once(' '))
-            .and_then(|(r, c)| Some((r.parse::<f64>().ok()?, c.parse::<f64>().ok()?)))
-            .unwrap_or_else(|| panic!("no measurement in: {stdout}"));
-        eprintln!("{n} features: {real:.1} bytes per entry resident, {charged:.1} charged");
+        let mut real = f64::INFINITY;
+        let mut charged = 0.0;
+        for _ in 0..FILLS {
+            let (resident, weight) = fill(n);
+            eprintln!("{n} features: {resident:.1} bytes per entry resident, {weight:.1} charged");
+            real = real.min(resident);
+            charged = weight;
+            if within(charged, real) {
+                break;
+            }
+        }
         // Charging less than an entry takes would let the cache outgrow `max_bytes`; charging
         // more only leaves some of it unused. 1-feature entries take 65 to 68 bytes resident
         // and are charged 76 (the table's per-entry cost varies with how full its arrays are).
         assert!(
-            (0.9..=1.25).contains(&(charged / real)),
+            within(charged, real),
             "{n} features: the weigher charges {charged:.1} bytes per entry for {real:.1} resident"
         );
     }
+}
+
+/// Fills run per number of features at most.
+const FILLS: usize = 3;
+
+/// Whether `charged` bytes per entry is close enough to `real`.
+fn within(charged: f64, real: f64) -> bool {
+    (0.9..=1.25).contains(&(charged / real))
+}
+
+/// One fill of `n` features in a process of its own: (resident, charged) bytes per entry.
+fn fill(n: usize) -> (f64, f64) {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args(["fill_one_store", "--exact", "--ignored", "--nocapture"])
+        .env(FEATURES_VAR, n.to_string())
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("measured "))
+        .and_then(|l| l.split_once(' '))
+        .and_then(|(r, c)| Some((r.parse::<f64>().ok()?, c.parse::<f64>().ok()?)))
+        .unwrap_or_else(|| panic!("no measurement in: {stdout}"))
 }
 
 /// Names the number of features [`fill_one_store`] fills with.
