@@ -33,6 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Requests carry a handful of entity keys and context values: a BTreeMap decodes them
         // with no hashing, markedly cheaper than a SipHash HashMap at that size.
         .btree_map(".")
+        // Written by hand (src/response.rs): its feature names are encoded once per plan.
+        .extern_path(
+            ".featuregateway.v1.GetFeaturesResponse",
+            "crate::response::GetFeaturesResponse",
+        )
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

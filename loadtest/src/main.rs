@@ -266,7 +266,7 @@ impl Calls {
             let r = r.into_inner();
             Answer {
                 server_us: r.request_metadata.as_ref().map(|m| m.total_us),
-                names: r.feature_names,
+                names: r.feature_names.into_vec(),
                 rows: vec![r.statuses],
             }
         };

@@ -6,9 +6,13 @@
 /// Package `featuregateway.v1`: the public `FeatureService` and the sidecar `Fetcher` contract.
 pub mod server;
 
+mod response;
+
 pub mod v1 {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
     tonic::include_proto!("featuregateway.v1");
+
+    pub use crate::response::{FeatureNames, GetFeaturesResponse};
 }
 
 /// The encoded `FileDescriptorSet` of every .proto in this crate.

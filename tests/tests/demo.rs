@@ -210,7 +210,7 @@ async fn explicit_feature_refs_and_discovery() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        response.feature_names,
+        *response.feature_names,
         ["mcc_risk:fraud_rate", "merchant_profile:mcc"]
     );
     assert_eq!(statuses(&response.statuses)[1], St::Present);

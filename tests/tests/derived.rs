@@ -195,7 +195,7 @@ async fn derived_features_over_redis_postgres_and_the_context() {
         .unwrap()
         .into_inner();
     assert_eq!(
-        r.feature_names,
+        *r.feature_names,
         [
             "txn:amount",
             "user_stats:txn_count_24h",
@@ -316,7 +316,7 @@ async fn derived_features_over_redis_postgres_and_the_context() {
     let mut records = Vec::new();
     for (path, _, def) in log_files(&stack.dir.path().join("log"), "credit_v2").unwrap() {
         let names: Vec<&str> = def.features.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, served[0].feature_names);
+        assert_eq!(names, *served[0].feature_names);
         records.extend(read_records(&path).unwrap().1);
     }
     assert_eq!(records.len(), served.len());

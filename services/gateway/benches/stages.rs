@@ -225,7 +225,7 @@ fn response(f: &Fixture, i: usize) -> v1::GetFeaturesResponse {
     let (values, statuses, metadata) = server::vector(&f.plan, f.served[i].clone(), false);
     v1::GetFeaturesResponse {
         request_id: "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
-        feature_names: f.plan.outputs.iter().map(|o| o.name.clone()).collect(),
+        feature_names: f.plan.feature_names.clone(),
         values,
         statuses,
         metadata,

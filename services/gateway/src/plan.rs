@@ -35,6 +35,8 @@ pub struct Plan {
     pub definition_hash: String,
     /// The output features, in order.
     pub outputs: Vec<Output>,
+    /// The outputs' names as every response carries them, encoded once.
+    pub feature_names: proto::v1::FeatureNames,
     /// The view fetches.
     pub fetches: Vec<Fetch>,
     /// Fetch indices per stage, stage 0 first.
@@ -325,12 +327,15 @@ pub fn compile(
         stages[f.stage].push(i);
     }
     let definition_hash = definition_hash(config, features, defaults);
+    let feature_names =
+        proto::v1::FeatureNames::encoded(outputs.iter().map(|o| o.name.clone()).collect());
     Ok(Plan {
         name: name.to_owned(),
         description: description.to_owned(),
         deadline,
         definition_hash,
         outputs,
+        feature_names,
         fetches,
         stages,
         entities: b.entities,

@@ -109,7 +109,7 @@ impl FeatureServiceImpl {
         });
         Ok(v1::GetFeaturesResponse {
             request_id,
-            feature_names: plan.outputs.iter().map(|o| o.name.clone()).collect(),
+            feature_names: plan.feature_names.clone(),
             values,
             statuses,
             metadata,
@@ -196,7 +196,7 @@ impl FeatureServiceImpl {
         generation.metrics(&plan.name).features_served(&counts);
         Ok(v1::GetFeaturesBatchResponse {
             request_id,
-            feature_names: plan.outputs.iter().map(|o| o.name.clone()).collect(),
+            feature_names: plan.feature_names.to_vec(),
             rows: vectors,
         })
     }

@@ -493,6 +493,7 @@ fn reasons_name_every_key_and_durations_read_short() {
         deadline: Duration::ZERO,
         definition_hash: String::new(),
         outputs: Vec::new(),
+        feature_names: Default::default(),
         fetches: vec![plan::Fetch {
             view: "v".into(),
             source: 0,
