@@ -157,14 +157,16 @@ def free_port() -> int:
 class Gateway:
     """A feature-gateway process on loopback ports it picks; stopped by stop()."""
 
-    def __init__(self, bindir: Path, args: list[str], workdir: Path, env: dict | None = None):
+    def __init__(self, bindir: Path, args: list[str], workdir: Path, env: dict | None = None,
+                 wrapper: list[str] | None = None, start_seconds: float = 60):
+        """`wrapper` runs the gateway under another program (e.g. valgrind)."""
         self.log = open(workdir / "gateway.log", "a")
         env = dict(os.environ, RUST_LOG="warn", **(env or {}))
         self.proc = subprocess.Popen(
-            [str(bindir / "feature-gateway"), *args,
+            [*(wrapper or []), str(bindir / "feature-gateway"), *args,
              "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
-        deadline = time.time() + 60
+        deadline = time.time() + start_seconds
         while time.time() < deadline:
             line = self.proc.stdout.readline()
             if line.startswith("feature-gateway ready"):
