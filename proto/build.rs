@@ -38,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".featuregateway.v1.GetFeaturesResponse",
             "crate::response::GetFeaturesResponse",
         )
+        // Decodes each message from one slice (src/codec.rs).
+        .codec_path("crate::codec::SliceCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -6,6 +6,7 @@
 /// Package `featuregateway.v1`: the public `FeatureService` and the sidecar `Fetcher` contract.
 pub mod server;
 
+pub mod codec;
 mod response;
 
 pub mod v1 {

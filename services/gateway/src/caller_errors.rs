@@ -7,9 +7,9 @@
 //! Why a layer over the gRPC router that rewrites responses, and not a codec: tonic produces both
 //! statuses inside the generated service, before the handler runs. The size check is in tonic's
 //! framing (`Streaming`, from `max_decoding_message_size`), which reads the 5-byte prefix and
-//! refuses before buffering the message, and which no codec sees; a codec wrapping
-//! `ProstCodec` would catch decode errors only, and would change the generated code that other
-//! servers of the `proto` crate share. The response of a call refused there is a trailers-only
+//! refuses before buffering the message, and which no codec sees; the codec (`proto::codec`,
+//! which answers a decode error as `tonic_prost` does) would catch decode errors only, and is
+//! shared by every server and client of the `proto` crate. The response of a call refused there is a trailers-only
 //! response whose `grpc-status` is in its headers, exactly as a handler's error would be; the two
 //! cannot be told apart by shape, so the rewrite is limited to the feature service, whose
 //! handlers never answer INTERNAL or OUT_OF_RANGE ([`crate::request::RequestError::code`]).
