@@ -192,10 +192,14 @@ pub fn from_nanos(n: i64) -> SystemTime {
     }
 }
 
+/// The day (UTC) of `us` microseconds since the epoch, as days since 1970-01-01.
+pub fn utc_day(us: i64) -> i64 {
+    us.div_euclid(86_400_000_000)
+}
+
 /// The UTC date (`YYYY-MM-DD`) of `us` microseconds since the epoch.
 pub fn utc_date(us: i64) -> String {
-    let days = us.div_euclid(86_400_000_000);
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = civil_from_days(utc_day(us));
     format!("{y:04}-{m:02}-{d:02}")
 }
 

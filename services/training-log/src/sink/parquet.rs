@@ -41,7 +41,7 @@ use parquet::{
 
 use crate::{
     TrainingLogConfig,
-    record::{Cell, Record, utc_date},
+    record::{Cell, Record, utc_date, utc_day},
     schema::{LogSchema, SCHEMA_KEY, VERSION_KEY},
     sink::{Batch, Sink},
     spool::SpooledRecords,
@@ -322,18 +322,32 @@ pub(crate) struct ParquetSink {
     dir: PathBuf,
     rotate_bytes: u64,
     rotate_interval: Duration,
-    /// Open files by (schema key, date).
-    open: BTreeMap<(String, String), OpenFile>,
+    /// The open files: one per feature service and schema a day, so a handful, searched in turn
+    /// (each record finds its file with no allocation and no date formatted).
+    open: Vec<OpenFile>,
 }
 
 /// The records of one file to be.
 #[derive(Debug)]
 pub(crate) struct OpenFile {
     schema: Arc<LogSchema>,
+    /// Days since the epoch (UTC) of its records, and the same as a date (`YYYY-MM-DD`).
+    day: i64,
     date: String,
     records: Vec<Record>,
     bytes: usize,
     opened: tokio::time::Instant,
+}
+
+impl OpenFile {
+    /// Whether a record of `schema` served on `day` goes to this file: same day, same feature
+    /// service, same schema.
+    fn holds(&self, schema: &Arc<LogSchema>, day: i64) -> bool {
+        self.day == day
+            && (Arc::ptr_eq(&self.schema, schema)
+                || (self.schema.id == schema.id
+                    && self.schema.def.feature_service == schema.def.feature_service))
+    }
 }
 
 impl Batch for OpenFile {
@@ -348,7 +362,7 @@ impl ParquetSink {
             dir: config.dir.clone(),
             rotate_bytes: config.rotate_bytes,
             rotate_interval: config.rotate_interval,
-            open: BTreeMap::new(),
+            open: Vec::new(),
         }
     }
 }
@@ -357,35 +371,38 @@ impl Sink for ParquetSink {
     type Batch = OpenFile;
 
     fn push(&mut self, schema: &Arc<LogSchema>, record: Record) -> Option<OpenFile> {
-        let date = utc_date(record.served_at_us);
-        let key = (
-            format!("{}@{}", schema.def.feature_service, schema.id),
-            date,
-        );
-        let file = self.open.entry(key.clone()).or_insert_with(|| OpenFile {
-            schema: schema.clone(),
-            date: key.1.clone(),
-            records: Vec::new(),
-            bytes: 0,
-            opened: tokio::time::Instant::now(),
-        });
+        let day = utc_day(record.served_at_us);
+        let i = match self.open.iter().position(|f| f.holds(schema, day)) {
+            Some(i) => i,
+            None => {
+                self.open.push(OpenFile {
+                    schema: schema.clone(),
+                    day,
+                    date: utc_date(record.served_at_us),
+                    records: Vec::new(),
+                    bytes: 0,
+                    opened: tokio::time::Instant::now(),
+                });
+                self.open.len() - 1
+            }
+        };
+        let file = &mut self.open[i];
         file.bytes += record.size();
         file.records.push(record);
-        if file.bytes as u64 >= self.rotate_bytes {
-            self.open.remove(&key)
-        } else {
-            None
-        }
+        (file.bytes as u64 >= self.rotate_bytes).then(|| self.open.swap_remove(i))
     }
 
     fn take_due(&mut self, all: bool) -> Vec<OpenFile> {
-        let due: Vec<_> = self
-            .open
-            .iter()
-            .filter(|(_, f)| all || f.opened.elapsed() >= self.rotate_interval)
-            .map(|(k, _)| k.clone())
-            .collect();
-        due.iter().filter_map(|k| self.open.remove(k)).collect()
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.open.len() {
+            if all || self.open[i].opened.elapsed() >= self.rotate_interval {
+                due.push(self.open.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due
     }
 
     async fn deliver(&mut self, file: &OpenFile) -> Result<(), String> {
@@ -528,6 +545,79 @@ mod tests {
             .filter(|f| f.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn records_go_to_one_file_per_schema_and_day() {
+        let fs = Arc::new(schema());
+        let same = Arc::new(schema()); // another handle on the same definition
+        let mut def = schema().def;
+        def.feature_service = "other".into();
+        let other = Arc::new(LogSchema::new(def));
+        let mut sink = ParquetSink {
+            dir: PathBuf::new(),
+            rotate_bytes: u64::MAX,
+            rotate_interval: Duration::from_secs(3600),
+            open: Vec::new(),
+        };
+        const DAY: i64 = 86_400_000_000;
+        let record = |served_at_us| Record {
+            request_id: "r".into(),
+            served_at_us,
+            latency_us: 0,
+            entities: Vec::new(),
+            context: Vec::new(),
+            features: Vec::new(),
+            inputs: Vec::new(),
+        };
+        for (schema, at) in [
+            (&fs, 5 * DAY),
+            (&same, 6 * DAY - 1),
+            (&fs, 6 * DAY),
+            (&other, 5 * DAY),
+            (&fs, 5 * DAY + 7),
+            (&fs, -1),
+        ] {
+            assert!(sink.push(schema, record(at)).is_none());
+        }
+        let mut files: Vec<(String, String, usize)> = sink
+            .take_due(true)
+            .into_iter()
+            .map(|f| {
+                (
+                    f.schema.def.feature_service.clone(),
+                    f.date,
+                    f.records.len(),
+                )
+            })
+            .collect();
+        files.sort();
+        let file = |fs: &str, date: &str, n| (fs.to_owned(), date.to_owned(), n);
+        assert_eq!(
+            files,
+            [
+                file("fs/1", "1969-12-31", 1),
+                file("fs/1", "1970-01-06", 3),
+                file("fs/1", "1970-01-07", 1),
+                file("other", "1970-01-06", 1),
+            ]
+        );
+        assert!(sink.take_due(true).is_empty());
+        // The push that brings a file to rotate_bytes hands it back, and the next one opens anew.
+        sink.rotate_bytes = 3 * record(0).size() as u64;
+        assert!(sink.push(&fs, record(0)).is_none());
+        assert!(sink.push(&other, record(0)).is_none());
+        assert!(sink.push(&fs, record(1)).is_none());
+        let full = sink.push(&fs, record(2)).expect("rotated at rotate_bytes");
+        assert_eq!(full.records.len(), 3);
+        assert_eq!(full.schema.def.feature_service, "fs/1");
+        assert!(sink.push(&fs, record(3)).is_none());
+        assert_eq!(sink.take_due(true).len(), 2);
+        // Files not yet due stay open.
+        sink.rotate_interval = Duration::from_secs(3600);
+        assert!(sink.push(&fs, record(0)).is_none());
+        assert!(sink.take_due(false).is_empty());
+        assert_eq!(sink.open.len(), 1);
     }
 
     #[test]
