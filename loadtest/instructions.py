@@ -17,10 +17,13 @@ how many records the writer gathers per batch) is counted at valgrind's pace, th
 builds. Each build serves its own demo (same data, same seed); the scenarios run in turn
 (health, fraud_v1, fraud_v2), each over a warm gateway: callgrind counts only from
 `callgrind_control -i on` to the dump after the load. The training log commits a file every
-second here (the demo: every ten), and each count ends once its load's records are written, so
-the writer thread's work for them is counted too. Rounds alternate the builds (A B A B).
+two seconds here (the demo: every ten), and each count ends once its load's records are written,
+so the writer thread's work for them is counted too. Those files hold a few thousand records
+where a served gateway's hold a hundred thousand, so the work of each file (its pages,
+dictionaries, metadata) weighs more per request than in serving, and how many files a count
+holds (one more or one less) moves a count by about 1% (2% for fraud_v2's wider schema).
 
-Options: --seconds (counted per scenario, default 8), --rounds (default 2), --concurrency (16).
+Options: --seconds (counted per scenario, default 10), --rounds (default 2), --concurrency (16).
 Needs valgrind (Debian's `valgrind`). Writes loadtest/out/instructions-<build>-<scenario>.cg.
 """
 
@@ -46,8 +49,8 @@ def vector(service: str) -> list[str]:
 
 # The training log's file interval while counting, and the wait for a load's records to be
 # written (the writer runs about fifty times slower under valgrind).
-ROTATE = 1
-SETTLE = 4.0
+ROTATE = 2
+SETTLE = 5.0
 
 SCENARIOS = {
     "health": ["--scenario", "health"],
@@ -141,7 +144,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--other-bin", help="a directory holding another build's feature-gateway")
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--top", type=int, default=0)
