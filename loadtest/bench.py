@@ -311,6 +311,38 @@ def fg_load_result(out: str) -> dict:
     return result
 
 
+LOG_WRITTEN = "feature_gateway_training_log_records_written_total"
+# The longest wait for a load's training-log records to be committed (the demo commits a file
+# every 10 s).
+LOG_SETTLE_SECONDS = 15.0
+
+
+def logged_load(gw: Gateway, service: str, load) -> dict:
+    """Runs `load` (an fg-load of feature service `service` against `gw`, whose training log is
+    on) and returns once the log has committed the records it served. The writer commits a
+    file per `rotate_interval` (the demo's: 10 s), so without the wait a load's records are
+    written during a later load, whose CPU per request they inflate: measured around this call,
+    a load's CPU holds the writing of its own records. An idle gateway uses no measurable CPU
+    meanwhile. Needs the log to hold no earlier records of `service` still unwritten (every
+    earlier load of it run through here)."""
+    before = gw.counter(LOG_WRITTEN, feature_service=service)
+    result = load()
+    wait_logged(gw, service, before + result["count"] - result.get("errors", 0))
+    return result
+
+
+def wait_logged(gw: Gateway, service: str, expected: float):
+    """Waits until `gw`'s training log has committed `expected` records of `service` in all."""
+    deadline = time.time() + LOG_SETTLE_SECONDS
+    while gw.counter(LOG_WRITTEN, feature_service=service) < expected:
+        if time.time() > deadline:
+            print(f"{service}: the training log did not commit a load's records within "
+                  f"{LOG_SETTLE_SECONDS:g} s; CPU per request may leave some of them out",
+                  file=sys.stderr)
+            return
+        time.sleep(0.05)
+
+
 def measure(gw: Gateway, run, others: dict | None = None) -> dict:
     """Runs one load, adding the gateway's CPU time per request, the load tool's (this script's
     child processes that ended meanwhile) and that of each process in `others` (name -> object
@@ -580,16 +612,24 @@ def derived(args) -> tuple[str, str]:
         twin = Gateway(bindir, ["demo", "--dir", str(Path(tmp) / "twin" / "demo")], Path(tmp) / "twin")
         try:
             for g in (gw, twin):
-                for warm in (v1, v2):
-                    run_fg_load(bindir, g.grpc, warm, args.concurrency, 1.0)
+                for service, warm in (("fraud_v1", v1), ("fraud_v2", v2)):
+                    logged_load(g, service, lambda: run_fg_load(bindir, g.grpc, warm, args.concurrency, 1.0))
             runs = {k: [] for k in ("v1", "v2", "v1_fixed", "v2_fixed")}
             for n in range(rounds):
-                runs["v1"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, v1, args.concurrency, seconds)))
-                runs["v2"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, v2, args.concurrency, seconds)))
+                # Each closed-loop round's CPU holds the writing of its own training-log records
+                # (not of the other service's round before it).
+                runs["v1"].append(measure(gw, lambda: logged_load(gw, "fraud_v1", lambda: run_fg_load(bindir, gw.grpc, v1, args.concurrency, seconds))))
+                runs["v2"].append(measure(gw, lambda: logged_load(gw, "fraud_v2", lambda: run_fg_load(bindir, gw.grpc, v2, args.concurrency, seconds))))
                 first, second = (gw, twin) if n % 2 == 0 else (twin, gw)
+                written = {k: g.counter(LOG_WRITTEN, feature_service=f"fraud_{k}")
+                           for k, g in (("v1", first), ("v2", second))}
                 fixed = measure_together(bindir, {"v1": (first, v1 + ["--rps", str(rate)]),
                                                   "v2": (second, v2 + ["--rps", str(rate)])},
                                          args.concurrency, seconds)
+                # Their records written before the next closed-loop round is measured.
+                for k, g in (("v1", first), ("v2", second)):
+                    wait_logged(g, f"fraud_{k}",
+                                written[k] + fixed[k]["count"] - fixed[k].get("errors", 0))
                 runs["v1_fixed"].append(fixed["v1"])
                 runs["v2_fixed"].append(fixed["v2"])
             # Each of `parts`' share of the gateway's samples for each service under the
@@ -2318,11 +2358,13 @@ def builds(args) -> tuple[str, str]:
                 work = Path(tmp) / name
                 work.mkdir()
                 gateways[name] = Gateway(binaries, ["demo", "--dir", str(work / "demo")], work)
-                run_fg_load(bindir, gateways[name].grpc, fraud, args.concurrency, 1.0)  # warm-up
+                gw = gateways[name]
+                logged_load(gw, "fraud_v1", lambda: run_fg_load(bindir, gw.grpc, fraud, args.concurrency, 1.0))  # warm-up
             for _ in range(rounds):
                 for name, gw in gateways.items():
                     runs[f"{name}_base"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, health, args.concurrency, seconds)))
-                    runs[f"{name}_feat"].append(measure(gw, lambda: run_fg_load(bindir, gw.grpc, fraud, args.concurrency, seconds)))
+                    # Each fraud_v1 round's CPU holds the writing of its own training-log records.
+                    runs[f"{name}_feat"].append(measure(gw, lambda: logged_load(gw, "fraud_v1", lambda: run_fg_load(bindir, gw.grpc, fraud, args.concurrency, seconds))))
         finally:
             for gw in gateways.values():
                 gw.stop()
