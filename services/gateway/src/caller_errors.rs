@@ -9,10 +9,11 @@
 //! framing (`Streaming`, from `max_decoding_message_size`), which reads the 5-byte prefix and
 //! refuses before buffering the message, and which no codec sees; the codec (`proto::codec`,
 //! which answers a decode error as `tonic_prost` does) would catch decode errors only, and is
-//! shared by every server and client of the `proto` crate. The response of a call refused there is a trailers-only
-//! response whose `grpc-status` is in its headers, exactly as a handler's error would be; the two
-//! cannot be told apart by shape, so the rewrite is limited to the feature service, whose
-//! handlers never answer INTERNAL or OUT_OF_RANGE ([`crate::request::RequestError::code`]).
+//! shared by every server and client of the `proto` crate. The response of a call refused
+//! there is a trailers-only response whose `grpc-status` is in its headers, exactly as a
+//! handler's error would be; the two cannot be told apart by shape, so the rewrite is limited
+//! to the feature service, whose handlers never answer INTERNAL or OUT_OF_RANGE
+//! ([`crate::request::RequestError::code`]).
 //! Everything tonic answers INTERNAL before the handler there is about the request's bytes: not
 //! protobuf, truncated, no message, a bad compression flag. (gRPC's own status code table lists
 //! "error parsing request proto" as INTERNAL; the gateway departs from it on purpose, for the
