@@ -135,6 +135,12 @@ fn write_tmp(tmp: &Path, schema: &LogSchema, records: &[Record]) -> Result<(), S
                 .set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::None);
         }
     }
+    // Request ids are unique: a dictionary of them only hashes each one until it reaches its
+    // limit and falls back to plain encoding, and their minimum and maximum filter nothing
+    // (`log_write`, 4,096 records: 11.6 ms with both, 10.4 ms without; files of the same size).
+    props = props
+        .set_column_dictionary_enabled(ColumnPath::from("request_id"), false)
+        .set_column_statistics_enabled(ColumnPath::from("request_id"), EnabledStatistics::None);
     let props = props.build();
     let mut writer =
         ArrowWriter::try_new(file, schema.arrow.clone(), Some(props)).map_err(|e| e.to_string())?;
@@ -529,15 +535,21 @@ mod tests {
         for i in 0..batch.num_columns() {
             assert_eq!(batch.column(i), expected.column(i), "column {i}");
         }
-        // Statistics for value columns, none for status and age columns.
+        // Statistics for value columns, none for status, age and request id columns; statuses
+        // dictionary encoded, request ids not.
         let meta =
             parquet::file::reader::SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
         let meta = parquet::file::reader::FileReader::metadata(&meta);
         let group = meta.row_group(0);
         for c in group.columns() {
             let name = c.column_path().string();
-            let plain = name.starts_with("status:") || name.starts_with("age_ms:");
+            let plain =
+                name.starts_with("status:") || name.starts_with("age_ms:") || name == "request_id";
             assert_eq!(c.statistics().is_none(), plain, "{name}");
+            let dictionary = c.dictionary_page_offset().is_some();
+            if name == "request_id" || name.starts_with("status:") {
+                assert_eq!(dictionary, name != "request_id", "{name}");
+            }
         }
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
