@@ -75,6 +75,10 @@ fn check_error(e: &RequestError) {
             );
         }
         RequestError::UnknownFeatureService(_) | RequestError::DeadlineExceeded => {}
+        // No caller is authenticated here, so none is refused; a refusal would still name it.
+        RequestError::PermissionDenied { caller, .. } => {
+            assert!(!caller.is_empty(), "a refusal names its caller: {e:?}");
+        }
     }
     let status = tonic::Status::from(e.clone());
     assert_eq!(status.code(), e.code());
@@ -105,7 +109,7 @@ fn convert_all(values: &BTreeMap<String, v1::Value>) {
 }
 
 fn single(bytes: &[u8]) {
-    let Ok(req) = v1::GetFeaturesRequest::decode(bytes) else {
+    let Ok(mut req) = v1::GetFeaturesRequest::decode(bytes) else {
         return;
     };
     convert_all(&req.entities);
@@ -115,8 +119,14 @@ fn single(bytes: &[u8]) {
     let result = gateway
         .resolve(&req.feature_service, &req.features)
         .and_then(|plan| {
-            row_input(&plan, &req.entities, &req.context, limits, RowPrefix(None))
-                .map(|row| (plan, row))
+            row_input(
+                &plan,
+                &mut req.entities,
+                &mut req.context,
+                limits,
+                RowPrefix(None),
+            )
+            .map(|row| (plan, row))
         });
     match result {
         Ok((plan, row)) => check_row(&row, &plan, limits),
@@ -125,7 +135,7 @@ fn single(bytes: &[u8]) {
 }
 
 fn batch(bytes: &[u8]) {
-    let Ok(req) = v1::GetFeaturesBatchRequest::decode(bytes) else {
+    let Ok(mut req) = v1::GetFeaturesBatchRequest::decode(bytes) else {
         return;
     };
     for row in &req.rows {
@@ -141,13 +151,13 @@ fn batch(bytes: &[u8]) {
                 return Err(RequestError::invalid("rows", "over the limit"));
             }
             req.rows
-                .iter()
+                .iter_mut()
                 .enumerate()
                 .map(|(i, row)| {
                     row_input(
                         &plan,
-                        &row.entities,
-                        &row.context,
+                        &mut row.entities,
+                        &mut row.context,
                         limits,
                         RowPrefix(Some(i)),
                     )

@@ -55,9 +55,9 @@ mod tests;
 
 use std::sync::Arc;
 
-use fetcher_api::Fetcher;
+use fetcher_api::{FetchError, FetchRequest, Fetcher, Row};
 use gateway_config::SourceConfig;
-use tower::{ServiceBuilder, retry::RetryLayer, util::BoxCloneSyncService};
+use tower::{Service, ServiceBuilder, retry::RetryLayer, util::BoxCloneSyncService};
 
 pub use breaker::CircuitBreakerLayer;
 pub use bulkhead::BulkheadLayer;
@@ -85,18 +85,31 @@ pub fn stack_with_cache(
         // Outermost: a hit never reaches the source, its telemetry or its concurrency bound,
         // and a call it lets finish in the background is bounded by the source's own timeout.
         .layer(cache)
-        .service(source_stack(fetcher, source));
+        .service(layers(fetcher, source));
     BoxCloneSyncService::new(service)
 }
 
 /// Wraps `fetcher` in the gateway's stack.
 pub fn source_stack(fetcher: Arc<dyn Fetcher>, source: &SourceConfig) -> SourceService {
+    BoxCloneSyncService::new(layers(fetcher, source))
+}
+
+/// The layers of [`source_stack`] as one concrete service, so the cache over them boxes the
+/// whole stack once (not the cache and, apart, the layers under it: one allocation per call).
+fn layers(
+    fetcher: Arc<dyn Fetcher>,
+    source: &SourceConfig,
+) -> impl Service<FetchRequest, Response = Vec<Row>, Error = FetchError, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static {
     let name: Arc<str> = source.name.as_str().into();
     let retry = source
         .retry
         .as_ref()
         .map(|r| RetryLayer::new(RetryPolicy::new(r, &name)));
-    let service = ServiceBuilder::new()
+    ServiceBuilder::new()
         // Outermost, so refusals, open circuits and timeouts are recorded like any outcome.
         .layer(TelemetryLayer::new(name.clone()))
         // Sees each call's final outcome (after retries); open, it answers at once.
@@ -113,6 +126,5 @@ pub fn source_stack(fetcher: Arc<dyn Fetcher>, source: &SourceConfig) -> SourceS
         .option_layer(retry)
         // Innermost: every attempt needs a permit, so retries cannot exceed the bound.
         .layer(BulkheadLayer::new(source.max_concurrency))
-        .service(FetcherService(fetcher));
-    BoxCloneSyncService::new(service)
+        .service(FetcherService(fetcher))
 }

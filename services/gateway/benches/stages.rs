@@ -109,10 +109,11 @@ fn fixture() -> &'static Fixture {
         let rows: Vec<_> = requests
             .iter()
             .map(|r| {
+                let mut r = r.clone();
                 request::row_input(
                     &plan,
-                    &r.entities,
-                    &r.context,
+                    &mut r.entities,
+                    &mut r.context,
                     limits,
                     request::RowPrefix(None),
                 )
@@ -264,17 +265,18 @@ fn resolve(bencher: Bencher) {
 fn row_input(bencher: Bencher) {
     let f = fixture();
     let limits = &f.gateway.config().limits;
-    bencher.bench(|| {
-        let r = &f.requests[f.next()];
-        request::row_input(
-            &f.plan,
-            &r.entities,
-            &r.context,
-            limits,
-            request::RowPrefix(None),
-        )
-        .expect("row")
-    });
+    bencher
+        .with_inputs(|| f.requests[f.next()].clone())
+        .bench_local_values(|mut r| {
+            request::row_input(
+                &f.plan,
+                &mut r.entities,
+                &mut r.context,
+                limits,
+                request::RowPrefix(None),
+            )
+            .expect("row")
+        });
 }
 
 #[divan::bench]
@@ -336,18 +338,32 @@ fn record(f: &Fixture, arrival: Instant) -> training_log::Record {
     let i = f.next();
     server::log_record(
         "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
-        &f.rows[i],
+        f.rows[i].clone(),
         &f.served[i],
         &[],
         arrival,
     )
 }
 
+/// The record alone: the row it takes is copied beforehand, as the request hands over its own.
 #[divan::bench]
 fn log_record(bencher: Bencher) {
     let f = fixture();
     let arrival = Instant::now();
-    bencher.bench(|| record(f, arrival));
+    bencher
+        .with_inputs(|| {
+            let i = f.next();
+            (f.rows[i].clone(), i)
+        })
+        .bench_local_values(|(row, i)| {
+            server::log_record(
+                "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
+                row,
+                &f.served[i],
+                &[],
+                arrival,
+            )
+        });
 }
 
 /// Handing a record to the training log's queue (few samples: the writer must keep up, or the

@@ -78,7 +78,13 @@ impl FeatureServiceImpl {
         let deadline = request_deadline(arrival, plan.deadline, client_timeout)
             .ok_or(RequestError::DeadlineExceeded)?;
         let limits = &gateway.config().limits;
-        let row = row_input(&plan, &req.entities, &req.context, limits, RowPrefix(None))?;
+        let row = row_input(
+            &plan,
+            &mut req.entities,
+            &mut req.context,
+            limits,
+            RowPrefix(None),
+        )?;
         let execution = gateway
             .execute(&plan, std::slice::from_ref(&row), deadline)
             .await;
@@ -91,7 +97,7 @@ impl FeatureServiceImpl {
         generation.log_vector(
             &plan,
             || request_id.clone(),
-            |id| log_record(id, &row, &served, inputs, arrival),
+            |id| log_record(id, row, &served, inputs, arrival),
         );
         gateway.observe_drift(&plan, &served);
         generation
@@ -149,13 +155,13 @@ impl FeatureServiceImpl {
             .ok_or(RequestError::DeadlineExceeded)?;
         let rows = req
             .rows
-            .iter()
+            .iter_mut()
             .enumerate()
             .map(|(i, row)| {
                 row_input(
                     &plan,
-                    &row.entities,
-                    &row.context,
+                    &mut row.entities,
+                    &mut row.context,
                     limits,
                     RowPrefix(Some(i)),
                 )
@@ -168,7 +174,7 @@ impl FeatureServiceImpl {
         let vectors = execution
             .rows
             .into_iter()
-            .zip(&rows)
+            .zip(rows)
             .enumerate()
             .map(|(i, (served, row))| {
                 // Each row is its own labelled example: `<request_id>/<row>`.
@@ -251,10 +257,11 @@ fn count_statuses(served: &[Served]) -> [u64; FeatureStatus::ALL.len()] {
 }
 
 /// The training log record of one served vector, with the derived features' inputs that are
-/// logged beside it (`inputs`, one per [`Plan::logged_inputs`]).
+/// logged beside it (`inputs`, one per [`Plan::logged_inputs`]); the row's keys and context
+/// values are moved into it.
 pub fn log_record(
     request_id: String,
-    row: &RowInput,
+    row: RowInput,
     served: &[Served],
     inputs: &[Served],
     arrival: Instant,
@@ -274,13 +281,13 @@ pub fn log_record(
         latency_us: arrival.elapsed().as_micros() as i64,
         entities: row
             .entities
-            .iter()
-            .map(|k| fetcher_api::Value::from(k.clone()).into())
+            .into_iter()
+            .map(|k| fetcher_api::Value::from(k).into())
             .collect(),
         context: row
             .context
-            .iter()
-            .map(|c| c.clone().map_or(Cell::Null, Cell::from))
+            .into_iter()
+            .map(|c| c.map_or(Cell::Null, Cell::from))
             .collect(),
         features: served.iter().map(entry).collect(),
         inputs: inputs.iter().map(entry).collect(),

@@ -415,16 +415,29 @@ impl CacheState {
     }
 }
 
-impl Layer<SourceService> for CacheLayer {
-    type Service = Cached;
+impl<S> Layer<S> for CacheLayer
+where
+    S: Service<FetchRequest, Response = Vec<Row>, Error = FetchError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = Cached<S>;
 
-    fn layer(&self, inner: SourceService) -> Cached {
-        if let Some(state) = &self.state {
-            let _ = state.inner.set(inner.clone());
-        }
+    fn layer(&self, inner: S) -> Cached<S> {
+        // The cache's own calls (misses joined, refreshes, background completions) go through a
+        // boxed copy of the stack; a source without a cache calls the stack itself, so a call
+        // allocates no future of its own beyond the fetcher's.
+        let cache = self.state.as_ref().map(|state| {
+            let boxed = SourceService::new(inner.clone());
+            let _ = state.inner.set(boxed.clone());
+            (state.clone(), boxed)
+        });
         Cached {
             inner,
-            state: self.state.clone(),
+            cache,
             source_timeout: self.source_timeout,
             not_ready: None,
         }
@@ -433,24 +446,28 @@ impl Layer<SourceService> for CacheLayer {
 
 /// See [`CacheLayer`].
 #[derive(Clone, Debug)]
-pub struct Cached {
-    inner: SourceService,
-    state: Option<Arc<CacheState>>,
+pub struct Cached<S> {
+    inner: S,
+    /// With a cache: its state and the boxed stack its calls are made on.
+    cache: Option<(Arc<CacheState>, SourceService)>,
     source_timeout: Option<Duration>,
     /// Without a cache: the error the source's stack answered when polled for readiness, for
     /// the next call to answer.
     not_ready: Option<Arc<FetchError>>,
 }
 
-impl Service<FetchRequest> for Cached {
+impl<S> Service<FetchRequest> for Cached<S>
+where
+    S: Service<FetchRequest, Response = Vec<Row>, Error = FetchError>,
+{
     type Response = Vec<Slot>;
     type Error = Infallible;
-    type Future = Either<Uncached, BoxFuture<Result<Vec<Slot>, Infallible>>>;
+    type Future = Either<Uncached<S::Future>, BoxFuture<Result<Vec<Slot>, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Without a cache each call goes straight to the source's stack: ready when it is. With
         // one, the cache makes its calls on copies of the stack of their own.
-        if self.state.is_none() {
+        if self.cache.is_none() {
             match self.inner.poll_ready(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(result) => self.not_ready = result.err().map(Arc::new),
@@ -460,15 +477,17 @@ impl Service<FetchRequest> for Cached {
     }
 
     fn call(&mut self, request: FetchRequest) -> Self::Future {
-        let Some(state) = self.state.clone() else {
+        let Some((state, inner)) = &self.cache else {
             let keys = request.keys.len();
-            let call = match self.not_ready.take() {
-                None => Ok(self.inner.call(request)),
-                Some(e) => Err(e),
-            };
-            return Either::Left(Uncached { call, keys });
+            return Either::Left(match self.not_ready.take() {
+                None => Uncached::Call {
+                    call: self.inner.call(request),
+                    keys,
+                },
+                Some(error) => Uncached::Refused { error, keys },
+            });
         };
-        let inner = self.inner.clone();
+        let (state, inner) = (state.clone(), inner.clone());
         let source_timeout = self.source_timeout;
         Either::Right(Box::pin(async move {
             Ok(state.serve(inner, request, source_timeout).await)
@@ -476,35 +495,53 @@ impl Service<FetchRequest> for Cached {
     }
 }
 
-/// The future of a call to a source without a cache: every key [`Slot::Fetched`], or every key
-/// [`Slot::Failed`] with the call's error.
-pub struct Uncached {
-    call: Result<BoxFuture<Result<Vec<Row>, FetchError>>, Arc<FetchError>>,
-    keys: usize,
+pin_project_lite::pin_project! {
+    /// The future of a call to a source without a cache: every key [`Slot::Fetched`], or every
+    /// key [`Slot::Failed`] with the call's error (or the stack's, when it refused the call).
+    #[project = UncachedProj]
+    pub enum Uncached<F> {
+        /// The stack's call.
+        Call {
+            #[pin]
+            call: F,
+            keys: usize,
+        },
+        /// The stack was not ready, with this error.
+        Refused {
+            error: Arc<FetchError>,
+            keys: usize,
+        },
+    }
 }
 
-impl std::fmt::Debug for Uncached {
+impl<F> std::fmt::Debug for Uncached<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Uncached::Call { keys, .. } | Uncached::Refused { keys, .. }) = self;
         f.debug_struct("Uncached")
-            .field("keys", &self.keys)
+            .field("keys", keys)
             .finish_non_exhaustive()
     }
 }
 
-impl Future for Uncached {
+impl<F> Future for Uncached<F>
+where
+    F: Future<Output = Result<Vec<Row>, FetchError>>,
+{
     type Output = Result<Vec<Slot>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match &mut self.call {
-            Ok(call) => std::task::ready!(call.as_mut().poll(cx)).map_err(Arc::new),
-            Err(e) => Err(e.clone()),
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (result, keys) = match self.project() {
+            UncachedProj::Call { call, keys } => {
+                (std::task::ready!(call.poll(cx)).map_err(Arc::new), *keys)
+            }
+            UncachedProj::Refused { error, keys } => (Err(error.clone()), *keys),
         };
         Poll::Ready(Ok(match result {
             Ok(rows) => rows
                 .into_iter()
                 .map(|row| Slot::Fetched { row, cached: false })
                 .collect(),
-            Err(e) => vec![Slot::Failed(e); self.keys],
+            Err(e) => vec![Slot::Failed(e); keys],
         }))
     }
 }
