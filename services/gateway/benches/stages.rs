@@ -336,9 +336,14 @@ fn encode(bencher: Bencher) {
 /// The training log record of the next request's vector.
 fn record(f: &Fixture, arrival: Instant) -> training_log::Record {
     let i = f.next();
+    record_of(f, i, f.rows[i].clone(), arrival)
+}
+
+/// The training log record of request `i`'s vector, taking its row.
+fn record_of(f: &Fixture, i: usize, row: RowInput, arrival: Instant) -> training_log::Record {
     server::log_record(
         "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
-        f.rows[i].clone(),
+        row,
         &f.served[i],
         &[],
         arrival,
@@ -355,15 +360,7 @@ fn log_record(bencher: Bencher) {
             let i = f.next();
             (f.rows[i].clone(), i)
         })
-        .bench_local_values(|(row, i)| {
-            server::log_record(
-                "3f2c1a9e-0b7d-4c55-9a51-7c1f0e2d4b6a".to_owned(),
-                row,
-                &f.served[i],
-                &[],
-                arrival,
-            )
-        });
+        .bench_local_values(|(row, i)| record_of(f, i, row, arrival));
 }
 
 /// Handing a record to the training log's queue (few samples: the writer must keep up, or the

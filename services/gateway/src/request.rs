@@ -128,8 +128,8 @@ impl std::fmt::Display for RowPrefix {
 }
 
 /// Checks one row's entities and context against `plan` and `limits`. `prefix` is prepended to
-/// field names (`rows[3].` in a batch). The strings of the values it accepts are moved out of
-/// the request's maps (left empty there), not copied.
+/// field names (`rows[3].` in a batch). The values it accepts are moved out of the request's
+/// maps, not copied: an entity key leaves an empty string behind, a context value an empty value.
 pub fn row_input(
     plan: &Plan,
     entities: &mut BTreeMap<String, v1::Value>,

@@ -428,8 +428,8 @@ where
 
     fn layer(&self, inner: S) -> Cached<S> {
         // The cache's own calls (misses joined, refreshes, background completions) go through a
-        // boxed copy of the stack; a source without a cache calls the stack itself, so a call
-        // allocates no future of its own beyond the fetcher's.
+        // boxed copy of the stack; a source without a cache calls the stack itself, with no
+        // boxed future of its own per call.
         let cache = self.state.as_ref().map(|state| {
             let boxed = SourceService::new(inner.clone());
             let _ = state.inner.set(boxed.clone());
